@@ -1,0 +1,482 @@
+package zmtp
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// FullPolicy says what a connection does when its send queue is full.
+type FullPolicy int
+
+const (
+	// Block makes the sender wait (a client talking to one server).
+	Block FullPolicy = iota
+	// Disconnect closes the connection (ROUTER: a peer that does not read
+	// must never stall the socket's other peers; the zp protocol's credit
+	// keeps a healthy peer far below the limit).
+	Disconnect
+	// DropMessage drops whole messages for this peer only (XPUB: a slow
+	// subscriber loses messages and repairs the gap over ROUTER).
+	DropMessage
+)
+
+// ErrSlowPeer closes a Disconnect-policy connection whose queue overflowed.
+var ErrSlowPeer = errors.New("zmtp: peer is not reading; send queue full")
+
+// netError makes any error look like a permanent net.Error, so that zmq4
+// marks the connection closed and reaps it (zmq4's Conn.checkIO only does so
+// for io.EOF and net.Error values).
+type netError struct{ err error }
+
+func (e *netError) Error() string   { return e.err.Error() }
+func (e *netError) Unwrap() error   { return e.err }
+func (e *netError) Timeout() bool   { return false }
+func (e *netError) Temporary() bool { return false }
+
+func asNetError(err error) error {
+	if err == nil || errors.Is(err, io.EOF) {
+		return err
+	}
+	return &netError{err: err}
+}
+
+type outFrame struct {
+	flags byte // FlagMore, FlagCommand (mechanism-level flags)
+	body  []byte
+}
+
+// conn sits between a zmq4 socket and the network. zmq4 talks NULL to it;
+// it talks the configured mechanism to the peer. It parses the frames zmq4
+// writes, queues them (bounded) for its own writer goroutine, and hands
+// zmq4 a synthetic greeting and READY followed by the peer's frames.
+type conn struct {
+	raw    net.Conn
+	br     *bufio.Reader
+	cfg    *Config
+	peer   *Peer
+	id     []byte
+	cipher Cipher
+
+	// Read side: only zmq4's reader goroutine calls Read.
+	rpending []byte // bytes to hand out before reading the network
+	rpass    int    // NULL: body bytes passed straight from br
+	rframes  int    // frames of the current inbound message so far
+	rbytes   int    // bytes of the current inbound message so far
+	rbuf     []byte // CURVE: ciphertext of one frame (reused)
+	rplain   []byte // CURVE: header + plaintext handed to zmq4 (reused)
+
+	// Write side: parser of what zmq4 writes, guarded by wmu.
+	wmu     sync.Mutex
+	wskip   int // greeting octets zmq4 still has to write
+	wready  bool
+	whdr    []byte
+	wflags  byte
+	wbody   []byte
+	wneed   int
+	wlong   bool
+	whave   bool // header complete, collecting body
+	wdrop   bool // dropping the rest of the current message
+	wmid    bool // inside a message whose earlier frames were queued
+	dropped uint64
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	queue  []outFrame
+	queued int
+	closed bool
+	err    error
+
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+func newConn(raw net.Conn, br *bufio.Reader, cfg *Config, peer *Peer, id []byte) *conn {
+	c := &conn{
+		raw:    raw,
+		br:     br,
+		cfg:    cfg,
+		peer:   peer,
+		id:     id,
+		cipher: peer.Cipher,
+		wskip:  greetingLen,
+		done:   make(chan struct{}),
+	}
+	c.cond = sync.NewCond(&c.mu)
+	// What zmq4 reads first: a NULL greeting and a READY carrying the peer's
+	// socket type and the routing identity this side assigned.
+	g := greeting("NULL", false)
+	st, _ := peer.Meta.Get(PropSocketType)
+	meta := Metadata{{Name: PropSocketType, Value: st}, {Name: PropIdentity, Value: id}}
+	ready := encodeCommand("READY", meta.AppendEncode(nil))
+	c.rpending = append(g[:], appendFrameHeader(nil, flagCommand, len(ready))...)
+	c.rpending = append(c.rpending, ready...)
+	go c.writer()
+	return c
+}
+
+// Read implements net.Conn for zmq4's reader goroutine.
+func (c *conn) Read(p []byte) (int, error) {
+	if len(c.rpending) == 0 && c.rpass == 0 {
+		if err := c.next(); err != nil {
+			c.fail(err)
+			return 0, asNetError(err)
+		}
+	}
+	if len(c.rpending) > 0 {
+		n := copy(p, c.rpending)
+		c.rpending = c.rpending[n:]
+		return n, nil
+	}
+	if len(p) > c.rpass {
+		p = p[:c.rpass]
+	}
+	n, err := c.br.Read(p)
+	c.rpass -= n
+	if err != nil {
+		err = eofToUnexpected(err)
+		c.fail(err)
+		return n, asNetError(err)
+	}
+	return n, nil
+}
+
+// next reads the next traffic frame from the peer and stages it for Read.
+func (c *conn) next() error {
+	limit := c.cfg.maxFrame()
+	if c.cipher != nil {
+		limit += c.cipher.Overhead()
+	}
+	for {
+		flags, size, err := readFrameHeader(c.br, limit)
+		if err != nil {
+			if errors.Is(err, io.EOF) && c.rframes == 0 {
+				return io.EOF
+			}
+			return eofToUnexpected(err)
+		}
+		if c.cipher == nil {
+			if flags&flagCommand != 0 {
+				// ZMTP 3.0 defines no traffic-phase commands; skip any.
+				if _, err := c.br.Discard(size); err != nil {
+					return eofToUnexpected(err)
+				}
+				continue
+			}
+			if err := c.account(size, flags&flagMore != 0); err != nil {
+				return err
+			}
+			c.rplain = appendFrameHeader(c.rplain[:0], flags, size)
+			c.rpending = c.rplain
+			c.rpass = size
+			return nil
+		}
+		// CURVE: every frame is a MESSAGE command body, whatever its frame
+		// flags (libzmq sends it as a plain frame).
+		if cap(c.rbuf) < size {
+			c.rbuf = make([]byte, size)
+		}
+		c.rbuf = c.rbuf[:size]
+		if _, err := io.ReadFull(c.br, c.rbuf); err != nil {
+			return eofToUnexpected(err)
+		}
+		plainLen := size - c.cipher.Overhead()
+		if plainLen < 0 {
+			return fmt.Errorf("%w: MESSAGE too short", errFrame)
+		}
+		hdr := appendFrameHeader(c.rplain[:0], 0, plainLen)
+		mflags, out, err := c.cipher.Open(hdr, c.rbuf)
+		if err != nil {
+			return err
+		}
+		if mflags&FlagCommand != 0 {
+			continue
+		}
+		zflags := mflags & FlagMore
+		if err := c.account(plainLen, zflags != 0); err != nil {
+			return err
+		}
+		out[0] |= zflags
+		c.rplain = out
+		c.rpending = out
+		return nil
+	}
+}
+
+// account enforces the per-message limits on what the peer sends.
+func (c *conn) account(size int, more bool) error {
+	c.rframes++
+	c.rbytes += size
+	if c.rframes > c.cfg.maxFrames() || c.rbytes > c.cfg.maxMessage() {
+		return fmt.Errorf("%w: message of %d frames, %d octets", errTooLarge, c.rframes, c.rbytes)
+	}
+	if !more {
+		c.rframes, c.rbytes = 0, 0
+	}
+	return nil
+}
+
+// Write implements net.Conn for zmq4's writers. It parses ZMTP frames and
+// queues them; it never blocks on the network unless the policy is Block.
+func (c *conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	total := len(p)
+	for len(p) > 0 {
+		if c.wskip > 0 { // zmq4's own greeting: discard
+			n := min(c.wskip, len(p))
+			c.wskip -= n
+			p = p[n:]
+			continue
+		}
+		if !c.whave {
+			c.whdr = append(c.whdr, p[0])
+			p = p[1:]
+			need := 2
+			if c.whdr[0]&flagLong != 0 {
+				need = 9
+			}
+			if len(c.whdr) < need {
+				continue
+			}
+			var size uint64
+			if need == 9 {
+				for _, b := range c.whdr[1:9] {
+					size = size<<8 | uint64(b)
+				}
+			} else {
+				size = uint64(c.whdr[1])
+			}
+			if size > uint64(c.cfg.maxOutFrame()) {
+				err := fmt.Errorf("bug: zmq4 wrote a frame of %d octets", size)
+				c.fail(err)
+				return 0, asNetError(err)
+			}
+			c.wflags = c.whdr[0] &^ flagLong
+			c.whdr = c.whdr[:0]
+			c.whave = true
+			c.wneed = int(size)
+			c.wbody = getBuf(c.wneed)
+		}
+		n := min(c.wneed, len(p))
+		c.wbody = append(c.wbody, p[:n]...)
+		c.wneed -= n
+		p = p[n:]
+		if c.wneed == 0 {
+			c.whave = false
+			if err := c.frameDone(); err != nil {
+				return 0, asNetError(err)
+			}
+		}
+	}
+	return total, nil
+}
+
+// frameDone routes a complete frame written by zmq4.
+func (c *conn) frameDone() error {
+	body, flags := c.wbody, c.wflags
+	c.wbody = nil
+	if flags&flagCommand != 0 {
+		// zmq4's READY (and any later command) concerns only the synthetic
+		// NULL session between zmq4 and us.
+		c.wready = true
+		putBuf(body)
+		return nil
+	}
+	more := flags&flagMore != 0
+	if c.wdrop {
+		putBuf(body)
+		c.wdrop = more
+		return nil
+	}
+	f := outFrame{body: body}
+	if more {
+		f.flags = FlagMore
+	}
+	first := !c.wmid
+	c.wmid = more
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if c.closed {
+			putBuf(body)
+			return c.errLocked()
+		}
+		limit := c.cfg.sendQueue()
+		if c.queued+len(body) <= limit || c.queued == 0 || !first {
+			break
+		}
+		switch c.cfg.OnFull {
+		case Disconnect:
+			c.failLocked(ErrSlowPeer)
+			putBuf(body)
+			return ErrSlowPeer
+		case DropMessage:
+			c.dropped++
+			c.wdrop = more
+			c.wmid = false
+			putBuf(body)
+			if c.cfg.OnDrop != nil {
+				c.cfg.OnDrop()
+			}
+			return nil
+		default:
+			c.cond.Wait()
+		}
+	}
+	c.queue = append(c.queue, f)
+	c.queued += len(body)
+	c.cond.Broadcast()
+	return nil
+}
+
+// writer is the connection's only network writer.
+func (c *conn) writer() {
+	var (
+		batch []outFrame
+		bufs  net.Buffers
+		out   []byte
+		hdrs  []byte
+	)
+	for {
+		c.mu.Lock()
+		for len(c.queue) == 0 && !c.closed {
+			c.cond.Wait()
+		}
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		batch = append(batch[:0], c.queue...)
+		clear(c.queue)
+		c.queue = c.queue[:0]
+		c.mu.Unlock()
+
+		bufs = bufs[:0]
+		size := 0
+		if c.cipher == nil {
+			hdrs = hdrs[:0]
+			for _, f := range batch {
+				hdrs = appendFrameHeader(hdrs, f.flags&FlagMore, len(f.body))
+			}
+			h := hdrs
+			for _, f := range batch {
+				n := 2
+				if len(f.body) > 255 {
+					n = 9
+				}
+				bufs = append(bufs, h[:n], f.body)
+				h = h[n:]
+				size += len(f.body)
+			}
+		} else {
+			out = out[:0]
+			for _, f := range batch {
+				sealed := len(f.body) + c.cipher.Overhead()
+				out = appendFrameHeader(out, 0, sealed)
+				out = c.cipher.Seal(out, f.flags, f.body)
+				size += len(f.body)
+			}
+			bufs = append(bufs, out)
+		}
+		_, err := bufs.WriteTo(c.raw)
+		for i := range batch {
+			putBuf(batch[i].body)
+			batch[i] = outFrame{}
+		}
+		if cap(out) > 4<<20 {
+			out = nil // do not pin a burst's worth of memory
+		}
+		c.mu.Lock()
+		c.queued -= size
+		c.cond.Broadcast()
+		c.mu.Unlock()
+		if err != nil {
+			c.fail(err)
+			return
+		}
+	}
+}
+
+func (c *conn) errLocked() error {
+	if c.err != nil {
+		return c.err
+	}
+	return net.ErrClosed
+}
+
+func (c *conn) fail(err error) {
+	c.mu.Lock()
+	c.failLocked(err)
+	c.mu.Unlock()
+}
+
+func (c *conn) failLocked(err error) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	c.err = err
+	c.cond.Broadcast()
+	_ = c.raw.Close()
+	go c.closeOnce.Do(func() {
+		close(c.done)
+		if c.cfg.OnClose != nil {
+			c.cfg.OnClose(c.id, c.peer, err)
+		}
+	})
+}
+
+// Close implements net.Conn.
+func (c *conn) Close() error {
+	c.fail(net.ErrClosed)
+	return nil
+}
+
+func (c *conn) LocalAddr() net.Addr                { return c.raw.LocalAddr() }
+func (c *conn) RemoteAddr() net.Addr               { return c.raw.RemoteAddr() }
+func (c *conn) SetDeadline(t time.Time) error      { return c.raw.SetReadDeadline(t) }
+func (c *conn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadline(t) }
+func (c *conn) SetWriteDeadline(t time.Time) error { return nil }
+
+// Dropped returns how many messages the DropMessage policy discarded.
+func (c *conn) Dropped() uint64 {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.dropped
+}
+
+// Frame bodies are pooled by power-of-two size class.
+var pools [32]sync.Pool
+
+func class(n int) int {
+	c := 0
+	for (1 << c) < n {
+		c++
+	}
+	return c
+}
+
+func getBuf(n int) []byte {
+	if n < 512 {
+		return make([]byte, 0, n)
+	}
+	c := class(n)
+	if v := pools[c].Get(); v != nil {
+		return (*(v.(*[]byte)))[:0]
+	}
+	return make([]byte, 0, 1<<c)
+}
+
+func putBuf(b []byte) {
+	if cap(b) < 512 || cap(b)&(cap(b)-1) != 0 {
+		return
+	}
+	b = b[:0]
+	pools[class(cap(b))].Put(&b)
+}

@@ -1,0 +1,407 @@
+package zmtp
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+	ztransport "github.com/go-zeromq/zmq4/transport"
+)
+
+// Config configures every connection of one zmq4 socket. It travels to the
+// transport in the socket's context (WithConfig), because zmq4 gives a
+// transport nothing but that context and an address.
+type Config struct {
+	// Mechanism secures the connection; nil means NULL.
+	Mechanism Mechanism
+	// SocketType is the zmq4 socket type above ("ROUTER", "DEALER", …),
+	// announced to the peer in the handshake metadata.
+	SocketType string
+	// HandshakeTimeout bounds greeting plus handshake (default 10s).
+	HandshakeTimeout time.Duration
+	// MaxFrame bounds one inbound frame (default 4 MiB), MaxMessage one
+	// inbound message (default 8 MiB), MaxFrames its frame count (default 16).
+	MaxFrame, MaxMessage, MaxFrames int
+	// SendQueue bounds the octets queued to one peer (default 8 MiB).
+	SendQueue int
+	// OnFull is what happens when SendQueue would be exceeded.
+	OnFull FullPolicy
+	// Identity returns the routing identity zmq4 gets for an accepted peer
+	// (ROUTER). Nil: 16 random octets. The peer never chooses it.
+	Identity func(*Peer) []byte
+	// AnnounceKey, on a server using CURVE, is put in the ERROR sent to a
+	// peer that greets with another mechanism, so that clients can learn the
+	// server's public key on first contact (see docs/PROTOCOL.md).
+	AnnounceKey string
+	// MaxHandshakes bounds handshakes in progress on a listener (default 256).
+	MaxHandshakes int
+	// Hooks; each may be nil and must not block.
+	OnConnect          func(id []byte, p *Peer, remote net.Addr)
+	OnClose            func(id []byte, p *Peer, err error)
+	OnHandshakeFailure func(remote net.Addr, err *HandshakeError)
+	OnDrop             func()
+}
+
+func (c *Config) mechanism() Mechanism {
+	if c.Mechanism == nil {
+		return Null{}
+	}
+	return c.Mechanism
+}
+
+func orDefault(v, d int) int {
+	if v > 0 {
+		return v
+	}
+	return d
+}
+
+func (c *Config) maxFrame() int   { return orDefault(c.MaxFrame, 4<<20) }
+func (c *Config) maxMessage() int { return orDefault(c.MaxMessage, 8<<20) }
+func (c *Config) maxFrames() int  { return orDefault(c.MaxFrames, 16) }
+func (c *Config) sendQueue() int  { return orDefault(c.SendQueue, 8<<20) }
+
+// maxOutFrame bounds what our own side may write: a bug guard only.
+func (c *Config) maxOutFrame() int { return 1 << 30 }
+
+func (c *Config) handshakeTimeout() time.Duration {
+	if c.HandshakeTimeout > 0 {
+		return c.HandshakeTimeout
+	}
+	return 10 * time.Second
+}
+
+type ctxKey struct{}
+
+// WithConfig returns a context for zmq4.NewX that makes the zp transports use cfg.
+func WithConfig(ctx context.Context, cfg *Config) context.Context {
+	return context.WithValue(ctx, ctxKey{}, cfg)
+}
+
+func configFrom(ctx context.Context) (*Config, error) {
+	cfg, ok := ctx.Value(ctxKey{}).(*Config)
+	if !ok || cfg == nil {
+		return nil, errors.New("zmtp: socket context carries no zmtp.Config (use zmtp.WithConfig)")
+	}
+	return cfg, nil
+}
+
+// Transport names registered with zmq4.
+const (
+	SchemeTCP = "zptcp"
+	SchemeIPC = "zpipc"
+)
+
+func init() {
+	for scheme, network := range map[string]string{SchemeTCP: "tcp", SchemeIPC: "unix"} {
+		if err := zmq4.RegisterTransport(scheme, transport{network: network}); err != nil {
+			panic(fmt.Sprintf("bug: registering %s: %v", scheme, err))
+		}
+	}
+}
+
+// Endpoint maps a ZeroMQ endpoint (tcp://host:port, ipc:///path) to the zp
+// transport that serves it.
+func Endpoint(ep string) (string, error) {
+	switch {
+	case strings.HasPrefix(ep, "tcp://"):
+		return SchemeTCP + ep[len("tcp"):], nil
+	case strings.HasPrefix(ep, "ipc://"):
+		return SchemeIPC + ep[len("ipc"):], nil
+	}
+	return "", fmt.Errorf("zmtp: unsupported endpoint %q (want tcp://HOST:PORT or ipc:///PATH)", ep)
+}
+
+type transport struct{ network string }
+
+func (t transport) Addr(ep string) (string, error) {
+	if t.network == "unix" {
+		if ep == "" {
+			return "", errors.New("zmtp: empty ipc path")
+		}
+		return ep, nil
+	}
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil {
+		return "", err
+	}
+	if port == "*" || port == "" {
+		port = "0"
+	}
+	if host == "*" {
+		host = ""
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+func (t transport) Dial(ctx context.Context, d ztransport.Dialer, addr string) (net.Conn, error) {
+	cfg, err := configFrom(ctx)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := d.DialContext(ctx, t.network, addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := handshake(ctx, raw, cfg, false)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (t transport) Listen(ctx context.Context, addr string) (net.Listener, error) {
+	cfg, err := configFrom(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen(t.network, addr)
+	if err != nil {
+		return nil, err
+	}
+	l := &listener{
+		Listener: ln,
+		cfg:      cfg,
+		ready:    make(chan net.Conn),
+		done:     make(chan struct{}),
+		sem:      make(chan struct{}, orDefault(cfg.MaxHandshakes, 256)),
+	}
+	l.ctx, l.cancel = context.WithCancel(ctx)
+	go l.run()
+	return l, nil
+}
+
+// listener accepts connections and runs each handshake in its own goroutine
+// with a deadline, so that a peer stalling mid-handshake delays nobody
+// (zmq4's accept loop would otherwise run the handshake inline).
+type listener struct {
+	net.Listener
+	cfg       *Config
+	ctx       context.Context
+	cancel    context.CancelFunc
+	ready     chan net.Conn
+	done      chan struct{}
+	sem       chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+func (l *listener) run() {
+	for {
+		raw, err := l.Listener.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || l.ctx.Err() != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond) // EMFILE and friends
+			continue
+		}
+		select {
+		case l.sem <- struct{}{}:
+		default:
+			raw.Close()
+			l.failed(raw.RemoteAddr(), Fail(ReasonTimeout, errors.New("too many handshakes in progress")))
+			continue
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			c, err := handshake(l.ctx, raw, l.cfg, true)
+			<-l.sem
+			if err != nil {
+				raw.Close()
+				l.failed(raw.RemoteAddr(), err)
+				return
+			}
+			select {
+			case l.ready <- c:
+			case <-l.done:
+				c.Close()
+			}
+		}()
+	}
+}
+
+func (l *listener) failed(remote net.Addr, err error) {
+	var he *HandshakeError
+	if !errors.As(err, &he) {
+		he = &HandshakeError{Reason: ReasonIO, Err: err}
+	}
+	if l.cfg.OnHandshakeFailure != nil {
+		l.cfg.OnHandshakeFailure(remote, he)
+	}
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ready:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *listener) Close() error {
+	var err error
+	l.closeOnce.Do(func() {
+		close(l.done)
+		l.cancel()
+		err = l.Listener.Close()
+	})
+	return err
+}
+
+// handshake runs greeting and mechanism handshake on raw and returns the
+// connection that zmq4 will use.
+func handshake(ctx context.Context, raw net.Conn, cfg *Config, asServer bool) (c *conn, err error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.handshakeTimeout())
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	_ = raw.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	defer func() {
+		stop()
+		if err != nil {
+			err = classify(ctx, err)
+		}
+	}()
+
+	mech := cfg.mechanism()
+	curve := mech.Name() != "NULL"
+	g := greeting(mech.Name(), asServer && curve)
+	if _, err := raw.Write(g[:]); err != nil {
+		return nil, Fail(ReasonIO, err)
+	}
+	br := bufio.NewReaderSize(raw, 64<<10)
+	var pg [greetingLen]byte
+	if _, err := io.ReadFull(br, pg[:]); err != nil {
+		return nil, Fail(ReasonIO, err)
+	}
+	peerMech, err := parseGreeting(pg[:])
+	if err != nil {
+		return nil, Fail(ReasonGreeting, err)
+	}
+	rw := &rawCommandRW{r: br, w: raw}
+	if peerMech != mech.Name() {
+		if asServer && cfg.AnnounceKey != "" {
+			_ = rw.WriteCommand("ERROR", ErrorBody(keyAnnouncePrefix+cfg.AnnounceKey))
+		}
+		if !asServer {
+			// A server that wants CURVE may tell us its key; surface it.
+			if name, data, err := rw.ReadCommand(); err == nil && name == "ERROR" {
+				return nil, Fail(ReasonMechanism, fmt.Errorf("zmtp: server wants %s, we offered %s: %w", peerMech, mech.Name(), &PeerError{Reason: errorReason(data)}))
+			}
+		}
+		return nil, Fail(ReasonMechanism, fmt.Errorf("zmtp: peer wants mechanism %q, we use %q", peerMech, mech.Name()))
+	}
+	local := Metadata{{Name: PropSocketType, Value: []byte(cfg.SocketType)}}
+	if !asServer || cfg.SocketType != "ROUTER" {
+		local = append(local, Property{Name: PropIdentity, Value: nil})
+	}
+	peer, err := mech.Handshake(ctx, rw, asServer, local)
+	if err != nil {
+		return nil, err
+	}
+	st, _ := peer.Meta.Get(PropSocketType)
+	if !zmq4.SocketType(st).IsCompatible(zmq4.SocketType(cfg.SocketType)) {
+		if asServer {
+			_ = rw.WriteCommand("ERROR", ErrorBody("incompatible socket type"))
+		}
+		return nil, Fail(ReasonSocketType, fmt.Errorf("zmtp: peer socket type %q cannot talk to %s", st, cfg.SocketType))
+	}
+	var id []byte
+	if asServer {
+		if cfg.Identity != nil {
+			id = cfg.Identity(peer)
+		} else {
+			id = make([]byte, 16)
+			_, _ = rand.Read(id)
+		}
+	}
+	_ = raw.SetDeadline(time.Time{})
+	if tc, ok := raw.(*net.TCPConn); ok {
+		_ = tc.SetKeepAlive(true)
+	}
+	c = newConn(raw, br, cfg, peer, id)
+	if cfg.OnConnect != nil {
+		cfg.OnConnect(id, peer, raw.RemoteAddr())
+	}
+	return c, nil
+}
+
+func classify(ctx context.Context, err error) error {
+	var ne net.Error
+	if ctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout()) {
+		return &HandshakeError{Reason: ReasonTimeout, Err: err}
+	}
+	return Fail(ReasonIO, err)
+}
+
+const keyAnnouncePrefix = "CURVE required; server-key="
+
+// QueryServerKey asks a zp server for its public key without authenticating
+// (first contact, like ssh's host key): it greets with NULL, and a CURVE zp
+// server answers with an ERROR that carries its public key in Z85. The key
+// is NOT trusted by this call: the caller shows its fingerprint to the user
+// and pins it, and the CURVE handshake that follows proves that the server
+// holds the matching secret key.
+func QueryServerKey(ctx context.Context, endpoint string, timeout time.Duration) (string, error) {
+	network, addr, err := splitEndpoint(endpoint)
+	if err != nil {
+		return "", err
+	}
+	d := net.Dialer{Timeout: timeout}
+	raw, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return "", err
+	}
+	defer raw.Close()
+	_ = raw.SetDeadline(time.Now().Add(timeout))
+	g := greeting("NULL", false)
+	if _, err := raw.Write(g[:]); err != nil {
+		return "", err
+	}
+	br := bufio.NewReader(raw)
+	var pg [greetingLen]byte
+	if _, err := io.ReadFull(br, pg[:]); err != nil {
+		return "", fmt.Errorf("zmtp: reading greeting: %w", err)
+	}
+	mech, err := parseGreeting(pg[:])
+	if err != nil {
+		return "", err
+	}
+	if mech == "NULL" {
+		return "", ErrServerInsecure
+	}
+	name, data, err := (&rawCommandRW{r: br, w: raw}).ReadCommand()
+	if err != nil {
+		return "", fmt.Errorf("zmtp: server did not announce its key: %w", err)
+	}
+	reason := errorReason(data)
+	if name != "ERROR" || !strings.HasPrefix(reason, keyAnnouncePrefix) {
+		return "", fmt.Errorf("zmtp: server did not announce its key (got %s %q)", name, reason)
+	}
+	return strings.TrimPrefix(reason, keyAnnouncePrefix), nil
+}
+
+// ErrServerInsecure means the server runs without encryption (--insecure).
+var ErrServerInsecure = errors.New("zmtp: server runs without encryption (NULL mechanism)")
+
+func splitEndpoint(ep string) (network, addr string, err error) {
+	switch {
+	case strings.HasPrefix(ep, "tcp://"):
+		return "tcp", ep[len("tcp://"):], nil
+	case strings.HasPrefix(ep, "ipc://"):
+		return "unix", ep[len("ipc://"):], nil
+	}
+	return "", "", fmt.Errorf("zmtp: unsupported endpoint %q", ep)
+}
