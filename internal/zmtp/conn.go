@@ -432,8 +432,23 @@ func (c *conn) failLocked(err error) {
 	})
 }
 
-// Close implements net.Conn.
+// Close implements net.Conn. A Block-policy connection (a client) first
+// lets its writer flush what is queued, for up to a second, so that a last
+// message sent just before closing the socket is not lost.
 func (c *conn) Close() error {
+	if c.cfg.OnFull == Block {
+		deadline := time.Now().Add(time.Second)
+		c.mu.Lock()
+		for len(c.queue) > 0 || c.queued > 0 {
+			if c.closed || time.Now().After(deadline) {
+				break
+			}
+			c.mu.Unlock()
+			time.Sleep(time.Millisecond)
+			c.mu.Lock()
+		}
+		c.mu.Unlock()
+	}
 	c.fail(net.ErrClosed)
 	return nil
 }

@@ -70,16 +70,16 @@ type HandshakeError struct {
 
 // Reasons for a failed handshake.
 const (
-	ReasonGreeting     = "bad_greeting"    // not ZMTP 3.x, malformed
-	ReasonMechanism    = "mechanism"       // peer asked for another mechanism
-	ReasonProtocol     = "protocol"        // malformed or unexpected command
-	ReasonCrypto       = "crypto"          // a box did not open: wrong key or tampering
-	ReasonUnauthorised = "unauthorised"    // authenticated key not allowed
-	ReasonRejected     = "rejected"        // the peer sent ERROR
-	ReasonTimeout      = "timeout"         // the peer did not finish in time
-	ReasonIO           = "io"              // connection closed or failed
-	ReasonSocketType   = "socket_type"     // incompatible socket types
-	ReasonServerKey    = "server_key"      // client: the server key is not the pinned one
+	ReasonGreeting     = "bad_greeting" // not ZMTP 3.x, malformed
+	ReasonMechanism    = "mechanism"    // peer asked for another mechanism
+	ReasonProtocol     = "protocol"     // malformed or unexpected command
+	ReasonCrypto       = "crypto"       // a box did not open: wrong key or tampering
+	ReasonUnauthorised = "unauthorised" // authenticated key not allowed
+	ReasonRejected     = "rejected"     // the peer sent ERROR
+	ReasonTimeout      = "timeout"      // the peer did not finish in time
+	ReasonIO           = "io"           // connection closed or failed
+	ReasonSocketType   = "socket_type"  // incompatible socket types
+	ReasonServerKey    = "server_key"   // client: the server key is not the pinned one
 )
 
 func (e *HandshakeError) Error() string {

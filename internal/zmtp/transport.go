@@ -44,7 +44,8 @@ type Config struct {
 	// MaxHandshakes bounds handshakes in progress on a listener (default 256).
 	MaxHandshakes int
 	// Hooks; each may be nil and must not block.
-	OnConnect          func(id []byte, p *Peer, remote net.Addr)
+	// OnConnect receives a function that closes this connection.
+	OnConnect          func(id []byte, p *Peer, remote net.Addr, closeConn func())
 	OnClose            func(id []byte, p *Peer, err error)
 	OnHandshakeFailure func(remote net.Addr, err *HandshakeError)
 	OnDrop             func()
@@ -333,7 +334,7 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, asServer bool) (c
 	}
 	c = newConn(raw, br, cfg, peer, id)
 	if cfg.OnConnect != nil {
-		cfg.OnConnect(id, peer, raw.RemoteAddr())
+		cfg.OnConnect(id, peer, raw.RemoteAddr(), func() { c.Close() })
 	}
 	return c, nil
 }

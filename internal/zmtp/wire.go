@@ -145,4 +145,3 @@ func (c *rawCommandRW) ReadCommand() (string, []byte, error) {
 	}
 	return splitCommand(body)
 }
-

@@ -1,0 +1,399 @@
+// Package broker is zpd: the ROUTER that serves sessions (exec, jobs,
+// files) and the sockets that publish job output. One Broker owns its
+// sockets; Run returns after every goroutine it started has ended.
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/internal/zmtp"
+	"github.com/zpipes/zp/metrics"
+)
+
+// Config configures a Broker. Zero durations and sizes take the defaults
+// documented on each field.
+type Config struct {
+	// Endpoint of the control ROUTER: tcp://HOST:PORT or ipc:///PATH.
+	Endpoint string
+	// StateDir holds zpd's keys, jobs and partial files.
+	StateDir string
+	// Mechanism secures every socket; nil is NULL (--insecure).
+	Mechanism zmtp.Mechanism
+	// AnnounceKey is the server public key (Z85) told to clients that greet
+	// without CURVE, so that they can pin it on first contact.
+	AnnounceKey string
+	// Authorize decides whether the client key may act as user. Nil allows
+	// only zpd's own user.
+	Authorize func(key []byte, user string) (*Account, error)
+	// Heartbeat is the ping interval clients are told to use (1s); Timeout
+	// the silence after which a connection is presumed dead (5s); Grace how
+	// long a session outlives its connection (60s).
+	Heartbeat, Timeout, Grace time.Duration
+	// Window is the largest credit window per stream (4 MiB) and Chunk the
+	// largest DATA payload (256 KiB).
+	Window, Chunk int
+	// MaxSessions bounds sessions (10000); MaxChannels channels per session (64).
+	MaxSessions, MaxChannels int
+	Logger                   *slog.Logger
+	// Registerer receives the metrics; nil uses a private registry.
+	Registerer prometheus.Registerer
+}
+
+func (c *Config) heartbeat() time.Duration { return durOr(c.Heartbeat, time.Second) }
+func (c *Config) timeout() time.Duration   { return durOr(c.Timeout, 5*time.Second) }
+func (c *Config) grace() time.Duration     { return durOr(c.Grace, 60*time.Second) }
+func (c *Config) window() int              { return intOr(c.Window, 4<<20) }
+func (c *Config) chunk() int               { return intOr(c.Chunk, 256<<10) }
+func (c *Config) maxSessions() int         { return intOr(c.MaxSessions, 10000) }
+func (c *Config) maxChannels() int         { return intOr(c.MaxChannels, 64) }
+
+func durOr(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+func intOr(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+// Broker is a running zpd.
+type Broker struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics.Metrics
+	router zmq4.Socket
+	self   *Account
+
+	mu       sync.Mutex
+	conns    map[string]*connInfo // by routing identity
+	sessions map[string]*session  // by session id
+}
+
+// connInfo is an authenticated connection on the control socket.
+type connInfo struct {
+	id     []byte
+	key    []byte // CURVE key, nil under NULL
+	remote string
+	close  func()
+	since  time.Time
+	sess   *session
+}
+
+// New validates cfg and binds the control socket.
+func New(cfg Config) (*Broker, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	self, err := CurrentAccount()
+	if err != nil {
+		return nil, fmt.Errorf("broker: who am I: %w", err)
+	}
+	b := &Broker{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		m:        metrics.New(cfg.Registerer),
+		self:     self,
+		conns:    make(map[string]*connInfo),
+		sessions: make(map[string]*session),
+	}
+	ep, err := zmtp.Endpoint(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	zcfg := &zmtp.Config{
+		Mechanism:   cfg.Mechanism,
+		SocketType:  string(zmq4.Router),
+		AnnounceKey: cfg.AnnounceKey,
+		OnFull:      zmtp.Disconnect,
+		// Room for every stream of a session to have its whole window in
+		// flight, plus control messages.
+		SendQueue:          2*cfg.maxChannels()*cfg.window() + 1<<20,
+		MaxFrame:           wire.MaxHeader + 64,
+		MaxMessage:         wire.MaxHeader + wire.MaxData + 128,
+		MaxFrames:          3,
+		Identity:           routingID,
+		OnConnect:          b.onConnect,
+		OnClose:            b.onClose,
+		OnHandshakeFailure: b.onHandshakeFailure,
+	}
+	ctx := zmtp.WithConfig(context.Background(), zcfg)
+	b.router = zmq4.NewRouter(ctx, zmq4.WithLogger(discardLogger()))
+	if err := b.router.Listen(ep); err != nil {
+		b.router.Close()
+		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.Endpoint, err)
+	}
+	return b, nil
+}
+
+// Addr is the control socket's bound address (useful with port 0).
+func (b *Broker) Addr() net.Addr { return b.router.Addr() }
+
+// routingID gives each connection an identity that starts with the peer's
+// authenticated key (32 zero octets under NULL) and ends with 8 random
+// octets: the broker reads the key from every message's envelope, and no
+// client can choose or collide with another's identity.
+func routingID(p *zmtp.Peer) []byte {
+	id := make([]byte, 40)
+	copy(id, p.Key)
+	_, _ = rand.Read(id[32:])
+	return id
+}
+
+func (b *Broker) onConnect(id []byte, p *zmtp.Peer, remote net.Addr, closeConn func()) {
+	b.mu.Lock()
+	b.conns[string(id)] = &connInfo{id: id, key: p.Key, remote: remote.String(), close: closeConn, since: time.Now()}
+	b.mu.Unlock()
+	b.m.Connections.Inc()
+	b.log.Debug("connection", "peer", remote.String())
+}
+
+func (b *Broker) onClose(id []byte, _ *zmtp.Peer, err error) {
+	b.mu.Lock()
+	c := b.conns[string(id)]
+	delete(b.conns, string(id))
+	b.mu.Unlock()
+	if c == nil {
+		return
+	}
+	b.m.Connections.Dec()
+	if errors.Is(err, zmtp.ErrSlowPeer) {
+		b.log.Warn("dropped a client that stopped reading", "peer", c.remote)
+	}
+	if s := c.sess; s != nil {
+		s.detach(c)
+	}
+}
+
+func (b *Broker) onHandshakeFailure(remote net.Addr, err *zmtp.HandshakeError) {
+	b.m.HandshakeFailures.WithLabelValues(err.Reason).Inc()
+	b.log.Info("handshake failed", "peer", remote.String(), "reason", err.Reason, "err", err.Err)
+}
+
+// Run serves until ctx ends, then stops every session and returns.
+func (b *Broker) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		b.reaper(ctx)
+	}()
+	stop := context.AfterFunc(ctx, func() { b.router.Close() })
+	defer stop()
+	for {
+		msg, err := b.router.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			b.log.Error("control socket receive failed", "err", err)
+			break
+		}
+		b.dispatch(msg.Frames)
+	}
+	b.router.Close()
+	b.mu.Lock()
+	sessions := make([]*session, 0, len(b.sessions))
+	for _, s := range b.sessions {
+		sessions = append(sessions, s)
+	}
+	b.mu.Unlock()
+	for _, s := range sessions {
+		s.end("zpd shutting down")
+	}
+	wg.Wait()
+	return nil
+}
+
+// dispatch handles one message from the ROUTER; it must never block.
+func (b *Broker) dispatch(frames [][]byte) {
+	if len(frames) < 2 {
+		return
+	}
+	id := frames[0]
+	b.mu.Lock()
+	c := b.conns[string(id)]
+	b.mu.Unlock()
+	if c == nil {
+		return // connection already gone
+	}
+	m, err := wire.Decode(frames[1:])
+	if err != nil {
+		b.reply(id, wire.Errorf(0, wire.CodeBadRequest, "%v", err))
+		return
+	}
+	if o, ok := m.(*wire.Open); ok {
+		b.open(c, o)
+		return
+	}
+	s := c.sess
+	if s == nil {
+		b.reply(id, wire.Errorf(0, wire.CodeBadRequest, "%s before OPEN", m.ID()))
+		return
+	}
+	s.handle(m)
+}
+
+// reply sends a message to a connection that may have no session.
+func (b *Broker) reply(id []byte, m wire.Message) {
+	if e, ok := m.(*wire.Error); ok {
+		b.m.Errors.WithLabelValues(strconv.Itoa(int(e.Code))).Inc()
+	}
+	frames := append([][]byte{id}, wire.Frames(m)...)
+	if err := b.router.Send(zmq4.NewMsgFrom(frames...)); err != nil {
+		b.log.Debug("send failed", "err", err)
+	}
+}
+
+func (b *Broker) open(c *connInfo, m *wire.Open) {
+	if m.Version != wire.Version {
+		b.reply(c.id, wire.Errorf(0, wire.CodeVersion, "protocol version %d not supported (this zpd speaks %d)", m.Version, wire.Version))
+		return
+	}
+	if c.sess != nil {
+		b.reply(c.id, wire.Errorf(0, wire.CodeBadRequest, "this connection already has a session"))
+		return
+	}
+	if m.Session != "" {
+		b.resume(c, m)
+		return
+	}
+	user := m.User
+	if user == "" {
+		user = b.self.Name
+	}
+	var acct *Account
+	var err error
+	if b.cfg.Authorize != nil {
+		acct, err = b.cfg.Authorize(c.key, user)
+	} else if user != b.self.Name {
+		err = fmt.Errorf("zpd runs as %s and cannot act as %s", b.self.Name, user)
+	} else {
+		acct = b.self
+	}
+	if err != nil {
+		b.log.Info("session refused", "peer", c.remote, "user", user, "err", err)
+		b.reply(c.id, wire.Errorf(0, wire.CodeUnauthorised, "%v", err))
+		return
+	}
+	b.mu.Lock()
+	if len(b.sessions) >= b.cfg.maxSessions() {
+		b.mu.Unlock()
+		b.reply(c.id, wire.Errorf(0, wire.CodeTooMany, "too many sessions"))
+		return
+	}
+	s := newSession(b, acct, c)
+	b.sessions[s.id] = s
+	c.sess = s
+	b.mu.Unlock()
+	b.m.Sessions.Inc()
+	b.m.SessionsOpened.WithLabelValues("new").Inc()
+	b.log.Info("session opened", "session", s.id, "user", acct.Name, "peer", c.remote, "client", m.Client)
+	s.send(b.openOK(s, false))
+}
+
+func (b *Broker) openOK(s *session, resumed bool) *wire.OpenOK {
+	host, _ := os.Hostname()
+	return &wire.OpenOK{
+		Version: wire.Version, Session: s.id, Token: s.token, Resumed: resumed,
+		Heartbeat: uint32(b.cfg.heartbeat().Milliseconds()),
+		Timeout:   uint32(b.cfg.timeout().Milliseconds()),
+		Grace:     uint32(b.cfg.grace().Milliseconds()),
+		Server:    host + " zpd/" + wire.SoftwareVersion,
+	}
+}
+
+func (b *Broker) resume(c *connInfo, m *wire.Open) {
+	b.mu.Lock()
+	s := b.sessions[m.Session]
+	b.mu.Unlock()
+	// The same answer for "no such session" and "not yours": session ids
+	// are not secrets, tokens and keys are.
+	if s == nil || subtle.ConstantTimeCompare(s.token, m.Token) != 1 || subtle.ConstantTimeCompare(s.key, c.key) != 1 {
+		b.reply(c.id, wire.Errorf(0, wire.CodeGone, "session %s cannot be resumed (expired or unknown)", m.Session))
+		return
+	}
+	if !s.attach(c) {
+		b.reply(c.id, wire.Errorf(0, wire.CodeGone, "session %s has ended", m.Session))
+		return
+	}
+	b.m.SessionsOpened.WithLabelValues("resumed").Inc()
+	b.log.Info("session resumed", "session", s.id, "peer", c.remote)
+	s.resumeStreams(b.openOK(s, true))
+}
+
+// reaper drops dead connections and expired sessions.
+func (b *Broker) reaper(ctx context.Context) {
+	t := time.NewTicker(b.cfg.heartbeat() / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		var kick []*connInfo
+		var expired []*session
+		b.mu.Lock()
+		for _, c := range b.conns {
+			if c.sess == nil && now.Sub(c.since) > b.cfg.timeout()+b.cfg.heartbeat() {
+				kick = append(kick, c) // connected but never opened a session
+			}
+		}
+		for _, s := range b.sessions {
+			switch st, since := s.state(); st {
+			case attached:
+				if now.Sub(since) > b.cfg.timeout() {
+					if c := s.currentConn(); c != nil {
+						kick = append(kick, c)
+					}
+				}
+			case detached:
+				if now.Sub(since) > b.cfg.grace() {
+					expired = append(expired, s)
+				}
+			}
+		}
+		b.mu.Unlock()
+		for _, c := range kick {
+			b.log.Info("closing silent connection", "peer", c.remote)
+			c.close()
+		}
+		for _, s := range expired {
+			b.m.SessionsReaped.Inc()
+			s.end("client did not return within the grace period")
+		}
+	}
+}
+
+func (b *Broker) forget(s *session) {
+	b.mu.Lock()
+	delete(b.sessions, s.id)
+	b.mu.Unlock()
+	b.m.Sessions.Dec()
+}
+
+func newSessionID() string { return nuid.Next() }

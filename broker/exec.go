@@ -1,0 +1,397 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/publisher"
+	"github.com/zpipes/zp/subscriber"
+)
+
+// stdinItem is a piece of stdin queued for the writer goroutine.
+type stdinItem struct {
+	data []byte
+	eof  bool
+}
+
+// execChan is one running command of a session (an exec channel).
+type execChan struct {
+	s      *session
+	id     uint32
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	out    [3]*publisher.Stream // [wire.Stdout], [wire.Stderr]
+	in     *subscriber.Stream   // nil without stdin
+	stdinQ chan stdinItem
+
+	mu      sync.Mutex
+	pgid    int // 0 until started
+	exit    *wire.Exit
+	stopped bool // the client abandoned it (FIN, session end)
+}
+
+func newExecChan(s *session, id uint32, window uint32, stdin bool) *execChan {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := &execChan{s: s, id: id, ctx: ctx, cancel: cancel}
+	w := uint64(window)
+	if w == 0 || w > uint64(s.b.cfg.window()) {
+		w = uint64(s.b.cfg.window())
+	}
+	ch.out[wire.Stdout] = publisher.New(w)
+	ch.out[wire.Stderr] = publisher.New(w)
+	if stdin {
+		ch.in = subscriber.New(uint64(s.b.cfg.window()))
+		ch.stdinQ = make(chan stdinItem, publisher.MaxInflight+16)
+	}
+	return ch
+}
+
+// run starts the command and reports its end. It owns the process.
+func (ch *execChan) run(m *wire.Exec) {
+	b := ch.s.b
+	acct := ch.s.acct
+	env := acct.environ(m.Env)
+	pathEnv := acct.defaultPath()
+	if p, ok := m.Env["PATH"]; ok {
+		pathEnv = p
+	}
+	dir := m.Dir
+	if dir == "" {
+		dir = acct.Home
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			dir = "/"
+		}
+	}
+	path, code, err := lookPath(m.Argv[0], pathEnv, dir)
+	if err != nil {
+		ch.finish(&wire.Exit{Channel: ch.id, Status: wire.FailedToStart, Code: uint32(code), Message: err.Error()})
+		return
+	}
+
+	var files []*os.File // parent's ends
+	var child []*os.File // child's ends, closed after start
+	defer func() {
+		for _, f := range child {
+			f.Close()
+		}
+	}()
+	cmd := &exec.Cmd{Path: path, Args: m.Argv, Env: env, Dir: dir,
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Credential: acct.credential()}}
+	var stdinW *os.File
+	if ch.in != nil {
+		r, w, err := os.Pipe()
+		if err != nil {
+			ch.finish(startFailure(ch.id, err))
+			return
+		}
+		setPipeSize(w)
+		cmd.Stdin, stdinW = r, w
+		child = append(child, r)
+	}
+	var outR [3]*os.File
+	for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			ch.finish(startFailure(ch.id, err))
+			return
+		}
+		setPipeSize(r)
+		outR[st] = r
+		files = append(files, r)
+		child = append(child, w)
+		if st == wire.Stdout {
+			cmd.Stdout = w
+		} else {
+			cmd.Stderr = w
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		for _, f := range files {
+			f.Close()
+		}
+		if stdinW != nil {
+			stdinW.Close()
+		}
+		ch.finish(startFailure(ch.id, err))
+		return
+	}
+	for _, f := range child {
+		f.Close()
+	}
+	child = nil
+	started := time.Now()
+	ch.mu.Lock()
+	ch.pgid = cmd.Process.Pid
+	stopped := ch.stopped
+	ch.mu.Unlock()
+	if stopped { // abandoned while starting
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGHUP)
+	}
+	b.m.ExecStarted.Inc()
+	b.m.ExecRunning.Inc()
+	b.log.Debug("exec started", "session", ch.s.id, "channel", ch.id, "pid", cmd.Process.Pid, "user", acct.Name)
+
+	var window uint32
+	if ch.in != nil {
+		window = uint32(b.cfg.window())
+	}
+	ch.s.send(&wire.ExecOK{Channel: ch.id, Job: "", PID: uint32(cmd.Process.Pid), Window: window})
+
+	var pumps sync.WaitGroup
+	for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
+		pumps.Add(1)
+		go func() {
+			defer pumps.Done()
+			ch.pump(st, outR[st])
+		}()
+	}
+	if stdinW != nil {
+		go ch.writeStdin(stdinW)
+	}
+	waitErr := cmd.Wait()
+	pumps.Wait()
+	b.m.ExecRunning.Dec()
+	b.m.ExecDuration.Observe(time.Since(started).Seconds())
+
+	exit := &wire.Exit{Channel: ch.id}
+	var ws syscall.WaitStatus
+	if cmd.ProcessState != nil {
+		ws, _ = cmd.ProcessState.Sys().(syscall.WaitStatus)
+	}
+	switch {
+	case cmd.ProcessState == nil:
+		exit.Status, exit.Code, exit.Message = wire.Exited, 255, fmt.Sprint(waitErr)
+	case ws.Signaled():
+		exit.Status, exit.Code = wire.Signaled, uint32(ws.Signal())
+	default:
+		exit.Status, exit.Code = wire.Exited, uint32(ws.ExitStatus())
+	}
+	ch.finish(exit)
+}
+
+// pump sends one output stream, never reading more from the pipe than the
+// client has granted: a slow client blocks the command's writes.
+func (ch *execChan) pump(st wire.Stream, f *os.File) {
+	defer f.Close()
+	ps := ch.out[st]
+	b := ch.s.b
+	for {
+		n, err := ps.Credit(ch.ctx, b.cfg.chunk())
+		if err != nil {
+			return // abandoned: closing f gives the command EPIPE, as under ssh
+		}
+		buf := make([]byte, n)
+		k, rerr := f.Read(buf)
+		if k > 0 {
+			off := ps.Sent(buf[:k])
+			b.m.Bytes.WithLabelValues("out", "exec").Add(float64(k))
+			ch.s.send(&wire.Data{Channel: ch.id, Stream: st, Offset: off, Bytes: buf[:k]})
+		}
+		if rerr != nil {
+			if !errors.Is(rerr, io.EOF) && !errors.Is(rerr, fs.ErrClosed) {
+				b.log.Warn("reading command output", "session", ch.s.id, "channel", ch.id, "stream", st.String(), "err", rerr)
+			}
+			off := ps.Sent(nil)
+			ch.s.send(&wire.Data{Channel: ch.id, Stream: st, Offset: off, Flags: wire.DataEOF, Bytes: []byte{}})
+			return
+		}
+	}
+}
+
+// acceptStdin queues stdin from the client; called by the receive loop,
+// never blocks.
+func (ch *execChan) acceptStdin(m *wire.Data) *wire.Error {
+	if ch.in == nil {
+		return wire.Errorf(ch.id, wire.CodeBadRequest, "channel %d has no stdin", ch.id)
+	}
+	fresh, err := ch.in.Accept(m.Offset, m.Bytes, m.EOF())
+	if err != nil {
+		return wire.Errorf(ch.id, wire.CodeFlowControl, "stdin: %v", err)
+	}
+	if len(fresh) == 0 && !m.EOF() {
+		return nil
+	}
+	ch.s.b.m.Bytes.WithLabelValues("in", "exec").Add(float64(len(fresh)))
+	select {
+	case ch.stdinQ <- stdinItem{data: fresh, eof: m.EOF()}:
+		return nil
+	default:
+		return wire.Errorf(ch.id, wire.CodeFlowControl, "stdin: more than %d messages in flight", publisher.MaxInflight)
+	}
+}
+
+// writeStdin feeds the command's stdin and acknowledges what it wrote. When
+// the command stops reading (exits, closes stdin) the rest is discarded but
+// still acknowledged, so the client is never stuck.
+func (ch *execChan) writeStdin(w *os.File) {
+	defer w.Close()
+	broken := false
+	for {
+		select {
+		case <-ch.ctx.Done():
+			return
+		case it := <-ch.stdinQ:
+			if len(it.data) > 0 && !broken {
+				if _, err := w.Write(it.data); err != nil {
+					broken = true
+				}
+			}
+			if due, off, lim := ch.in.Consumed(len(it.data)); due || it.eof {
+				if !due {
+					off, lim = ch.in.Ack()
+				}
+				ch.s.send(&wire.Ack{Channel: ch.id, Stream: wire.Stdin, Offset: off, Limit: lim})
+			}
+			if it.eof {
+				return
+			}
+		}
+	}
+}
+
+// finish records the end of the command and reports it; the report is kept
+// until the client releases the channel, to resend after a reconnect.
+func (ch *execChan) finish(exit *wire.Exit) {
+	b := ch.s.b
+	result := "exited_zero"
+	switch {
+	case exit.Status == wire.FailedToStart:
+		result = "failed_to_start"
+	case exit.Status == wire.Signaled:
+		result = "signaled"
+	case exit.Code != 0:
+		result = "exited_nonzero"
+	}
+	ch.mu.Lock()
+	if ch.stopped && exit.Status != wire.FailedToStart {
+		result = "lost"
+	}
+	ch.exit = exit
+	ch.mu.Unlock()
+	b.m.ExecFinished.WithLabelValues(result).Inc()
+	b.log.Debug("exec finished", "session", ch.s.id, "channel", ch.id, "status", exit.Status, "code", exit.Code)
+	ch.s.send(exit)
+}
+
+// signal delivers a signal to the command's process group.
+func (ch *execChan) signal(name string) *wire.Error {
+	sig := unix.SignalNum("SIG" + strings.TrimPrefix(strings.ToUpper(name), "SIG"))
+	if sig == 0 {
+		return wire.Errorf(ch.id, wire.CodeBadRequest, "unknown signal %q", name)
+	}
+	ch.mu.Lock()
+	pgid := ch.pgid
+	done := ch.exit != nil
+	ch.mu.Unlock()
+	if pgid == 0 || done {
+		return nil // not started yet, or already gone: nothing to signal
+	}
+	if err := syscall.Kill(-pgid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return wire.Errorf(ch.id, wire.CodeInternal, "signal: %v", err)
+	}
+	return nil
+}
+
+// stop abandons the channel: the command gets SIGHUP (as when an ssh
+// connection drops), its pipes close, the goroutines end.
+func (ch *execChan) stop() {
+	ch.mu.Lock()
+	if ch.stopped {
+		ch.mu.Unlock()
+		return
+	}
+	ch.stopped = true
+	pgid, done := ch.pgid, ch.exit != nil
+	ch.mu.Unlock()
+	if pgid != 0 && !done {
+		_ = syscall.Kill(-pgid, syscall.SIGHUP)
+	}
+	ch.cancel()
+	for _, ps := range ch.out {
+		if ps != nil {
+			ps.Close(nil)
+		}
+	}
+}
+
+func startFailure(channel uint32, err error) *wire.Exit {
+	code := uint32(126)
+	msg := err.Error()
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		msg = fmt.Sprintf("%s: %v", pe.Path, pe.Err)
+		if errors.Is(pe.Err, syscall.ENOENT) && pe.Op != "chdir" {
+			code = 127
+		}
+	}
+	return &wire.Exit{Channel: channel, Status: wire.FailedToStart, Code: code, Message: msg}
+}
+
+// lookPath finds argv0 in pathEnv (the command's PATH, not zpd's) like a
+// shell: 127 when not found, 126 when found but not executable.
+func lookPath(argv0, pathEnv, dir string) (string, int, error) {
+	if strings.Contains(argv0, "/") {
+		p := argv0
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		st, err := os.Stat(p)
+		switch {
+		case err != nil:
+			return "", 127, fmt.Errorf("%s: no such file or directory", argv0)
+		case st.IsDir() || st.Mode()&0o111 == 0:
+			return "", 126, fmt.Errorf("%s: permission denied", argv0)
+		}
+		return p, 0, nil
+	}
+	denied := ""
+	for _, d := range filepath.SplitList(pathEnv) {
+		if d == "" {
+			d = "."
+		}
+		p := filepath.Join(d, argv0)
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		st, err := os.Stat(p)
+		if err != nil || st.IsDir() {
+			continue
+		}
+		if st.Mode()&0o111 == 0 {
+			denied = p
+			continue
+		}
+		return p, 0, nil
+	}
+	if denied != "" {
+		return "", 126, fmt.Errorf("%s: permission denied", denied)
+	}
+	return "", 127, fmt.Errorf("%s: command not found", argv0)
+}
+
+// setPipeSize enlarges a pipe to 1 MiB (the unprivileged maximum) so that
+// bulk output moves in large reads. SyscallConn, not Fd: Fd would switch
+// the pipe to blocking mode and take it off the poller.
+func setPipeSize(f *os.File) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20)
+	})
+}

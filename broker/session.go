@@ -1,0 +1,261 @@
+package broker
+
+import (
+	"crypto/rand"
+	"io"
+	"log"
+	"sync"
+	"time"
+
+	"github.com/zpipes/zp/internal/wire"
+)
+
+type sessState int
+
+const (
+	attached sessState = iota
+	detached
+	ended
+)
+
+// session is one client's session. It outlives its connection for the
+// grace period, so that a client can resume it.
+type session struct {
+	b     *Broker
+	id    string
+	token []byte
+	key   []byte
+	acct  *Account
+
+	mu       sync.Mutex
+	conn     *connInfo // nil while detached
+	st       sessState
+	since    time.Time // last message (attached) or detach time (detached)
+	channels map[uint32]*execChan
+}
+
+func newSession(b *Broker, acct *Account, c *connInfo) *session {
+	token := make([]byte, 16)
+	_, _ = rand.Read(token)
+	return &session{
+		b: b, id: newSessionID(), token: token, key: c.key, acct: acct,
+		conn: c, st: attached, since: time.Now(),
+		channels: make(map[uint32]*execChan),
+	}
+}
+
+func (s *session) state() (sessState, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st, s.since
+}
+
+func (s *session) currentConn() *connInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn
+}
+
+// send delivers m to the client if it is connected; while detached the
+// message is dropped (streams resend what was not acknowledged on resume).
+func (s *session) send(m wire.Message) bool {
+	s.mu.Lock()
+	c := s.conn
+	s.mu.Unlock()
+	if c == nil {
+		return false
+	}
+	s.b.reply(c.id, m)
+	return true
+}
+
+// detach is called when the session's connection closes.
+func (s *session) detach(c *connInfo) {
+	s.mu.Lock()
+	if s.conn != c || s.st != attached {
+		s.mu.Unlock()
+		return
+	}
+	s.conn = nil
+	s.st = detached
+	s.since = time.Now()
+	s.mu.Unlock()
+	s.b.m.SessionsDetached.Inc()
+	s.b.log.Info("session detached", "session", s.id, "grace", s.b.cfg.grace())
+}
+
+// attach binds the session to a new connection; false if it ended.
+func (s *session) attach(c *connInfo) bool {
+	s.mu.Lock()
+	if s.st == ended {
+		s.mu.Unlock()
+		return false
+	}
+	old := s.conn
+	wasDetached := s.st == detached
+	s.conn = c
+	s.st = attached
+	s.since = time.Now()
+	s.mu.Unlock()
+	s.b.mu.Lock()
+	c.sess = s
+	if old != nil {
+		old.sess = nil
+	}
+	s.b.mu.Unlock()
+	if wasDetached {
+		s.b.m.SessionsDetached.Dec()
+	}
+	if old != nil {
+		old.close() // a half-dead connection the client gave up on
+	}
+	return true
+}
+
+// resumeStreams answers a resume: OPEN_OK, then for every channel an ACK of
+// what we received (so the client resends the rest) and a resend of what
+// the client has not acknowledged, then any EXIT it missed.
+func (s *session) resumeStreams(ok *wire.OpenOK) {
+	s.send(ok)
+	s.mu.Lock()
+	chans := make([]*execChan, 0, len(s.channels))
+	for _, ch := range s.channels {
+		chans = append(chans, ch)
+	}
+	s.mu.Unlock()
+	for _, ch := range chans {
+		ch.resend()
+	}
+}
+
+// handle processes a message of this session; called by the receive loop,
+// so nothing here may block.
+func (s *session) handle(m wire.Message) {
+	s.mu.Lock()
+	s.since = time.Now()
+	s.mu.Unlock()
+	switch m := m.(type) {
+	case *wire.Ping:
+		s.send(&wire.Pong{Seq: m.Seq})
+	case *wire.Pong:
+	case *wire.Close:
+		s.end("client closed the session")
+	case *wire.Exec:
+		s.exec(m)
+	case *wire.Data:
+		if ch := s.channel(m.Channel); ch == nil {
+			s.sendErr(wire.Errorf(m.Channel, wire.CodeNotFound, "no channel %d", m.Channel))
+		} else if m.Stream != wire.Stdin {
+			s.sendErr(wire.Errorf(m.Channel, wire.CodeBadRequest, "clients send only stdin"))
+		} else if e := ch.acceptStdin(m); e != nil {
+			s.sendErr(e)
+			s.release(ch)
+		}
+	case *wire.Ack:
+		ch := s.channel(m.Channel)
+		if ch == nil {
+			return // late ACK for a released channel
+		}
+		if m.Stream != wire.Stdout && m.Stream != wire.Stderr {
+			s.sendErr(wire.Errorf(m.Channel, wire.CodeBadRequest, "no stream %d to acknowledge", m.Stream))
+			return
+		}
+		if err := ch.out[m.Stream].Ack(m.Offset, m.Limit); err != nil {
+			s.sendErr(wire.Errorf(m.Channel, wire.CodeFlowControl, "%v", err))
+			s.release(ch)
+		}
+	case *wire.Signal:
+		if ch := s.channel(m.Channel); ch == nil {
+			s.sendErr(wire.Errorf(m.Channel, wire.CodeNotFound, "no channel %d", m.Channel))
+		} else if e := ch.signal(m.Name); e != nil {
+			s.sendErr(e)
+		}
+	case *wire.Fin:
+		if ch := s.channel(m.Channel); ch != nil {
+			s.release(ch)
+		}
+	default:
+		s.sendErr(wire.Errorf(0, wire.CodeBadRequest, "unexpected %s from a client", m.ID()))
+	}
+}
+
+func (s *session) sendErr(e *wire.Error) { s.send(e) }
+
+func (s *session) channel(id uint32) *execChan {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.channels[id]
+}
+
+func (s *session) exec(m *wire.Exec) {
+	s.mu.Lock()
+	if _, dup := s.channels[m.Channel]; dup || m.Channel == 0 {
+		s.mu.Unlock()
+		s.sendErr(wire.Errorf(m.Channel, wire.CodeConflict, "channel %d is in use", m.Channel))
+		return
+	}
+	if len(s.channels) >= s.b.cfg.maxChannels() {
+		s.mu.Unlock()
+		s.sendErr(wire.Errorf(m.Channel, wire.CodeTooMany, "more than %d channels", s.b.cfg.maxChannels()))
+		return
+	}
+	ch := newExecChan(s, m.Channel, m.Window, m.Flags&wire.ExecStdin != 0)
+	s.channels[m.Channel] = ch
+	s.mu.Unlock()
+	go ch.run(m)
+}
+
+// release forgets a channel; a command still running gets SIGHUP.
+func (s *session) release(ch *execChan) {
+	s.mu.Lock()
+	delete(s.channels, ch.id)
+	s.mu.Unlock()
+	ch.stop()
+}
+
+// end stops the session and everything it runs.
+func (s *session) end(reason string) {
+	s.mu.Lock()
+	if s.st == ended {
+		s.mu.Unlock()
+		return
+	}
+	wasDetached := s.st == detached
+	s.st = ended
+	c := s.conn
+	s.conn = nil
+	chans := s.channels
+	s.channels = nil
+	s.mu.Unlock()
+	if wasDetached {
+		s.b.m.SessionsDetached.Dec()
+	}
+	if c != nil {
+		s.b.mu.Lock()
+		c.sess = nil
+		s.b.mu.Unlock()
+	}
+	for _, ch := range chans {
+		ch.stop()
+	}
+	s.b.forget(s)
+	s.b.log.Info("session ended", "session", s.id, "reason", reason)
+}
+
+// resend replays, after a resume, what the client may have missed.
+func (ch *execChan) resend() {
+	if ch.in != nil {
+		off, lim := ch.in.Ack()
+		ch.s.send(&wire.Ack{Channel: ch.id, Stream: wire.Stdin, Offset: off, Limit: lim})
+	}
+	// Output is resent when the client's ACKs arrive (see handle); the
+	// EXIT, if the command ended, is sent again now.
+	ch.mu.Lock()
+	exit := ch.exit
+	ch.mu.Unlock()
+	if exit != nil {
+		ch.s.send(exit)
+	}
+}
+
+func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }

@@ -1,0 +1,196 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/publisher"
+	"github.com/zpipes/zp/subscriber"
+)
+
+// ExecRequest describes a command to run remotely.
+type ExecRequest struct {
+	Argv []string
+	Env  map[string]string
+	Dir  string
+	// Stdin streams to the command until EOF; nil gives it /dev/null. A
+	// read that blocks after the command ended is left behind (a terminal
+	// stdin): close the reader to release it.
+	Stdin io.Reader
+	// Stdout and Stderr receive the command's output; nil discards it.
+	Stdout, Stderr io.Writer
+	// Signals forwards signal names ("INT", "TERM", …) to the command's
+	// process group while it runs.
+	Signals <-chan string
+}
+
+// ExitStatus is how a remote command ended.
+type ExitStatus struct {
+	Status  wire.ExitStatus
+	Code    int    // exit code, or signal number when Status is Signaled
+	Message string // detail from the server (e.g. command not found)
+}
+
+// ExitCode maps the status to a shell-style exit code: the command's own
+// code, 128+N for signal N, 127/126 when it could not start.
+func (e *ExitStatus) ExitCode() int {
+	switch e.Status {
+	case wire.Signaled:
+		return 128 + e.Code
+	case wire.Lost:
+		return 255
+	}
+	return e.Code
+}
+
+// OutputError is a failure to write the command's output locally (a closed
+// pipe, a full disk). The remote command was hung up.
+type OutputError struct {
+	Stream wire.Stream
+	Err    error
+}
+
+func (e *OutputError) Error() string { return fmt.Sprintf("writing %s: %v", e.Stream, e.Err) }
+func (e *OutputError) Unwrap() error { return e.Err }
+
+// Exec runs a command and returns when it has ended and all its output was
+// written. Cancelling ctx abandons the command (the server hangs it up).
+func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error) {
+	id, inbox := s.openChannel()
+	defer s.closeChannel(id)
+	window := s.cfg.window()
+	flags := uint8(0)
+	if req.Stdin != nil {
+		flags |= wire.ExecStdin
+	}
+	if err := s.send(&wire.Exec{Channel: id, Flags: flags, Window: uint32(window), Argv: req.Argv, Env: req.Env, Dir: req.Dir}); err != nil {
+		return nil, err
+	}
+	out := [3]*subscriber.Stream{wire.Stdout: subscriber.New(uint64(window)), wire.Stderr: subscriber.New(uint64(window))}
+	writers := [3]io.Writer{wire.Stdout: orDiscard(req.Stdout), wire.Stderr: orDiscard(req.Stderr)}
+	var stdin *publisher.Stream
+	pumpCtx, stopPump := context.WithCancel(ctx)
+	defer stopPump()
+	defer func() {
+		if stdin != nil {
+			stdin.Close(nil)
+		}
+	}()
+	var exit *ExitStatus
+	release := func() { _ = s.send(&wire.Fin{Channel: id}) }
+	ackTicker := time.NewTicker(time.Second)
+	defer ackTicker.Stop()
+
+	for {
+		if exit != nil && (exit.Status == wire.FailedToStart || (out[wire.Stdout].EOF() && out[wire.Stderr].EOF())) {
+			release()
+			return exit, nil
+		}
+		var m wire.Message
+		select {
+		case m = <-inbox:
+		case sig := <-req.Signals:
+			if err := s.send(&wire.Signal{Channel: id, Name: sig}); err != nil {
+				return nil, err
+			}
+			continue
+		case <-ackTicker.C:
+			// Acknowledge what trickled in, so the server can free its
+			// resend buffer even when output is too slow to trigger ACKs.
+			for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
+				if out[st].Pending() {
+					off, lim := out[st].Ack()
+					_ = s.send(&wire.Ack{Channel: id, Stream: st, Offset: off, Limit: lim})
+				}
+			}
+			continue
+		case <-s.done:
+			return nil, s.err
+		case <-ctx.Done():
+			release()
+			return nil, ctx.Err()
+		}
+		switch m := m.(type) {
+		case *wire.ExecOK:
+			if req.Stdin != nil && stdin == nil {
+				stdin = publisher.New(uint64(m.Window))
+				go s.pumpStdin(pumpCtx, id, stdin, req.Stdin)
+			}
+		case *wire.Data:
+			if m.Stream != wire.Stdout && m.Stream != wire.Stderr {
+				release()
+				return nil, fmt.Errorf("server sent data on %s", m.Stream)
+			}
+			fresh, err := out[m.Stream].Accept(m.Offset, m.Bytes, m.EOF())
+			if err != nil {
+				release()
+				return nil, fmt.Errorf("channel %d: %w", id, err)
+			}
+			if len(fresh) > 0 {
+				if _, err := writers[m.Stream].Write(fresh); err != nil {
+					release()
+					return nil, &OutputError{Stream: m.Stream, Err: err}
+				}
+			}
+			if due, off, lim := out[m.Stream].Consumed(len(fresh)); due {
+				if err := s.send(&wire.Ack{Channel: id, Stream: m.Stream, Offset: off, Limit: lim}); err != nil {
+					return nil, err
+				}
+			}
+		case *wire.Ack:
+			if stdin != nil && m.Stream == wire.Stdin {
+				if err := stdin.Ack(m.Offset, m.Limit); err != nil {
+					release()
+					return nil, err
+				}
+			}
+		case *wire.Exit:
+			exit = &ExitStatus{Status: m.Status, Code: int(m.Code), Message: m.Message}
+			stopPump()
+		case *wire.Error:
+			release()
+			return nil, m
+		}
+	}
+}
+
+// pumpStdin sends stdin within the server's credit.
+func (s *Session) pumpStdin(ctx context.Context, id uint32, ps *publisher.Stream, r io.Reader) {
+	chunk := s.cfg.chunk()
+	for {
+		n, err := ps.Credit(ctx, chunk)
+		if err != nil {
+			return
+		}
+		buf := make([]byte, n)
+		k, rerr := r.Read(buf)
+		if ctx.Err() != nil {
+			return
+		}
+		if k > 0 {
+			off := ps.Sent(buf[:k])
+			if s.send(&wire.Data{Channel: id, Stream: wire.Stdin, Offset: off, Bytes: buf[:k]}) != nil {
+				return
+			}
+		}
+		if rerr != nil {
+			if !errors.Is(rerr, io.EOF) {
+				s.log.Warn("reading stdin", "err", rerr)
+			}
+			off := ps.Sent(nil)
+			_ = s.send(&wire.Data{Channel: id, Stream: wire.Stdin, Offset: off, Flags: wire.DataEOF, Bytes: []byte{}})
+			return
+		}
+	}
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}

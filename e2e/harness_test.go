@@ -1,0 +1,221 @@
+// Package e2e tests zp, zpc and zpd as built binaries talking over tcp on
+// 127.0.0.1, the way users run them.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binDir holds zp, zpd and zpc built by TestMain.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "zp-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	args := []string{"build", "-o", dir + "/"}
+	if os.Getenv("ZP_E2E_RACE") != "" {
+		args = append(args, "-race")
+	}
+	args = append(args, "../cmd/...")
+	cmd := exec.Command("go", args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building binaries:", err)
+		os.Exit(1)
+	}
+	binDir = dir
+	os.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func bin(name string) string { return filepath.Join(binDir, name) }
+
+// zpd is a running daemon.
+type zpd struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	Addr  string // 127.0.0.1:PORT
+	State string
+	Home  string // client config home for this daemon's tests ($ZP_CONFIG)
+	log   *syncBuffer
+	done  chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var listenRE = regexp.MustCompile(`msg="zpd listening".* addr=(\S+)`)
+
+// startZPD starts zpd --insecure on a free loopback port, and waits until
+// it listens.
+func startZPD(t *testing.T, args ...string) *zpd {
+	t.Helper()
+	return startZPDWith(t, append([]string{"--insecure"}, args...)...)
+}
+
+// startZPDWith starts zpd with exactly args (plus --listen and --state).
+func startZPDWith(t *testing.T, args ...string) *zpd {
+	t.Helper()
+	d := &zpd{t: t, State: t.TempDir(), Home: t.TempDir(), log: &syncBuffer{}, done: make(chan struct{})}
+	all := append([]string{"--listen", "127.0.0.1:0", "--state", d.State}, args...)
+	d.cmd = exec.Command(bin("zpd"), all...)
+	pr, pw := io.Pipe()
+	d.cmd.Stderr = pw
+	d.cmd.Stdout = d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			d.log.Write([]byte(line + "\n"))
+			if m := listenRE.FindStringSubmatch(line); m != nil {
+				select {
+				case addr <- m[1]:
+				default:
+				}
+			}
+		}
+	}()
+	go func() {
+		d.cmd.Wait()
+		pw.Close()
+		close(d.done)
+	}()
+	select {
+	case d.Addr = <-addr:
+	case <-d.done:
+		t.Fatalf("zpd exited early:\n%s", d.log)
+	case <-time.After(10 * time.Second):
+		d.cmd.Process.Kill()
+		t.Fatalf("zpd did not start:\n%s", d.log)
+	}
+	t.Cleanup(func() {
+		d.Stop()
+		if t.Failed() {
+			t.Logf("zpd log:\n%s", d.log)
+		}
+	})
+	return d
+}
+
+// Stop ends zpd gracefully (SIGTERM), then kills it after 5s.
+func (d *zpd) Stop() {
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(5 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+}
+
+// PID of the daemon.
+func (d *zpd) PID() int { return d.cmd.Process.Pid }
+
+// Log returns what zpd logged so far.
+func (d *zpd) Log() string { return d.log.String() }
+
+// result of a finished zp/zpc run.
+type result struct {
+	Stdout, Stderr string
+	Code           int
+	Elapsed        time.Duration
+}
+
+// run runs a binary with stdin and returns its output and exit code.
+func run(t *testing.T, stdin io.Reader, env []string, name string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin(name), args...)
+	cmd.Stdin = stdin
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	r := result{Stdout: out.String(), Stderr: errb.String(), Elapsed: time.Since(start)}
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("%s %v: %v", name, args, err)
+		}
+		r.Code = ee.ExitCode()
+	}
+	return r
+}
+
+// zp runs zp --insecure against d.
+func (d *zpd) zp(t *testing.T, stdin io.Reader, args ...string) result {
+	t.Helper()
+	return run(t, stdin, []string{"ZP_CONFIG=" + d.Home}, "zp", append([]string{"--insecure", d.Addr}, args...)...)
+}
+
+// rssKB returns a process's peak resident set (VmHWM) in KiB.
+func rssKB(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			f := strings.Fields(line)
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM for %d", pid)
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", d, what)
+}

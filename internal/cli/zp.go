@@ -1,0 +1,255 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/wire"
+)
+
+// connFlags are the flags every zp/zpc command shares to reach a zpd.
+type connFlags struct {
+	insecure       bool
+	port           int
+	login          string
+	timeout        time.Duration
+	connectTimeout time.Duration
+	quiet          bool
+}
+
+func (f *connFlags) register(c *cobra.Command) {
+	fs := c.PersistentFlags()
+	fs.BoolVar(&f.insecure, "insecure", false, "connect without CURVE encryption (only to a zpd started with --insecure)")
+	fs.IntVarP(&f.port, "port", "p", 0, "zpd port (default 5750)")
+	fs.StringVarP(&f.login, "login", "l", "", "remote user (as user@host)")
+	fs.DurationVar(&f.timeout, "timeout", 0, "give up when the server is silent this long (default: the server's, 5s)")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", 5*time.Second, "give up connecting after this long")
+	fs.BoolVarP(&f.quiet, "quiet", "q", false, "print no diagnostics of zp's own")
+}
+
+// dial opens a session with the target.
+func (f *connFlags) dial(ctx context.Context, io *IO, hostArg string) (*client.Session, Target, error) {
+	t, err := ParseTarget(hostArg, f.port)
+	if err != nil {
+		return nil, t, withCode(ExitFailure, err)
+	}
+	if f.login != "" {
+		t.User = f.login
+	}
+	cfg := client.Config{
+		Endpoint:       t.Endpoint,
+		User:           t.remoteUser(),
+		ConnectTimeout: f.connectTimeout,
+		Timeout:        f.timeout,
+		ClientName:     "zp/" + wire.SoftwareVersion,
+	}
+	if !f.insecure {
+		return nil, t, withCode(ExitFailure, errors.New("CURVE is not available in this build yet: use --insecure against a zpd started with --insecure"))
+	}
+	s, err := client.Dial(ctx, cfg)
+	if err != nil {
+		return nil, t, withCode(ExitFailure, describeConnectError(t, err))
+	}
+	return s, t, nil
+}
+
+// describeConnectError turns a dial failure into a sentence for users.
+func describeConnectError(t Target, err error) error {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		switch we.Code {
+		case wire.CodeUnauthorised:
+			return fmt.Errorf("%s refused: %s", t.Host, we.Reason)
+		}
+		return fmt.Errorf("%s: %s", t.Host, we.Reason)
+	}
+	return err
+}
+
+type zpOptions struct {
+	conn    connFlags
+	noStdin bool
+	env     []string
+	io      *IO
+}
+
+// NewZPCmd builds the zp command tree.
+func NewZPCmd(io *IO) *cobra.Command {
+	opts := &zpOptions{io: io}
+	root := newRoot("zp [flags] [user@]host[:port] command [args...]", "run commands on remote hosts through zpd")
+	root.Long = `zp runs a command on a remote host through its zpd, like ssh: local stdin goes to
+the command, its stdout and stderr come back separately, and zp exits with its exit code.
+
+The host is [user@]host[:port] (default port 5750), or a ZeroMQ endpoint:
+[user@]tcp://host:port, or ipc:///path for a zpd on this machine.
+Arguments are passed to the command as given; no remote shell parses them
+(run sh -c '...' for shell syntax).
+
+Exit status: the remote command's exit code; 128+N when it died of signal N;
+127 when the command was not found, 126 when it could not be executed;
+255 when zp itself failed (connection, authentication, usage).
+
+Ctrl-C, SIGTERM and SIGHUP are forwarded to the remote process group; a third
+Ctrl-C gives up and hangs up the command.`
+	root.Args = cobra.ArbitraryArgs
+	root.Flags().SetInterspersed(false)
+	opts.conn.register(root)
+	root.Flags().BoolVarP(&opts.noStdin, "no-stdin", "n", false, "do not send stdin (the command reads /dev/null)")
+	root.Flags().StringArrayVarP(&opts.env, "env", "e", nil, "set NAME=VALUE in the command's environment (repeatable)")
+	root.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) < 2 {
+			return withCode(ExitUsage, fmt.Errorf("usage: %s", c.Use))
+		}
+		return zpRun(c.Context(), opts, args[0], args[1:])
+	}
+	root.AddCommand(&cobra.Command{
+		Use: "version", Short: "print zp's version", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			fmt.Fprintln(io.Out, "zp", wire.SoftwareVersion)
+			return nil
+		},
+	})
+	return root
+}
+
+// MainZP runs zp with args and returns the process exit code.
+func MainZP(ctx context.Context, args []string, io *IO) int {
+	root := NewZPCmd(io)
+	root.SetArgs(args)
+	root.SetIn(io.In)
+	root.SetOut(io.Out)
+	root.SetErr(io.Err)
+	err := root.ExecuteContext(ctx)
+	return exitCode("zp", io.Err, err, ExitFailure)
+}
+
+// localEnv is what zp sends along by default, as ssh's SendEnv LANG LC_*.
+func localEnv(getenv func(string) string, extra []string) (map[string]string, error) {
+	env := map[string]string{}
+	for _, k := range []string{"LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "TZ", "TERM"} {
+		if v := getenv(k); v != "" {
+			env[k] = v
+		}
+	}
+	for _, kv := range extra {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--env %q: want NAME=VALUE", kv)
+		}
+		env[k] = v
+	}
+	return env, nil
+}
+
+func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) error {
+	io := opts.io
+	env, err := localEnv(io.Getenv, opts.env)
+	if err != nil {
+		return withCode(ExitUsage, err)
+	}
+	// Forward signals; SIGPIPE is caught so that a closed stdout becomes an
+	// error we handle (hang up the command) rather than sudden death.
+	sigc := make(chan os.Signal, 8)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE)
+	defer signal.Stop(sigc)
+
+	s, t, err := opts.conn.dial(ctx, io, hostArg)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+
+	names := make(chan string, 8)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		ints := 0
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case sig := <-sigc:
+				if sig == syscall.SIGPIPE {
+					continue
+				}
+				if sig == syscall.SIGINT {
+					ints++
+					if ints >= 3 {
+						if !opts.conn.quiet {
+							fmt.Fprintln(io.Err, "zp: interrupted three times; hanging up the remote command")
+						}
+						cancel()
+						return
+					}
+				}
+				select {
+				case names <- strings.TrimPrefix(unixSignalName(sig), "SIG"):
+				default:
+				}
+			}
+		}
+	}()
+
+	req := client.ExecRequest{Argv: argv, Env: env, Stdout: io.Out, Stderr: io.Err, Signals: names}
+	if !opts.noStdin {
+		req.Stdin = io.In
+	}
+	st, err := s.Exec(ctx, req)
+	if err != nil {
+		var oe *client.OutputError
+		var we *wire.Error
+		switch {
+		case errors.As(err, &oe) && errors.Is(oe.Err, syscall.EPIPE):
+			return withCode(128+int(syscall.SIGPIPE), nil)
+		case errors.Is(err, context.Canceled):
+			return withCode(128+int(syscall.SIGINT), nil)
+		case errors.As(err, &we):
+			return withCode(ExitFailure, fmt.Errorf("%s: %s", t.Host, we.Reason))
+		case errors.Is(err, client.ErrTimeout):
+			return withCode(ExitFailure, fmt.Errorf("lost contact with %s: %v", t.Host, err))
+		}
+		return withCode(ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
+	}
+	if st.Status == wire.FailedToStart && st.Message != "" {
+		fmt.Fprintf(io.Err, "zp: %s\n", st.Message)
+	}
+	return exitStatus(st)
+}
+
+// exitStatus turns a remote exit into zp's exit.
+func exitStatus(st *client.ExitStatus) error {
+	if code := st.ExitCode(); code != 0 {
+		return withCode(code, nil)
+	}
+	return nil
+}
+
+func unixSignalName(sig os.Signal) string {
+	if s, ok := sig.(syscall.Signal); ok {
+		switch s {
+		case syscall.SIGINT:
+			return "INT"
+		case syscall.SIGTERM:
+			return "TERM"
+		case syscall.SIGHUP:
+			return "HUP"
+		case syscall.SIGQUIT:
+			return "QUIT"
+		case syscall.SIGUSR1:
+			return "USR1"
+		case syscall.SIGUSR2:
+			return "USR2"
+		}
+	}
+	return sig.String()
+}

@@ -1,0 +1,163 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/zpipes/zp/broker"
+)
+
+type zpdOptions struct {
+	listen              string
+	state               string
+	insecure            bool
+	insecureAllowRemote bool
+	metrics             string
+	logFormat           string
+	logLevel            string
+	heartbeat           time.Duration
+	timeout             time.Duration
+	grace               time.Duration
+	io                  *IO
+}
+
+// NewZPDCmd builds the zpd command.
+func NewZPDCmd(io *IO) *cobra.Command {
+	opts := &zpdOptions{io: io}
+	root := newRoot("zpd [flags]", "the zp daemon: runs commands, jobs and copies for authorised clients")
+	root.Args = cobra.NoArgs
+	fs := root.Flags()
+	fs.StringVar(&opts.listen, "listen", "0.0.0.0:5750", "HOST:PORT (or tcp://HOST:PORT, ipc:///PATH) of the control socket")
+	fs.StringVar(&opts.state, "state", defaultStateDir(), "state directory: keys, jobs, partial files")
+	fs.BoolVar(&opts.insecure, "insecure", false, "no encryption or authentication (NULL mechanism); loopback only")
+	fs.BoolVar(&opts.insecureAllowRemote, "insecure-allow-remote", false, "allow --insecure on a non-loopback address")
+	fs.StringVar(&opts.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics")
+	fs.StringVar(&opts.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.DurationVar(&opts.heartbeat, "heartbeat", time.Second, "heartbeat interval clients are told to use")
+	fs.DurationVar(&opts.timeout, "timeout", 5*time.Second, "silence after which a client connection is presumed dead")
+	fs.DurationVar(&opts.grace, "grace", time.Minute, "how long a session survives its client's disconnection")
+	root.RunE = func(c *cobra.Command, _ []string) error { return zpdRun(c.Context(), opts) }
+	return root
+}
+
+// MainZPD runs zpd and returns the process exit code.
+func MainZPD(ctx context.Context, args []string, io *IO) int {
+	root := NewZPDCmd(io)
+	root.SetArgs(args)
+	root.SetOut(io.Out)
+	root.SetErr(io.Err)
+	return exitCode("zpd", io.Err, root.ExecuteContext(ctx), 1)
+}
+
+func defaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/zpd"
+	}
+	if d, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(d, ".local", "state", "zpd")
+	}
+	return "zpd-state"
+}
+
+// listenEndpoint turns --listen into a ZeroMQ endpoint.
+func listenEndpoint(s string) (string, error) {
+	if strings.Contains(s, "://") {
+		if strings.HasPrefix(s, "tcp://") || strings.HasPrefix(s, "ipc://") {
+			return s, nil
+		}
+		return "", fmt.Errorf("--listen %q: want HOST:PORT, tcp://HOST:PORT or ipc:///PATH", s)
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		return "", fmt.Errorf("--listen %q: %v", s, err)
+	}
+	return "tcp://" + s, nil
+}
+
+// isLoopback reports whether a tcp:// endpoint only listens on loopback
+// (ipc is local by nature).
+func isLoopback(ep string) bool {
+	if strings.HasPrefix(ep, "ipc://") {
+		return true
+	}
+	host, _, err := net.SplitHostPort(strings.TrimPrefix(ep, "tcp://"))
+	if err != nil || host == "" || host == "*" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func zpdRun(ctx context.Context, opts *zpdOptions) error {
+	io := opts.io
+	log, err := newLogger(io.Err, opts.logFormat, opts.logLevel)
+	if err != nil {
+		return withCode(2, err)
+	}
+	ep, err := listenEndpoint(opts.listen)
+	if err != nil {
+		return withCode(2, err)
+	}
+	if err := os.MkdirAll(opts.state, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	cfg := broker.Config{
+		Endpoint:  ep,
+		StateDir:  opts.state,
+		Logger:    log,
+		Heartbeat: opts.heartbeat,
+		Timeout:   opts.timeout,
+		Grace:     opts.grace,
+	}
+	if opts.insecure {
+		if !isLoopback(ep) && !opts.insecureAllowRemote {
+			return withCode(2, fmt.Errorf("--insecure on %s would let anyone on the network run commands as %s; listen on 127.0.0.1 or add --insecure-allow-remote", opts.listen, currentUserName()))
+		}
+		log.Warn("running without encryption or authentication (--insecure)", "listen", ep)
+	} else {
+		return withCode(2, errors.New("CURVE is not available in this build yet: start with --insecure on loopback"))
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.Registerer = reg
+	b, err := broker.New(cfg)
+	if err != nil {
+		return err
+	}
+	if opts.metrics != "" {
+		ln, err := net.Listen("tcp", opts.metrics)
+		if err != nil {
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		log.Info("metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
+	}
+	log.Info("zpd listening", "endpoint", ep, "addr", b.Addr().String(), "state", opts.state)
+	return b.Run(ctx)
+}
+
+func currentUserName() string {
+	if a, err := broker.CurrentAccount(); err == nil {
+		return a.Name
+	}
+	return "this user"
+}
