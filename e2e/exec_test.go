@@ -73,7 +73,7 @@ func TestStreams(t *testing.T) {
 		}
 	})
 	t.Run("no-stdin flag", func(t *testing.T) {
-		r := run(t, strings.NewReader("ignored"), nil, "zp", "--insecure", "-n", d.Addr, "wc", "-c")
+		r := run(t, strings.NewReader("ignored"), d.env(), "zp", append(d.clientArgs(), "-n", d.Addr, "wc", "-c")...)
 		if strings.TrimSpace(r.Stdout) != "0" {
 			t.Fatalf("%+v", r)
 		}
@@ -85,7 +85,7 @@ func TestStreams(t *testing.T) {
 		}
 	})
 	t.Run("env", func(t *testing.T) {
-		r := run(t, nil, []string{"LANG=C.UTF-8"}, "zp", "--insecure", "-e", "ZP_X=1 2", d.Addr, "sh", "-c", `echo "$ZP_X|$LANG|$HOME|$USER"`)
+		r := run(t, nil, append(d.env(), "LANG=C.UTF-8"), "zp", append(d.clientArgs(), "-e", "ZP_X=1 2", d.Addr, "sh", "-c", `echo "$ZP_X|$LANG|$HOME|$USER"`)...)
 		want := fmt.Sprintf("1 2|C.UTF-8|%s|%s\n", os.Getenv("HOME"), currentUser(t))
 		if r.Stdout != want {
 			t.Fatalf("got %q want %q (stderr %q)", r.Stdout, want, r.Stderr)
@@ -142,9 +142,9 @@ func TestStdinNotRead(t *testing.T) {
 // startZP starts zp in the background with its stdout on a pipe.
 func startZP(t *testing.T, d *zpd, stdin io.Reader, args ...string) (*exec.Cmd, *bufio.Reader, *bytes.Buffer) {
 	t.Helper()
-	cmd := exec.Command(bin("zp"), append([]string{"--insecure", d.Addr}, args...)...)
+	cmd := exec.Command(bin("zp"), append(append(d.clientArgs(), d.Addr), args...)...)
 	cmd.Stdin = stdin
-	cmd.Env = append(os.Environ(), "ZP_CONFIG="+d.Home)
+	cmd.Env = append(os.Environ(), d.env()...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -310,7 +310,8 @@ func TestGigabyteBoundedMemory(t *testing.T) {
 	d := startZPD(t)
 	const size = 1 << 30
 	src := &patternReader{left: size}
-	cmd := exec.Command(bin("zp"), "--insecure", d.Addr, "cat")
+	cmd := exec.Command(bin("zp"), append(d.clientArgs(), d.Addr, "cat")...)
+	cmd.Env = append(os.Environ(), d.env()...)
 	cmd.Stdin = src
 	stdout, _ := cmd.StdoutPipe()
 	var errb bytes.Buffer

@@ -51,13 +51,14 @@ func bin(name string) string { return filepath.Join(binDir, name) }
 
 // zpd is a running daemon.
 type zpd struct {
-	t     *testing.T
-	cmd   *exec.Cmd
-	Addr  string // 127.0.0.1:PORT
-	State string
-	Home  string // client config home for this daemon's tests ($ZP_CONFIG)
-	log   *syncBuffer
-	done  chan struct{}
+	t      *testing.T
+	cmd    *exec.Cmd
+	Addr   string // 127.0.0.1:PORT
+	State  string
+	Home   string // client config home for this daemon's tests ($ZP_CONFIG)
+	log    *syncBuffer
+	secure bool
+	done   chan struct{}
 }
 
 type syncBuffer struct {
@@ -79,12 +80,42 @@ func (s *syncBuffer) String() string {
 
 var listenRE = regexp.MustCompile(`msg="zpd listening".* addr=(\S+)`)
 
-// startZPD starts zpd --insecure on a free loopback port, and waits until
-// it listens.
+// startZPD starts zpd with CURVE on a free loopback port, with a fresh
+// client key (zp keygen in d.Home) authorised through --authorized-keys,
+// and waits until it listens. d.zp and friends pin its key on first use.
 func startZPD(t *testing.T, args ...string) *zpd {
+	t.Helper()
+	home := t.TempDir()
+	r := run(t, nil, []string{"ZP_CONFIG=" + home}, "zp", "keygen")
+	if r.Code != 0 {
+		t.Fatalf("zp keygen: %+v", r)
+	}
+	ak := filepath.Join(home, "authorized_for_zpd")
+	if err := os.WriteFile(ak, []byte(strings.TrimSpace(r.Stdout)+" test client\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startZPDWith(t, append([]string{"--authorized-keys", ak}, args...)...)
+	d.Home = home
+	d.secure = true
+	return d
+}
+
+// startInsecureZPD starts zpd --insecure (NULL mechanism).
+func startInsecureZPD(t *testing.T, args ...string) *zpd {
 	t.Helper()
 	return startZPDWith(t, append([]string{"--insecure"}, args...)...)
 }
+
+// clientArgs are the security flags zp needs for d.
+func (d *zpd) clientArgs() []string {
+	if d.secure {
+		return []string{"--accept-new", "-q"}
+	}
+	return []string{"--insecure"}
+}
+
+// env is the environment zp needs for d.
+func (d *zpd) env() []string { return []string{"ZP_CONFIG=" + d.Home} }
 
 // startZPDWith starts zpd with exactly args (plus --listen and --state).
 func startZPDWith(t *testing.T, args ...string) *zpd {
@@ -186,10 +217,10 @@ func run(t *testing.T, stdin io.Reader, env []string, name string, args ...strin
 	return r
 }
 
-// zp runs zp --insecure against d.
+// zp runs zp against d: zp [security flags] ADDR args...
 func (d *zpd) zp(t *testing.T, stdin io.Reader, args ...string) result {
 	t.Helper()
-	return run(t, stdin, []string{"ZP_CONFIG=" + d.Home}, "zp", append([]string{"--insecure", d.Addr}, args...)...)
+	return run(t, stdin, d.env(), "zp", append(append(d.clientArgs(), d.Addr), args...)...)
 }
 
 // rssKB returns a process's peak resident set (VmHWM) in KiB.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
@@ -70,7 +71,7 @@ func expectError(t *testing.T, s zmq4.Socket, code wire.Code) {
 // Garbage never crashes zpd nor disturbs other sessions, and gets an
 // ERROR with a stable code where a reply makes sense.
 func TestGarbage(t *testing.T) {
-	d := startZPD(t)
+	d := startInsecureZPD(t) // the raw DEALERs below speak NULL
 	// A long-running healthy session alongside the abuse.
 	hin, hw := io.Pipe()
 	healthy, hout, _ := startZP(t, d, hin, "sh", "-c", "echo ready; read x; echo bye $x")
@@ -196,7 +197,8 @@ func TestStoppedClientDoesNotSlowOthers(t *testing.T) {
 	}
 	start := func() *reader {
 		r := &reader{done: make(chan error, 1)}
-		r.cmd = exec.Command(bin("zp"), "--insecure", d.Addr, "head", "-c", "1500000000", "/dev/zero")
+		r.cmd = exec.Command(bin("zp"), append(d.clientArgs(), d.Addr, "head", "-c", "1500000000", "/dev/zero")...)
+		r.cmd.Env = append(os.Environ(), d.env()...)
 		out, _ := r.cmd.StdoutPipe()
 		r.cmd.Start()
 		go func() {
@@ -224,12 +226,14 @@ func TestStoppedClientDoesNotSlowOthers(t *testing.T) {
 	a.cmd.Process.Signal(syscall.SIGSTOP)
 	time.Sleep(200 * time.Millisecond) // let A's window fill
 	stoppedAt := a.bytes.Load()
-	during := rate(b, time.Second)
+	during := rate(b, 2*time.Second)
 	if a.bytes.Load() != stoppedAt {
 		t.Fatal("stopped client kept reading")
 	}
 	t.Logf("B's rate: %.0f MB/s with A running, %.0f MB/s with A stopped", before/1e6, during/1e6)
-	if during < before*0.5 {
+	// On a shared 2-core machine rates swing; a stall caused by the
+	// stopped peer would take B to ~0, far below this bound.
+	if during < before*0.3 {
 		t.Fatalf("B slowed down from %.0f to %.0f MB/s while A was stopped", before/1e6, during/1e6)
 	}
 	// Hold A stopped beyond zpd's heartbeat timeout? No: a stopped client

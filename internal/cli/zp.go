@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -13,7 +14,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/curve"
 	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/internal/zmtp"
 )
 
 // connFlags are the flags every zp/zpc command shares to reach a zpd.
@@ -24,6 +27,7 @@ type connFlags struct {
 	timeout        time.Duration
 	connectTimeout time.Duration
 	quiet          bool
+	acceptNew      bool
 }
 
 func (f *connFlags) register(c *cobra.Command) {
@@ -34,6 +38,7 @@ func (f *connFlags) register(c *cobra.Command) {
 	fs.DurationVar(&f.timeout, "timeout", 0, "give up when the server is silent this long (default: the server's, 5s)")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 5*time.Second, "give up connecting after this long")
 	fs.BoolVarP(&f.quiet, "quiet", "q", false, "print no diagnostics of zp's own")
+	fs.BoolVar(&f.acceptNew, "accept-new", false, "pin an unknown host's key without asking (scripts); a changed key is still refused")
 }
 
 // dial opens a session with the target.
@@ -52,11 +57,26 @@ func (f *connFlags) dial(ctx context.Context, io *IO, hostArg string) (*client.S
 		Timeout:        f.timeout,
 		ClientName:     "zp/" + wire.SoftwareVersion,
 	}
+	var pinned *khEntry
 	if !f.insecure {
-		return nil, t, withCode(ExitFailure, errors.New("CURVE is not available in this build yet: use --insecure against a zpd started with --insecure"))
+		mech, entry, err := f.curveClient(ctx, io, t)
+		if err != nil {
+			return nil, t, withCode(ExitFailure, err)
+		}
+		cfg.Mechanism, pinned = mech, entry
 	}
 	s, err := client.Dial(ctx, cfg)
 	if err != nil {
+		var he *zmtp.HandshakeError
+		if pinned != nil && errors.As(err, &he) && he.Reason != zmtp.ReasonRejected {
+			// The handshake failed against a pinned key: find out whether
+			// the host now announces another one.
+			if k, qerr := zmtp.QueryServerKey(ctx, t.Endpoint, f.connectTimeout); qerr == nil {
+				if now, perr := curve.ParsePublicKey(k); perr == nil && now != pinned.key {
+					return nil, t, withCode(ExitFailure, hostKeyChanged(filepath.Join(configDir(io.Getenv), "known_hosts"), t.Host, pinned, now))
+				}
+			}
+		}
 		return nil, t, withCode(ExitFailure, describeConnectError(t, err))
 	}
 	return s, t, nil
@@ -71,6 +91,19 @@ func describeConnectError(t Target, err error) error {
 			return fmt.Errorf("%s refused: %s", t.Host, we.Reason)
 		}
 		return fmt.Errorf("%s: %s", t.Host, we.Reason)
+	}
+	var he *zmtp.HandshakeError
+	if errors.As(err, &he) {
+		var pe *zmtp.PeerError
+		switch {
+		case errors.As(err, &pe):
+			return fmt.Errorf("%s refused our key (%s): add %s to ~%s/.config/zp/authorized_keys there", t.Host, pe.Reason, "the output of 'zp keygen' (id_curve.pub)", t.remoteUser())
+		case he.Reason == zmtp.ReasonMechanism:
+			return fmt.Errorf("cannot connect to %s: security mismatch (%v); is zpd running with --insecure, or are you?", t.Host, he.Err)
+		case he.Reason == zmtp.ReasonTimeout:
+			return fmt.Errorf("cannot connect to %s: handshake timeout", t.Host)
+		}
+		return fmt.Errorf("cannot connect to %s: handshake failed (%s): %v", t.Host, he.Reason, he.Err)
 	}
 	return err
 }
@@ -111,6 +144,7 @@ Ctrl-C gives up and hangs up the command.`
 		}
 		return zpRun(c.Context(), opts, args[0], args[1:])
 	}
+	root.AddCommand(newKeygenCmd(io))
 	root.AddCommand(&cobra.Command{
 		Use: "version", Short: "print zp's version", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/zpipes/zp/broker"
+	"github.com/zpipes/zp/internal/curve"
 )
 
 type zpdOptions struct {
@@ -30,6 +32,8 @@ type zpdOptions struct {
 	heartbeat           time.Duration
 	timeout             time.Duration
 	grace               time.Duration
+	authorizedKeys      string
+	printKey            bool
 	io                  *IO
 }
 
@@ -49,7 +53,14 @@ func NewZPDCmd(io *IO) *cobra.Command {
 	fs.DurationVar(&opts.heartbeat, "heartbeat", time.Second, "heartbeat interval clients are told to use")
 	fs.DurationVar(&opts.timeout, "timeout", 5*time.Second, "silence after which a client connection is presumed dead")
 	fs.DurationVar(&opts.grace, "grace", time.Minute, "how long a session survives its client's disconnection")
-	root.RunE = func(c *cobra.Command, _ []string) error { return zpdRun(c.Context(), opts) }
+	fs.StringVar(&opts.authorizedKeys, "authorized-keys", "", "file of client keys (Z85, one per line) that may act as zpd's own user")
+	fs.BoolVar(&opts.printKey, "print-key", false, "print the server's public key and fingerprint (creating the key pair if needed) and exit")
+	root.RunE = func(c *cobra.Command, _ []string) error {
+		if opts.printKey {
+			return printKeyRun(opts)
+		}
+		return zpdRun(c.Context(), opts)
+	}
 	return root
 }
 
@@ -130,7 +141,32 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 		}
 		log.Warn("running without encryption or authentication (--insecure)", "listen", ep)
 	} else {
-		return withCode(2, errors.New("CURVE is not available in this build yet: start with --insecure on loopback"))
+		kp, created, err := serverKey(opts.state)
+		if err != nil {
+			return err
+		}
+		if created {
+			log.Info("created server key pair", "state", opts.state, "fingerprint", kp.Public.Fingerprint())
+		}
+		self, err := broker.CurrentAccount()
+		if err != nil {
+			return err
+		}
+		if opts.authorizedKeys != "" {
+			if _, err := os.Stat(opts.authorizedKeys); err != nil {
+				return withCode(2, fmt.Errorf("--authorized-keys: %w", err))
+			}
+		}
+		ring := &broker.Keyring{Global: opts.authorizedKeys, Self: self, Log: log}
+		cfg.Mechanism = &curve.Server{Key: kp, Authorize: func(k curve.PublicKey) error {
+			if !ring.Known(k) {
+				return errors.New("not authorised")
+			}
+			return nil
+		}}
+		cfg.AnnounceKey = kp.Public.String()
+		cfg.Authorize = ring.Authorize
+		log.Info("CURVE", "fingerprint", kp.Public.Fingerprint())
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -160,4 +196,42 @@ func currentUserName() string {
 		return a.Name
 	}
 	return "this user"
+}
+
+func serverKeyPaths(state string) (secret, public string) {
+	return filepath.Join(state, "server_curve"), filepath.Join(state, "server_curve.pub")
+}
+
+// serverKey loads the server key pair from the state directory, creating
+// it on first start.
+func serverKey(state string) (curve.KeyPair, bool, error) {
+	secret, public := serverKeyPaths(state)
+	kp, err := curve.LoadKeyPair(secret)
+	if err == nil {
+		return kp, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return kp, false, fmt.Errorf("server key: %w", err)
+	}
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return kp, false, err
+	}
+	kp, err = curve.GenerateKeyPair()
+	if err != nil {
+		return kp, false, err
+	}
+	if err := curve.WriteKeyFiles(secret, public, kp, false); err != nil {
+		return kp, false, fmt.Errorf("server key: %w", err)
+	}
+	return kp, true, nil
+}
+
+func printKeyRun(opts *zpdOptions) error {
+	kp, _, err := serverKey(opts.state)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(opts.io.Out, kp.Public.String())
+	fmt.Fprintln(opts.io.Out, kp.Public.Fingerprint())
+	return nil
 }
