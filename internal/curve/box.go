@@ -1,0 +1,93 @@
+package curve
+
+import (
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"io"
+
+	"golang.org/x/crypto/curve25519"
+	"golang.org/x/crypto/nacl/box"
+	"golang.org/x/crypto/nacl/secretbox"
+)
+
+// boxOverhead is the octets a box adds to its plain text (the Poly1305 tag).
+const boxOverhead = secretbox.Overhead
+
+// Nonce prefixes (RFC 26 and libzmq). A short nonce is an 8-octet big-endian
+// counter after a 16-octet prefix, a long nonce 16 random octets after an
+// 8-octet prefix.
+const (
+	prefixHello    = "CurveZMQHELLO---"
+	prefixInitiate = "CurveZMQINITIATE"
+	prefixReady    = "CurveZMQREADY---"
+	prefixMessageC = "CurveZMQMESSAGEC" // client to server
+	prefixMessageS = "CurveZMQMESSAGES" // server to client
+	prefixWelcome  = "WELCOME-"
+	prefixCookie   = "COOKIE--"
+	prefixVouch    = "VOUCH---"
+)
+
+// sharedKey is a Box key precomputed from one side's secret key and the
+// other's public key (crypto_box_beforenm).
+type sharedKey [32]byte
+
+// lowOrderKey is the key box.Precompute yields when the Diffie-Hellman output
+// is all zero, i.e. when the peer's public key is a low-order point.
+// libsodium's crypto_box_beforenm refuses such keys, and so do we.
+var lowOrderKey = func() (k sharedKey) {
+	var zeroPoint, scalar [32]byte
+	scalar[0] = 1
+	box.Precompute((*[32]byte)(&k), &zeroPoint, &scalar)
+	return k
+}()
+
+var errLowOrder = errors.New("curve: peer public key is a low-order point")
+
+// precompute returns the Box key between secret and the peer's public key.
+func precompute(peer *[32]byte, secret *[32]byte) (sharedKey, error) {
+	var k sharedKey
+	box.Precompute((*[32]byte)(&k), peer, secret)
+	if subtle.ConstantTimeCompare(k[:], lowOrderKey[:]) == 1 {
+		return sharedKey{}, errLowOrder
+	}
+	return k, nil
+}
+
+// shortNonce returns prefix (16 octets) followed by n in network order.
+func shortNonce(prefix string, n uint64) (nonce [24]byte) {
+	copy(nonce[:16], prefix)
+	binary.BigEndian.PutUint64(nonce[16:], n)
+	return nonce
+}
+
+// longNonce returns prefix (8 octets) followed by the 16 octets of long.
+func longNonce(prefix string, long []byte) (nonce [24]byte) {
+	copy(nonce[:8], prefix)
+	copy(nonce[8:], long[:16])
+	return nonce
+}
+
+// seal appends Box[plain] (tag and cipher text, no nonce) to dst.
+func seal(dst, plain []byte, nonce [24]byte, k *sharedKey) []byte {
+	return secretbox.Seal(dst, plain, &nonce, (*[32]byte)(k))
+}
+
+// open returns the plain text of a box, or false if it does not open.
+func open(sealed []byte, nonce [24]byte, k *sharedKey) ([]byte, bool) {
+	return secretbox.Open(nil, sealed, &nonce, (*[32]byte)(k))
+}
+
+// transientKey reads a fresh secret key from r and returns it with its public
+// key.
+func transientKey(r io.Reader) (sec, pub [32]byte, err error) {
+	if _, err = io.ReadFull(r, sec[:]); err != nil {
+		return sec, pub, err
+	}
+	p, err := curve25519.X25519(sec[:], curve25519.Basepoint)
+	if err != nil {
+		return sec, pub, err
+	}
+	copy(pub[:], p)
+	return sec, pub, nil
+}
