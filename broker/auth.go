@@ -126,7 +126,12 @@ func stampOf(files []keyFile) string {
 	var b bytes.Buffer
 	for _, f := range files {
 		if st, err := os.Stat(f.path); err == nil {
-			fmt.Fprintf(&b, "%s %d %d\n", f.path, st.ModTime().UnixNano(), st.Size())
+			// ctime too: chmod and chown change it, not the mtime.
+			var ctime int64
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+				ctime = sys.Ctim.Nano()
+			}
+			fmt.Fprintf(&b, "%s %d %d %d %v\n", f.path, st.ModTime().UnixNano(), ctime, st.Size(), st.Mode())
 		}
 	}
 	return b.String()

@@ -47,6 +47,9 @@ type Config struct {
 	// Window is the largest credit window per stream (4 MiB) and Chunk the
 	// largest DATA payload (256 KiB).
 	Window, Chunk int
+	// HandshakeTimeout drops a connection that has not completed its ZMTP
+	// handshake in time (10s).
+	HandshakeTimeout time.Duration
 	// MaxSessions bounds sessions (10000); MaxChannels channels per session (64).
 	MaxSessions, MaxChannels int
 	Logger                   *slog.Logger
@@ -124,10 +127,11 @@ func New(cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	zcfg := &zmtp.Config{
-		Mechanism:   cfg.Mechanism,
-		SocketType:  string(zmq4.Router),
-		AnnounceKey: cfg.AnnounceKey,
-		OnFull:      zmtp.Disconnect,
+		Mechanism:        cfg.Mechanism,
+		SocketType:       string(zmq4.Router),
+		AnnounceKey:      cfg.AnnounceKey,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		OnFull:           zmtp.Disconnect,
 		// Room for every stream of a session to have its whole window in
 		// flight, plus control messages.
 		SendQueue:          2*cfg.maxChannels()*cfg.window() + 1<<20,
@@ -189,6 +193,10 @@ func (b *Broker) onClose(id []byte, _ *zmtp.Peer, err error) {
 
 func (b *Broker) onHandshakeFailure(remote net.Addr, err *zmtp.HandshakeError) {
 	b.m.HandshakeFailures.WithLabelValues(err.Reason).Inc()
+	if err.Reason == zmtp.ReasonKeyQuery {
+		b.log.Debug("server key announced", "peer", remote.String())
+		return
+	}
 	b.log.Info("handshake failed", "peer", remote.String(), "reason", err.Reason, "err", err.Err)
 }
 

@@ -29,6 +29,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	os.Chmod(dir, 0o755) // tests run zpd as other users too
 	args := []string{"build", "-o", dir + "/"}
 	if os.Getenv("ZP_E2E_RACE") != "" {
 		args = append(args, "-race")
@@ -122,7 +123,15 @@ func startZPDWith(t *testing.T, args ...string) *zpd {
 	t.Helper()
 	d := &zpd{t: t, State: t.TempDir(), Home: t.TempDir(), log: &syncBuffer{}, done: make(chan struct{})}
 	all := append([]string{"--listen", "127.0.0.1:0", "--state", d.State}, args...)
+	// A --listen in args comes later and wins (pflag keeps the last value).
 	d.cmd = exec.Command(bin("zpd"), all...)
+	startAndWait(t, d)
+	return d
+}
+
+// startAndWait starts d.cmd and waits until zpd logs its address.
+func startAndWait(t *testing.T, d *zpd) {
+	t.Helper()
 	pr, pw := io.Pipe()
 	d.cmd.Stderr = pw
 	d.cmd.Stdout = d.log
@@ -162,7 +171,6 @@ func startZPDWith(t *testing.T, args ...string) *zpd {
 			t.Logf("zpd log:\n%s", d.log)
 		}
 	})
-	return d
 }
 
 // Stop ends zpd gracefully (SIGTERM), then kills it after 5s.

@@ -96,6 +96,8 @@ func describeConnectError(t Target, err error) error {
 	if errors.As(err, &he) {
 		var pe *zmtp.PeerError
 		switch {
+		case he.Reason == zmtp.ReasonMechanism && strings.Contains(he.Error(), "server-key="):
+			return fmt.Errorf("cannot connect to %s: security mismatch: it requires CURVE encryption; drop --insecure", t.Host)
 		case errors.As(err, &pe):
 			return fmt.Errorf("%s refused our key (%s): add %s to ~%s/.config/zp/authorized_keys there", t.Host, pe.Reason, "the output of 'zp keygen' (id_curve.pub)", t.remoteUser())
 		case he.Reason == zmtp.ReasonMechanism:

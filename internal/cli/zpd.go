@@ -33,6 +33,7 @@ type zpdOptions struct {
 	timeout             time.Duration
 	grace               time.Duration
 	authorizedKeys      string
+	handshakeTimeout    time.Duration
 	printKey            bool
 	io                  *IO
 }
@@ -53,6 +54,7 @@ func NewZPDCmd(io *IO) *cobra.Command {
 	fs.DurationVar(&opts.heartbeat, "heartbeat", time.Second, "heartbeat interval clients are told to use")
 	fs.DurationVar(&opts.timeout, "timeout", 5*time.Second, "silence after which a client connection is presumed dead")
 	fs.DurationVar(&opts.grace, "grace", time.Minute, "how long a session survives its client's disconnection")
+	fs.DurationVar(&opts.handshakeTimeout, "handshake-timeout", 10*time.Second, "drop connections that have not finished the ZMTP handshake in this time")
 	fs.StringVar(&opts.authorizedKeys, "authorized-keys", "", "file of client keys (Z85, one per line) that may act as zpd's own user")
 	fs.BoolVar(&opts.printKey, "print-key", false, "print the server's public key and fingerprint (creating the key pair if needed) and exit")
 	root.RunE = func(c *cobra.Command, _ []string) error {
@@ -134,6 +136,8 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 		Heartbeat: opts.heartbeat,
 		Timeout:   opts.timeout,
 		Grace:     opts.grace,
+
+		HandshakeTimeout: opts.handshakeTimeout,
 	}
 	if opts.insecure {
 		if !isLoopback(ep) && !opts.insecureAllowRemote {

@@ -80,6 +80,7 @@ const (
 	ReasonIO           = "io"           // connection closed or failed
 	ReasonSocketType   = "socket_type"  // incompatible socket types
 	ReasonServerKey    = "server_key"   // client: the server key is not the pinned one
+	ReasonKeyQuery     = "key_query"    // a client greeted with NULL and was told the server key
 )
 
 func (e *HandshakeError) Error() string {

@@ -293,8 +293,9 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, asServer bool) (c
 	}
 	rw := &rawCommandRW{r: br, w: raw}
 	if peerMech != mech.Name() {
-		if asServer && cfg.AnnounceKey != "" {
+		if asServer && cfg.AnnounceKey != "" && peerMech == "NULL" {
 			_ = rw.WriteCommand("ERROR", ErrorBody(keyAnnouncePrefix+cfg.AnnounceKey))
+			return nil, Fail(ReasonKeyQuery, errors.New("zmtp: announced the server key to a NULL client"))
 		}
 		if !asServer {
 			// A server that wants CURVE may tell us its key; surface it.
@@ -342,6 +343,10 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, asServer bool) (c
 func classify(ctx context.Context, err error) error {
 	var ne net.Error
 	if ctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout()) {
+		var he *HandshakeError
+		if errors.As(err, &he) {
+			return &HandshakeError{Reason: ReasonTimeout, Err: he.Err}
+		}
 		return &HandshakeError{Reason: ReasonTimeout, Err: err}
 	}
 	return Fail(ReasonIO, err)
