@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,6 +48,9 @@ type Config struct {
 	// Window is the largest credit window per stream (4 MiB) and Chunk the
 	// largest DATA payload (256 KiB).
 	Window, Chunk int
+	// JobRetention is how long finished jobs stay listed (7 days); negative
+	// keeps them until removed.
+	JobRetention time.Duration
 	// HandshakeTimeout drops a connection that has not completed its ZMTP
 	// handshake in time (10s).
 	HandshakeTimeout time.Duration
@@ -64,6 +68,12 @@ func (c *Config) window() int              { return intOr(c.Window, 4<<20) }
 func (c *Config) chunk() int               { return intOr(c.Chunk, 256<<10) }
 func (c *Config) maxSessions() int         { return intOr(c.MaxSessions, 10000) }
 func (c *Config) maxChannels() int         { return intOr(c.MaxChannels, 64) }
+func (c *Config) jobRetention() time.Duration {
+	if c.JobRetention < 0 {
+		return 0
+	}
+	return durOr(c.JobRetention, 7*24*time.Hour)
+}
 
 func durOr(d, def time.Duration) time.Duration {
 	if d > 0 {
@@ -85,7 +95,10 @@ type Broker struct {
 	log    *slog.Logger
 	m      *metrics.Metrics
 	router zmq4.Socket
+	xsub   zmq4.Socket
 	self   *Account
+	jobs   *jobManager
+	ctx    context.Context // set by Run; jobs' goroutines stop with it
 
 	mu       sync.Mutex
 	conns    map[string]*connInfo // by routing identity
@@ -149,7 +162,113 @@ func New(cfg Config) (*Broker, error) {
 		b.router.Close()
 		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.Endpoint, err)
 	}
+	if err := b.listenPublish(ep); err != nil {
+		b.router.Close()
+		return nil, err
+	}
 	return b, nil
+}
+
+// sideEndpoint derives the XPUB (offset 1) and XSUB (offset 2) endpoints
+// from the control endpoint: the next ports, or PATH.pub and PATH.sub.
+func sideEndpoint(ep string, offset int) (string, error) {
+	if strings.HasPrefix(ep, zmtp.SchemeIPC+"://") {
+		return ep + map[int]string{1: ".pub", 2: ".sub"}[offset], nil
+	}
+	host, port, err := net.SplitHostPort(strings.TrimPrefix(ep, zmtp.SchemeTCP+"://"))
+	if err != nil {
+		return "", err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", err
+	}
+	if p != 0 {
+		p += offset
+	}
+	return zmtp.SchemeTCP + "://" + net.JoinHostPort(host, strconv.Itoa(p)), nil
+}
+
+// listenPublish binds the XPUB that publishes job output and the XSUB
+// through which authenticated publishers reach it (topics "p/…" only).
+func (b *Broker) listenPublish(ep string) error {
+	b.jobs = newJobManager(b)
+	pubEP, err := sideEndpoint(ep, 1)
+	if err != nil {
+		return err
+	}
+	pcfg := &zmtp.Config{
+		Mechanism: b.cfg.Mechanism, SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
+		OnFull: zmtp.DropMessage, SendQueue: 1 << 20,
+		// Subscribers send only subscriptions: small frames.
+		MaxFrame: 1024, MaxMessage: 1024, MaxFrames: 1,
+		Barrier: barrierTopic, OnBarrier: b.jobs.onBarrier,
+		OnConnect: func([]byte, *zmtp.Peer, net.Addr, func()) {
+			b.jobs.pubConns.Add(1)
+			b.m.JobFollowers.Inc()
+		},
+		OnClose: func([]byte, *zmtp.Peer, error) {
+			b.jobs.pubConns.Add(-1)
+			b.m.JobFollowers.Dec()
+		},
+		OnHandshakeFailure: b.onHandshakeFailure,
+		OnDrop:             func() { b.m.Dropped.WithLabelValues("xpub").Inc() },
+	}
+	b.jobs.pub = zmq4.NewXPub(zmtp.WithConfig(context.Background(), pcfg), zmq4.WithLogger(discardLogger()))
+	if err := b.jobs.pub.Listen(pubEP); err != nil {
+		return fmt.Errorf("broker: listen on %s (XPUB): %w", pubEP, err)
+	}
+	subEP, err := sideEndpoint(ep, 2)
+	if err != nil {
+		return err
+	}
+	scfg := &zmtp.Config{
+		Mechanism: b.cfg.Mechanism, SocketType: string(zmq4.XSub), HandshakeTimeout: b.cfg.HandshakeTimeout,
+		OnFull: zmtp.DropMessage, MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 128, MaxFrames: 3,
+		Hello:              [][]byte{append([]byte{1}, publicTopicPrefix...)},
+		OnHandshakeFailure: b.onHandshakeFailure,
+	}
+	b.xsub = zmq4.NewXSub(zmtp.WithConfig(context.Background(), scfg), zmq4.WithLogger(discardLogger()))
+	if err := b.xsub.Listen(subEP); err != nil {
+		b.jobs.pub.Close()
+		return fmt.Errorf("broker: listen on %s (XSUB): %w", subEP, err)
+	}
+	return nil
+}
+
+// publicTopicPrefix is what publishers may publish through the XSUB: job
+// topics ("j/…") are zpd's alone.
+const publicTopicPrefix = "p/"
+
+// forwardPublications relays what publishers send to the XSUB onto the
+// XPUB (zmq_proxy's job), for "p/" topics only.
+func (b *Broker) forwardPublications() {
+	for {
+		msg, err := b.xsub.Recv()
+		if err != nil {
+			return
+		}
+		if len(msg.Frames) == 0 || !strings.HasPrefix(string(msg.Frames[0]), publicTopicPrefix) {
+			continue
+		}
+		_ = b.jobs.pub.Send(msg)
+	}
+}
+
+// PublishAddr is the XPUB's bound address.
+func (b *Broker) PublishAddr() net.Addr { return b.jobs.pub.Addr() }
+
+// publishEndpoint is how FOLLOW_OK tells clients where the XPUB is.
+func (b *Broker) publishEndpoint() string {
+	a := b.jobs.pub.Addr()
+	if a == nil {
+		return ""
+	}
+	if a.Network() == "unix" {
+		return "ipc://" + a.String()
+	}
+	_, port, _ := net.SplitHostPort(a.String())
+	return ":" + port
 }
 
 // Addr is the control socket's bound address (useful with port 0).
@@ -202,13 +321,21 @@ func (b *Broker) onHandshakeFailure(remote net.Addr, err *zmtp.HandshakeError) {
 
 // Run serves until ctx ends, then stops every session and returns.
 func (b *Broker) Run(ctx context.Context) error {
+	b.ctx = ctx
+	if err := b.jobs.load(ctx); err != nil {
+		return fmt.Errorf("broker: loading jobs: %w", err)
+	}
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		b.reaper(ctx)
 	}()
-	stop := context.AfterFunc(ctx, func() { b.router.Close() })
+	go func() {
+		defer wg.Done()
+		b.forwardPublications()
+	}()
+	stop := context.AfterFunc(ctx, func() { b.router.Close(); b.xsub.Close() })
 	defer stop()
 	for {
 		msg, err := b.router.Recv()
@@ -231,7 +358,10 @@ func (b *Broker) Run(ctx context.Context) error {
 	for _, s := range sessions {
 		s.end("zpd shutting down")
 	}
+	b.xsub.Close()
 	wg.Wait()
+	b.jobs.wg.Wait() // job watchers stop with ctx; the jobs keep running
+	b.jobs.pub.Close()
 	return nil
 }
 
@@ -356,6 +486,7 @@ func (b *Broker) resume(c *connInfo, m *wire.Open) {
 func (b *Broker) reaper(ctx context.Context) {
 	t := time.NewTicker(b.cfg.heartbeat() / 2)
 	defer t.Stop()
+	lastExpire := time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -363,6 +494,10 @@ func (b *Broker) reaper(ctx context.Context) {
 		case <-t.C:
 		}
 		now := time.Now()
+		if now.Sub(lastExpire) > time.Minute {
+			lastExpire = now
+			b.jobs.expire(b.cfg.jobRetention())
+		}
 		var kick []*connInfo
 		var expired []*session
 		b.mu.Lock()

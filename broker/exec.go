@@ -62,6 +62,10 @@ func newExecChan(s *session, id uint32, window uint32, stdin bool) *execChan {
 
 // run starts the command and reports its end. It owns the process.
 func (ch *execChan) run(m *wire.Exec) {
+	if m.Flags&wire.ExecAsync != 0 {
+		ch.runAsync(m)
+		return
+	}
 	b := ch.s.b
 	acct := ch.s.acct
 	env := acct.environ(m.Env)
@@ -239,11 +243,16 @@ func (ch *execChan) acceptStdin(m *wire.Data) *wire.Error {
 // still acknowledged, so the client is never stuck.
 func (ch *execChan) writeStdin(w *os.File) {
 	defer w.Close()
+	ch.copyStdin(w)
+}
+
+// copyStdin writes stdin to w until EOF (true) or abandonment (false).
+func (ch *execChan) copyStdin(w io.Writer) bool {
 	broken := false
 	for {
 		select {
 		case <-ch.ctx.Done():
-			return
+			return false
 		case it := <-ch.stdinQ:
 			if len(it.data) > 0 && !broken {
 				if _, err := w.Write(it.data); err != nil {
@@ -257,9 +266,45 @@ func (ch *execChan) writeStdin(w *os.File) {
 				ch.s.send(&wire.Ack{Channel: ch.id, Stream: wire.Stdin, Offset: off, Limit: lim})
 			}
 			if it.eof {
-				return
+				return !broken
 			}
 		}
+	}
+}
+
+// runAsync starts a background job. With stdin, the client's stdin is
+// spooled to an unlinked file first (EXEC_OK without a job id grants the
+// credit), and the job starts when it ends; the job's EXEC_OK follows.
+func (ch *execChan) runAsync(m *wire.Exec) {
+	jm := ch.s.b.jobs
+	var spool *os.File
+	if ch.in != nil {
+		f, err := os.CreateTemp(jm.dir, ".stdin-")
+		if err != nil {
+			ch.finish(startFailure(ch.id, err))
+			return
+		}
+		os.Remove(f.Name()) // the job gets the open file
+		defer f.Close()
+		ch.s.send(&wire.ExecOK{Channel: ch.id, Window: uint32(ch.s.b.cfg.window())})
+		if !ch.copyStdin(f) {
+			return // abandoned, or the spool failed (disk full): no job
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			ch.finish(startFailure(ch.id, err))
+			return
+		}
+		spool = f
+	}
+	j, exit := jm.start(ch.s.b.ctx, ch.s, m, spool)
+	if j != nil {
+		j.mu.Lock()
+		id, pid := j.meta.ID, j.meta.ShimPID
+		j.mu.Unlock()
+		ch.s.send(&wire.ExecOK{Channel: ch.id, Job: id, PID: uint32(pid)})
+	}
+	if exit != nil {
+		ch.finish(exit)
 	}
 }
 
@@ -287,9 +332,16 @@ func (ch *execChan) finish(exit *wire.Exit) {
 	ch.s.send(exit)
 }
 
+// signalNum parses a signal name with or without "SIG"; 0 if unknown.
+func signalNum(name string) syscall.Signal {
+	return unix.SignalNum("SIG" + strings.TrimPrefix(strings.ToUpper(name), "SIG"))
+}
+
+func syscallSignalName(s syscall.Signal) string { return unix.SignalName(s) }
+
 // signal delivers a signal to the command's process group.
 func (ch *execChan) signal(name string) *wire.Error {
-	sig := unix.SignalNum("SIG" + strings.TrimPrefix(strings.ToUpper(name), "SIG"))
+	sig := signalNum(name)
 	if sig == 0 {
 		return wire.Errorf(ch.id, wire.CodeBadRequest, "unknown signal %q", name)
 	}

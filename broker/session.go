@@ -32,6 +32,7 @@ type session struct {
 	st       sessState
 	since    time.Time // last message (attached) or detach time (detached)
 	channels map[uint32]*execChan
+	fetchSem chan struct{} // bounds concurrent FETCHes
 }
 
 func newSession(b *Broker, acct *Account, c *connInfo) *session {
@@ -41,6 +42,7 @@ func newSession(b *Broker, acct *Account, c *connInfo) *session {
 		b: b, id: newSessionID(), token: token, key: c.key, acct: acct,
 		conn: c, st: attached, since: time.Now(),
 		channels: make(map[uint32]*execChan),
+		fetchSem: make(chan struct{}, 8),
 	}
 }
 
@@ -174,12 +176,64 @@ func (s *session) handle(m wire.Message) {
 		if ch := s.channel(m.Channel); ch != nil {
 			s.release(ch)
 		}
+	case *wire.Jobs:
+		s.send(&wire.JobList{Channel: m.Channel, Jobs: s.b.jobs.list(s)})
+	case *wire.JobStatus:
+		if j := s.job(m.Channel, m.Job); j != nil {
+			s.send(&wire.JobInfo{Channel: m.Channel, Info: j.info()})
+		}
+	case *wire.JobKill:
+		if j := s.job(m.Channel, m.Job); j != nil {
+			if e := j.kill(m.Signal); e != nil {
+				e.Channel = m.Channel
+				s.sendErr(e)
+			} else {
+				s.send(&wire.OK{Channel: m.Channel})
+			}
+		}
+	case *wire.JobRm:
+		if j := s.job(m.Channel, m.Job); j != nil {
+			if e := s.b.jobs.remove(j); e != nil {
+				e.Channel = m.Channel
+				s.sendErr(e)
+			} else {
+				s.send(&wire.OK{Channel: m.Channel})
+			}
+		}
+	case *wire.Follow:
+		if j := s.job(m.Channel, m.Job); j != nil {
+			j.mu.Lock()
+			topic := j.meta.Topic
+			j.mu.Unlock()
+			s.send(&wire.FollowOK{Channel: m.Channel, Topic: topic, Publish: s.b.publishEndpoint(), Info: j.info()})
+		}
+	case *wire.Fetch:
+		if j := s.job(m.Channel, m.Job); j != nil {
+			select {
+			case s.fetchSem <- struct{}{}:
+				go func() {
+					defer func() { <-s.fetchSem }()
+					s.b.jobs.fetch(s, j, m)
+				}()
+			default:
+				s.sendErr(wire.Errorf(m.Channel, wire.CodeTooMany, "too many fetches in progress"))
+			}
+		}
 	default:
 		s.sendErr(wire.Errorf(0, wire.CodeBadRequest, "unexpected %s from a client", m.ID()))
 	}
 }
 
 func (s *session) sendErr(e *wire.Error) { s.send(e) }
+
+// job finds a job the session may see, or answers 404.
+func (s *session) job(channel uint32, id string) *job {
+	j := s.b.jobs.lookup(s, id)
+	if j == nil {
+		s.sendErr(wire.Errorf(channel, wire.CodeNotFound, "no job %s", id))
+	}
+	return j
+}
 
 func (s *session) channel(id uint32) *execChan {
 	s.mu.Lock()

@@ -256,27 +256,8 @@ func (s *Session) recvLoop(opened chan<- error) {
 	}
 }
 
-// channelOf returns the channel a message belongs to.
-func channelOf(m wire.Message) (uint32, bool) {
-	switch m := m.(type) {
-	case *wire.ExecOK:
-		return m.Channel, true
-	case *wire.Data:
-		return m.Channel, true
-	case *wire.Ack:
-		return m.Channel, true
-	case *wire.Exit:
-		return m.Channel, true
-	case *wire.Error:
-		return m.Channel, true
-	case *wire.OK:
-		return m.Channel, true
-	}
-	return 0, false
-}
-
 func (s *Session) route(m wire.Message) {
-	id, ok := channelOf(m)
+	id, ok := wire.ChannelOf(m)
 	if !ok {
 		s.log.Warn("unexpected message from server", "msg", m.ID().String())
 		return
@@ -328,12 +309,19 @@ func (s *Session) heartbeat() {
 	t := time.NewTicker(ivl)
 	defer t.Stop()
 	var seq uint64
+	lastTick := time.Now()
 	for {
 		select {
 		case <-s.done:
 			return
 		case <-t.C:
 		}
+		if time.Since(lastTick) > 3*ivl {
+			// We were not running (SIGSTOP, a suspended laptop): the
+			// server's silence was ours. Start counting afresh.
+			s.lastRecv.Store(time.Now().UnixNano())
+		}
+		lastTick = time.Now()
 		silent := time.Since(time.Unix(0, s.lastRecv.Load()))
 		if silent > timeout {
 			s.fail(fmt.Errorf("%w for %v", ErrTimeout, silent.Round(time.Second)))

@@ -28,7 +28,12 @@ type connFlags struct {
 	connectTimeout time.Duration
 	quiet          bool
 	acceptNew      bool
+	reconnect      time.Duration
 }
+
+// reconnectFor is how long a command that can continue after a lost
+// connection keeps trying.
+func (f *connFlags) reconnectFor() time.Duration { return f.reconnect }
 
 func (f *connFlags) register(c *cobra.Command) {
 	fs := c.PersistentFlags()
@@ -38,6 +43,7 @@ func (f *connFlags) register(c *cobra.Command) {
 	fs.DurationVar(&f.timeout, "timeout", 0, "give up when the server is silent this long (default: the server's, 5s)")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 5*time.Second, "give up connecting after this long")
 	fs.BoolVarP(&f.quiet, "quiet", "q", false, "print no diagnostics of zp's own")
+	fs.DurationVar(&f.reconnect, "reconnect-for", time.Minute, "keep trying this long to reconnect after the connection is lost")
 	fs.BoolVar(&f.acceptNew, "accept-new", false, "pin an unknown host's key without asking (scripts); a changed key is still refused")
 }
 
@@ -111,10 +117,12 @@ func describeConnectError(t Target, err error) error {
 }
 
 type zpOptions struct {
-	conn    connFlags
-	noStdin bool
-	env     []string
-	io      *IO
+	conn      connFlags
+	noStdin   bool
+	env       []string
+	async     bool
+	stdinFile string
+	io        *IO
 }
 
 // NewZPCmd builds the zp command tree.
@@ -134,19 +142,24 @@ Exit status: the remote command's exit code; 128+N when it died of signal N;
 255 when zp itself failed (connection, authentication, usage).
 
 Ctrl-C, SIGTERM and SIGHUP are forwarded to the remote process group; a third
-Ctrl-C gives up and hangs up the command.`
+Ctrl-C gives up and hangs up the command.
+
+Background jobs: zp --async host cmd prints a job id and exits; then
+  zp jobs host | zp job status|follow|wait|kill|rm host ID`
 	root.Args = cobra.ArbitraryArgs
 	root.Flags().SetInterspersed(false)
 	opts.conn.register(root)
 	root.Flags().BoolVarP(&opts.noStdin, "no-stdin", "n", false, "do not send stdin (the command reads /dev/null)")
 	root.Flags().StringArrayVarP(&opts.env, "env", "e", nil, "set NAME=VALUE in the command's environment (repeatable)")
+	root.Flags().BoolVar(&opts.async, "async", false, "start the command as a background job, print its id and exit")
+	root.Flags().StringVar(&opts.stdinFile, "stdin-file", "", "with --async: upload FILE as the job's stdin (default /dev/null)")
 	root.RunE = func(c *cobra.Command, args []string) error {
 		if len(args) < 2 {
 			return withCode(ExitUsage, fmt.Errorf("usage: %s", c.Use))
 		}
 		return zpRun(c.Context(), opts, args[0], args[1:])
 	}
-	root.AddCommand(newKeygenCmd(io))
+	root.AddCommand(newKeygenCmd(io), newJobsCmd(io, &opts.conn), newJobCmd(io, &opts.conn))
 	root.AddCommand(&cobra.Command{
 		Use: "version", Short: "print zp's version", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -191,6 +204,12 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 	env, err := localEnv(io.Getenv, opts.env)
 	if err != nil {
 		return withCode(ExitUsage, err)
+	}
+	if opts.async {
+		return asyncRun(ctx, opts, hostArg, argv, env)
+	}
+	if opts.stdinFile != "" {
+		return withCode(ExitUsage, errors.New("--stdin-file goes with --async (otherwise redirect stdin: zp host cmd < FILE)"))
 	}
 	// Forward signals; SIGPIPE is caught so that a closed stdout becomes an
 	// error we handle (hang up the command) rather than sudden death.

@@ -34,6 +34,7 @@ type zpdOptions struct {
 	grace               time.Duration
 	authorizedKeys      string
 	handshakeTimeout    time.Duration
+	jobRetention        time.Duration
 	printKey            bool
 	io                  *IO
 }
@@ -55,6 +56,7 @@ func NewZPDCmd(io *IO) *cobra.Command {
 	fs.DurationVar(&opts.timeout, "timeout", 5*time.Second, "silence after which a client connection is presumed dead")
 	fs.DurationVar(&opts.grace, "grace", time.Minute, "how long a session survives its client's disconnection")
 	fs.DurationVar(&opts.handshakeTimeout, "handshake-timeout", 10*time.Second, "drop connections that have not finished the ZMTP handshake in this time")
+	fs.DurationVar(&opts.jobRetention, "job-retention", 7*24*time.Hour, "keep finished jobs (and their output) this long; 0 keeps them until 'zp job rm'")
 	fs.StringVar(&opts.authorizedKeys, "authorized-keys", "", "file of client keys (Z85, one per line) that may act as zpd's own user")
 	fs.BoolVar(&opts.printKey, "print-key", false, "print the server's public key and fingerprint (creating the key pair if needed) and exit")
 	root.RunE = func(c *cobra.Command, _ []string) error {
@@ -68,6 +70,9 @@ func NewZPDCmd(io *IO) *cobra.Command {
 
 // MainZPD runs zpd and returns the process exit code.
 func MainZPD(ctx context.Context, args []string, io *IO) int {
+	if len(args) > 0 && args[0] == broker.ShimArg {
+		return broker.RunShim(args[1:])
+	}
 	root := NewZPDCmd(io)
 	root.SetArgs(args)
 	root.SetOut(io.Out)
@@ -138,6 +143,10 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 		Grace:     opts.grace,
 
 		HandshakeTimeout: opts.handshakeTimeout,
+		JobRetention:     opts.jobRetention,
+	}
+	if opts.jobRetention == 0 {
+		cfg.JobRetention = -1
 	}
 	if opts.insecure {
 		if !isLoopback(ep) && !opts.insecureAllowRemote {

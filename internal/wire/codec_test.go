@@ -208,3 +208,21 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// Every message that carries a channel field is routed by ChannelOf.
+func TestChannelOf(t *testing.T) {
+	for name, m := range samples() {
+		v := reflect.ValueOf(m).Elem()
+		f := v.FieldByName("Channel")
+		id, ok := ChannelOf(m)
+		switch {
+		case !f.IsValid():
+			if ok {
+				t.Errorf("%s: has no channel but ChannelOf says %d", name, id)
+			}
+		case f.Uint() == 0 && name == "error":
+		case !ok || uint64(id) != f.Uint():
+			t.Errorf("%s: ChannelOf = %d, %v; want %d", name, id, ok, f.Uint())
+		}
+	}
+}

@@ -381,3 +381,49 @@ func (d *decoder) bool(f string) bool {
 
 // SoftwareVersion is zp's release, reported in OPEN_OK and --version.
 const SoftwareVersion = "0.1.0"
+
+// ChannelOf returns the channel a message belongs to, and false for
+// session-level messages (OPEN, PING, …) and publications.
+func ChannelOf(m Message) (uint32, bool) {
+	switch m := m.(type) {
+	case *Error:
+		return m.Channel, m.Channel != 0
+	case *OK:
+		return m.Channel, true
+	case *Exec:
+		return m.Channel, true
+	case *ExecOK:
+		return m.Channel, true
+	case *Data:
+		return m.Channel, true
+	case *Ack:
+		return m.Channel, true
+	case *Signal:
+		return m.Channel, true
+	case *Exit:
+		return m.Channel, true
+	case *Fin:
+		return m.Channel, true
+	case *Jobs:
+		return m.Channel, true
+	case *JobList:
+		return m.Channel, true
+	case *JobStatus:
+		return m.Channel, true
+	case *JobInfo:
+		return m.Channel, true
+	case *JobKill:
+		return m.Channel, true
+	case *JobRm:
+		return m.Channel, true
+	case *Follow:
+		return m.Channel, true
+	case *FollowOK:
+		return m.Channel, true
+	case *Fetch:
+		return m.Channel, true
+	case *FetchOK:
+		return m.Channel, true
+	}
+	return 0, false
+}

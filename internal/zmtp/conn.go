@@ -2,6 +2,7 @@ package zmtp
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -115,6 +116,15 @@ func newConn(raw net.Conn, br *bufio.Reader, cfg *Config, peer *Peer, id []byte)
 	ready := encodeCommand("READY", meta.AppendEncode(nil))
 	c.rpending = append(g[:], appendFrameHeader(nil, flagCommand, len(ready))...)
 	c.rpending = append(c.rpending, ready...)
+	if len(cfg.Barrier) > 0 {
+		// A subscription, as if the peer had sent it (see Config.Barrier).
+		sub := append([]byte{1}, cfg.Barrier...)
+		c.rpending = append(appendFrameHeader(c.rpending, 0, len(sub)), sub...)
+	}
+	for _, h := range cfg.Hello {
+		c.queue = append(c.queue, outFrame{body: append([]byte(nil), h...)})
+		c.queued += len(h)
+	}
 	go c.writer()
 	return c
 }
@@ -288,6 +298,14 @@ func (c *conn) frameDone() error {
 		return nil
 	}
 	more := flags&flagMore != 0
+	if !c.wmid && len(c.cfg.Barrier) > 0 && bytes.HasPrefix(body, c.cfg.Barrier) {
+		if c.cfg.OnBarrier != nil {
+			c.cfg.OnBarrier(body[len(c.cfg.Barrier):])
+		}
+		putBuf(body)
+		c.wdrop = more // swallow the rest of the barrier message
+		return nil
+	}
 	if c.wdrop {
 		putBuf(body)
 		c.wdrop = more

@@ -41,6 +41,19 @@ type Config struct {
 	// peer that greets with another mechanism, so that clients can learn the
 	// server's public key on first contact (see docs/PROTOCOL.md).
 	AnnounceKey string
+	// Barrier, on an XPUB, makes every connection subscribe (towards zmq4)
+	// to this topic; a message whose first frame starts with it is not sent
+	// to the peer but reported to OnBarrier with the rest of that frame.
+	// zmq4's publisher writes each message to every connection before the
+	// next, so a barrier seen on one connection means every earlier
+	// message was handed to every connection: a publisher waits for its
+	// barrier to keep zmq4's unbounded queue short.
+	Barrier   []byte
+	OnBarrier func(payload []byte)
+	// Hello lists messages (one frame each) sent to every peer right after
+	// the handshake, before anything zmq4 sends: an XSUB uses it to
+	// subscribe at each publisher that connects.
+	Hello [][]byte
 	// MaxHandshakes bounds handshakes in progress on a listener (default 256).
 	MaxHandshakes int
 	// Hooks; each may be nil and must not block.

@@ -1,0 +1,467 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+
+	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/internal/zmtp"
+	"github.com/zpipes/zp/publisher"
+)
+
+// request sends a request on a fresh channel and returns the first reply;
+// an ERROR reply is returned as a *wire.Error.
+func (s *Session) request(ctx context.Context, mk func(ch uint32) wire.Message) (wire.Message, error) {
+	id, inbox := s.openChannel()
+	defer s.closeChannel(id)
+	if err := s.send(mk(id)); err != nil {
+		return nil, err
+	}
+	select {
+	case m := <-inbox:
+		if e, ok := m.(*wire.Error); ok {
+			return nil, e
+		}
+		return m, nil
+	case <-s.done:
+		return nil, s.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// StartJob starts a background job and returns its id. A command that
+// cannot start still gets an id (its job is recorded as failed-to-start)
+// and a non-nil ExitStatus saying why. With req.Stdin, its content is
+// uploaded first and becomes the job's stdin.
+func (s *Session) StartJob(ctx context.Context, req ExecRequest) (string, *ExitStatus, error) {
+	id, inbox := s.openChannel()
+	defer s.closeChannel(id)
+	defer func() { _ = s.send(&wire.Fin{Channel: id}) }()
+	flags := wire.ExecAsync
+	if req.Stdin != nil {
+		flags |= wire.ExecStdin
+	}
+	if err := s.send(&wire.Exec{Channel: id, Flags: flags, Argv: req.Argv, Env: req.Env, Dir: req.Dir}); err != nil {
+		return "", nil, err
+	}
+	var stdin *publisher.Stream
+	pumpCtx, stopPump := context.WithCancel(ctx)
+	defer stopPump()
+	job := ""
+	for {
+		var m wire.Message
+		select {
+		case m = <-inbox:
+		case <-s.done:
+			return "", nil, s.err
+		case <-ctx.Done():
+			return "", nil, ctx.Err()
+		}
+		switch m := m.(type) {
+		case *wire.ExecOK:
+			if m.Job != "" {
+				job = m.Job
+				// A failed start follows at once; otherwise we are done.
+				select {
+				case next := <-inbox:
+					if e, ok := next.(*wire.Exit); ok {
+						return job, &ExitStatus{Status: e.Status, Code: int(e.Code), Message: e.Message}, nil
+					}
+				case <-time.After(50 * time.Millisecond):
+				}
+				return job, nil, nil
+			}
+			if req.Stdin != nil && stdin == nil {
+				stdin = publisher.New(uint64(m.Window))
+				go s.pumpStdin(pumpCtx, id, stdin, req.Stdin)
+			}
+		case *wire.Ack:
+			if stdin != nil && m.Stream == wire.Stdin {
+				if err := stdin.Ack(m.Offset, m.Limit); err != nil {
+					return "", nil, err
+				}
+			}
+		case *wire.Exit:
+			return job, &ExitStatus{Status: m.Status, Code: int(m.Code), Message: m.Message}, nil
+		case *wire.Error:
+			return "", nil, m
+		}
+	}
+}
+
+// Jobs lists this key's jobs on the server, oldest first.
+func (s *Session) Jobs(ctx context.Context) ([]map[string]string, error) {
+	m, err := s.request(ctx, func(ch uint32) wire.Message { return &wire.Jobs{Channel: ch} })
+	if err != nil {
+		return nil, err
+	}
+	l, ok := m.(*wire.JobList)
+	if !ok {
+		return nil, fmt.Errorf("unexpected %s", m.ID())
+	}
+	return l.Jobs, nil
+}
+
+// JobStatus describes one job (keys in docs/PROTOCOL.md).
+func (s *Session) JobStatus(ctx context.Context, job string) (map[string]string, error) {
+	m, err := s.request(ctx, func(ch uint32) wire.Message { return &wire.JobStatus{Channel: ch, Job: job} })
+	if err != nil {
+		return nil, err
+	}
+	info, ok := m.(*wire.JobInfo)
+	if !ok {
+		return nil, fmt.Errorf("unexpected %s", m.ID())
+	}
+	return info.Info, nil
+}
+
+// KillJob signals a job's process group.
+func (s *Session) KillJob(ctx context.Context, job, signal string) error {
+	_, err := s.request(ctx, func(ch uint32) wire.Message { return &wire.JobKill{Channel: ch, Job: job, Signal: signal} })
+	return err
+}
+
+// RemoveJob forgets a finished job and deletes its output.
+func (s *Session) RemoveJob(ctx context.Context, job string) error {
+	_, err := s.request(ctx, func(ch uint32) wire.Message { return &wire.JobRm{Channel: ch, Job: job} })
+	return err
+}
+
+// FollowOptions says what Follow writes and from where.
+type FollowOptions struct {
+	Stdout, Stderr io.Writer // nil: that stream is not followed
+	// Start is where each stream starts ([wire.Stdout], [wire.Stderr]);
+	// used to continue after a reconnect. Ignored with NoHistory or Tail.
+	Start [3]uint64
+	// NoHistory starts at the current end of the output.
+	NoHistory bool
+	// Tail starts each stream at its last Tail lines (0: from Start).
+	Tail int
+}
+
+// FollowResult is where a Follow stopped.
+type FollowResult struct {
+	Info map[string]string // the job's final description (when Done)
+	Next [3]uint64         // offsets reached per stream
+	Done bool              // the job ended and every followed stream was delivered
+	// History counts octets fetched that existed when Follow started;
+	// Missed those published after, which the live path did not deliver
+	// (a slow follower, a gap) and that were fetched over the ROUTER.
+	History, Missed uint64
+	Live            uint64 // octets delivered from live publications
+}
+
+const fetchLength = 4 << 20
+
+// Follow writes a job's output from the start (or opts) as it is
+// produced, until the job ends: it subscribes to the job's topic on the
+// broker's XPUB, fetches history over the ROUTER up to the live position,
+// then applies live publications, and fetches again over any gap (zguide's
+// Clone pattern). A follower that falls behind never slows the job or
+// other followers. It returns the job's final description; on a lost
+// connection it returns the offsets reached with the error, so the caller
+// can continue with opts.Start.
+func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*FollowResult, error) {
+	res := &FollowResult{}
+	id, inbox := s.openChannel()
+	defer s.closeChannel(id)
+	writers := [3]io.Writer{wire.Stdout: opts.Stdout, wire.Stderr: opts.Stderr}
+	var streams uint8
+	var followed []wire.Stream
+	for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
+		if writers[st] != nil {
+			streams |= 1 << (st - 1)
+			followed = append(followed, st)
+		}
+	}
+	if err := s.send(&wire.Follow{Channel: id, Job: job, Streams: streams}); err != nil {
+		return res, err
+	}
+	var fok *wire.FollowOK
+	select {
+	case m := <-inbox:
+		switch m := m.(type) {
+		case *wire.FollowOK:
+			fok = m
+		case *wire.Error:
+			return res, m
+		default:
+			return res, fmt.Errorf("unexpected %s", m.ID())
+		}
+	case <-s.done:
+		return res, s.err
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+
+	// Subscribe first (Clone): whatever is published from now on reaches
+	// us live; history up to there comes from FETCH.
+	live := make(chan wire.Message, 1024)
+	subCtx, stopSub := context.WithCancel(ctx)
+	defer stopSub()
+	sub, err := s.subscribe(subCtx, fok.Publish, fok.Topic, followed)
+	if err != nil {
+		return res, err
+	}
+	defer sub.Close()
+	go func() {
+		for {
+			msg, err := sub.Recv()
+			if err != nil || len(msg.Frames) < 2 {
+				return
+			}
+			m, err := wire.Decode(msg.Frames[1:])
+			if err != nil {
+				continue
+			}
+			select {
+			case live <- m:
+			default: // we are behind: the gap is fetched later
+			}
+		}
+	}()
+
+	next := opts.Start
+	var known, final [3]uint64
+	var isFinal, inflight [3]bool
+	for _, st := range followed {
+		known[st] = parseUint(fok.Info[st.String()+"_bytes"])
+		switch {
+		case opts.NoHistory:
+			next[st] = known[st]
+		case opts.Tail > 0:
+			start, err := s.tailStart(ctx, job, st, known[st], opts.Tail)
+			if err != nil {
+				return res, err
+			}
+			next[st] = start
+		}
+	}
+	historyEnd := known
+	ended := fok.Info["done"] == "true"
+	info := fok.Info
+	deliver := func(st wire.Stream, off uint64, data []byte) error {
+		if off > next[st] || off+uint64(len(data)) <= next[st] {
+			return nil
+		}
+		data = data[next[st]-off:]
+		if _, err := writers[st].Write(data); err != nil {
+			return &OutputError{Stream: st, Err: err}
+		}
+		next[st] += uint64(len(data))
+		return nil
+	}
+	complete := func() bool {
+		for _, st := range followed {
+			if !isFinal[st] || next[st] < final[st] {
+				return false
+			}
+		}
+		return true
+	}
+	poll := time.NewTicker(time.Second)
+	defer poll.Stop()
+	for {
+		if ended && len(followed) == 0 {
+			break
+		}
+		if len(followed) > 0 && complete() {
+			break
+		}
+		for _, st := range followed {
+			// Fetch what we know exists and have not got, and once the job
+			// ended, fetch to learn the final size.
+			if !inflight[st] && (next[st] < known[st] || (ended && !isFinal[st])) {
+				if err := s.send(&wire.Fetch{Channel: id, Job: job, Stream: st, Offset: next[st], Length: fetchLength}); err != nil {
+					res.Next = next
+					return res, err
+				}
+				inflight[st] = true
+			}
+		}
+		select {
+		case m := <-inbox:
+			switch m := m.(type) {
+			case *wire.Data:
+				before := next[m.Stream]
+				if err := deliver(m.Stream, m.Offset, m.Bytes); err != nil {
+					return res, err
+				}
+				for o := before; o < next[m.Stream]; {
+					if o < historyEnd[m.Stream] {
+						n := min(next[m.Stream], historyEnd[m.Stream]) - o
+						res.History += n
+						o += n
+					} else {
+						res.Missed += next[m.Stream] - o
+						o = next[m.Stream]
+					}
+				}
+			case *wire.FetchOK:
+				inflight[m.Stream] = false
+				known[m.Stream] = max(known[m.Stream], m.Size)
+				if m.Final {
+					isFinal[m.Stream], final[m.Stream] = true, m.Size
+				}
+			case *wire.Error:
+				res.Next = next
+				return res, m
+			}
+		case m := <-live:
+			switch m := m.(type) {
+			case *wire.JobOutput:
+				if writers[m.Stream] == nil {
+					continue
+				}
+				end := m.Offset + uint64(len(m.Bytes))
+				known[m.Stream] = max(known[m.Stream], end)
+				if m.Offset <= next[m.Stream] && !inflight[m.Stream] {
+					before := next[m.Stream]
+					if err := deliver(m.Stream, m.Offset, m.Bytes); err != nil {
+						return res, err
+					}
+					res.Live += next[m.Stream] - before
+				}
+			case *wire.JobEnd:
+				ended, info = true, m.Info
+			}
+		case <-poll.C:
+			// A backstop for a lost JOB_END or publications dropped while
+			// we were slow: ask again.
+			for _, st := range followed {
+				if !inflight[st] {
+					known[st] = max(known[st], next[st]+1)
+				}
+			}
+			if len(followed) == 0 {
+				if st, err := s.JobStatus(ctx, job); err == nil && st["done"] == "true" {
+					ended, info = true, st
+				}
+			}
+		case <-s.done:
+			res.Next = next
+			return res, s.err
+		case <-ctx.Done():
+			res.Next = next
+			return res, ctx.Err()
+		}
+	}
+	res.Next = next
+	res.Done = true
+	if st, err := s.JobStatus(ctx, job); err == nil {
+		info = st
+	}
+	res.Info = info
+	return res, nil
+}
+
+// tailStart finds the offset of the last n lines of a stream.
+func (s *Session) tailStart(ctx context.Context, job string, st wire.Stream, size uint64, n int) (uint64, error) {
+	const step = 64 << 10
+	end := size
+	lines := 0
+	for end > 0 {
+		start := uint64(0)
+		if end > step {
+			start = end - step
+		}
+		data, err := s.fetchRange(ctx, job, st, start, end)
+		if err != nil {
+			return 0, err
+		}
+		for i := len(data) - 1; i >= 0; i-- {
+			if data[i] != '\n' || start+uint64(i) == size-1 {
+				continue
+			}
+			lines++
+			if lines == n {
+				return start + uint64(i) + 1, nil
+			}
+		}
+		end = start
+	}
+	return 0, nil
+}
+
+// fetchRange reads [start, end) of a job's stream.
+func (s *Session) fetchRange(ctx context.Context, job string, st wire.Stream, start, end uint64) ([]byte, error) {
+	id, inbox := s.openChannel()
+	defer s.closeChannel(id)
+	if err := s.send(&wire.Fetch{Channel: id, Job: job, Stream: st, Offset: start, Length: uint32(end - start)}); err != nil {
+		return nil, err
+	}
+	var out []byte
+	for {
+		select {
+		case m := <-inbox:
+			switch m := m.(type) {
+			case *wire.Data:
+				out = append(out, m.Bytes...)
+			case *wire.FetchOK:
+				return out, nil
+			case *wire.Error:
+				return nil, m
+			}
+		case <-s.done:
+			return nil, s.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// subscribe connects a SUB to the broker's XPUB with the session's
+// security and subscribes to the streams' topics.
+func (s *Session) subscribe(ctx context.Context, publish, topic string, streams []wire.Stream) (zmq4.Socket, error) {
+	ep := publish
+	if strings.HasPrefix(publish, ":") {
+		host, _, err := net.SplitHostPort(strings.TrimPrefix(s.cfg.Endpoint, "tcp://"))
+		if err != nil {
+			return nil, fmt.Errorf("publish endpoint: %w", err)
+		}
+		ep = "tcp://" + net.JoinHostPort(host, publish[1:])
+	}
+	zep, err := zmtp.Endpoint(ep)
+	if err != nil {
+		return nil, err
+	}
+	zcfg := &zmtp.Config{Mechanism: s.cfg.Mechanism, SocketType: string(zmq4.Sub),
+		HandshakeTimeout: s.cfg.connectTimeout(), OnFull: zmtp.Block,
+		MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 256, MaxFrames: 3}
+	sub := zmq4.NewSub(zmtp.WithConfig(ctx, zcfg), zmq4.WithDialerMaxRetries(0),
+		zmq4.WithDialerTimeout(s.cfg.connectTimeout()), zmq4.WithLogger(log.New(io.Discard, "", 0)))
+	topics := []string{topic + "x"}
+	for _, st := range streams {
+		topics = append(topics, fmt.Sprintf("%s%d", topic, st))
+	}
+	for _, t := range topics {
+		if err := sub.SetOption(zmq4.OptionSubscribe, t); err != nil {
+			sub.Close()
+			return nil, err
+		}
+	}
+	if err := sub.Dial(zep); err != nil {
+		sub.Close()
+		return nil, fmt.Errorf("subscribing to %s: %w", ep, unwrapDial(err))
+	}
+	return sub, nil
+}
+
+func parseUint(s string) uint64 {
+	var v uint64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	return v
+}
