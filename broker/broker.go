@@ -199,7 +199,7 @@ func (b *Broker) listenPublish(ep string) error {
 	}
 	pcfg := &zmtp.Config{
 		Mechanism: b.cfg.Mechanism, SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
-		OnFull: zmtp.DropMessage, SendQueue: 1 << 20,
+		OnFull: zmtp.DropMessage, SendQueue: 512 << 10,
 		// Subscribers send only subscriptions: small frames.
 		MaxFrame: 1024, MaxMessage: 1024, MaxFrames: 1,
 		Barrier: barrierTopic, OnBarrier: b.jobs.onBarrier,
@@ -494,7 +494,7 @@ func (b *Broker) reaper(ctx context.Context) {
 		case <-t.C:
 		}
 		now := time.Now()
-		if now.Sub(lastExpire) > time.Minute {
+		if now.Sub(lastExpire) > min(time.Minute, b.cfg.jobRetention()/4) {
 			lastExpire = now
 			b.jobs.expire(b.cfg.jobRetention())
 		}

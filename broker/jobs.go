@@ -348,6 +348,10 @@ func (jm *jobManager) watch(ctx context.Context, j *job, reaped chan struct{}) {
 
 const pubChunk = 128 << 10
 
+// maxFetch bounds what one FETCH returns: with two fetches per session
+// in flight, what a follower can make zpd queue stays small.
+const maxFetch = 1 << 20
+
 func (jm *jobManager) follow(ctx context.Context, j *job, reaped chan struct{}) {
 	var logs [3]*os.File
 	for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
@@ -715,7 +719,7 @@ func (jm *jobManager) fetch(s *session, j *job, m *wire.Fetch) {
 	if off > size {
 		off = size
 	}
-	end := min(off+uint64(m.Length), size)
+	end := min(off+uint64(min(m.Length, maxFetch)), size)
 	chunk := uint64(s.b.cfg.chunk())
 	for off < end {
 		n := min(chunk, end-off)

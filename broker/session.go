@@ -42,7 +42,7 @@ func newSession(b *Broker, acct *Account, c *connInfo) *session {
 		b: b, id: newSessionID(), token: token, key: c.key, acct: acct,
 		conn: c, st: attached, since: time.Now(),
 		channels: make(map[uint32]*execChan),
-		fetchSem: make(chan struct{}, 8),
+		fetchSem: make(chan struct{}, 2),
 	}
 }
 

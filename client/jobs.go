@@ -159,7 +159,7 @@ type FollowResult struct {
 	Live            uint64 // octets delivered from live publications
 }
 
-const fetchLength = 4 << 20
+const fetchLength = 1 << 20
 
 // Follow writes a job's output from the start (or opts) as it is
 // produced, until the job ends: it subscribes to the job's topic on the
@@ -230,34 +230,52 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*
 	}()
 
 	next := opts.Start
-	var known, final [3]uint64
+	var serverSize, liveEnd, final [3]uint64
 	var isFinal, inflight [3]bool
+	var reorder [3]liveBuffer
 	for _, st := range followed {
-		known[st] = parseUint(fok.Info[st.String()+"_bytes"])
+		serverSize[st] = parseUint(fok.Info[st.String()+"_bytes"])
 		switch {
 		case opts.NoHistory:
-			next[st] = known[st]
+			next[st] = serverSize[st]
 		case opts.Tail > 0:
-			start, err := s.tailStart(ctx, job, st, known[st], opts.Tail)
+			start, err := s.tailStart(ctx, job, st, serverSize[st], opts.Tail)
 			if err != nil {
 				return res, err
 			}
 			next[st] = start
 		}
 	}
-	historyEnd := known
+	historyEnd := serverSize
 	ended := fok.Info["done"] == "true"
 	info := fok.Info
-	deliver := func(st wire.Stream, off uint64, data []byte) error {
+	// deliver writes the part of [off, off+len(data)) that is new; it
+	// reports how many octets it wrote.
+	deliver := func(st wire.Stream, off uint64, data []byte) (uint64, error) {
 		if off > next[st] || off+uint64(len(data)) <= next[st] {
-			return nil
+			return 0, nil
 		}
 		data = data[next[st]-off:]
 		if _, err := writers[st].Write(data); err != nil {
-			return &OutputError{Stream: st, Err: err}
+			return 0, &OutputError{Stream: st, Err: err}
 		}
 		next[st] += uint64(len(data))
-		return nil
+		return uint64(len(data)), nil
+	}
+	// drain delivers buffered live messages that have become contiguous.
+	drain := func(st wire.Stream) error {
+		for {
+			off, data, ok := reorder[st].first()
+			if !ok || off > next[st] {
+				return nil
+			}
+			reorder[st].pop()
+			n, err := deliver(st, off, data)
+			if err != nil {
+				return err
+			}
+			res.Live += n
+		}
 	}
 	complete := func() bool {
 		for _, st := range followed {
@@ -267,8 +285,13 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*
 		}
 		return true
 	}
+	fetch := func(st wire.Stream, length uint64) error {
+		inflight[st] = true
+		return s.send(&wire.Fetch{Channel: id, Job: job, Stream: st, Offset: next[st], Length: uint32(min(length, fetchLength))})
+	}
 	poll := time.NewTicker(time.Second)
 	defer poll.Stop()
+	quiet := 0
 	for {
 		if ended && len(followed) == 0 {
 			break
@@ -277,14 +300,25 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*
 			break
 		}
 		for _, st := range followed {
-			// Fetch what we know exists and have not got, and once the job
-			// ended, fetch to learn the final size.
-			if !inflight[st] && (next[st] < known[st] || (ended && !isFinal[st])) {
-				if err := s.send(&wire.Fetch{Channel: id, Job: job, Stream: st, Offset: next[st], Length: fetchLength}); err != nil {
-					res.Next = next
-					return res, err
-				}
-				inflight[st] = true
+			if inflight[st] {
+				continue
+			}
+			// Fetch only what live messages cannot fill: from next to the
+			// first buffered publication (or to the end known).
+			target := max(serverSize[st], liveEnd[st])
+			if off, _, ok := reorder[st].first(); ok {
+				target = min(target, off)
+			}
+			var err error
+			switch {
+			case next[st] < target:
+				err = fetch(st, target-next[st])
+			case ended && !isFinal[st]:
+				err = fetch(st, fetchLength) // learn the final size
+			}
+			if err != nil {
+				res.Next = next
+				return res, err
 			}
 		}
 		select {
@@ -292,22 +326,21 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*
 			switch m := m.(type) {
 			case *wire.Data:
 				before := next[m.Stream]
-				if err := deliver(m.Stream, m.Offset, m.Bytes); err != nil {
+				if _, err := deliver(m.Stream, m.Offset, m.Bytes); err != nil {
 					return res, err
 				}
-				for o := before; o < next[m.Stream]; {
-					if o < historyEnd[m.Stream] {
-						n := min(next[m.Stream], historyEnd[m.Stream]) - o
-						res.History += n
-						o += n
-					} else {
-						res.Missed += next[m.Stream] - o
-						o = next[m.Stream]
-					}
+				if h := historyEnd[m.Stream]; before < h {
+					res.History += min(next[m.Stream], h) - before
+					res.Missed += next[m.Stream] - min(next[m.Stream], h)
+				} else {
+					res.Missed += next[m.Stream] - before
+				}
+				if err := drain(m.Stream); err != nil {
+					return res, err
 				}
 			case *wire.FetchOK:
 				inflight[m.Stream] = false
-				known[m.Stream] = max(known[m.Stream], m.Size)
+				serverSize[m.Stream] = m.Size
 				if m.Final {
 					isFinal[m.Stream], final[m.Stream] = true, m.Size
 				}
@@ -316,29 +349,42 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*
 				return res, m
 			}
 		case m := <-live:
+			quiet = 0
 			switch m := m.(type) {
 			case *wire.JobOutput:
-				if writers[m.Stream] == nil {
+				st := m.Stream
+				if writers[st] == nil {
 					continue
 				}
-				end := m.Offset + uint64(len(m.Bytes))
-				known[m.Stream] = max(known[m.Stream], end)
-				if m.Offset <= next[m.Stream] && !inflight[m.Stream] {
-					before := next[m.Stream]
-					if err := deliver(m.Stream, m.Offset, m.Bytes); err != nil {
+				liveEnd[st] = max(liveEnd[st], m.Offset+uint64(len(m.Bytes)))
+				if m.Offset <= next[st] {
+					n, err := deliver(st, m.Offset, m.Bytes)
+					if err != nil {
 						return res, err
 					}
-					res.Live += next[m.Stream] - before
+					res.Live += n
+					if err := drain(st); err != nil {
+						return res, err
+					}
+				} else {
+					reorder[st].add(m.Offset, m.Bytes)
 				}
 			case *wire.JobEnd:
 				ended, info = true, m.Info
 			}
 		case <-poll.C:
-			// A backstop for a lost JOB_END or publications dropped while
-			// we were slow: ask again.
+			// A backstop for publications dropped while we were slow and
+			// a lost JOB_END: when nothing arrived for a while, ask.
+			quiet++
+			if quiet < 2 {
+				continue
+			}
 			for _, st := range followed {
 				if !inflight[st] {
-					known[st] = max(known[st], next[st]+1)
+					if err := fetch(st, fetchLength); err != nil {
+						res.Next = next
+						return res, err
+					}
 				}
 			}
 			if len(followed) == 0 {
@@ -361,6 +407,51 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*
 	}
 	res.Info = info
 	return res, nil
+}
+
+// liveBuffer holds live publications that arrived ahead of the stream
+// position, in offset order, up to maxReorder octets (beyond that they are
+// dropped: fetching fills the gap).
+type liveBuffer struct {
+	items []liveItem
+	bytes int
+}
+
+type liveItem struct {
+	off  uint64
+	data []byte
+}
+
+const maxReorder = 8 << 20
+
+func (b *liveBuffer) add(off uint64, data []byte) {
+	if b.bytes+len(data) > maxReorder {
+		return
+	}
+	i := len(b.items)
+	for i > 0 && b.items[i-1].off > off {
+		i--
+	}
+	if i > 0 && b.items[i-1].off == off {
+		return // a duplicate
+	}
+	b.items = append(b.items, liveItem{})
+	copy(b.items[i+1:], b.items[i:])
+	b.items[i] = liveItem{off, data}
+	b.bytes += len(data)
+}
+
+func (b *liveBuffer) first() (uint64, []byte, bool) {
+	if len(b.items) == 0 {
+		return 0, nil, false
+	}
+	return b.items[0].off, b.items[0].data, true
+}
+
+func (b *liveBuffer) pop() {
+	b.bytes -= len(b.items[0].data)
+	b.items[0] = liveItem{}
+	b.items = b.items[1:]
 }
 
 // tailStart finds the offset of the last n lines of a stream.

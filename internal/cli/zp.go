@@ -172,6 +172,7 @@ Background jobs: zp --async host cmd prints a job id and exits; then
 
 // MainZP runs zp with args and returns the process exit code.
 func MainZP(ctx context.Context, args []string, io *IO) int {
+	defer startProfile(io, "zp")()
 	root := NewZPCmd(io)
 	root.SetArgs(args)
 	root.SetIn(io.In)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -35,6 +36,7 @@ type zpdOptions struct {
 	authorizedKeys      string
 	handshakeTimeout    time.Duration
 	jobRetention        time.Duration
+	memoryLimit         int64
 	printKey            bool
 	io                  *IO
 }
@@ -56,7 +58,9 @@ func NewZPDCmd(io *IO) *cobra.Command {
 	fs.DurationVar(&opts.timeout, "timeout", 5*time.Second, "silence after which a client connection is presumed dead")
 	fs.DurationVar(&opts.grace, "grace", time.Minute, "how long a session survives its client's disconnection")
 	fs.DurationVar(&opts.handshakeTimeout, "handshake-timeout", 10*time.Second, "drop connections that have not finished the ZMTP handshake in this time")
-	fs.DurationVar(&opts.jobRetention, "job-retention", 7*24*time.Hour, "keep finished jobs (and their output) this long; 0 keeps them until 'zp job rm'")
+	opts.jobRetention = 7 * 24 * time.Hour
+	fs.Var(dayDuration{&opts.jobRetention}, "job-retention", "keep finished jobs (and their output) this long, e.g. 7d, 12h; 0 keeps them until 'zp job rm'")
+	fs.Int64Var(&opts.memoryLimit, "memory-limit", 256<<20, "soft memory limit in octets for the Go runtime (GOMEMLIMIT); 0 for none")
 	fs.StringVar(&opts.authorizedKeys, "authorized-keys", "", "file of client keys (Z85, one per line) that may act as zpd's own user")
 	fs.BoolVar(&opts.printKey, "print-key", false, "print the server's public key and fingerprint (creating the key pair if needed) and exit")
 	root.RunE = func(c *cobra.Command, _ []string) error {
@@ -73,6 +77,7 @@ func MainZPD(ctx context.Context, args []string, io *IO) int {
 	if len(args) > 0 && args[0] == broker.ShimArg {
 		return broker.RunShim(args[1:])
 	}
+	defer startProfile(io, "zpd")()
 	root := NewZPDCmd(io)
 	root.SetArgs(args)
 	root.SetOut(io.Out)
@@ -133,6 +138,9 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 	}
 	if err := os.MkdirAll(opts.state, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
+	}
+	if opts.memoryLimit > 0 && io.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(opts.memoryLimit)
 	}
 	cfg := broker.Config{
 		Endpoint:  ep,

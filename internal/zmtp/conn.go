@@ -353,12 +353,16 @@ func (c *conn) frameDone() error {
 	return nil
 }
 
-// writer is the connection's only network writer.
+// writeBatch bounds the octets the writer takes from the queue at once,
+// and so the sealing buffer it needs.
+const writeBatch = 1 << 20
+
+// writer is the connection's only network writer. It holds no buffer
+// between batches, so an idle connection costs no memory.
 func (c *conn) writer() {
 	var (
 		batch []outFrame
 		bufs  net.Buffers
-		out   []byte
 		hdrs  []byte
 	)
 	for {
@@ -370,13 +374,19 @@ func (c *conn) writer() {
 			c.mu.Unlock()
 			return
 		}
-		batch = append(batch[:0], c.queue...)
-		clear(c.queue)
-		c.queue = c.queue[:0]
+		n, size := 0, 0
+		for n < len(c.queue) && (n == 0 || size+len(c.queue[n].body) <= writeBatch) {
+			size += len(c.queue[n].body)
+			n++
+		}
+		batch = append(batch[:0], c.queue[:n]...)
+		rest := copy(c.queue, c.queue[n:])
+		clear(c.queue[rest:])
+		c.queue = c.queue[:rest]
 		c.mu.Unlock()
 
 		bufs = bufs[:0]
-		size := 0
+		var out []byte
 		if c.cipher == nil {
 			hdrs = hdrs[:0]
 			for _, f := range batch {
@@ -384,21 +394,18 @@ func (c *conn) writer() {
 			}
 			h := hdrs
 			for _, f := range batch {
-				n := 2
+				k := 2
 				if len(f.body) > 255 {
-					n = 9
+					k = 9
 				}
-				bufs = append(bufs, h[:n], f.body)
-				h = h[n:]
-				size += len(f.body)
+				bufs = append(bufs, h[:k], f.body)
+				h = h[k:]
 			}
 		} else {
-			out = out[:0]
+			out = getBuf(size + len(batch)*(9+c.cipher.Overhead()))
 			for _, f := range batch {
-				sealed := len(f.body) + c.cipher.Overhead()
-				out = appendFrameHeader(out, 0, sealed)
+				out = appendFrameHeader(out, 0, len(f.body)+c.cipher.Overhead())
 				out = c.cipher.Seal(out, f.flags, f.body)
-				size += len(f.body)
 			}
 			bufs = append(bufs, out)
 		}
@@ -407,9 +414,7 @@ func (c *conn) writer() {
 			putBuf(batch[i].body)
 			batch[i] = outFrame{}
 		}
-		if cap(out) > 4<<20 {
-			out = nil // do not pin a burst's worth of memory
-		}
+		putBuf(out)
 		c.mu.Lock()
 		c.queued -= size
 		c.cond.Broadcast()

@@ -295,7 +295,7 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, asServer bool) (c
 	if _, err := raw.Write(g[:]); err != nil {
 		return nil, Fail(ReasonIO, err)
 	}
-	br := bufio.NewReaderSize(raw, 64<<10)
+	br := bufio.NewReaderSize(raw, 32<<10)
 	var pg [greetingLen]byte
 	if _, err := io.ReadFull(br, pg[:]); err != nil {
 		return nil, Fail(ReasonIO, err)
