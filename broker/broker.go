@@ -68,6 +68,11 @@ func (c *Config) window() int              { return intOr(c.Window, 4<<20) }
 func (c *Config) chunk() int               { return intOr(c.Chunk, 256<<10) }
 func (c *Config) maxSessions() int         { return intOr(c.MaxSessions, 10000) }
 func (c *Config) maxChannels() int         { return intOr(c.MaxChannels, 64) }
+
+// xferWindow is the credit a file receiver grants (8 MiB: a few ms of
+// data at loopback speed, enough to keep the pipe full across a WAN's
+// bandwidth-delay product of ~64 Mbit/s·1s).
+func (c *Config) xferWindow() int { return intOr(c.Window, 8<<20) }
 func (c *Config) jobRetention() time.Duration {
 	if c.JobRetention < 0 {
 		return 0

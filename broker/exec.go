@@ -216,6 +216,28 @@ func (ch *execChan) pump(st wire.Stream, f *os.File) {
 	}
 }
 
+// deliver implements channel.
+func (ch *execChan) deliver(m wire.Message) *wire.Error {
+	switch m := m.(type) {
+	case *wire.Data:
+		if m.Stream != wire.Stdin {
+			return wire.Errorf(m.Channel, wire.CodeBadRequest, "clients send only stdin")
+		}
+		return ch.acceptStdin(m)
+	case *wire.Ack:
+		if m.Stream != wire.Stdout && m.Stream != wire.Stderr {
+			return wire.Errorf(m.Channel, wire.CodeBadRequest, "no stream %d to acknowledge", m.Stream)
+		}
+		if err := ch.out[m.Stream].Ack(m.Offset, m.Limit); err != nil {
+			return wire.Errorf(m.Channel, wire.CodeFlowControl, "%v", err)
+		}
+		return nil
+	case *wire.Signal:
+		return ch.signal(m.Name)
+	}
+	return wire.Errorf(ch.id, wire.CodeBadRequest, "unexpected %s on an exec channel", m.ID())
+}
+
 // acceptStdin queues stdin from the client; called by the receive loop,
 // never blocks.
 func (ch *execChan) acceptStdin(m *wire.Data) *wire.Error {

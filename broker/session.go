@@ -31,7 +31,7 @@ type session struct {
 	conn     *connInfo // nil while detached
 	st       sessState
 	since    time.Time // last message (attached) or detach time (detached)
-	channels map[uint32]*execChan
+	channels map[uint32]channel
 	fetchSem chan struct{} // bounds concurrent FETCHes
 }
 
@@ -41,7 +41,7 @@ func newSession(b *Broker, acct *Account, c *connInfo) *session {
 	return &session{
 		b: b, id: newSessionID(), token: token, key: c.key, acct: acct,
 		conn: c, st: attached, since: time.Now(),
-		channels: make(map[uint32]*execChan),
+		channels: make(map[uint32]channel),
 		fetchSem: make(chan struct{}, 2),
 	}
 }
@@ -120,7 +120,7 @@ func (s *session) attach(c *connInfo) bool {
 func (s *session) resumeStreams(ok *wire.OpenOK) {
 	s.send(ok)
 	s.mu.Lock()
-	chans := make([]*execChan, 0, len(s.channels))
+	chans := make([]channel, 0, len(s.channels))
 	for _, ch := range s.channels {
 		chans = append(chans, ch)
 	}
@@ -128,6 +128,16 @@ func (s *session) resumeStreams(ok *wire.OpenOK) {
 	for _, ch := range chans {
 		ch.resend()
 	}
+}
+
+// channel is a conversation of a session: an exec or a transfer.
+type channel interface {
+	// deliver takes a message for the channel; it never blocks.
+	deliver(m wire.Message) *wire.Error
+	// stop abandons the channel.
+	stop()
+	// resend replays what the client may have missed after a resume.
+	resend()
 }
 
 // handle processes a message of this session; called by the receive loop,
@@ -144,37 +154,29 @@ func (s *session) handle(m wire.Message) {
 		s.end("client closed the session")
 	case *wire.Exec:
 		s.exec(m)
-	case *wire.Data:
-		if ch := s.channel(m.Channel); ch == nil {
-			s.sendErr(wire.Errorf(m.Channel, wire.CodeNotFound, "no channel %d", m.Channel))
-		} else if m.Stream != wire.Stdin {
-			s.sendErr(wire.Errorf(m.Channel, wire.CodeBadRequest, "clients send only stdin"))
-		} else if e := ch.acceptStdin(m); e != nil {
-			s.sendErr(e)
-			s.release(ch)
-		}
-	case *wire.Ack:
-		ch := s.channel(m.Channel)
-		if ch == nil {
-			return // late ACK for a released channel
-		}
-		if m.Stream != wire.Stdout && m.Stream != wire.Stderr {
-			s.sendErr(wire.Errorf(m.Channel, wire.CodeBadRequest, "no stream %d to acknowledge", m.Stream))
-			return
-		}
-		if err := ch.out[m.Stream].Ack(m.Offset, m.Limit); err != nil {
-			s.sendErr(wire.Errorf(m.Channel, wire.CodeFlowControl, "%v", err))
-			s.release(ch)
-		}
-	case *wire.Signal:
-		if ch := s.channel(m.Channel); ch == nil {
-			s.sendErr(wire.Errorf(m.Channel, wire.CodeNotFound, "no channel %d", m.Channel))
-		} else if e := ch.signal(m.Name); e != nil {
-			s.sendErr(e)
-		}
+	case *wire.Send:
+		s.transfer(m.Channel, m, nil)
+	case *wire.Recv:
+		s.transfer(m.Channel, nil, m)
 	case *wire.Fin:
 		if ch := s.channel(m.Channel); ch != nil {
-			s.release(ch)
+			s.release(m.Channel, ch)
+		}
+	case *wire.Data, *wire.Ack, *wire.Signal, *wire.File, *wire.FileOK, *wire.Chunk, *wire.Commit, *wire.FileDone, *wire.End:
+		id, _ := wire.ChannelOf(m)
+		ch := s.channel(id)
+		if ch == nil {
+			if _, ok := m.(*wire.Ack); ok {
+				return // a late ACK for a released channel
+			}
+			s.sendErr(wire.Errorf(id, wire.CodeNotFound, "no channel %d", id))
+			return
+		}
+		if e := ch.deliver(m); e != nil {
+			s.sendErr(e)
+			if e.Code == wire.CodeFlowControl {
+				s.release(id, ch)
+			}
 		}
 	case *wire.Jobs:
 		s.send(&wire.JobList{Channel: m.Channel, Jobs: s.b.jobs.list(s)})
@@ -235,7 +237,7 @@ func (s *session) job(channel uint32, id string) *job {
 	return j
 }
 
-func (s *session) channel(id uint32) *execChan {
+func (s *session) channel(id uint32) channel {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.channels[id]
@@ -259,10 +261,27 @@ func (s *session) exec(m *wire.Exec) {
 	go ch.run(m)
 }
 
-// release forgets a channel; a command still running gets SIGHUP.
-func (s *session) release(ch *execChan) {
+// addChannel registers a new channel unless the id is taken or too many
+// are open; it reports false after answering the error.
+func (s *session) addChannel(id uint32, ch channel) bool {
 	s.mu.Lock()
-	delete(s.channels, ch.id)
+	defer s.mu.Unlock()
+	if _, dup := s.channels[id]; dup || id == 0 {
+		go s.sendErr(wire.Errorf(id, wire.CodeConflict, "channel %d is in use", id))
+		return false
+	}
+	if len(s.channels) >= s.b.cfg.maxChannels() {
+		go s.sendErr(wire.Errorf(id, wire.CodeTooMany, "more than %d channels", s.b.cfg.maxChannels()))
+		return false
+	}
+	s.channels[id] = ch
+	return true
+}
+
+// release forgets a channel; a command still running gets SIGHUP.
+func (s *session) release(id uint32, ch channel) {
+	s.mu.Lock()
+	delete(s.channels, id)
 	s.mu.Unlock()
 	ch.stop()
 }

@@ -35,10 +35,12 @@ type connFlags struct {
 // connection keeps trying.
 func (f *connFlags) reconnectFor() time.Duration { return f.reconnect }
 
-func (f *connFlags) register(c *cobra.Command) {
+// register adds the flags to c; portShort is the port's one-letter form
+// ("p" for zp as ssh, "P" for zpc as scp, whose -p preserves).
+func (f *connFlags) register(c *cobra.Command, portShort string) {
 	fs := c.PersistentFlags()
 	fs.BoolVar(&f.insecure, "insecure", false, "connect without CURVE encryption (only to a zpd started with --insecure)")
-	fs.IntVarP(&f.port, "port", "p", 0, "zpd port (default 5750)")
+	fs.IntVarP(&f.port, "port", portShort, 0, "zpd port (default 5750)")
 	fs.StringVarP(&f.login, "login", "l", "", "remote user (as user@host)")
 	fs.DurationVar(&f.timeout, "timeout", 0, "give up when the server is silent this long (default: the server's, 5s)")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 5*time.Second, "give up connecting after this long")
@@ -148,7 +150,7 @@ Background jobs: zp --async host cmd prints a job id and exits; then
   zp jobs host | zp job status|follow|wait|kill|rm host ID`
 	root.Args = cobra.ArbitraryArgs
 	root.Flags().SetInterspersed(false)
-	opts.conn.register(root)
+	opts.conn.register(root, "p")
 	root.Flags().BoolVarP(&opts.noStdin, "no-stdin", "n", false, "do not send stdin (the command reads /dev/null)")
 	root.Flags().StringArrayVarP(&opts.env, "env", "e", nil, "set NAME=VALUE in the command's environment (repeatable)")
 	root.Flags().BoolVar(&opts.async, "async", false, "start the command as a background job, print its id and exit")

@@ -424,6 +424,24 @@ func ChannelOf(m Message) (uint32, bool) {
 		return m.Channel, true
 	case *FetchOK:
 		return m.Channel, true
+	case *Send:
+		return m.Channel, true
+	case *SendOK:
+		return m.Channel, true
+	case *Recv:
+		return m.Channel, true
+	case *File:
+		return m.Channel, true
+	case *FileOK:
+		return m.Channel, true
+	case *Chunk:
+		return m.Channel, true
+	case *Commit:
+		return m.Channel, true
+	case *FileDone:
+		return m.Channel, true
+	case *End:
+		return m.Channel, true
 	}
 	return 0, false
 }

@@ -1,0 +1,326 @@
+package chunkstore
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Root is a destination directory. Every name below it is resolved with
+// openat2(RESOLVE_BENEATH): a symlink may point within the root, but any
+// path that would leave it fails with ErrEscape. Root's methods are safe
+// for concurrent use; opened directories are cached.
+type Root struct {
+	Path string
+	fd   int
+
+	mu   sync.Mutex
+	dirs map[string]int // open directory fds by name
+}
+
+// OpenRoot opens an existing directory as a Root.
+func OpenRoot(path string) (*Root, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return &Root{Path: path, fd: fd, dirs: map[string]int{"": fd}}, nil
+}
+
+// Close releases the root and its cached directories.
+func (r *Root) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, fd := range r.dirs {
+		unix.Close(fd)
+		delete(r.dirs, name)
+	}
+	return nil
+}
+
+func (r *Root) display(name string) string {
+	if name == "" {
+		return r.Path
+	}
+	return r.Path + "/" + name
+}
+
+// pathErr wraps an errno from a resolution beneath the root.
+func (r *Root) pathErr(op, name string, err error) error {
+	if errors.Is(err, unix.EXDEV) {
+		return fmt.Errorf("%w: %s", ErrEscape, r.display(name))
+	}
+	return &fs.PathError{Op: op, Path: r.display(name), Err: err}
+}
+
+const maxCachedDirs = 256
+
+// dir returns an fd for the existing directory name (beneath the root).
+func (r *Root) dir(name string) (int, error) {
+	r.mu.Lock()
+	if fd, ok := r.dirs[name]; ok {
+		r.mu.Unlock()
+		return fd, nil
+	}
+	r.mu.Unlock()
+	fd, err := openBeneath(r.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, r.pathErr("open", name, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.dirs[name]; ok {
+		unix.Close(fd)
+		return old, nil
+	}
+	if len(r.dirs) >= maxCachedDirs {
+		for n, f := range r.dirs {
+			if n != "" {
+				unix.Close(f)
+				delete(r.dirs, n)
+			}
+		}
+	}
+	r.dirs[name] = fd
+	return fd, nil
+}
+
+// openBeneath is openat2 with RESOLVE_BENEATH (Linux 5.6+); on older
+// kernels it walks the components with O_NOFOLLOW, refusing every symlink.
+func openBeneath(dirfd int, name string, flags int, mode uint32) (int, error) {
+	if name == "" {
+		name = "."
+	}
+	how := &unix.OpenHow{Flags: uint64(flags), Mode: uint64(mode), Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS}
+	fd, err := unix.Openat2(dirfd, name, how)
+	// EAGAIN: a rename raced the lookup (the kernel refuses to guess).
+	for i := 0; i < 8 && (errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN)); i++ {
+		fd, err = unix.Openat2(dirfd, name, how)
+	}
+	if errors.Is(err, unix.ENOSYS) {
+		return openNoFollow(dirfd, name, flags, mode)
+	}
+	return fd, err
+}
+
+func openNoFollow(dirfd int, name string, flags int, mode uint32) (int, error) {
+	cur := dirfd
+	defer func() {
+		if cur != dirfd {
+			unix.Close(cur)
+		}
+	}()
+	parts := splitAll(name)
+	for i, p := range parts {
+		last := i == len(parts)-1
+		f := unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		if last {
+			f = flags | unix.O_NOFOLLOW
+		}
+		fd, err := unix.Openat(cur, p, f, mode)
+		if errors.Is(err, unix.ELOOP) {
+			return -1, unix.EXDEV
+		}
+		if err != nil {
+			return -1, err
+		}
+		if cur != dirfd {
+			unix.Close(cur)
+		}
+		cur = fd
+	}
+	fd := cur
+	cur = dirfd
+	return fd, nil
+}
+
+func splitAll(name string) []string {
+	if name == "." || name == "" {
+		return []string{"."}
+	}
+	var out []string
+	for name != "" {
+		d, b := split(name)
+		out = append([]string{b}, out...)
+		name = d
+	}
+	return out
+}
+
+// Lstat describes name without following a final symlink.
+func (r *Root) Lstat(name string) (*unix.Stat_t, error) {
+	d, b := split(name)
+	if name == "" {
+		var st unix.Stat_t
+		if err := unix.Fstat(r.fd, &st); err != nil {
+			return nil, r.pathErr("stat", name, err)
+		}
+		return &st, nil
+	}
+	dfd, err := r.dir(d)
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(dfd, b, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, r.pathErr("stat", name, err)
+	}
+	return &st, nil
+}
+
+// MkdirAll creates the directory name and its missing parents (mode 0700
+// while the transfer runs; SetAttrs gives them their final mode).
+func (r *Root) MkdirAll(name string) error {
+	if name == "" {
+		return nil
+	}
+	if _, err := r.dir(name); err == nil {
+		return nil
+	}
+	d, b := split(name)
+	if err := r.MkdirAll(d); err != nil {
+		return err
+	}
+	dfd, err := r.dir(d)
+	if err != nil {
+		return err
+	}
+	if err := unix.Mkdirat(dfd, b, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return r.pathErr("mkdir", name, err)
+	}
+	if _, err := r.dir(name); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Symlink makes name a symlink to target, replacing a file or symlink
+// there (never a directory). The target is stored as given: it is never
+// followed by chunkstore.
+func (r *Root) Symlink(target, name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: a symlink cannot be the destination root", ErrUnsafePath)
+	}
+	d, b := split(name)
+	dfd, err := r.dir(d)
+	if err != nil {
+		return err
+	}
+	if st, err := r.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return r.pathErr("symlink", name, unix.EISDIR)
+	}
+	tmp := ".zpc-link-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if err := unix.Symlinkat(target, dfd, tmp); err != nil {
+		return r.pathErr("symlink", name, err)
+	}
+	if err := unix.Renameat(dfd, tmp, dfd, b); err != nil {
+		unix.Unlinkat(dfd, tmp, 0)
+		return r.pathErr("rename", name, err)
+	}
+	return nil
+}
+
+// Attrs are what SetAttrs applies.
+type Attrs struct {
+	Mode     uint32 // permission bits; 0 leaves the mode alone
+	MTime    int64  // nanoseconds; 0 leaves the time alone
+	Chown    bool
+	UID, GID uint32
+}
+
+// SetAttrs applies attributes to name without following a final symlink
+// (a symlink gets only its time).
+func (r *Root) SetAttrs(name string, a Attrs) error {
+	d, b := split(name)
+	dfd, err := r.dir(d)
+	if err != nil {
+		return err
+	}
+	if name == "" {
+		b = "."
+	}
+	st, err := r.Lstat(name)
+	if err != nil {
+		return err
+	}
+	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
+	if a.Chown {
+		if err := unix.Fchownat(dfd, b, int(a.UID), int(a.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return r.pathErr("chown", name, err)
+		}
+	}
+	if a.Mode != 0 && !isLink {
+		if err := unix.Fchmodat(dfd, b, a.Mode&0o7777, 0); err != nil {
+			return r.pathErr("chmod", name, err)
+		}
+	}
+	if a.MTime != 0 {
+		ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(a.MTime)}
+		if err := unix.UtimesNanoAt(dfd, b, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return r.pathErr("utimes", name, err)
+		}
+	}
+	return nil
+}
+
+// SyncDir flushes a directory's entries (after renames into it).
+func (r *Root) SyncDir(name string) error {
+	dfd, err := r.dir(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.Fsync(dfd); err != nil {
+		return r.pathErr("fsync", name, err)
+	}
+	return nil
+}
+
+// Same reports whether name is a regular file of this size and modification
+// time (to the second, as rsync compares by default).
+func (r *Root) Same(name string, size uint64, mtime int64) bool {
+	st, err := r.Lstat(name)
+	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return false
+	}
+	return uint64(st.Size) == size && st.Mtim.Sec == mtime/1e9
+}
+
+// Digest returns the SHA-256 of the regular file name.
+func (r *Root) Digest(name string) ([]byte, error) {
+	f, err := r.OpenFile(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, err
+	}
+	return h.Sum(nil), nil
+}
+
+// OpenFile opens the regular file name for reading, not following a final
+// symlink.
+func (r *Root) OpenFile(name string) (*os.File, error) {
+	fd, err := openBeneath(r.fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, r.pathErr("open", name, err)
+	}
+	return os.NewFile(uintptr(fd), r.display(name)), nil
+}
+
+// partialName is the name of the partial file for the entry base with the
+// given source identity, in the same directory.
+func partialName(base string, size uint64, mtime int64) string {
+	h := sha256.Sum256([]byte(base + "\x00" + strconv.FormatUint(size, 10) + "\x00" + strconv.FormatInt(mtime, 10)))
+	return ".zpc-" + hex.EncodeToString(h[:8]) + ".part"
+}
