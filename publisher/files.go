@@ -184,7 +184,7 @@ type Sender struct {
 	inbox  chan wire.Message
 	credit *Stream
 
-	slots   chan struct{} // one per unfinished entry
+	slots chan struct{} // one per unfinished entry
 
 	mu      sync.Mutex
 	pending map[uint32]*sendFile // announced, not finished
