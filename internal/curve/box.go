@@ -8,7 +8,8 @@ import (
 
 	"golang.org/x/crypto/curve25519"
 	"golang.org/x/crypto/nacl/box"
-	"golang.org/x/crypto/nacl/secretbox"
+
+	"github.com/zpipes/zp/internal/secretbox"
 )
 
 // boxOverhead is the octets a box adds to its plain text (the Poly1305 tag).

@@ -6,8 +6,7 @@ import (
 	"math"
 	"unsafe"
 
-	"golang.org/x/crypto/nacl/secretbox"
-
+	"github.com/zpipes/zp/internal/secretbox"
 	"github.com/zpipes/zp/internal/zmtp"
 )
 
