@@ -478,6 +478,7 @@ func (b *Broker) resume(c *connInfo, m *wire.Open) {
 		b.reply(c.id, wire.Errorf(0, wire.CodeGone, "session %s cannot be resumed (expired or unknown)", m.Session))
 		return
 	}
+	s.armResend() // before the new link is visible: no new data overtakes the resend
 	if !s.attach(c) {
 		b.reply(c.id, wire.Errorf(0, wire.CodeGone, "session %s has ended", m.Session))
 		return

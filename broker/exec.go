@@ -40,6 +40,7 @@ type execChan struct {
 
 	mu      sync.Mutex
 	pgid    int // 0 until started
+	okMsg   *wire.ExecOK
 	exit    *wire.Exit
 	stopped bool // the client abandoned it (FIN, session end)
 }
@@ -153,7 +154,11 @@ func (ch *execChan) run(m *wire.Exec) {
 	if ch.in != nil {
 		window = uint32(b.cfg.window())
 	}
-	ch.s.send(&wire.ExecOK{Channel: ch.id, Job: "", PID: uint32(cmd.Process.Pid), Window: window})
+	ok := &wire.ExecOK{Channel: ch.id, Job: "", PID: uint32(cmd.Process.Pid), Window: window}
+	ch.mu.Lock()
+	ch.okMsg = ok
+	ch.mu.Unlock()
+	ch.s.send(ok)
 
 	var pumps sync.WaitGroup
 	for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
@@ -209,7 +214,7 @@ func (ch *execChan) pump(st wire.Stream, f *os.File) {
 			if !errors.Is(rerr, io.EOF) && !errors.Is(rerr, fs.ErrClosed) {
 				b.log.Warn("reading command output", "session", ch.s.id, "channel", ch.id, "stream", st.String(), "err", rerr)
 			}
-			off := ps.Sent(nil)
+			off := ps.SentEOF()
 			ch.s.send(&wire.Data{Channel: ch.id, Stream: st, Offset: off, Flags: wire.DataEOF, Bytes: []byte{}})
 			return
 		}
@@ -228,8 +233,21 @@ func (ch *execChan) deliver(m wire.Message) *wire.Error {
 		if m.Stream != wire.Stdout && m.Stream != wire.Stderr {
 			return wire.Errorf(m.Channel, wire.CodeBadRequest, "no stream %d to acknowledge", m.Stream)
 		}
-		if err := ch.out[m.Stream].Ack(m.Offset, m.Limit); err != nil {
+		r, ok, err := ch.out[m.Stream].TakeResend(m.Offset, m.Limit)
+		if err != nil {
 			return wire.Errorf(m.Channel, wire.CodeFlowControl, "%v", err)
+		}
+		if ok {
+			n := 0
+			for i, off := range r.Offsets {
+				n += len(r.Data[i])
+				ch.s.send(&wire.Data{Channel: ch.id, Stream: m.Stream, Offset: off, Bytes: r.Data[i]})
+			}
+			if r.EOF {
+				ch.s.send(&wire.Data{Channel: ch.id, Stream: m.Stream, Offset: r.End, Flags: wire.DataEOF, Bytes: []byte{}})
+			}
+			ch.out[m.Stream].ResendDone()
+			ch.s.b.m.Resent.Add(float64(n))
 		}
 		return nil
 	case *wire.Signal:

@@ -32,6 +32,7 @@ type session struct {
 	st       sessState
 	since    time.Time // last message (attached) or detach time (detached)
 	channels map[uint32]channel
+	resumes  int           // times the session was resumed
 	fetchSem chan struct{} // bounds concurrent FETCHes
 }
 
@@ -95,6 +96,7 @@ func (s *session) attach(c *connInfo) bool {
 	}
 	old := s.conn
 	wasDetached := s.st == detached
+	s.resumes++
 	s.conn = c
 	s.st = attached
 	s.since = time.Now()
@@ -245,6 +247,10 @@ func (s *session) channel(id uint32) channel {
 
 func (s *session) exec(m *wire.Exec) {
 	s.mu.Lock()
+	if _, dup := s.channels[m.Channel]; dup && s.resumes > 0 {
+		s.mu.Unlock()
+		return // resent by a client that lost our EXEC_OK: resend() covered it
+	}
 	if _, dup := s.channels[m.Channel]; dup || m.Channel == 0 {
 		s.mu.Unlock()
 		s.sendErr(wire.Errorf(m.Channel, wire.CodeConflict, "channel %d is in use", m.Channel))
@@ -315,17 +321,38 @@ func (s *session) end(reason string) {
 	s.b.log.Info("session ended", "session", s.id, "reason", reason)
 }
 
-// resend replays, after a resume, what the client may have missed.
+// armResend makes every output stream wait for the client's ACK (and the
+// resend it triggers) before sending anything new.
+func (s *session) armResend() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ch := range s.channels {
+		if ec, ok := ch.(*execChan); ok {
+			for _, ps := range ec.out {
+				if ps != nil {
+					ps.MarkResend()
+				}
+			}
+		}
+	}
+}
+
+// resend replays, after a resume, what the client may have missed: the
+// EXEC_OK, an ACK of the stdin we have (the client resends the rest), and
+// the EXIT if the command ended. Output is resent when the client's ACKs
+// say from where (deliver).
 func (ch *execChan) resend() {
+	ch.mu.Lock()
+	ok, exit := ch.okMsg, ch.exit
+	ch.mu.Unlock()
+	if ok != nil {
+		ch.s.send(ok)
+	}
 	if ch.in != nil {
 		off, lim := ch.in.Ack()
 		ch.s.send(&wire.Ack{Channel: ch.id, Stream: wire.Stdin, Offset: off, Limit: lim})
 	}
-	// Output is resent when the client's ACKs arrive (see handle); the
-	// EXIT, if the command ended, is sent again now.
-	ch.mu.Lock()
-	exit := ch.exit
-	ch.mu.Unlock()
+	// The output streams were armed by armResend before the new link.
 	if exit != nil {
 		ch.s.send(exit)
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,14 @@ type Config struct {
 	// ClientName is sent in OPEN (free text).
 	ClientName string
 	Logger     *slog.Logger
+	// Resume makes the session survive a broken connection: it reconnects
+	// and resumes for ReconnectFor (at most the server's grace period).
+	Resume       bool
+	ReconnectFor time.Duration
+	// OnLinkLost and OnLinkBack report a lost and a restored connection
+	// (for a one-line notice); they must not block.
+	OnLinkLost func(cause error)
+	OnLinkBack func(after time.Duration)
 }
 
 func (c *Config) connectTimeout() time.Duration {
@@ -83,25 +92,57 @@ func (e *ConnectError) Error() string {
 func (e *ConnectError) Unwrap() error { return e.Err }
 
 // Session is an open session with a zpd. Its methods are safe for
-// concurrent use; each Exec runs on its own channel.
+// concurrent use; each Exec runs on its own channel. With Config.Resume,
+// a session survives its connection: when the link breaks (or goes silent
+// past the timeout) it reconnects with backoff, resumes the session on the
+// server, and every stream resends what the other side has not received.
 type Session struct {
-	cfg    Config
-	log    *slog.Logger
-	dealer zmq4.Socket
-	info   *wire.OpenOK
-
-	sendMu sync.Mutex
+	cfg  Config
+	log  *slog.Logger
+	zcfg *zmtp.Config
+	ep   string
+	info *wire.OpenOK
 
 	mu       sync.Mutex
+	link     *link         // nil while reconnecting
+	linkUp   chan struct{} // closed when link is set
+	opening  chan wire.Message
 	channels map[uint32]chan wire.Message
 	nextChan uint32
+	resumed  chan struct{} // closed and replaced after each resume
+	outgoing map[*publisher.Stream]bool // streams to resend after a resume
 
 	lastRecv atomic.Int64
+	resent   atomic.Uint64
 	done     chan struct{}
 	doneOnce sync.Once
 	err      error
 	wg       sync.WaitGroup
 }
+
+// link is one connection of a session.
+type link struct {
+	dealer  zmq4.Socket
+	cancel  context.CancelFunc
+	sendMu  sync.Mutex
+	dead    chan struct{}
+	dieOnce sync.Once
+}
+
+func (l *link) close() {
+	l.dieOnce.Do(func() {
+		close(l.dead)
+		l.dealer.Close()
+		l.cancel()
+	})
+}
+
+// Errors of a resumable session.
+var (
+	// ErrSessionGone: the server no longer has the session (the grace
+	// period passed, or zpd restarted); its commands were hung up.
+	ErrSessionGone = errors.New("the session expired on the server")
+)
 
 // Dial connects, authenticates and opens a session.
 func Dial(ctx context.Context, cfg Config) (*Session, error) {
@@ -112,57 +153,24 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	zcfg := &zmtp.Config{
-		Mechanism:        cfg.Mechanism,
-		SocketType:       string(zmq4.Dealer),
-		HandshakeTimeout: cfg.connectTimeout(),
-		OnFull:           zmtp.Block,
-		MaxFrame:         wire.MaxHeader + 64,
-		MaxMessage:       wire.MaxHeader + wire.MaxData + 128,
-		MaxFrames:        2,
-	}
-	sctx, cancel := context.WithCancel(zmtp.WithConfig(context.Background(), zcfg))
-	dealer := zmq4.NewDealer(sctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(cfg.connectTimeout()),
-		zmq4.WithLogger(log.New(io.Discard, "", 0)), zmq4.WithTimeout(24*time.Hour))
-	dialDone := make(chan error, 1)
-	go func() { dialDone <- dealer.Dial(ep) }()
-	select {
-	case err = <-dialDone:
-	case <-ctx.Done():
-		err = ctx.Err()
-	}
-	if err != nil {
-		dealer.Close()
-		cancel()
-		return nil, &ConnectError{Endpoint: cfg.Endpoint, Err: unwrapDial(err)}
-	}
 	s := &Session{
-		cfg: cfg, log: cfg.Logger, dealer: dealer,
+		cfg: cfg, log: cfg.Logger, ep: ep,
+		zcfg: &zmtp.Config{
+			Mechanism:        cfg.Mechanism,
+			SocketType:       string(zmq4.Dealer),
+			HandshakeTimeout: cfg.connectTimeout(),
+			OnFull:           zmtp.Block,
+			MaxFrame:         wire.MaxHeader + 64,
+			MaxMessage:       wire.MaxHeader + wire.MaxData + 128,
+			MaxFrames:        2,
+		},
+		linkUp:   make(chan struct{}),
 		channels: make(map[uint32]chan wire.Message),
+		resumed:  make(chan struct{}),
+		outgoing: make(map[*publisher.Stream]bool),
 		done:     make(chan struct{}),
 	}
-	go func() { <-s.done; cancel() }()
-	s.lastRecv.Store(time.Now().UnixNano())
-	opened := make(chan error, 1)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.recvLoop(opened)
-	}()
-	if err := s.send(&wire.Open{Version: wire.Version, User: cfg.User, Client: cfg.ClientName}); err != nil {
-		s.fail(err)
-		return nil, &ConnectError{Endpoint: cfg.Endpoint, Err: err}
-	}
-	timer := time.NewTimer(cfg.connectTimeout())
-	defer timer.Stop()
-	select {
-	case err = <-opened:
-	case <-timer.C:
-		err = fmt.Errorf("no answer to OPEN within %v", cfg.connectTimeout())
-	case <-ctx.Done():
-		err = ctx.Err()
-	}
-	if err != nil {
+	if err := s.connect(ctx, false); err != nil {
 		s.fail(err)
 		s.wg.Wait()
 		var we *wire.Error
@@ -177,6 +185,110 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 		s.heartbeat()
 	}()
 	return s, nil
+}
+
+// connect dials a new link and opens (or resumes) the session on it.
+func (s *Session) connect(ctx context.Context, resume bool) error {
+	sctx, cancel := context.WithCancel(zmtp.WithConfig(context.Background(), s.zcfg))
+	dealer := zmq4.NewDealer(sctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(s.cfg.connectTimeout()),
+		zmq4.WithLogger(log.New(io.Discard, "", 0)), zmq4.WithTimeout(24*time.Hour))
+	l := &link{dealer: dealer, cancel: cancel, dead: make(chan struct{})}
+	dialDone := make(chan error, 1)
+	go func() { dialDone <- dealer.Dial(s.ep) }()
+	var err error
+	select {
+	case err = <-dialDone:
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-s.done:
+		err = s.err
+	}
+	if err != nil {
+		l.close()
+		return unwrapDial(err)
+	}
+	opened := make(chan wire.Message, 1)
+	s.mu.Lock()
+	s.opening = opened
+	s.mu.Unlock()
+	s.lastRecv.Store(time.Now().UnixNano())
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.recvLoop(l)
+	}()
+	open := &wire.Open{Version: wire.Version, User: s.cfg.User, Client: s.cfg.ClientName}
+	if resume {
+		open.Session, open.Token = s.info.Session, s.info.Token
+		// Armed before anything can arrive on the new link: the server's
+		// ACK then triggers the resend, and nothing new from us overtakes
+		// it.
+		s.mu.Lock()
+		for ps := range s.outgoing {
+			ps.MarkResend()
+		}
+		s.mu.Unlock()
+	}
+	if err := l.send(open); err != nil {
+		l.close()
+		return err
+	}
+	timer := time.NewTimer(s.cfg.connectTimeout())
+	defer timer.Stop()
+	var reply wire.Message
+	select {
+	case reply = <-opened:
+	case <-l.dead:
+		err = errors.New("connection closed during OPEN")
+	case <-timer.C:
+		err = fmt.Errorf("no answer to OPEN within %v", s.cfg.connectTimeout())
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-s.done:
+		err = s.err
+	}
+	if err == nil {
+		switch m := reply.(type) {
+		case *wire.OpenOK:
+			if !resume {
+				s.info = m
+			}
+		case *wire.Error:
+			err = m
+		}
+	}
+	if err != nil {
+		l.close()
+		return err
+	}
+	s.mu.Lock()
+	s.link = l
+	close(s.linkUp)
+	s.mu.Unlock()
+	return nil
+}
+
+// track registers an outgoing stream for resends after a resume.
+func (s *Session) track(ps *publisher.Stream) func() {
+	s.mu.Lock()
+	s.outgoing[ps] = true
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.outgoing, ps)
+		s.mu.Unlock()
+	}
+}
+
+func (l *link) send(m wire.Message) error {
+	l.sendMu.Lock()
+	defer l.sendMu.Unlock()
+	select {
+	case <-l.dead:
+		return net.ErrClosed
+	default:
+	}
+	return l.dealer.Send(zmq4.NewMsgFrom(wire.Frames(m)...))
 }
 
 // unwrapDial strips zmq4's wrapping ("zmq4: could not dial to …") so users
@@ -198,29 +310,45 @@ func unwrapDial(err error) error {
 // Info returns the server's OPEN_OK.
 func (s *Session) Info() *wire.OpenOK { return s.info }
 
+// send delivers m on the current link; while the session reconnects it
+// waits. A message on a link that breaks may be lost: streams resend from
+// the peer's acknowledgement after a resume.
 func (s *Session) send(m wire.Message) error {
-	select {
-	case <-s.done:
-		return s.err
-	default:
+	for {
+		s.mu.Lock()
+		l, up := s.link, s.linkUp
+		s.mu.Unlock()
+		if l == nil {
+			select {
+			case <-up:
+				continue
+			case <-s.done:
+				return s.err
+			}
+		}
+		err := l.send(m)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-s.done:
+			return s.err
+		default:
+		}
+		// A link that fails a send is broken: resume (or fail) and send
+		// this message on the next link.
+		s.linkLost(l, fmt.Errorf("connection lost: %w", unwrapDial(err)))
+		if !s.cfg.Resume {
+			return err
+		}
 	}
-	s.sendMu.Lock()
-	defer s.sendMu.Unlock()
-	return s.dealer.Send(zmq4.NewMsgFrom(wire.Frames(m)...))
 }
 
-func (s *Session) recvLoop(opened chan<- error) {
+func (s *Session) recvLoop(l *link) {
 	for {
-		msg, err := s.dealer.Recv()
+		msg, err := l.dealer.Recv()
 		if err != nil {
-			select {
-			case <-s.done:
-			default:
-				s.fail(fmt.Errorf("connection lost: %w", unwrapDial(err)))
-			}
-			if opened != nil {
-				opened <- s.err
-			}
+			s.linkLost(l, fmt.Errorf("connection lost: %w", unwrapDial(err)))
 			return
 		}
 		s.lastRecv.Store(time.Now().UnixNano())
@@ -231,29 +359,119 @@ func (s *Session) recvLoop(opened chan<- error) {
 		}
 		switch m := m.(type) {
 		case *wire.OpenOK:
-			if opened != nil {
-				s.info = m
-				opened <- nil
-				opened = nil
-			}
+			s.opened(m)
 			continue
-		case *wire.Pong, *wire.Ping:
-			if p, ok := m.(*wire.Ping); ok {
-				_ = s.send(&wire.Pong{Seq: p.Seq})
-			}
+		case *wire.Ping:
+			_ = l.send(&wire.Pong{Seq: m.Seq})
+			continue
+		case *wire.Pong:
 			continue
 		case *wire.Error:
 			if m.Channel == 0 {
-				if opened != nil {
-					opened <- m
-					opened = nil
+				if !s.opened(m) {
+					s.fail(m)
 				}
-				s.fail(m)
 				return
 			}
 		}
 		s.route(m)
 	}
+}
+
+// opened hands an OPEN reply to connect; false if none was awaited.
+func (s *Session) opened(m wire.Message) bool {
+	s.mu.Lock()
+	ch := s.opening
+	s.opening = nil
+	s.mu.Unlock()
+	if ch == nil {
+		return false
+	}
+	ch <- m
+	return true
+}
+
+// linkLost handles the end of a link: reconnect and resume, or fail.
+func (s *Session) linkLost(l *link, cause error) {
+	s.mu.Lock()
+	current := s.link == l
+	if current {
+		s.link = nil
+		s.linkUp = make(chan struct{})
+	}
+	s.mu.Unlock()
+	l.close()
+	if !current {
+		return
+	}
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	if !s.cfg.Resume {
+		s.fail(cause)
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.reconnect(cause)
+	}()
+}
+
+// reconnect redials with backoff until the session is resumed, the server
+// says it is gone, or the grace period passes.
+func (s *Session) reconnect(cause error) {
+	start := time.Now()
+	if s.cfg.OnLinkLost != nil {
+		s.cfg.OnLinkLost(cause)
+	}
+	grace := s.cfg.ReconnectFor
+	if g := time.Duration(s.info.Grace) * time.Millisecond; grace <= 0 || (g > 0 && g < grace) {
+		grace = g
+	}
+	if grace <= 0 {
+		grace = time.Minute
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.connectTimeout())
+		err := s.connect(ctx, true)
+		cancel()
+		if err == nil {
+			s.mu.Lock()
+			close(s.resumed)
+			s.resumed = make(chan struct{})
+			s.mu.Unlock()
+			if s.cfg.OnLinkBack != nil {
+				s.cfg.OnLinkBack(time.Since(start))
+			}
+			return
+		}
+		var we *wire.Error
+		if errors.As(err, &we) && we.Code == wire.CodeGone {
+			s.fail(fmt.Errorf("%w: %s", ErrSessionGone, we.Reason))
+			return
+		}
+		if time.Since(start) > grace {
+			s.fail(fmt.Errorf("%w (%v); gave up reconnecting after %v", cause, err, grace.Round(time.Second)))
+			return
+		}
+		select {
+		case <-time.After(backoff):
+		case <-s.done:
+			return
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// resumedSignal is closed at the next resume of the session.
+func (s *Session) resumedSignal() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.resumed
 }
 
 func (s *Session) route(m wire.Message) {
@@ -283,7 +501,7 @@ func (s *Session) openChannel() (uint32, chan wire.Message) {
 	defer s.mu.Unlock()
 	s.nextChan++
 	id := s.nextChan
-	inbox := make(chan wire.Message, 3*publisher.MaxInflight+64)
+	inbox := make(chan wire.Message, 3*publisher.MaxInflight+2*publisher.MaxEntries+64)
 	s.channels[id] = inbox
 	return id, inbox
 }
@@ -322,13 +540,19 @@ func (s *Session) heartbeat() {
 			s.lastRecv.Store(time.Now().UnixNano())
 		}
 		lastTick = time.Now()
+		s.mu.Lock()
+		l := s.link
+		s.mu.Unlock()
+		if l == nil {
+			continue // reconnecting
+		}
 		silent := time.Since(time.Unix(0, s.lastRecv.Load()))
 		if silent > timeout {
-			s.fail(fmt.Errorf("%w for %v", ErrTimeout, silent.Round(time.Second)))
-			return
+			s.linkLost(l, fmt.Errorf("%w for %v", ErrTimeout, silent.Round(time.Second)))
+			continue
 		}
 		seq++
-		_ = s.send(&wire.Ping{Seq: seq})
+		_ = l.send(&wire.Ping{Seq: seq})
 	}
 }
 
@@ -349,7 +573,13 @@ func (s *Session) fail(err error) {
 	s.doneOnce.Do(func() {
 		s.err = err
 		close(s.done)
-		s.dealer.Close()
+		s.mu.Lock()
+		l := s.link
+		s.link = nil
+		s.mu.Unlock()
+		if l != nil {
+			l.close()
+		}
 	})
 }
 
@@ -358,9 +588,13 @@ func (s *Session) Close() error {
 	select {
 	case <-s.done:
 	default:
-		_ = s.send(&wire.Close{})
-		s.fail(ErrClosed) // the transport flushes CLOSE before it closes
-
+		s.mu.Lock()
+		l := s.link
+		s.mu.Unlock()
+		if l != nil {
+			_ = l.send(&wire.Close{}) // the transport flushes it before closing
+		}
+		s.fail(ErrClosed)
 	}
 	s.wg.Wait()
 	return nil

@@ -67,9 +67,12 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error
 	if req.Stdin != nil {
 		flags |= wire.ExecStdin
 	}
-	if err := s.send(&wire.Exec{Channel: id, Flags: flags, Window: uint32(window), Argv: req.Argv, Env: req.Env, Dir: req.Dir}); err != nil {
+	execMsg := &wire.Exec{Channel: id, Flags: flags, Window: uint32(window), Argv: req.Argv, Env: req.Env, Dir: req.Dir}
+	if err := s.send(execMsg); err != nil {
 		return nil, err
 	}
+	started := false
+	resumed := s.resumedSignal()
 	out := [3]*subscriber.Stream{wire.Stdout: subscriber.New(uint64(window)), wire.Stderr: subscriber.New(uint64(window))}
 	writers := [3]io.Writer{wire.Stdout: orDiscard(req.Stdout), wire.Stderr: orDiscard(req.Stderr)}
 	var stdin *publisher.Stream
@@ -93,6 +96,19 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error
 		var m wire.Message
 		select {
 		case m = <-inbox:
+		case <-resumed:
+			// The session was resumed on a new connection: tell the server
+			// what we have (it resends the rest), and resend what it has
+			// not acknowledged once its ACK arrives.
+			resumed = s.resumedSignal()
+			if !started {
+				_ = s.send(execMsg) // it may have been lost; zpd ignores a duplicate
+			}
+			for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
+				off, lim := out[st].Ack()
+				_ = s.send(&wire.Ack{Channel: id, Stream: st, Offset: off, Limit: lim})
+			}
+			continue
 		case sig := <-req.Signals:
 			if err := s.send(&wire.Signal{Channel: id, Name: sig}); err != nil {
 				return nil, err
@@ -116,8 +132,10 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error
 		}
 		switch m := m.(type) {
 		case *wire.ExecOK:
+			started = true
 			if req.Stdin != nil && stdin == nil {
 				stdin = publisher.New(uint64(m.Window))
+				defer s.track(stdin)()
 				go s.pumpStdin(pumpCtx, id, stdin, req.Stdin)
 			}
 		case *wire.Data:
@@ -143,9 +161,14 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error
 			}
 		case *wire.Ack:
 			if stdin != nil && m.Stream == wire.Stdin {
-				if err := stdin.Ack(m.Offset, m.Limit); err != nil {
+				r, ok, err := stdin.TakeResend(m.Offset, m.Limit)
+				if err != nil {
 					release()
 					return nil, err
+				}
+				if ok {
+					s.resendStream(id, wire.Stdin, r)
+					stdin.ResendDone()
 				}
 			}
 		case *wire.Exit:
@@ -181,7 +204,7 @@ func (s *Session) pumpStdin(ctx context.Context, id uint32, ps *publisher.Stream
 			if !errors.Is(rerr, io.EOF) {
 				s.log.Warn("reading stdin", "err", rerr)
 			}
-			off := ps.Sent(nil)
+			off := ps.SentEOF()
 			_ = s.send(&wire.Data{Channel: id, Stream: wire.Stdin, Offset: off, Flags: wire.DataEOF, Bytes: []byte{}})
 			return
 		}
@@ -194,3 +217,19 @@ func orDiscard(w io.Writer) io.Writer {
 	}
 	return w
 }
+
+// resendStream sends again what the peer is missing after a resume.
+func (s *Session) resendStream(id uint32, st wire.Stream, r publisher.Resend) {
+	var n int
+	for i, off := range r.Offsets {
+		n += len(r.Data[i])
+		_ = s.send(&wire.Data{Channel: id, Stream: st, Offset: off, Bytes: r.Data[i]})
+	}
+	if r.EOF {
+		_ = s.send(&wire.Data{Channel: id, Stream: st, Offset: r.End, Flags: wire.DataEOF, Bytes: []byte{}})
+	}
+	s.resent.Add(uint64(n))
+}
+
+// Resent counts the octets this session sent again after resumes.
+func (s *Session) Resent() uint64 { return s.resent.Load() }

@@ -43,6 +43,14 @@ func (o *TransferOptions) flags() uint8 {
 	return f
 }
 
+// LocalError is a failure on this machine that ends a download (its
+// destination cannot be opened or created): the connection is fine and
+// reconnecting would not help. The entry is also reported as a failure.
+type LocalError struct{ Err error }
+
+func (e *LocalError) Error() string { return e.Err.Error() }
+func (e *LocalError) Unwrap() error { return e.Err }
+
 // Failure is an entry that could not be copied.
 type Failure struct {
 	Path  string `json:"path"`
@@ -63,7 +71,10 @@ type TransferStats struct {
 }
 
 // forward hands a channel's messages to a transfer half until ctx ends.
-func (s *Session) forward(ctx context.Context, inbox <-chan wire.Message, deliver func(wire.Message) bool, warn func(*wire.FileDone) bool) error {
+// If the session ends (the connection is lost) or the server breaks the
+// protocol, it calls abort, which stops the transfer half: that may be
+// waiting for credit or data that will never come.
+func (s *Session) forward(ctx context.Context, inbox <-chan wire.Message, deliver func(wire.Message) bool, warn func(*wire.FileDone) bool, abort func()) error {
 	for {
 		select {
 		case m := <-inbox:
@@ -71,11 +82,13 @@ func (s *Session) forward(ctx context.Context, inbox <-chan wire.Message, delive
 				continue
 			}
 			if !deliver(m) {
+				abort()
 				return errors.New("the server sent more than the protocol allows")
 			}
 		case <-ctx.Done():
 			return nil
 		case <-s.done:
+			abort()
 			return s.err
 		}
 	}
@@ -129,22 +142,24 @@ func (s *Session) Upload(ctx context.Context, sources []string, dest string, opt
 	})
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
+	rctx, abort := context.WithCancel(ctx)
+	defer abort()
 	fwdErr := make(chan error, 1)
-	go func() { fwdErr <- s.forward(fctx, inbox, sender.Deliver, nil) }()
+	go func() { fwdErr <- s.forward(fctx, inbox, sender.Deliver, nil, abort) }()
 	warn := opts.Warn
 	if warn == nil {
 		warn = func(string) {}
 	}
 	var warnings []Failure
-	st, err := sender.Run(ctx, func(emit func(publisher.Entry) error) error {
+	st, err := sender.Run(rctx, func(emit func(publisher.Entry) error) error {
 		return publisher.Walk(sources, opts.Recursive, single && ok.Mode == wire.TargetAs, func(w string) {
 			warnings = append(warnings, Failure{Path: "", Error: w})
 			warn(w)
 		}, emit)
 	})
 	stop()
-	if ferr := <-fwdErr; err == nil && ferr != nil {
-		err = ferr
+	if ferr := <-fwdErr; ferr != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		err = ferr // the session ended under the transfer
 	}
 	out := &TransferStats{Files: st.Files, Skipped: st.Skipped, Dirs: st.Dirs, Links: st.Links,
 		BytesSent: st.BytesSent, BytesSkipped: st.BytesSkipped, BytesResumed: st.BytesResumed,
@@ -179,15 +194,24 @@ func (s *Session) Download(ctx context.Context, sources []string, dest string, o
 		Open: func(first *wire.File) (*chunkstore.Root, string, error) {
 			if first.Path == "" && first.Kind != wire.KindDir {
 				root, err := chunkstore.OpenRoot(filepath.Dir(filepath.Clean(dest)))
-				return root, filepath.Base(filepath.Clean(dest)), err
+				if err != nil {
+					return nil, "", &LocalError{err}
+				}
+				return root, filepath.Base(filepath.Clean(dest)), nil
 			}
 			if err := os.MkdirAll(dest, 0o755); err != nil {
-				return nil, "", err
+				return nil, "", &LocalError{err}
 			}
 			root, err := chunkstore.OpenRoot(dest)
-			return root, "", err
+			if err != nil {
+				return nil, "", &LocalError{err}
+			}
+			return root, "", nil
 		},
 		OnFile: func(name string, kind uint8, err error, skipped bool) {
+			if name == "" {
+				name = dest // the single file that is the destination itself
+			}
 			if err != nil {
 				mu.Lock()
 				out.Failures = append(out.Failures, Failure{Path: name, Error: err.Error()})
@@ -212,6 +236,8 @@ func (s *Session) Download(ctx context.Context, sources []string, dest string, o
 	}
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
+	rctx, abort := context.WithCancel(ctx)
+	defer abort()
 	fwdErr := make(chan error, 1)
 	go func() {
 		fwdErr <- s.forward(fctx, inbox, recv.Deliver, func(fd *wire.FileDone) bool {
@@ -225,12 +251,12 @@ func (s *Session) Download(ctx context.Context, sources []string, dest string, o
 				opts.Warn(fd.Reason)
 			}
 			return true
-		})
+		}, abort)
 	}()
-	err = recv.Run(ctx)
+	err = recv.Run(rctx)
 	stop()
-	if ferr := <-fwdErr; err == nil && ferr != nil {
-		err = ferr
+	if ferr := <-fwdErr; ferr != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		err = ferr // the session ended under the transfer
 	}
 	mu.Lock()
 	defer mu.Unlock()

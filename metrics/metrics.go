@@ -27,6 +27,7 @@ type Metrics struct {
 	JobPublished      prometheus.Counter
 	TransferFiles     *prometheus.CounterVec // result: copied, skipped, failed
 	TransferBytes     *prometheus.CounterVec // kind: sent, received, skipped, resumed
+	Resent            prometheus.Counter
 }
 
 // New creates the collectors and registers them with reg.
@@ -87,8 +88,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		TransferBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zp_transfer_bytes_total", Help: "File octets, by kind (received, sent, skipped, resumed).",
 		}, []string{"kind"}),
+		Resent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "zp_resent_bytes_total", Help: "Stream octets sent again after a session was resumed.",
+		}),
 	}
-	reg.MustRegister(m.Sessions, m.SessionsDetached, m.SessionsOpened, m.SessionsReaped, m.Connections,
+	reg.MustRegister(m.Resent, m.Sessions, m.SessionsDetached, m.SessionsOpened, m.SessionsReaped, m.Connections,
 		m.HandshakeFailures, m.ExecStarted, m.ExecFinished, m.ExecRunning, m.ExecDuration, m.Bytes, m.Errors,
 		m.Dropped, m.JobsByState, m.JobFollowers, m.JobPublished, m.TransferFiles, m.TransferBytes)
 	return m

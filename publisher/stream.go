@@ -38,6 +38,9 @@ type Stream struct {
 	limit   uint64 // octets below may be sent
 	unacked []chunk
 	closed  error
+	eof       bool // the end of the stream was sent (at next)
+	resend    bool // the next Ack asks for a resend (after a resume)
+	resending bool // a resend is being sent: new data waits for it
 }
 
 // New returns a stream starting at offset 0 with the initial credit window.
@@ -60,7 +63,8 @@ func (s *Stream) Credit(ctx context.Context, max int) (int, error) {
 			s.mu.Unlock()
 			return 0, err
 		}
-		if s.next < s.limit && len(s.unacked) < MaxInflight {
+		// After a resume nothing new goes out before the resend.
+		if s.next < s.limit && len(s.unacked) < MaxInflight && !s.resend && !s.resending {
 			n := s.limit - s.next
 			s.mu.Unlock()
 			if n > uint64(max) {
@@ -114,6 +118,61 @@ func (s *Stream) Ack(offset, limit uint64) error {
 	}
 	s.notifyLocked()
 	return nil
+}
+
+// SentEOF records that the end of the stream was sent, at the current
+// offset, which it returns.
+func (s *Stream) SentEOF() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.eof = true
+	return s.next
+}
+
+// MarkResend arms a resend: after a session resumes, the peer's next ACK
+// tells from where to send again (TakeResend).
+func (s *Stream) MarkResend() {
+	s.mu.Lock()
+	s.resend = true
+	s.mu.Unlock()
+}
+
+// Resend is what to send again after a resume.
+type Resend struct {
+	Offsets []uint64
+	Data    [][]byte
+	EOF     bool   // send the end-of-stream marker again
+	End     uint64 // its offset
+}
+
+// TakeResend applies an ACK like Ack and, if a resend was armed, returns
+// what the peer is missing from the ACK's offset on; ok is false when no
+// resend was armed. After sending it, the caller must call ResendDone:
+// until then nothing new is allowed out, so that the resend comes first.
+func (s *Stream) TakeResend(offset, limit uint64) (r Resend, ok bool, err error) {
+	if err := s.Ack(offset, limit); err != nil {
+		return r, false, err
+	}
+	s.mu.Lock()
+	armed := s.resend
+	s.resend = false
+	s.resending = armed
+	eof, end := s.eof, s.next
+	s.mu.Unlock()
+	if !armed {
+		return r, false, nil
+	}
+	r.Offsets, r.Data = s.Unacked(offset)
+	r.EOF, r.End = eof, end
+	return r, true, nil
+}
+
+// ResendDone lets new data out again after a resend was sent.
+func (s *Stream) ResendDone() {
+	s.mu.Lock()
+	s.resending = false
+	s.notifyLocked()
+	s.mu.Unlock()
 }
 
 // Unacked returns the data not yet acknowledged from offset on, for

@@ -179,6 +179,15 @@ func (r *Receiver) Run(ctx context.Context) error {
 			}
 		case *wire.End:
 			r.inflight.Wait()
+			// A sender ends only after every entry is finished; one whose
+			// content never came (a broken or hostile sender) is a
+			// failure, not silently missing. Its partial stays.
+			for _, f := range r.files {
+				if !f.failed {
+					f.failed = true
+					r.done(f.name, f.msg.Kind, errors.New("the sender ended the transfer before this file's content"), false)
+				}
+			}
 			r.finishDirs()
 			return r.cfg.Send(&wire.End{Channel: r.cfg.Channel, Count: m.Count})
 		}

@@ -14,7 +14,6 @@ import (
 
 // Errors returned by Stream.
 var (
-	ErrGap      = errors.New("subscriber: gap in stream")
 	ErrOverrun  = errors.New("subscriber: data beyond granted credit")
 	ErrAfterEOF = errors.New("subscriber: data after end of stream")
 )
@@ -29,6 +28,7 @@ type Stream struct {
 	ackCons  uint64 // consumed at the last ACK
 	msgs     int    // DATA messages since the last ACK
 	eof      bool
+	dropped  int // messages dropped for arriving ahead of the position
 }
 
 // New returns a stream at offset 0 that grants window octets of credit.
@@ -37,14 +37,18 @@ func New(window uint64) *Stream {
 }
 
 // Accept takes a DATA message and returns the part of data that is new
-// (a resend may overlap what arrived before). A gap or a message beyond the
-// granted credit is an error.
+// (a resend may overlap what arrived before). Data that starts beyond the
+// next expected octet is dropped: within one connection it cannot happen,
+// and right after a session resumes the sender may send new data before it
+// has processed our ACK — its resend covers what we dropped. A message
+// beyond the granted credit is an error.
 func (s *Stream) Accept(offset uint64, data []byte, eof bool) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	end := offset + uint64(len(data))
 	if offset > s.next {
-		return nil, fmt.Errorf("%w: expected offset %d, got %d", ErrGap, s.next, offset)
+		s.dropped++
+		return nil, nil
 	}
 	if s.eof {
 		if end > s.next {

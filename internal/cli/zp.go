@@ -50,7 +50,7 @@ func (f *connFlags) register(c *cobra.Command, portShort string) {
 }
 
 // dial opens a session with the target.
-func (f *connFlags) dial(ctx context.Context, io *IO, hostArg string) (*client.Session, Target, error) {
+func (f *connFlags) dial(ctx context.Context, io *IO, hostArg string, opts ...func(*client.Config)) (*client.Session, Target, error) {
 	t, err := ParseTarget(hostArg, f.port)
 	if err != nil {
 		return nil, t, withCode(ExitFailure, err)
@@ -64,6 +64,9 @@ func (f *connFlags) dial(ctx context.Context, io *IO, hostArg string) (*client.S
 		ConnectTimeout: f.connectTimeout,
 		Timeout:        f.timeout,
 		ClientName:     "zp/" + wire.SoftwareVersion,
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	var pinned *khEntry
 	if !f.insecure {
@@ -221,7 +224,24 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE)
 	defer signal.Stop(sigc)
 
-	s, t, err := opts.conn.dial(ctx, io, hostArg)
+	host := hostArg
+	if t, err := ParseTarget(hostArg, opts.conn.port); err == nil {
+		host = t.Host
+	}
+	s, t, err := opts.conn.dial(ctx, io, hostArg, func(c *client.Config) {
+		// Survive a broken link: reconnect and resume the session.
+		c.Resume = true
+		c.ReconnectFor = opts.conn.reconnectFor()
+		if opts.conn.quiet {
+			return
+		}
+		c.OnLinkLost = func(cause error) {
+			fmt.Fprintf(io.Err, "zp: connection to %s lost (%v); reconnecting\n", host, cause)
+		}
+		c.OnLinkBack = func(after time.Duration) {
+			fmt.Fprintf(io.Err, "zp: reconnected to %s after %v\n", host, after.Round(100*time.Millisecond))
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -273,8 +293,10 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 			return withCode(128+int(syscall.SIGINT), nil)
 		case errors.As(err, &we):
 			return withCode(ExitFailure, fmt.Errorf("%s: %s", t.Host, we.Reason))
-		case errors.Is(err, client.ErrTimeout):
-			return withCode(ExitFailure, fmt.Errorf("lost contact with %s: %v", t.Host, err))
+		case errors.Is(err, client.ErrSessionGone):
+			return withCode(ExitFailure, fmt.Errorf("%s: %v; the remote command was hung up", t.Host, err))
+		case errors.Is(err, client.ErrTimeout), strings.Contains(err.Error(), "gave up reconnecting"):
+			return withCode(ExitFailure, fmt.Errorf("lost contact with %s: %v; the remote command gets SIGHUP when zpd's grace period ends", t.Host, err))
 		}
 		return withCode(ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -214,10 +215,18 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 			prog.finish()
 			return withCode(130, errors.New("interrupted; run the same command again to resume"))
 		}
+		var le *client.LocalError
+		if errors.As(err, &le) {
+			break // the local destination: reported with its entry, exit 1
+		}
 		var we *wire.Error
 		if errors.As(err, &we) {
 			prog.finish()
-			return withCode(ExitFailure, fmt.Errorf("%s: %s", t.Host, we.Reason))
+			code := ExitFailure // the session refused (channel 0)
+			if we.Channel != 0 {
+				code = 1 // the server refused this transfer (its destination), not the connection
+			}
+			return withCode(code, fmt.Errorf("%s: %s", t.Host, printable(we.Reason)))
 		}
 		// The connection broke: reconnect, skip what arrived, resume the rest.
 		if lostSince.IsZero() {
@@ -309,7 +318,7 @@ func (p *progress) progress(name string, done, size uint64) {
 
 func (p *progress) drawLocked() {
 	rate := float64(p.moved) / max(time.Since(p.start).Seconds(), 0.001)
-	line := fmt.Sprintf("%s  %s", shorten(p.name, 40), human(p.done))
+	line := fmt.Sprintf("%s  %s", shorten(printable(p.name), 40), human(p.done))
 	if p.size > 0 {
 		line += " / " + human(p.size)
 		if rate > 0 && p.size > p.done {
@@ -337,10 +346,11 @@ func (p *progress) clearLocked() {
 func (p *progress) file(name string, err error, skipped bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	name = printable(name)
 	switch {
 	case err != nil:
 		p.clearLocked()
-		fmt.Fprintf(p.io.Err, "zpc: %s: %v\n", name, err)
+		fmt.Fprintf(p.io.Err, "zpc: %s: %s\n", name, printable(err.Error()))
 	case p.verbose && skipped:
 		p.clearLocked()
 		fmt.Fprintf(p.io.Err, "%s (up to date)\n", name)
@@ -354,7 +364,19 @@ func (p *progress) warn(w string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.clearLocked()
-	fmt.Fprintf(p.io.Err, "zpc: %s\n", w)
+	fmt.Fprintf(p.io.Err, "zpc: %s\n", printable(w))
+}
+
+// printable returns s, quoted if it holds anything but printable
+// characters: names and reasons may come from the network, and must not
+// drive the terminal (escape sequences) or hide in it (NUL, newlines).
+func printable(s string) string {
+	for _, r := range s {
+		if r == utf8.RuneError || !strconv.IsPrint(r) { // invalid UTF-8 may be a C1 control
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func (p *progress) finish() {
