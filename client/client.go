@@ -109,7 +109,7 @@ type Session struct {
 	opening  chan wire.Message
 	channels map[uint32]chan wire.Message
 	nextChan uint32
-	resumed  chan struct{} // closed and replaced after each resume
+	resumed  chan struct{}              // closed and replaced after each resume
 	outgoing map[*publisher.Stream]bool // streams to resend after a resume
 
 	lastRecv atomic.Int64

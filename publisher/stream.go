@@ -33,11 +33,11 @@ type Stream struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every state change
 
-	next    uint64 // offset of the next octet to send
-	acked   uint64 // every octet below was acknowledged
-	limit   uint64 // octets below may be sent
-	unacked []chunk
-	closed  error
+	next      uint64 // offset of the next octet to send
+	acked     uint64 // every octet below was acknowledged
+	limit     uint64 // octets below may be sent
+	unacked   []chunk
+	closed    error
 	eof       bool // the end of the stream was sent (at next)
 	resend    bool // the next Ack asks for a resend (after a resume)
 	resending bool // a resend is being sent: new data waits for it
