@@ -263,6 +263,9 @@ func (b *Broker) forwardPublications() {
 // PublishAddr is the XPUB's bound address.
 func (b *Broker) PublishAddr() net.Addr { return b.jobs.pub.Addr() }
 
+// SubscribeAddr is the XSUB's bound address.
+func (b *Broker) SubscribeAddr() net.Addr { return b.xsub.Addr() }
+
 // publishEndpoint is how FOLLOW_OK tells clients where the XPUB is.
 func (b *Broker) publishEndpoint() string {
 	a := b.jobs.pub.Addr()

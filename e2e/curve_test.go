@@ -316,3 +316,34 @@ func startZPDAs(t *testing.T, u testUser, clientHome string) *zpd {
 	startAndWait(t, d)
 	return d
 }
+
+// A libzmq PUB publishes through zpd's XSUB and a libzmq SUB receives it
+// from zpd's XPUB, all with CURVE; job topics cannot be injected.
+func TestXSubForwarding(t *testing.T) {
+	py := "/usr/bin/python3"
+	if exec.Command(py, "-c", "import zmq").Run() != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("python3-zmq missing on CI")
+		}
+		t.Skip("no python3-zmq")
+	}
+	d := startZPD(t)
+	m := regexp.MustCompile(`xpub=(\S+) xsub=(\S+)`).FindStringSubmatch(d.Log())
+	if m == nil {
+		t.Fatalf("no xpub/xsub in log:\n%s", d.Log())
+	}
+	key := strings.Fields(run(t, nil, nil, "zpd", "--print-key", "--state", d.State).Stdout)[0]
+	out, err := exec.Command(py, "testdata/xsub.py", "tcp://"+m[2], "tcp://"+m[1], key, filepath.Join(d.Home, "id_curve")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("SUB got %d messages:\n%s", len(lines), out)
+	}
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "p/weather|report ") {
+			t.Fatalf("unexpected message %q", l)
+		}
+	}
+}

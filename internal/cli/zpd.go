@@ -208,7 +208,8 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 		defer srv.Close()
 		log.Info("metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
 	}
-	log.Info("zpd listening", "endpoint", ep, "addr", b.Addr().String(), "state", opts.state)
+	log.Info("zpd listening", "endpoint", ep, "addr", b.Addr().String(), "xpub", b.PublishAddr().String(),
+		"xsub", b.SubscribeAddr().String(), "state", opts.state)
 	return b.Run(ctx)
 }
 
