@@ -48,6 +48,10 @@ type Config struct {
 	// Window is the largest credit window per stream (4 MiB) and Chunk the
 	// largest DATA payload (256 KiB).
 	Window, Chunk int
+	// ShimPath is the program that supervises background jobs: it must
+	// call RunShim when its first argument is ShimArg (zpd does). Empty:
+	// this program itself.
+	ShimPath string
 	// JobRetention is how long finished jobs stay listed (7 days); negative
 	// keeps them until removed.
 	JobRetention time.Duration

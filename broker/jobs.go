@@ -272,9 +272,11 @@ func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin
 		stdin = devnull
 	}
 	files = append(files, stdin)
-	self, err := os.Executable()
-	if err != nil {
-		return fail(startFailure(m.Channel, err))
+	self := jm.b.cfg.ShimPath
+	if self == "" {
+		if self, err = os.Executable(); err != nil {
+			return fail(startFailure(m.Channel, err))
+		}
 	}
 	cmd := &exec.Cmd{
 		Path: self, Args: append([]string{"zpd", ShimArg, path}, m.Argv...),
