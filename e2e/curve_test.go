@@ -347,3 +347,41 @@ func TestXSubForwarding(t *testing.T) {
 		}
 	}
 }
+
+// First contact on a terminal asks, as ssh does; "no" pins nothing.
+func TestHostKeyPromptOnTTY(t *testing.T) {
+	script, err := exec.LookPath("script")
+	if err != nil {
+		t.Skip("no script(1) to give zp a terminal")
+	}
+	d := startZPD(t)
+	runScript := func(answer string) (string, int) {
+		pr, pw := io.Pipe()
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			pw.Write([]byte(answer + "\n"))
+			time.Sleep(2 * time.Second)
+			pw.Close()
+		}()
+		cmd := exec.Command(script, "-qec", bin("zp")+" "+d.Addr+" echo via-tty", "/dev/null")
+		cmd.Env = append(os.Environ(), d.env()...)
+		cmd.Stdin = pr
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	out, code := runScript("no")
+	if !strings.Contains(out, "Are you sure you want to continue connecting") || strings.Contains(out, "via-tty\r\n") || code != 255 {
+		t.Fatalf("answer no: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(d.Home, "known_hosts")); err == nil {
+		t.Fatal("pinned after no")
+	}
+	out, code = runScript("yes")
+	if !strings.Contains(out, "via-tty") || code != 0 {
+		t.Fatalf("answer yes: exit %d\n%s", code, out)
+	}
+	kh, _ := os.ReadFile(filepath.Join(d.Home, "known_hosts"))
+	if !strings.Contains(string(kh), d.Addr) {
+		t.Fatal("not pinned after yes")
+	}
+}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
@@ -312,4 +313,27 @@ func (s *syncHash) Sum() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.h.Sum(nil)
+}
+
+// Ctrl-C on follow detaches: the job goes on.
+func TestFollowCtrlCDetaches(t *testing.T) {
+	d := startZPD(t)
+	id := d.async(t, nil, "sh", "-c", "echo start; sleep 2; echo end")
+	args := append(append([]string{"job", "follow"}, d.clientArgs()...), d.Addr, id)
+	cmd := exec.Command(bin("zp"), args...)
+	cmd.Env = append(os.Environ(), d.env()...)
+	out, _ := cmd.StdoutPipe()
+	cmd.Start()
+	r := bufio.NewReader(out)
+	expectLine(t, r, "start")
+	cmd.Process.Signal(syscall.SIGINT)
+	if code := waitExit(t, cmd, 5*time.Second); code != 130 {
+		t.Fatalf("exit %d after Ctrl-C, want 130", code)
+	}
+	if st := d.status(t, id); st["status"] != "running" {
+		t.Fatalf("the job was touched: %v", st)
+	}
+	if r := d.zpSub(t, []string{"job", "follow"}, id); r.Stdout != "start\nend\n" || r.Code != 0 {
+		t.Fatalf("%+v", r)
+	}
 }
