@@ -69,19 +69,7 @@ func (ch *execChan) run(m *wire.Exec) {
 	}
 	b := ch.s.b
 	acct := ch.s.acct
-	env := acct.environ(m.Env)
-	pathEnv := acct.defaultPath()
-	if p, ok := m.Env["PATH"]; ok {
-		pathEnv = p
-	}
-	dir := m.Dir
-	if dir == "" {
-		dir = acct.Home
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			dir = "/"
-		}
-	}
-	path, code, err := lookPath(m.Argv[0], pathEnv, dir)
+	env, dir, path, code, err := acct.resolve(m)
 	if err != nil {
 		ch.finish(&wire.Exit{Channel: ch.id, Status: wire.FailedToStart, Code: uint32(code), Message: err.Error()})
 		return
@@ -431,6 +419,26 @@ func startFailure(channel uint32, err error) *wire.Exit {
 		}
 	}
 	return &wire.Exit{Channel: channel, Status: wire.FailedToStart, Code: code, Message: msg}
+}
+
+// resolve prepares a command for acct: its environment, working directory
+// (the home, or / when the home is not usable) and executable, looked up
+// in the command's PATH; code is 127/126 when it cannot be started.
+func (a *Account) resolve(m *wire.Exec) (env []string, dir, path string, code int, err error) {
+	env = a.environ(m.Env)
+	pathEnv := a.defaultPath()
+	if p, ok := m.Env["PATH"]; ok {
+		pathEnv = p
+	}
+	dir = m.Dir
+	if dir == "" {
+		dir = a.Home
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			dir = "/"
+		}
+	}
+	path, code, err = lookPath(m.Argv[0], pathEnv, dir)
+	return env, dir, path, code, err
 }
 
 // lookPath finds argv0 in pathEnv (the command's PATH, not zpd's) like a

@@ -228,20 +228,8 @@ func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin
 	if err := os.MkdirAll(j.dir, 0o700); err != nil {
 		return nil, &wire.Exit{Channel: m.Channel, Status: wire.FailedToStart, Code: 126, Message: "job directory: " + err.Error()}
 	}
-	env := acct.environ(m.Env)
-	pathEnv := acct.defaultPath()
-	if p, ok := m.Env["PATH"]; ok {
-		pathEnv = p
-	}
-	dir := m.Dir
-	if dir == "" {
-		dir = acct.Home
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			dir = "/"
-		}
-	}
+	env, dir, path, code, err := acct.resolve(m)
 	j.meta.Dir = dir
-	path, code, err := lookPath(m.Argv[0], pathEnv, dir)
 	if err != nil {
 		return fail(&wire.Exit{Channel: m.Channel, Status: wire.FailedToStart, Code: uint32(code), Message: err.Error()})
 	}
