@@ -40,6 +40,20 @@ func jobError(t Target, id string, err error) error {
 	return withCode(ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
 }
 
+// withSession runs f on a session with host and maps its error as a job
+// command's.
+func (conn *connFlags) withSession(ctx context.Context, io *IO, host, id string, f func(*client.Session) error) error {
+	s, t, err := conn.dial(ctx, io, host)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := f(s); err != nil {
+		return jobError(t, id, err)
+	}
+	return nil
+}
+
 // jobExitCode is the exit code a finished job's description implies.
 func jobExitCode(info map[string]string) int {
 	if c, err := strconv.Atoi(info["exit_code"]); err == nil {
@@ -55,14 +69,13 @@ func newJobsCmd(io *IO, conn *connFlags) *cobra.Command {
 		Short: "list your background jobs on a host",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			s, t, err := conn.dial(c.Context(), io, args[0])
+			var jobs []map[string]string
+			err := conn.withSession(c.Context(), io, args[0], "", func(s *client.Session) (err error) {
+				jobs, err = s.Jobs(c.Context())
+				return err
+			})
 			if err != nil {
 				return err
-			}
-			defer s.Close()
-			jobs, err := s.Jobs(c.Context())
-			if err != nil {
-				return jobError(t, "", err)
 			}
 			if asJSON {
 				if jobs == nil {
@@ -113,14 +126,13 @@ func newJobStatusCmd(io *IO, conn *connFlags) *cobra.Command {
 		Short: "describe a job (key = value lines, or --json)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			s, t, err := conn.dial(c.Context(), io, args[0])
+			var info map[string]string
+			err := conn.withSession(c.Context(), io, args[0], args[1], func(s *client.Session) (err error) {
+				info, err = s.JobStatus(c.Context(), args[1])
+				return err
+			})
 			if err != nil {
 				return err
-			}
-			defer s.Close()
-			info, err := s.JobStatus(c.Context(), args[1])
-			if err != nil {
-				return jobError(t, args[1], err)
 			}
 			delete(info, "done")
 			if asJSON {
@@ -289,15 +301,9 @@ func newJobKillCmd(io *IO, conn *connFlags) *cobra.Command {
 		Short: "send a signal to a job's process group",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			s, t, err := conn.dial(c.Context(), io, args[0])
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			if err := s.KillJob(c.Context(), args[1], strings.TrimPrefix(strings.ToUpper(sig), "SIG")); err != nil {
-				return jobError(t, args[1], err)
-			}
-			return nil
+			return conn.withSession(c.Context(), io, args[0], args[1], func(s *client.Session) error {
+				return s.KillJob(c.Context(), args[1], strings.TrimPrefix(strings.ToUpper(sig), "SIG"))
+			})
 		},
 	}
 	c.Flags().StringVarP(&sig, "signal", "s", "TERM", "signal name")
@@ -310,15 +316,9 @@ func newJobRmCmd(io *IO, conn *connFlags) *cobra.Command {
 		Short: "forget a finished job and delete its output",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			s, t, err := conn.dial(c.Context(), io, args[0])
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			if err := s.RemoveJob(c.Context(), args[1]); err != nil {
-				return jobError(t, args[1], err)
-			}
-			return nil
+			return conn.withSession(c.Context(), io, args[0], args[1], func(s *client.Session) error {
+				return s.RemoveJob(c.Context(), args[1])
+			})
 		},
 	}
 }
