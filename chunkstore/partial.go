@@ -28,7 +28,7 @@ type Partial struct {
 	r       *Root
 	name    string // final name
 	tmp     string // partial's name in the same directory
-	dirfd   int
+	dirfd   int    // owned: closed by Close, Commit and Discard
 	f       *os.File
 	h       hash.Hash
 	written uint64
@@ -54,17 +54,23 @@ func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, err
 		return nil, err
 	}
 	if st, err := r.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		unix.Close(dfd)
 		return nil, r.pathErr("open", name, unix.EISDIR)
 	}
 	tmp := partialName(b, size, mtime)
 	fd, err := unix.Openat(dfd, tmp, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
+		unix.Close(dfd)
 		return nil, r.pathErr("create", name, err)
 	}
-	p := &Partial{r: r, name: name, tmp: tmp, dirfd: dfd, f: os.NewFile(uintptr(fd), r.display(d+"/"+tmp)), h: sha256.New()}
+	shown := tmp
+	if d != "" {
+		shown = d + "/" + tmp
+	}
+	p := &Partial{r: r, name: name, tmp: tmp, dirfd: dfd, f: os.NewFile(uintptr(fd), r.display(shown)), h: sha256.New()}
 	n, err := io.Copy(p.h, p.f)
 	if err != nil {
-		p.f.Close()
+		p.Close()
 		return nil, fmt.Errorf("reading partial %s: %w", p.f.Name(), err)
 	}
 	p.written = uint64(n)
@@ -121,7 +127,7 @@ func (p *Partial) Write(off uint64, data []byte) error {
 // the partial is removed (its content is wrong); on other errors it is
 // kept for a later resume.
 func (p *Partial) Commit(size uint64, digest []byte, a Attrs) error {
-	defer p.f.Close()
+	defer p.Close()
 	if size != p.written {
 		p.remove()
 		return fmt.Errorf("%w: %s: received %d octets, sender says %d", ErrSize, p.r.display(p.name), p.written, size)
@@ -156,16 +162,28 @@ func (p *Partial) Commit(size uint64, digest []byte, a Attrs) error {
 	return nil
 }
 
-// Close leaves the partial on disk for a later resume.
-func (p *Partial) Close() error { return p.f.Close() }
+// Close leaves the partial on disk for a later resume. Calling it again
+// (or after Commit or Discard) does nothing.
+func (p *Partial) Close() error {
+	if p.dirfd < 0 {
+		return nil
+	}
+	unix.Close(p.dirfd)
+	p.dirfd = -1
+	return p.f.Close()
+}
 
 // Discard removes the partial.
 func (p *Partial) Discard() {
-	p.f.Close()
 	p.remove()
+	p.Close()
 }
 
-func (p *Partial) remove() { _ = unix.Unlinkat(p.dirfd, p.tmp, 0) }
+func (p *Partial) remove() {
+	if p.dirfd >= 0 {
+		_ = unix.Unlinkat(p.dirfd, p.tmp, 0)
+	}
+}
 
 // SameDigest reports whether name is a regular file with this SHA-256.
 func (r *Root) SameDigest(name string, size uint64, digest []byte) bool {

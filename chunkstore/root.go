@@ -64,12 +64,16 @@ func (r *Root) pathErr(op, name string, err error) error {
 
 const maxCachedDirs = 256
 
-// dir returns an fd for the existing directory name (beneath the root).
+// dir returns a descriptor for the existing directory name (beneath the
+// root) that the caller owns and closes. The cache keeps its own
+// descriptors and may close them at any time (when it is full), so it
+// hands out duplicates: a descriptor in use is never closed under its
+// user, nor its number reused for another file.
 func (r *Root) dir(name string) (int, error) {
 	r.mu.Lock()
 	if fd, ok := r.dirs[name]; ok {
-		r.mu.Unlock()
-		return fd, nil
+		defer r.mu.Unlock()
+		return dupFD(fd, name, r)
 	}
 	r.mu.Unlock()
 	fd, err := openBeneath(r.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -80,7 +84,7 @@ func (r *Root) dir(name string) (int, error) {
 	defer r.mu.Unlock()
 	if old, ok := r.dirs[name]; ok {
 		unix.Close(fd)
-		return old, nil
+		return dupFD(old, name, r)
 	}
 	if len(r.dirs) >= maxCachedDirs {
 		for n, f := range r.dirs {
@@ -91,7 +95,15 @@ func (r *Root) dir(name string) (int, error) {
 		}
 	}
 	r.dirs[name] = fd
-	return fd, nil
+	return dupFD(fd, name, r)
+}
+
+func dupFD(fd int, name string, r *Root) (int, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, r.pathErr("dup", name, err)
+	}
+	return nfd, nil
 }
 
 // openBeneath is openat2 with RESOLVE_BENEATH (Linux 5.6+); on older
@@ -170,6 +182,7 @@ func (r *Root) Lstat(name string) (*unix.Stat_t, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer unix.Close(dfd)
 	var st unix.Stat_t
 	if err := unix.Fstatat(dfd, b, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return nil, r.pathErr("stat", name, err)
@@ -183,7 +196,8 @@ func (r *Root) MkdirAll(name string) error {
 	if name == "" {
 		return nil
 	}
-	if _, err := r.dir(name); err == nil {
+	if fd, err := r.dir(name); err == nil {
+		unix.Close(fd)
 		return nil
 	}
 	d, b := split(name)
@@ -194,12 +208,16 @@ func (r *Root) MkdirAll(name string) error {
 	if err != nil {
 		return err
 	}
-	if err := unix.Mkdirat(dfd, b, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+	err = unix.Mkdirat(dfd, b, 0o700)
+	unix.Close(dfd)
+	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return r.pathErr("mkdir", name, err)
 	}
-	if _, err := r.dir(name); err != nil {
+	fd, err := r.dir(name)
+	if err != nil {
 		return err
 	}
+	unix.Close(fd)
 	return nil
 }
 
@@ -215,6 +233,7 @@ func (r *Root) Symlink(target, name string) error {
 	if err != nil {
 		return err
 	}
+	defer unix.Close(dfd)
 	if st, err := r.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return r.pathErr("symlink", name, unix.EISDIR)
 	}
@@ -245,6 +264,7 @@ func (r *Root) SetAttrs(name string, a Attrs) error {
 	if err != nil {
 		return err
 	}
+	defer unix.Close(dfd)
 	if name == "" {
 		b = "."
 	}
@@ -278,6 +298,7 @@ func (r *Root) SyncDir(name string) error {
 	if err != nil {
 		return err
 	}
+	defer unix.Close(dfd)
 	if err := unix.Fsync(dfd); err != nil {
 		return r.pathErr("fsync", name, err)
 	}

@@ -1,0 +1,249 @@
+package chunkstore
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func randomBytes(n int, seed uint64) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// partials lists the partial files in dir.
+func partials(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".zpc-") && strings.HasSuffix(e.Name(), ".part") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+func TestPartialResume(t *testing.T) {
+	f := newFixture(t)
+	content := randomBytes(3<<20+123, 1)
+	mtime := time.Date(2022, 5, 6, 7, 8, 9, 123456789, time.UTC).UnixNano()
+	size := uint64(len(content))
+
+	p, err := f.root.OpenPartial("dir/file", size, mtime)
+	if err == nil {
+		t.Fatal("OpenPartial without its directory")
+	}
+	if err := f.root.MkdirAll("dir"); err != nil {
+		t.Fatal(err)
+	}
+	p, err = f.root.OpenPartial("dir/file", size, mtime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Have() != 0 {
+		t.Fatalf("fresh partial has %d", p.Have())
+	}
+	// Written in pieces, some larger than the writeback step.
+	cut := 2<<20 + 1000 // an interruption mid-file
+	for off := 0; off < cut; {
+		n := min(700_001, cut-off)
+		if err := p.Write(uint64(off), content[off:off+n]); err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	// A write that is not at the end is refused.
+	if err := p.Write(uint64(cut+1), content[cut+1:cut+2]); !errors.Is(err, ErrGap) {
+		t.Fatalf("gap: %v", err)
+	}
+	if err := p.Write(0, content[:10]); !errors.Is(err, ErrGap) {
+		t.Fatalf("rewrite: %v", err)
+	}
+	p.Close()
+	parts := partials(t, filepath.Join(f.dir, "dir"))
+	if len(parts) != 1 {
+		t.Fatalf("partials: %v", parts)
+	}
+	st, _ := os.Stat(filepath.Join(f.dir, "dir", parts[0]))
+	if st.Mode().Perm() != 0o600 || st.Size() != int64(cut) {
+		t.Fatalf("partial %v %d", st.Mode(), st.Size())
+	}
+	if _, err := os.Lstat(filepath.Join(f.dir, "dir/file")); err == nil {
+		t.Fatal("the final name exists before the commit")
+	}
+
+	// Reopened (the next transfer): it has the first cut octets and says so.
+	p, err = f.root.OpenPartial("dir/file", size, mtime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256(content[:cut])
+	if p.Have() != uint64(cut) || !bytes.Equal(p.Prefix(), want[:]) {
+		t.Fatalf("resume: have %d prefix %x, want %d %x", p.Have(), p.Prefix(), cut, want)
+	}
+	// Another source (other size or time) does not see this partial.
+	q, err := f.root.OpenPartial("dir/file", size, mtime+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Have() != 0 {
+		t.Fatalf("another source's partial has %d", q.Have())
+	}
+	q.Discard()
+	if err := p.Write(uint64(cut), content[cut:]); err != nil {
+		t.Fatal(err)
+	}
+	a := Attrs{Mode: 0o640, MTime: mtime}
+	if err := p.Commit(size, digestOf(content), a); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(f.dir, "dir/file"))
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("content differs (%d octets, %v)", len(got), err)
+	}
+	st, _ = os.Stat(filepath.Join(f.dir, "dir/file"))
+	if st.Mode().Perm() != 0o640 || st.ModTime().UnixNano() != mtime {
+		t.Fatalf("attrs: %v %v", st.Mode(), st.ModTime())
+	}
+	if ps := partials(t, filepath.Join(f.dir, "dir")); len(ps) != 0 {
+		t.Fatalf("partials left: %v", ps)
+	}
+}
+
+func digestOf(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
+
+func TestPartialRestart(t *testing.T) {
+	f := newFixture(t)
+	old := []byte("the old version of the file")
+	content := []byte("a new version, not a prefix match")
+	p, err := f.root.OpenPartial("f", uint64(len(content)), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Write(0, old[:10])
+	p.Close()
+	p, err = f.root.OpenPartial("f", uint64(len(content)), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Have() != 10 {
+		t.Fatalf("have %d", p.Have())
+	}
+	if err := p.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if p.Have() != 0 {
+		t.Fatalf("have %d after Restart", p.Have())
+	}
+	empty := sha256.Sum256(nil)
+	if !bytes.Equal(p.Prefix(), empty[:]) {
+		t.Fatal("prefix after Restart")
+	}
+	if err := p.Write(0, content); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(uint64(len(content)), digestOf(content), Attrs{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(f.dir, "f")); !bytes.Equal(b, content) {
+		t.Fatalf("%q", b)
+	}
+}
+
+// A commit that does not verify removes the partial (its content is
+// wrong) and leaves the file already at the final name as it was.
+func TestCommitMismatch(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		size func(n int) uint64
+		dig  func(b []byte) []byte
+		want error
+	}{
+		{"short", func(n int) uint64 { return uint64(n + 1) }, digestOf, ErrSize},
+		{"long", func(n int) uint64 { return uint64(n - 1) }, digestOf, ErrSize},
+		{"digest", func(n int) uint64 { return uint64(n) }, func(b []byte) []byte { d := digestOf(b); d[0] ^= 1; return d }, ErrMismatch},
+		{"no digest", func(n int) uint64 { return uint64(n) }, func([]byte) []byte { return nil }, ErrMismatch},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t)
+			good := filepath.Join(f.dir, "f")
+			os.WriteFile(good, []byte("good old content"), 0o644)
+			mt := time.Date(2010, 1, 1, 0, 0, 0, 0, time.UTC)
+			os.Chtimes(good, mt, mt)
+			content := randomBytes(100_000, 2)
+			p, err := f.root.OpenPartial("f", uint64(len(content)), 5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Write(0, content); err != nil {
+				t.Fatal(err)
+			}
+			err = p.Commit(c.size(len(content)), c.dig(content), Attrs{Mode: 0o600, MTime: 5})
+			if !errors.Is(err, c.want) {
+				t.Fatalf("commit: %v, want %v", err, c.want)
+			}
+			if !strings.Contains(err.Error(), good) {
+				t.Errorf("error %q does not name the file", err)
+			}
+			b, _ := os.ReadFile(good)
+			st, _ := os.Stat(good)
+			if string(b) != "good old content" || st.Mode().Perm() != 0o644 || !st.ModTime().Equal(mt) {
+				t.Fatalf("the good file changed: %q %v %v", b, st.Mode(), st.ModTime())
+			}
+			if ps := partials(t, f.dir); len(ps) != 0 {
+				t.Fatalf("partial kept after a mismatch: %v", ps)
+			}
+			// The next attempt starts from nothing.
+			p, err = f.root.OpenPartial("f", uint64(len(content)), 5)
+			if err != nil || p.Have() != 0 {
+				t.Fatalf("reopen: %v have %d", err, p.Have())
+			}
+			p.Discard()
+		})
+	}
+}
+
+// A planted symlink at the partial's own name is not followed.
+func TestPartialNameIsNotFollowed(t *testing.T) {
+	f := newFixture(t)
+	p, err := f.root.OpenPartial("f", 8, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := partials(t, f.dir)[0]
+	p.Discard()
+	f.symlink(t, filepath.Join(f.outside, "victim"), tmp)
+	if _, err := f.root.OpenPartial("f", 8, 9); err == nil {
+		t.Fatal("opened a partial through a symlink")
+	}
+	f.untouched(t)
+}
+
+func TestZeroLengthFile(t *testing.T) {
+	f := newFixture(t)
+	p, err := f.root.OpenPartial("empty", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(0, digestOf(nil), Attrs{Mode: 0o600}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Join(f.dir, "empty"))
+	if err != nil || st.Size() != 0 || st.Mode().Perm() != 0o600 {
+		t.Fatalf("%v %v", st, err)
+	}
+}

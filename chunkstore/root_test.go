@@ -1,0 +1,450 @@
+package chunkstore
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// fixture is a destination root with a directory next to it ("outside")
+// that nothing may ever write into.
+type fixture struct {
+	root    *Root
+	dir     string // the root's path
+	outside string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	base := t.TempDir()
+	f := &fixture{dir: filepath.Join(base, "root"), outside: filepath.Join(base, "outside")}
+	for _, d := range []string{f.dir, f.outside} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(f.outside, "victim"), []byte("original"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenRoot(f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	f.root = r
+	return f
+}
+
+// untouched fails if anything but "victim" (with its content and mode)
+// is in the outside directory.
+func (f *fixture) untouched(t *testing.T) {
+	t.Helper()
+	ents, err := os.ReadDir(f.outside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1 || ents[0].Name() != "victim" {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("outside directory holds %v", names)
+	}
+	b, err := os.ReadFile(filepath.Join(f.outside, "victim"))
+	if err != nil || string(b) != "original" {
+		t.Fatalf("outside file changed: %q %v", b, err)
+	}
+	if st, _ := os.Stat(filepath.Join(f.outside, "victim")); st.Mode().Perm() != 0o644 {
+		t.Fatalf("outside file mode changed: %v", st.Mode())
+	}
+}
+
+func (f *fixture) symlink(t *testing.T, target, name string) {
+	t.Helper()
+	p := filepath.Join(f.dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func digest(b []byte) []byte {
+	s := sha256.Sum256(b)
+	return s[:]
+}
+
+// write puts content into name through a partial file and commits it.
+func (f *fixture) write(name string, content []byte, a Attrs) error {
+	p, err := f.root.OpenPartial(name, uint64(len(content)), a.MTime)
+	if err != nil {
+		return err
+	}
+	if err := p.Write(0, content); err != nil {
+		p.Close()
+		return err
+	}
+	return p.Commit(uint64(len(content)), digest(content), a)
+}
+
+func TestRootRefusesSymlinksLeadingOut(t *testing.T) {
+	cases := []struct {
+		name   string
+		link   string // where the link is, in the root
+		target func(f *fixture) string
+		// through is a name beneath the root that the link makes
+		// resolve to the outside directory (or, for an absolute link
+		// inside, to the root).
+		through func(f *fixture) string
+	}{
+		{"absolute to a directory elsewhere", "esc",
+			func(f *fixture) string { return f.outside }, func(*fixture) string { return "esc" }},
+		{"relative to a directory elsewhere", "esc",
+			func(*fixture) string { return "../outside" }, func(*fixture) string { return "esc" }},
+		{"to the parent", "esc",
+			func(*fixture) string { return ".." }, func(*fixture) string { return "esc/outside" }},
+		{"deeper, climbing out", "sub/esc",
+			func(*fixture) string { return "../../outside" }, func(*fixture) string { return "sub/esc" }},
+		{"to /", "esc",
+			func(*fixture) string { return "/" }, func(f *fixture) string { return "esc" + f.outside }},
+		{"absolute even to the root itself", "esc",
+			func(f *fixture) string { return f.dir }, func(*fixture) string { return "esc" }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.symlink(t, c.target(f), c.link)
+			through := c.through(f)
+			checks := map[string]func() error{
+				"MkdirAll": func() error { return f.root.MkdirAll(through + "/newdir") },
+				"OpenPartial": func() error {
+					p, err := f.root.OpenPartial(through+"/pwned", 5, 0)
+					if err == nil {
+						p.Discard()
+					}
+					return err
+				},
+				"write+Commit": func() error { return f.write(through+"/victim", []byte("evil!"), Attrs{Mode: 0o777}) },
+				"Symlink":      func() error { return f.root.Symlink("x", through+"/newlink") },
+				"SetAttrs":     func() error { return f.root.SetAttrs(through+"/victim", Attrs{Mode: 0o777}) },
+				"Lstat":        func() error { _, err := f.root.Lstat(through + "/victim"); return err },
+				"Digest":       func() error { _, err := f.root.Digest(through + "/victim"); return err },
+			}
+			for what, fn := range checks {
+				err := fn()
+				if err == nil {
+					t.Errorf("%s through %s -> %s: allowed", what, c.link, c.target(f))
+				} else if !errors.Is(err, ErrEscape) {
+					t.Errorf("%s: %v, want ErrEscape", what, err)
+				}
+			}
+			if f.root.Same(through+"/victim", 8, 0) || f.root.SameDigest(through+"/victim", 8, digest([]byte("original"))) {
+				t.Error("Same/SameDigest looked through the link")
+			}
+			f.untouched(t)
+		})
+	}
+}
+
+func TestRootAllowsSymlinksInside(t *testing.T) {
+	f := newFixture(t)
+	if err := os.MkdirAll(filepath.Join(f.dir, "real/deeper"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f.symlink(t, "real", "in")
+	f.symlink(t, "../real/deeper", "sub/in2")
+	f.symlink(t, ".", "self")
+	if err := f.root.MkdirAll("in/made"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(filepath.Join(f.dir, "real/made")); err != nil || !st.IsDir() {
+		t.Fatalf("MkdirAll through an inside link: %v", err)
+	}
+	if err := f.write("in/f", []byte("hello"), Attrs{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.write("sub/in2/g", []byte("deep"), Attrs{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.write("self/self/h", []byte("h"), Attrs{}); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]string{"real/f": "hello", "real/deeper/g": "deep", "h": "h"} {
+		if b, err := os.ReadFile(filepath.Join(f.dir, p)); err != nil || string(b) != want {
+			t.Errorf("%s: %q %v", p, b, err)
+		}
+	}
+	if !f.root.Same("in/f", 5, mtimeOf(t, filepath.Join(f.dir, "real/f"))) {
+		t.Error("Same through an inside link")
+	}
+	f.untouched(t)
+}
+
+func mtimeOf(t *testing.T, p string) int64 {
+	t.Helper()
+	st, err := os.Lstat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.ModTime().UnixNano()
+}
+
+// A symlink at the final name is replaced, never written through; so is
+// one planted after the partial was opened.
+func TestCommitReplacesFinalSymlink(t *testing.T) {
+	f := newFixture(t)
+	victim := filepath.Join(f.outside, "victim")
+	f.symlink(t, victim, "link")
+	if err := f.write("link", []byte("new content"), Attrs{Mode: 0o600}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Lstat(filepath.Join(f.dir, "link"))
+	if err != nil || !st.Mode().IsRegular() {
+		t.Fatalf("link not replaced by a file: %v %v", st.Mode(), err)
+	}
+	f.untouched(t)
+
+	// Planted between OpenPartial and Commit.
+	content := []byte("late")
+	p, err := f.root.OpenPartial("late", uint64(len(content)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Write(0, content); err != nil {
+		t.Fatal(err)
+	}
+	f.symlink(t, victim, "late")
+	if err := p.Commit(uint64(len(content)), digest(content), Attrs{Mode: 0o777}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "late")); err != nil || string(b) != "late" {
+		t.Fatalf("%q %v", b, err)
+	}
+	f.untouched(t)
+
+	// SetAttrs on a symlink changes neither the link's target nor its mode.
+	f.symlink(t, victim, "link2")
+	if err := f.root.SetAttrs("link2", Attrs{Mode: 0o777, MTime: time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC).UnixNano()}); err != nil {
+		t.Fatal(err)
+	}
+	f.untouched(t)
+	if st, _ := os.Lstat(filepath.Join(f.dir, "link2")); st.ModTime().Year() != 2001 {
+		t.Fatalf("symlink time not set: %v", st.ModTime())
+	}
+	// OpenFile does not follow a final symlink.
+	if _, err := f.root.OpenFile("link2"); err == nil {
+		t.Fatal("OpenFile followed a symlink")
+	}
+}
+
+// A directory swapped for a symlink after the partial was opened: the
+// commit stays in the directory the partial was opened in.
+func TestCommitAfterParentSwapped(t *testing.T) {
+	f := newFixture(t)
+	if err := f.root.MkdirAll("d"); err != nil {
+		t.Fatal(err)
+	}
+	content := []byte("payload")
+	p, err := f.root.OpenPartial("d/f", uint64(len(content)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Write(0, content); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(f.dir, "d"), filepath.Join(f.dir, "d.old")); err != nil {
+		t.Fatal(err)
+	}
+	f.symlink(t, f.outside, "d")
+	if err := p.Commit(uint64(len(content)), digest(content), Attrs{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "d.old/f")); err != nil || string(b) != "payload" {
+		t.Fatalf("%q %v", b, err)
+	}
+	f.untouched(t)
+}
+
+func TestSymlinkAndMkdirConflicts(t *testing.T) {
+	f := newFixture(t)
+	if err := f.root.Symlink("/etc/passwd", "l"); err != nil {
+		t.Fatal(err)
+	}
+	if tg, err := os.Readlink(filepath.Join(f.dir, "l")); err != nil || tg != "/etc/passwd" {
+		t.Fatalf("%q %v", tg, err)
+	}
+	// Replacing a symlink and a file is allowed; a directory is not.
+	if err := f.root.Symlink("other", "l"); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(f.dir, "file"), nil, 0o644)
+	if err := f.root.Symlink("x", "file"); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(f.dir, "dir"), 0o755)
+	if err := f.root.Symlink("x", "dir"); err == nil {
+		t.Fatal("a directory was replaced by a symlink")
+	}
+	if err := f.root.Symlink("x", ""); !errors.Is(err, ErrUnsafePath) {
+		t.Fatalf("symlink as the root: %v", err)
+	}
+	if _, err := f.root.OpenPartial("dir", 1, 0); err == nil {
+		t.Fatal("OpenPartial over a directory")
+	}
+	if _, err := f.root.OpenPartial("", 1, 0); !errors.Is(err, ErrUnsafePath) {
+		t.Fatalf("OpenPartial of the root: %v", err)
+	}
+	// MkdirAll where a file is.
+	if err := f.root.MkdirAll("file2/sub"); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(f.dir, "plain"), nil, 0o644)
+	if err := f.root.MkdirAll("plain/sub"); err == nil {
+		t.Fatal("MkdirAll through a file")
+	}
+	// No temporary names are left behind.
+	ents, _ := os.ReadDir(f.dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".zpc-") {
+			t.Fatalf("left behind: %s", e.Name())
+		}
+	}
+}
+
+func TestSame(t *testing.T) {
+	f := newFixture(t)
+	p := filepath.Join(f.dir, "f")
+	os.WriteFile(p, []byte("12345"), 0o644)
+	mt := time.Date(2020, 1, 2, 3, 4, 5, 600_000_000, time.UTC)
+	os.Chtimes(p, mt, mt)
+	ns := mt.UnixNano()
+	cases := []struct {
+		name  string
+		size  uint64
+		mtime int64
+		want  bool
+	}{
+		{"f", 5, ns, true},
+		{"f", 5, ns - 600_000_000, true},    // same second
+		{"f", 5, ns + 300_000_000, true},    // same second
+		{"f", 5, ns + 1_000_000_000, false}, // a second later
+		{"f", 5, ns - 1_000_000_000, false},
+		{"f", 4, ns, false},
+		{"f", 6, ns, false},
+		{"missing", 5, ns, false},
+	}
+	for _, c := range cases {
+		if got := f.root.Same(c.name, c.size, c.mtime); got != c.want {
+			t.Errorf("Same(%s, %d, %d) = %v", c.name, c.size, c.mtime, got)
+		}
+	}
+	// Not regular files.
+	os.Symlink("f", filepath.Join(f.dir, "l"))
+	os.Mkdir(filepath.Join(f.dir, "d"), 0o755)
+	for _, n := range []string{"l", "d"} {
+		st, _ := os.Lstat(filepath.Join(f.dir, n))
+		if f.root.Same(n, uint64(st.Size()), st.ModTime().UnixNano()) {
+			t.Errorf("Same(%s): not a regular file", n)
+		}
+	}
+	if !f.root.SameDigest("f", 5, digest([]byte("12345"))) {
+		t.Error("SameDigest: same content")
+	}
+	for _, c := range []struct {
+		name string
+		size uint64
+		d    []byte
+	}{
+		{"f", 5, digest([]byte("12346"))},
+		{"f", 4, digest([]byte("12345"))},
+		{"f", 5, nil},
+		{"l", 5, digest([]byte("12345"))}, // a symlink to f
+		{"missing", 5, digest([]byte("12345"))},
+	} {
+		if f.root.SameDigest(c.name, c.size, c.d) {
+			t.Errorf("SameDigest(%s, %d, %x)", c.name, c.size, c.d)
+		}
+	}
+}
+
+// Partials opened in one directory survive the directory cache being
+// emptied (more than maxCachedDirs directories touched meanwhile), also
+// with many goroutines at it (run with -race).
+func TestManyDirectories(t *testing.T) {
+	f := newFixture(t)
+	content := []byte("in d0")
+	p, err := f.root.OpenPartial("d0/x", uint64(len(content)), 0)
+	if err == nil {
+		t.Fatal("OpenPartial in a missing directory")
+	}
+	if err := f.root.MkdirAll("d0"); err != nil {
+		t.Fatal(err)
+	}
+	p, err = f.root.OpenPartial("d0/x", uint64(len(content)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Write(0, content); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < maxCachedDirs/2; i++ {
+				name := fmt.Sprintf("g%d/sub%d", g, i)
+				if err := f.root.MkdirAll(name); err != nil {
+					errs <- err
+					return
+				}
+				if err := f.write(name+"/f", []byte(name), Attrs{Mode: 0o640}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := p.Commit(uint64(len(content)), digest(content), Attrs{}); err != nil {
+		t.Fatalf("commit after the directory cache was emptied: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "d0/x")); err != nil || !bytes.Equal(b, content) {
+		t.Fatalf("%q %v", b, err)
+	}
+	for g := 0; g < 8; g++ {
+		for i := 0; i < maxCachedDirs/2; i++ {
+			name := fmt.Sprintf("g%d/sub%d", g, i)
+			if b, err := os.ReadFile(filepath.Join(f.dir, name, "f")); err != nil || string(b) != name {
+				t.Fatalf("%s: %q %v", name, b, err)
+			}
+		}
+	}
+}
+
+func TestOpenRootErrors(t *testing.T) {
+	if _, err := OpenRoot(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("missing root: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o644)
+	if _, err := OpenRoot(file); !errors.Is(err, unix.ENOTDIR) {
+		t.Fatalf("file as root: %v", err)
+	}
+}
