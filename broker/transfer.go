@@ -214,8 +214,12 @@ func (x *xferChan) download(m *wire.Recv) {
 		_, err := x.send.Run(x.ctx, func(emit func(publisher.Entry) error) error {
 			// A warning (missing source, skipped directory) is a
 			// FILE_DONE for entry 0: the client reports it and goes on.
-			return publisher.Walk(sources, m.Flags&wire.XferRecursive != 0, single, func(w string) {
-				s.send(&wire.FileDone{Channel: x.id, FID: 0, Code: uint16(wire.CodeNotFound), Reason: w})
+			return publisher.Walk(sources, m.Flags&wire.XferRecursive != 0, single, func(w string, failed bool) {
+				var code uint16
+				if failed {
+					code = uint16(wire.CodeNotFound)
+				}
+				s.send(&wire.FileDone{Channel: x.id, FID: 0, Code: code, Reason: w})
 			}, emit)
 		})
 		return err

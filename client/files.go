@@ -26,7 +26,7 @@ type TransferOptions struct {
 	// for the current file.
 	OnFile     func(name string, err error, skipped bool)
 	OnProgress func(name string, done, size uint64)
-	Warn       func(string) // a source that was skipped or missing
+	Warn       func(string) // a source that was skipped (a notice) or missing (a failure)
 }
 
 func (o *TransferOptions) flags() uint8 {
@@ -152,8 +152,10 @@ func (s *Session) Upload(ctx context.Context, sources []string, dest string, opt
 	}
 	var warnings []Failure
 	st, err := sender.Run(rctx, func(emit func(publisher.Entry) error) error {
-		return publisher.Walk(sources, opts.Recursive, single && ok.Mode == wire.TargetAs, func(w string) {
-			warnings = append(warnings, Failure{Path: "", Error: w})
+		return publisher.Walk(sources, opts.Recursive, single && ok.Mode == wire.TargetAs, func(w string, failed bool) {
+			if failed {
+				warnings = append(warnings, Failure{Path: "", Error: w})
+			}
 			warn(w)
 		}, emit)
 	})
@@ -244,9 +246,11 @@ func (s *Session) Download(ctx context.Context, sources []string, dest string, o
 			if fd.FID != 0 {
 				return false
 			}
-			mu.Lock()
-			out.Failures = append(out.Failures, Failure{Error: fd.Reason})
-			mu.Unlock()
+			if fd.Code != 0 { // Code 0: only a notice (a skipped entry)
+				mu.Lock()
+				out.Failures = append(out.Failures, Failure{Error: fd.Reason})
+				mu.Unlock()
+			}
 			if opts.Warn != nil {
 				opts.Warn(fd.Reason)
 			}

@@ -31,12 +31,14 @@ type Entry struct {
 // directories are skipped with a warning. With single (one source that is
 // a file, and the receiver chose TargetAs), the file's name is "". Special
 // files (devices, sockets, FIFOs) are skipped with a warning. Entries come
-// parents first; emit returning an error stops the walk.
-func Walk(sources []string, recursive, single bool, warn func(string), emit func(Entry) error) error {
+// parents first; emit returning an error stops the walk. warn reports a
+// skipped entry (failed false, as rsync: a notice) or a source that cannot
+// be read (failed true).
+func Walk(sources []string, recursive, single bool, warn func(msg string, failed bool), emit func(Entry) error) error {
 	for _, src := range sources {
 		info, err := os.Lstat(src)
 		if err != nil {
-			warn(fmt.Sprintf("%s: %v", src, errors.Unwrap(err)))
+			warn(fmt.Sprintf("%s: %v", src, errors.Unwrap(err)), true)
 			continue
 		}
 		contents := strings.HasSuffix(src, "/") && info.IsDir()
@@ -52,7 +54,7 @@ func Walk(sources []string, recursive, single bool, warn func(string), emit func
 			continue
 		}
 		if !recursive {
-			warn(fmt.Sprintf("skipping directory %s (use -r)", src))
+			warn(fmt.Sprintf("skipping directory %s (use -r)", src), false)
 			continue
 		}
 		prefix := base
@@ -62,7 +64,7 @@ func Walk(sources []string, recursive, single bool, warn func(string), emit func
 		root := filepath.Clean(src)
 		err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
-				warn(fmt.Sprintf("%s: %v", p, errors.Unwrap(err)))
+				warn(fmt.Sprintf("%s: %v", p, errors.Unwrap(err)), true)
 				if d != nil && d.IsDir() {
 					return fs.SkipDir
 				}
@@ -82,7 +84,7 @@ func Walk(sources []string, recursive, single bool, warn func(string), emit func
 			}
 			info, err := d.Info()
 			if err != nil {
-				warn(fmt.Sprintf("%s: %v", p, err))
+				warn(fmt.Sprintf("%s: %v", p, err), true)
 				return nil
 			}
 			return emitOne(Entry{Name: name, Path: p, Info: info}, warn, emit)
@@ -94,12 +96,12 @@ func Walk(sources []string, recursive, single bool, warn func(string), emit func
 	return nil
 }
 
-func emitOne(e Entry, warn func(string), emit func(Entry) error) error {
+func emitOne(e Entry, warn func(string, bool), emit func(Entry) error) error {
 	switch m := e.Info.Mode(); {
 	case m.IsRegular(), m.IsDir(), m&fs.ModeSymlink != 0:
 		return emit(e)
 	default:
-		warn(fmt.Sprintf("skipping special file %s", e.Path))
+		warn(fmt.Sprintf("skipping special file %s", e.Path), false)
 		return nil
 	}
 }
