@@ -496,7 +496,7 @@ func TestZpcNaming(t *testing.T) {
 			}
 			sameListing(t, dest, map[string]string{"existing": "F"})
 		})
-		// Without -r a directory is skipped with a warning, exit 1; the
+		// Without -r a directory is skipped with a notice, exit 0; the
 		// rest is copied.
 		t.Run(dir+"/directory without -r", func(t *testing.T) {
 			dest := t.TempDir()
