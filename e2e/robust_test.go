@@ -129,8 +129,13 @@ func TestGarbage(t *testing.T) {
 		if !isOK {
 			t.Fatalf("%#v", m)
 		}
-		// Data past the credit the server granted (a gap would be 422 too).
-		s.Send(zmq4.NewMsgFrom(wire.Frames(&wire.Data{Channel: 5, Stream: wire.Stdin, Offset: uint64(ok.Window), Bytes: []byte("x")})...))
+		// Data past the credit the server granted: the command reads
+		// nothing, its pipe holds 1 MiB, so the limit cannot pass
+		// window + 1 MiB; send well beyond it, contiguously.
+		chunk := make([]byte, wire.MaxData)
+		for off := uint64(0); off < uint64(ok.Window)+3*uint64(len(chunk)); off += uint64(len(chunk)) {
+			s.Send(zmq4.NewMsgFrom(wire.Frames(&wire.Data{Channel: 5, Stream: wire.Stdin, Offset: off, Bytes: chunk})...))
+		}
 		for {
 			m, err := recvMsg(t, s)
 			if err != nil {
