@@ -7,28 +7,35 @@
 # Sets up everything itself (Debian 12, as root): missing packages, `make build`, a private sshd on
 # 127.0.0.1:$SSH_PORT (default 2222, own config and keys in $BENCH_DIR, default /tmp/zp-bench),
 # zpd on 127.0.0.1 on a free port with a throw-away --state dir, a private $ZP_CONFIG. All of it is
-# stopped/removed on exit, even on failure (KEEP_DATA=1 keeps the 1 GiB test file for the next run).
+# stopped/removed on exit, even on failure (KEEP_DATA=1 keeps the 1 GiB file and the 5000-file tree).
 # Knobs: NOOP_N (no-op commands per run, 20), BIG_MIB (test file size, 1024), CMD_TIMEOUT (s, 600),
 # GROUPS_TO_RUN (row groups, space-separated; default all), ZP_CURVE=0 (measure --insecure only).
 #
 # Row groups (each is a function rows_NAME; the default GROUPS_TO_RUN list below runs them in order):
-#   rows_latency    no-op command: zp HOST true vs ssh HOST true
-#   rows_pipe_down  remote cat of the big file to local /dev/null
-#   rows_pipe_up    local big file piped to a remote cat > /dev/null
+#   rows_latency      no-op command: zp HOST true vs ssh HOST true
+#   rows_pipe_down    remote cat of the big file to local /dev/null
+#   rows_pipe_up      local big file piped to a remote cat > /dev/null
+#   rows_copy_file    upload of the big file: zpc vs scp vs rsync (+ the disk's own dd/fdatasync speed)
+#   rows_copy_tree    upload of 5000 x 4 KiB files in 50 dirs: zpc -r vs scp -r vs rsync -a
+#   rows_copy_noop    re-sync of an identical tree / big file: zpc vs rsync -a (scp: n/a)
+#   rows_copy_resume  rerun of a big-file upload SIGKILLed at 50%: zpc vs rsync --append-verify vs scp
+#   rows_fanout       one job's ~100 MiB of output to 100 concurrent `zp job follow` watchers (own table)
+#   rows_lossy        zpc vs scp upload through a network namespace with 5% loss, 50 ms delay each way
+#                     (bench/lossy, a Go program; root + iproute2, else skipped with a note; own table)
 # To add one: write rows_NAME that prepares its data and calls, per comparison,
-#   row WORK REPS BYTES ZP_CMD OTHER_CMD [RESET]
-# where ZP_CMD / OTHER_CMD are shell snippets in single quotes. ZP_CMD may use $ZP (the zp command
+#   row WORK REPS BYTES ZP_CMD OTHER_CMD [RESET]              (zp vs ssh table)
+#   copy_row WORK BYTES ZPC_RESET ZPC_CMD SCP_RESET SCP_CMD RSYNC_RESET RSYNC_CMD   (copy table)
+# where the commands are shell snippets in single quotes. ZP_CMD may use $ZP (the zp command
 # line with the security mode's flags and the host), $ZPC (bin/zpc with the mode's flags), $ZP_HOST
 # (127.0.0.1:PORT of that mode's zpd), $ZP_FLAGS; OTHER_CMD may use $SSH (ssh command line, host
-# included), $SSHO (ssh options, for scp -o…/rsync -e), $SSH_PORT; both may use $BIG (the big
-# file) and $DIR. RESET runs untimed before every timed command (e.g. 'rm -rf $DIR/dst'). BYTES > 0
-# adds MB/s columns; REPS > 1 runs the command REPS times per run and reports ms per command. The
-# OTHER_CMD column is headed "ssh": name the tool in WORK when it is scp or rsync. Then add
-# rows_NAME to that default list.
-# Planned next: zpc copies vs scp and rsync: one 1 GiB file; 5000 x 4 KiB files in 50 dirs (make
-# them like /work/shared/bench/baseline.sh does); no-op re-sync of both; resume after a kill at 50%
-# (a snippet that starts the copy, kills it once the destination reaches half size, then times the
-# rerun — row times whatever snippet it is given).
+# included), $SSHO (ssh options, for scp -o…/rsync -e), $SSH_PORT, $SCP (scp with options and port)
+# and $RSH (the ssh command for rsync -e); all may use $BIG (the big file), $SMALL (the tree) and
+# $DIR. RESET runs untimed before every timed command (e.g. 'rm -rf $DIR/dst'). BYTES > 0 adds MB/s
+# columns; REPS > 1 runs the command REPS times per run and reports ms per command. The OTHER_CMD
+# column of `row` is headed "ssh": name the tool in WORK when it is scp or rsync. copy_row's SCP_CMD
+# may be n/a. Then add rows_NAME to that default list.
+# More knobs: FAN_N (watchers, 100), FAN_MIB (job output, 100), LOSSY_MIB (64), LOSSY_LOSS (5%),
+# LOSSY_DELAY (50ms).
 set -euo pipefail
 
 RUNS=${1:-${RUNS:-3}}
@@ -37,7 +44,12 @@ SSH_PORT=${SSH_PORT:-2222}
 NOOP_N=${NOOP_N:-20}
 BIG_MIB=${BIG_MIB:-1024}
 CMD_TIMEOUT=${CMD_TIMEOUT:-600}
-read -ra ROW_GROUPS <<<"${GROUPS_TO_RUN:-rows_latency rows_pipe_down rows_pipe_up}"
+FAN_N=${FAN_N:-100}
+FAN_MIB=${FAN_MIB:-100}
+LOSSY_MIB=${LOSSY_MIB:-64}
+LOSSY_LOSS=${LOSSY_LOSS:-5%}
+LOSSY_DELAY=${LOSSY_DELAY:-50ms}
+read -ra ROW_GROUPS <<<"${GROUPS_TO_RUN:-rows_latency rows_pipe_down rows_pipe_up rows_copy_file rows_copy_tree rows_copy_noop rows_copy_resume rows_fanout rows_lossy}"
 
 case $RUNS in '' | *[!0-9]* | 0) echo "usage: bash bench/bench.sh [RUNS>0]" >&2; exit 2 ;; esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -55,7 +67,10 @@ LOGS=()        # logs we created: removed on success, kept for a look after a fa
 cleanup() {
   local rc=$? p
   trap - EXIT INT TERM
-  [ -z "$CHILD" ] || kill -TERM -- "-$CHILD" "$CHILD" 2>/dev/null || true
+  if [ -n "$CHILD" ]; then
+    kill -TERM -- "-$CHILD" "$CHILD" 2>/dev/null || true
+    wait "$CHILD" 2>/dev/null || true # e.g. bench/lossy deletes its network namespace on TERM
+  fi
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   for p in "${CLEAN[@]}"; do rm -rf -- "$p"; done
@@ -76,6 +91,9 @@ setup_packages() {
   command -v bc >/dev/null 2>&1 || need+=(bc)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v make >/dev/null 2>&1 || need+=(make)
+  # ip netns for rows_lossy (root only: without root that group is skipped anyway)
+  if [[ " ${ROW_GROUPS[*]} " == *" rows_lossy "* ]] && [ "$(id -u)" = 0 ] && ! command -v ip >/dev/null 2>&1 &&
+    [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then need+=(iproute2); fi
   [ ${#need[@]} -eq 0 ] && return 0
   [ "$(id -u)" = 0 ] || die "missing packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})"
   log "installing ${need[*]}"
@@ -133,24 +151,49 @@ EOF
 }
 
 # ---------------------------------------------------------------- zpd
-# start_zpd NAME ARGS...: a zpd on 127.0.0.1:<free port> with a fresh --state dir; sets ZPD_PORT.
-# Port 0 lets the kernel pick a free port; zpd logs the address it got ("addr=127.0.0.1:N").
+# start_zpd NAME ARGS...: a zpd on 127.0.0.1:<free port> with a fresh --state dir; sets ZPD_PORT,
+# ZPD_PID and ZPD_STATE. Port 0 lets the kernel pick a free port; zpd logs the address it got
+# ("addr=127.0.0.1:N"). REUSE_LISTEN and REUSE_STATE in the environment (ensure_zpd) reuse a
+# port and a --state dir (and so the server key) instead.
 start_zpd() {
   local name=$1; shift
-  local state logf i addr=
-  state=$(mktemp -d "$DIR/zpd-$name-state.XXXXXX"); CLEAN+=("$state")
-  logf=$DIR/zpd-$name.log; LOGS+=("$logf")
-  "$ZPD_BIN" --listen 127.0.0.1:0 --state "$state" "$@" >"$logf" 2>&1 &
+  local state=${REUSE_STATE:-} logf i addr= skip
+  if [ -z "$state" ]; then state=$(mktemp -d "$DIR/zpd-$name-state.XXXXXX"); CLEAN+=("$state"); fi
+  logf=$DIR/zpd-$name.log
+  if [ -z "${REUSE_STATE:-}" ]; then : >"$logf"; LOGS+=("$logf"); fi
+  skip=$(wc -l <"$logf") # a restart appends: look at the new lines only
+  "$ZPD_BIN" --listen "${REUSE_LISTEN:-127.0.0.1:0}" --state "$state" "$@" >>"$logf" 2>&1 &
   PIDS+=($!)
   local pid=$!
   for i in $(seq 1 100); do
-    addr=$(sed -n 's/.*zpd listening.* addr=\([0-9.]*:[0-9]*\).*/\1/p' "$logf" | head -1)
+    addr=$(tail -n +$((skip + 1)) "$logf" | sed -n 's/.*zpd listening.* addr=\([0-9.]*:[0-9]*\).*/\1/p' | head -1)
     [ -n "$addr" ] && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
   done
   [ -n "$addr" ] || { log "zpd ($name) did not start: $(tail -3 "$logf")"; return 1; }
-  ZPD_PORT=${addr##*:}
+  ZPD_PORT=${addr##*:} ZPD_PID=$pid ZPD_STATE=$state
+}
+
+# ensure_zpd V: if mode V's zpd is no longer running (on a shared machine, someone's `pkill zpd`
+# takes it along; or it crashed), say so under the table with its exit status and last log line,
+# and start it again on the same port with the same --state (same key, so the pinned known_hosts
+# entry still fits). The cell that was running when it stopped shows failed.
+ensure_zpd() {
+  local v=$1 pid=${MODE_PID[$1]} rc=0 how last
+  kill -0 "$pid" 2>/dev/null && return 0
+  wait "$pid" 2>/dev/null || rc=$?
+  how="exit status $rc"
+  if ((rc > 128)); then how+=", signal $((rc - 128))"; fi
+  last=$(tail -1 "$DIR/zpd-${MODE_RESTART[v]%% *}.log" 2>/dev/null || true)
+  log "zpd for ${MODES[v]} (pid $pid) is gone ($how); restarting it"
+  # shellcheck disable=SC2086 # MODE_RESTART is "NAME ARGS..."
+  if REUSE_STATE=${MODE_STATE[v]} REUSE_LISTEN=${MODE_HOST[v]} start_zpd ${MODE_RESTART[v]}; then
+    MODE_PID[v]=$ZPD_PID
+    NOTES+=("zpd for ${MODES[v]} (pid $pid) stopped during the run ($how; its last log line: \`$last\`) and was restarted with the same port and --state before the next ${MODES[v]} measurement. A cell that was running when it stopped shows failed.")
+  else
+    NOTES+=("zpd for ${MODES[v]} (pid $pid) stopped during the run ($how; its last log line: \`$last\`) and could not be restarted: later ${MODES[v]} cells fail.")
+  fi
 }
 
 # wait_zp CMDLINE: until `CMDLINE true` works (zpd accepts commands), or fail.
@@ -163,12 +206,13 @@ wait_zp() {
 # ---------------------------------------------------------------- zp security modes
 # One entry per zp configuration measured; every row group runs all of them. MODE_FLAGS are zp's
 # security flags for that mode, MODE_HOST the zpd it talks to.
-MODES=() MODE_FLAGS=() MODE_HOST=() NOTES=()
+MODES=() MODE_FLAGS=() MODE_HOST=() MODE_PID=() MODE_STATE=() MODE_RESTART=() NOTES=()
 
 setup_zp_insecure() {
   start_zpd insecure --insecure || die "zpd --insecure failed to start"
   wait_zp "$ZP_BIN --insecure 127.0.0.1:$ZPD_PORT" || die "zp --insecure does not work"
-  MODES+=("zp --insecure") MODE_FLAGS+=("--insecure") MODE_HOST+=("127.0.0.1:$ZPD_PORT")
+  MODES+=("zp --insecure") MODE_FLAGS+=("--insecure") MODE_HOST+=("127.0.0.1:$ZPD_PORT") MODE_PID+=("$ZPD_PID")
+  MODE_STATE+=("$ZPD_STATE") MODE_RESTART+=("insecure --insecure")
 }
 
 # CURVE (encrypted, authenticated) mode. Everything about it is guessed from the planned interface
@@ -205,7 +249,8 @@ setup_zp_curve() {
   if ! "$ZP_BIN" --accept-new "127.0.0.1:$ZPD_PORT" true </dev/null >/dev/null 2>>"$DIR/zp-setup.log" || ! wait_zp "$cmd"; then
     NOTES+=("CURVE: first contact (zp --accept-new) failed ($(tail -1 "$DIR/zp-setup.log")): zp measured with --insecure only."); return 0
   fi
-  MODES+=("zp CURVE") MODE_FLAGS+=("") MODE_HOST+=("127.0.0.1:$ZPD_PORT")
+  MODES+=("zp CURVE") MODE_FLAGS+=("") MODE_HOST+=("127.0.0.1:$ZPD_PORT") MODE_PID+=("$ZPD_PID")
+  MODE_STATE+=("$ZPD_STATE") MODE_RESTART+=("curve --authorized-keys $DIR/zp-authorized-keys")
 }
 
 # ---------------------------------------------------------------- data
@@ -226,18 +271,28 @@ setup_data() {
 }
 
 # ---------------------------------------------------------------- measuring
-# timeit CMD: sets T_US to the wall time of `bash -c CMD` in microseconds; on failure sets T_ERR
-# and returns non-zero. stdin is /dev/null unless CMD pipes its own; stderr goes to $ERRLOG.
+# run_child CMD [OUT [ERR [TIMEOUT]]]: `bash -c CMD` with stdin /dev/null, stdout to OUT (default
+# /dev/null), stderr appended to ERR (default $ERRLOG), under timeout (default $CMD_TIMEOUT s).
 # timeout runs in its own process group (CHILD): it kills the whole command on a hang, and the
-# INT/TERM trap kills that group, so Ctrl-C does not wait for a running measurement.
+# INT/TERM trap kills that group, so Ctrl-C does not wait for a running measurement. Returns
+# CMD's exit status (124 or 137 after a timeout).
+run_child() {
+  local rc=0
+  timeout -k 5 "${4:-$CMD_TIMEOUT}" bash -c "$1" </dev/null >"${2:-/dev/null}" 2>>"${3:-$ERRLOG}" &
+  CHILD=$!
+  wait "$CHILD" || rc=$?
+  CHILD=
+  return $rc
+}
+
+# timeit CMD [OUT]: sets T_US to the wall time of `bash -c CMD` in microseconds; on failure sets
+# T_ERR and returns non-zero. stdin is /dev/null unless CMD pipes its own; stdout goes to OUT
+# (default /dev/null), stderr to $ERRLOG.
 timeit() {
   local s e rc=0
   s=${EPOCHREALTIME//[!0-9]/}
-  timeout -k 5 "$CMD_TIMEOUT" bash -c "$1" </dev/null >/dev/null 2>>"$ERRLOG" &
-  CHILD=$!
-  wait "$CHILD" || rc=$?
+  run_child "$1" "${2:-/dev/null}" || rc=$?
   e=${EPOCHREALTIME//[!0-9]/}
-  CHILD=
   if ((rc == 124 || rc == 137)); then T_ERR="timed out after ${CMD_TIMEOUT}s"; return 1; fi
   ((rc == 0)) || { T_ERR="exit status $rc"; return 1; }
   T_US=$((e - s))
@@ -253,9 +308,10 @@ stats() {
 
 ROWS=() FAILURES=()
 
-# set_mode I: export what ZP_CMD snippets use for zp mode I.
+# set_mode I: export what ZP_CMD snippets use for zp mode I (restarting its zpd if it is gone).
 set_mode() {
-  export ZP_FLAGS=${MODE_FLAGS[$1]} ZP_HOST=${MODE_HOST[$1]}
+  ensure_zpd "$1"
+  export ZP_FLAGS=${MODE_FLAGS[$1]} ZP_HOST=${MODE_HOST[$1]} ZPD_PID=${MODE_PID[$1]}
   export ZP="$ZP_BIN${ZP_FLAGS:+ $ZP_FLAGS} $ZP_HOST" ZPC="$ZPC_BIN${ZP_FLAGS:+ $ZP_FLAGS}"
 }
 
@@ -275,7 +331,7 @@ row() {
       [ -z "${failed[v]:-}" ] || continue
       if ((v == 0)); then cmd=$othercmd; log "$work: ssh, run $r/$RUNS"
       else cmd=$zpcmd; set_mode $((v - 1)); log "$work: ${MODES[v - 1]}, run $r/$RUNS"; fi
-      [ -z "$reset" ] || bash -c "$reset" </dev/null >/dev/null 2>>"$ERRLOG" || true
+      [ -z "$reset" ] || run_child "$reset" || true
       if timeit "$cmd"; then times[v]+="$T_US "
       else failed[v]=1; FAILURES+=("$work, $([ $v = 0 ] && echo ssh || echo "${MODES[v - 1]}"), run $r: \`$cmd\` $T_ERR; last stderr: $(tail -2 "$ERRLOG" | tr '\n' ' ')"); fi
     done
@@ -318,6 +374,323 @@ rows_pipe_up() {
     'cat "$BIG" | $ZP sh -c "cat > /dev/null"' 'cat "$BIG" | $SSH "sh -c '"'"'cat > /dev/null'"'"'"'
 }
 
+# ---------------------------------------------------------------- copies: zpc vs scp vs rsync
+CROWS=() RESUME_ROWS=() COPY_NOTES=()
+
+# copy_row WORK BYTES ZPC_RESET ZPC_CMD SCP_RESET SCP_CMD RSYNC_RESET RSYNC_CMD [CHECK]
+# Each run times scp, rsync, then zpc in every zp mode, one after the other (interleaved). A
+# RESET runs untimed before its command; CHECK runs untimed after every timed command and must
+# succeed, or the cell fails (e.g. cmp of the copy). SCP_CMD n/a: no scp cell (and no zpc/scp
+# ratio). With RESUME=1 in the environment, the commands' stdout is parsed for the octets they
+# sent (sent_bytes), the reset's $DIR/partial.size is collected, and RESUME_ROWS gets a line per
+# tool. Appends one line per zp mode to CROWS.
+copy_row() {
+  local work=$1 bytes=$2 check=${9:-} r v i
+  local -a name=(scp rsync) cmds=("$6" "$8") resets=("$5" "$7")
+  for ((i = 0; i < ${#MODES[@]}; i++)); do name+=("zpc ${MODES[i]#zp }") cmds+=("$4") resets+=("$3"); done
+  local nv=${#cmds[@]}
+  local -a times=() failed=() sent=() part=()
+  for ((r = 1; r <= RUNS; r++)); do
+    for ((v = 0; v < nv; v++)); do
+      [ "${cmds[v]}" != n/a ] && [ -z "${failed[v]:-}" ] || continue
+      ((v < 2)) || set_mode $((v - 2))
+      log "$work: ${name[v]}, run $r/$RUNS"
+      rm -f "$DIR/partial.size" "$DIR/out"
+      [ -z "${resets[v]}" ] || run_child "${resets[v]}" || log "  (reset failed: $(tail -1 "$ERRLOG"))"
+      if timeit "${cmds[v]}" "$DIR/out" &&
+        { [ -z "$check" ] || run_child "$check" || { T_ERR="check \`$check\` failed after the copy"; false; }; }; then
+        times[v]+="$T_US "
+        if [ "${RESUME:-0}" = 1 ]; then
+          sent[v]+="$(sent_bytes "${name[v]}" "$DIR/out") "
+          part[v]+="$(cat "$DIR/partial.size" 2>/dev/null || echo 0) "
+        fi
+      else
+        failed[v]=1
+        FAILURES+=("$work, ${name[v]}, run $r: \`${cmds[v]}\` $T_ERR; last stderr: $(tail -2 "$ERRLOG" | tr '\n' ' ')")
+      fi
+    done
+  done
+  rm -f "$DIR/out" "$DIR/partial.size"
+  local -a med=() best=() cells=()
+  for ((v = 0; v < nv; v++)); do
+    med[v]='' best[v]=''
+    if [ "${cmds[v]}" = n/a ]; then cells[v]="n/a"; continue; fi
+    [ -n "${failed[v]:-}" ] || read -r "med[v]" "best[v]" < <(stats ${times[v]})
+    cells[v]=$(cell "${med[v]}" "${best[v]}" 1)
+  done
+  for ((v = 2; v < nv; v++)); do
+    CROWS+=("| $work, ${name[v]} | ${cells[v]} | ${cells[0]} | ${cells[1]} | $(ratio "${med[v]}" "${med[0]}" "${cmds[0]}") | $(ratio "${med[v]}" "${med[1]}") | $(mbs "$bytes" "${med[v]}") | $(mbs "$bytes" "${med[0]}") | $(mbs "$bytes" "${med[1]}") |")
+  done
+  [ "${RESUME:-0}" = 1 ] || return 0
+  local p s
+  local -a whole=([0]=", the whole file")
+  for v in 2 $(seq 3 $((nv - 1))) 1 0; do
+    ((v < nv)) && [ -z "${failed[v]:-}" ] || continue
+    read -r p _ < <(stats ${part[v]}); read -r s _ < <(stats ${sent[v]})
+    RESUME_ROWS+=("| ${name[v]} | ${cells[v]} | $(mib "$p") ($(pct "$p" "$BIG_BYTES")) | $(mib "$s") ($(pct "$s" "$BIG_BYTES"))${whole[v]:-} | $(resume_how "${name[v]}") |")
+  done
+}
+
+# ratio A B [CMD_B]: A/B with two decimals; — when either is missing, n/a when CMD_B is n/a
+ratio() {
+  if [ "${3:-}" = n/a ]; then echo n/a
+  elif [ -z "$1" ] || [ -z "$2" ]; then echo "—"
+  else printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)"; fi
+}
+mib() { printf '%.1f MiB' "$(echo "scale=3; ${1:-0} / 1048576" | bc)"; }
+pct() { printf '%.0f%%' "$(echo "scale=3; 100 * ${1:-0} / $2" | bc)"; }
+
+# sent_bytes TOOL FILE: the octets a rerun sent, from its stdout in FILE. zpc: --json bytes_sent
+# (file content only); rsync: --stats "Total bytes sent" (everything on the wire from the sender,
+# protocol included); scp: no such figure, it always rewrites the whole file.
+sent_bytes() {
+  local n=
+  case $1 in
+    zpc*) n=$(sed -n 's/.*"bytes_sent": *\([0-9]*\).*/\1/p' "$2" | head -1) ;;
+    rsync) n=$(sed -n 's/^Total bytes sent: *\([0-9,]*\).*/\1/p' "$2" | tr -d , | head -1) ;;
+    scp) n=$BIG_BYTES ;;
+  esac
+  echo "${n:-0}"
+}
+
+resume_how() {
+  case $1 in
+    zpc*) echo "\`zpc --json FILE host:DEST\` again: keeps \`.zpc-*.part\`, checks its SHA-256 prefix, sends the rest (re-sent = bytes_sent)" ;;
+    rsync) echo "\`rsync -a --append-verify --stats\` (both runs): appends to the partial DEST, then checks the whole file (re-sent = Total bytes sent, protocol included)" ;;
+    scp) echo "\`scp FILE host:DEST\` again: scp cannot resume, the rerun is a full re-copy" ;;
+  esac
+}
+
+# kill_at_half GLOB CMD: for rows_copy_resume's resets. Runs `bash -c CMD` in a process group of
+# its own, SIGKILLs that group (the copy and its ssh) once the file matching $DIR/dst/GLOB holds
+# half of $BIG_BYTES, waits until that file stops growing (the receiver still writes what was in
+# flight) and writes its size to $DIR/partial.size.
+kill_at_half() {
+  local glob=$1 cmd=$2 pid s=0 prev=-1 f
+  setsid bash -c "$cmd" </dev/null >/dev/null 2>&1 &
+  pid=$!
+  trap 'kill -KILL -- "-$pid" 2>/dev/null' EXIT
+  trap 'exit 143' TERM INT
+  while :; do
+    s=0; for f in "$DIR"/dst/$glob; do [ -f "$f" ] && s=$(stat -c %s "$f"); done
+    ((s < BIG_BYTES / 2)) || break
+    kill -0 "$pid" 2>/dev/null || { echo "kill_at_half: \`$cmd\` ended before half the file arrived" >&2; return 1; }
+    sleep 0.01
+  done
+  kill -KILL -- "-$pid"
+  wait "$pid" 2>/dev/null || true
+  while [ "$s" != "$prev" ]; do
+    prev=$s; sleep 0.5
+    s=0; for f in "$DIR"/dst/$glob; do [ -f "$f" ] && s=$(stat -c %s "$f"); done
+  done
+  echo "$s" >"$DIR/partial.size"
+}
+
+# setup_small: $SMALL, 5000 files of 4 KiB in 50 dirs (d1..d50/f000..f099), cut from the big file
+# (deterministic, not zeros); made once per bench run (kept with KEEP_DATA=1).
+setup_small() {
+  SMALL=$DIR/small
+  export SMALL
+  [ "${KEEP_DATA:-0}" = 1 ] || CLEAN+=("$SMALL")
+  [ "$(find "$SMALL" -type f 2>/dev/null | wc -l)" = 5000 ] && return 0
+  log "making $SMALL (5000 × 4 KiB in 50 dirs)"
+  rm -rf "$SMALL"
+  local d
+  for d in $(seq 1 50); do
+    mkdir -p "$SMALL/d$d"
+    dd if="$BIG" bs=409600 skip="$d" count=1 status=none | split -b 4096 -d -a 3 - "$SMALL/d$d/f"
+  done
+  [ "$(find "$SMALL" -type f | wc -l)" = 5000 ] || die "could not make $SMALL"
+}
+
+FRESH='rm -rf "$DIR/dst" && mkdir "$DIR/dst" && sync' # every copy row's reset starts with this
+
+rows_copy_file() {
+  CLEAN+=("$DIR/dst" "$DIR/dd.out")
+  copy_row "upload $BIG_NAME (\`zpc FILE host:DEST\`)" "$BIG_BYTES" \
+    "$FRESH" '$ZPC "$BIG" "$ZP_HOST:$DIR/dst/big"' \
+    "$FRESH" '$SCP "$BIG" "127.0.0.1:$DIR/dst/big"' \
+    "$FRESH" 'rsync -a -e "$RSH" "$BIG" "127.0.0.1:$DIR/dst/big"' \
+    'cmp "$BIG" "$DIR/dst/big"'
+  # The disk's own speed, for judging zpc's fdatasync: the same file written locally by dd, into
+  # the page cache only, and made durable (conv=fdatasync), interleaved.
+  local r t_plain='' t_sync='' m1 b1 m2 b2
+  for ((r = 1; r <= RUNS; r++)); do
+    log "disk reference: dd, run $r/$RUNS"
+    run_child 'rm -f "$DIR/dd.out"; sync' || true
+    timeit 'dd if="$BIG" of="$DIR/dd.out" bs=4M status=none' && t_plain+="$T_US "
+    run_child 'rm -f "$DIR/dd.out"; sync' || true
+    timeit 'dd if="$BIG" of="$DIR/dd.out" bs=4M conv=fdatasync status=none' && t_sync+="$T_US "
+  done
+  rm -f "$DIR/dd.out"
+  [ -n "$t_plain" ] && [ -n "$t_sync" ] || { FAILURES+=("disk reference: dd failed: $(tail -2 "$ERRLOG" | tr '\n' ' ')"); return 0; }
+  read -r m1 b1 < <(stats $t_plain); read -r m2 b2 < <(stats $t_sync)
+  COPY_NOTES+=("Disk reference (same file system as DEST, local, no network): \`dd bs=4M\` of the $BIG_NAME file takes $(cell "$m1" "$b1" 1), $(mbs "$BIG_BYTES" "$m1") MB/s, into the page cache; with \`conv=fdatasync\` (written and flushed to the disk, as zpc does with every file before renaming it into place) $(cell "$m2" "$b2" 1), $(mbs "$BIG_BYTES" "$m2") MB/s.")
+}
+
+rows_copy_tree() {
+  setup_small
+  CLEAN+=("$DIR/dst")
+  copy_row "upload 5000 × 4 KiB files in 50 dirs (\`zpc -r DIR host:DEST\`)" $((5000 * 4096)) \
+    "$FRESH" '$ZPC -r "$SMALL" "$ZP_HOST:$DIR/dst"' \
+    "$FRESH" '$SCP -r "$SMALL" "127.0.0.1:$DIR/dst"' \
+    "$FRESH" 'rsync -a -e "$RSH" "$SMALL" "127.0.0.1:$DIR/dst"' \
+    'diff -r "$SMALL" "$DIR/dst/small"'
+}
+
+# No-op re-sync: the reset makes a fresh copy with the same tool (untimed), then the same command
+# runs again (timed) and finds nothing to do. scp has no such mode.
+rows_copy_noop() {
+  setup_small
+  CLEAN+=("$DIR/dst")
+  local z='$ZPC -r "$SMALL" "$ZP_HOST:$DIR/dst"' y='rsync -a -e "$RSH" "$SMALL" "127.0.0.1:$DIR/dst"'
+  copy_row "no-op re-sync of the identical 5000-file tree" 0 \
+    "$FRESH && $z && sync" "$z" "" n/a "$FRESH && $y && sync" "$y" 'diff -r "$SMALL" "$DIR/dst/small"'
+  z='$ZPC "$BIG" "$ZP_HOST:$DIR/dst/big"' y='rsync -a -e "$RSH" "$BIG" "127.0.0.1:$DIR/dst/big"'
+  copy_row "no-op re-sync of the identical $BIG_NAME file" 0 \
+    "$FRESH && $z && sync" "$z" "" n/a "$FRESH && $y && sync" "$y" 'cmp "$BIG" "$DIR/dst/big"'
+}
+
+# Resume: the reset starts the upload and SIGKILLs it at half (kill_at_half); only the rerun that
+# completes it is timed. rsync uses --append-verify in both runs (implies --inplace, so the killed
+# run leaves its data in DEST); scp cannot resume, its rerun is a full copy.
+rows_copy_resume() {
+  CLEAN+=("$DIR/dst")
+  local z='$ZPC "$BIG" "$ZP_HOST:$DIR/dst/big"' s='$SCP "$BIG" "127.0.0.1:$DIR/dst/big"'
+  local y='rsync -a --append-verify -e "$RSH" "$BIG" "127.0.0.1:$DIR/dst/big"'
+  RESUME=1 copy_row "resume $BIG_NAME upload killed at 50% (rerun only)" 0 \
+    "$FRESH && kill_at_half '.zpc-*.part' '$z'" '$ZPC --json "$BIG" "$ZP_HOST:$DIR/dst/big"' \
+    "$FRESH && kill_at_half big '$s'" "$s" \
+    "$FRESH && kill_at_half big '$y'" 'rsync -a --append-verify --stats -e "$RSH" "$BIG" "127.0.0.1:$DIR/dst/big"' \
+    'cmp "$BIG" "$DIR/dst/big"'
+}
+
+# ---------------------------------------------------------------- job output fan-out
+FAN_ROWS=() FOLLOW_ROWS=()
+
+# fanout_run: one run of rows_fanout against the zpd of the current mode (ZP_FLAGS, ZP_HOST,
+# ZPD_PID). A job pauses 1 s (so the watchers can attach), then writes FAN_MIB MiB of the big file
+# to stdout in 2 MiB pieces every 0.1 s, with a timestamp on stderr before and after; FAN_N
+# `zp job follow --stdout` watchers (ZP_FOLLOW_STATS=1) write it to /dev/null. Prints key=value
+# lines and one "stat=HISTORY LIVE MISSED" line per watcher.
+fanout_run() {
+  local d=$DIR/fanout i id t0 t1 c0 c1 tck fails=0 job
+  local -a pids=()
+  rm -rf "$d"; mkdir -p "$d"
+  tck=$(getconf CLK_TCK)
+  c0=$(awk '{print $14 + $15}' "/proc/$ZPD_PID/stat")
+  echo "rss_before_kb=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$ZPD_PID/status")"
+  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux 4.0+), so earlier rows do not count
+  if echo 5 2>/dev/null >"/proc/$ZPD_PID/clear_refs"; then echo hwm_reset=1; else echo hwm_reset=0; fi
+  job="sleep 1; date +%s.%N >&2; i=0; while [ \$i -lt $((FAN_MIB / 2)) ]; do dd if=$BIG bs=1M skip=\$((i * 2)) count=2 status=none; i=\$((i + 1)); sleep 0.1; done; date +%s.%N >&2"
+  t0=$EPOCHREALTIME
+  id=$($ZP_BIN $ZP_FLAGS --async "$ZP_HOST" sh -c "$job") || { echo "zp --async failed" >&2; return 1; }
+  for ((i = 1; i <= FAN_N; i++)); do
+    ZP_FOLLOW_STATS=1 $ZP_BIN job follow $ZP_FLAGS --stdout "$ZP_HOST" "$id" >/dev/null 2>"$d/w$i.err" &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || fails=$((fails + 1)); done
+  t1=$EPOCHREALTIME
+  c1=$(awk '{print $14 + $15}' "/proc/$ZPD_PID/stat")
+  echo "failed=$fails"
+  echo "wall=$(echo "$t1 - $t0" | bc)"
+  echo "zpd_cpu=$(echo "scale=2; ($c1 - $c0) / $tck" | bc)"
+  echo "hwm_kb=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$ZPD_PID/status")"
+  # the children's (watchers') user and system time: second line of `times`, e.g. 0m12.3s 0m4.5s
+  # (not in a pipeline: a subshell would report its own children, none)
+  times >"$d/times"
+  tail -1 "$d/times" | awk '{ n = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); n += a[1] * 60 + a[2] } printf "watchers_cpu=%.2f\n", n }'
+  $ZP_BIN job follow $ZP_FLAGS --stderr "$ZP_HOST" "$id" 2>"$d/job.err" >/dev/null || true
+  echo "prod=$(echo "$(sed -n 2p "$d/job.err") - $(sed -n 1p "$d/job.err")" | bc)"
+  echo "lag=$(echo "$t1 - $(sed -n 2p "$d/job.err")" | bc)"
+  cat "$d"/w*.err | sed -n 's/^zp: follow stats: history=\([0-9]*\) live=\([0-9]*\) missed=\([0-9]*\)$/stat=\1 \2 \3/p'
+  $ZP_BIN job rm $ZP_FLAGS "$ZP_HOST" "$id" >/dev/null 2>&1 || true
+  rm -rf "$d"
+}
+
+rows_fanout() {
+  local r v out=$DIR/fanout.out
+  local -a wall=() cpu=() wcpu=() hwm=() prod=() lag=() fails=() incompl=() hwm_note=()
+  CLEAN+=("$DIR/fanout" "$out")
+  for ((v = 0; v < ${#MODES[@]}; v++)); do rm -f "$DIR/fanout-stats.$v"; CLEAN+=("$DIR/fanout-stats.$v"); done
+  for ((r = 1; r <= RUNS; r++)); do
+    for ((v = 0; v < ${#MODES[@]}; v++)); do
+      set_mode "$v"
+      log "fan-out: $FAN_N watchers of $FAN_MIB MiB, ${MODES[v]}, run $r/$RUNS"
+      if ! run_child fanout_run "$out"; then
+        FAILURES+=("fan-out, ${MODES[v]}, run $r: $(tail -2 "$ERRLOG" | tr '\n' ' ')"); continue
+      fi
+      local w c wc h p l f
+      w=$(sed -n 's/^wall=//p' "$out"); c=$(sed -n 's/^zpd_cpu=//p' "$out"); wc=$(sed -n 's/^watchers_cpu=//p' "$out")
+      h=$(sed -n 's/^hwm_kb=//p' "$out"); p=$(sed -n 's/^prod=//p' "$out"); l=$(sed -n 's/^lag=//p' "$out")
+      f=$(sed -n 's/^failed=//p' "$out")
+      grep -q '^hwm_reset=1' "$out" || hwm_note[v]=1
+      wall[v]+="$(us "$w") " cpu[v]+="$(us "$c") " wcpu[v]+="$(us "$wc") " prod[v]+="$(us "$p") " lag[v]+="$(us "$l") "
+      hwm[v]=$(((${hwm[v]:-0} > h) ? ${hwm[v]:-0} : h))
+      fails[v]=$((${fails[v]:-0} + f))
+      sed -n 's/^stat=//p' "$out" >>"$DIR/fanout-stats.$v"
+      # every watcher must have received the whole output: history + live + missed = FAN_MIB MiB
+      incompl[v]=$((${incompl[v]:-0} + FAN_N - $(sed -n 's/^stat=//p' "$out" | awk -v n=$((FAN_MIB * 1048576)) '$1 + $2 + $3 == n' | wc -l)))
+    done
+  done
+  rm -f "$out"
+  local m b
+  for ((v = 0; v < ${#MODES[@]}; v++)); do
+    [ -n "${wall[v]:-}" ] || continue
+    local cw cp cl cc cwc
+    read -r m b < <(stats ${wall[v]}); cw=$(cell "$m" "$b" 1)
+    read -r m b < <(stats ${prod[v]}); cp=$(cell "$m" "$b" 1)
+    read -r m b < <(stats ${lag[v]}); cl=$(cell "$m" "$b" 1)
+    read -r m b < <(stats ${cpu[v]}); cc=$(printf '%.2f s' "$(echo "scale=3; $m / 1000000" | bc)")
+    read -r m b < <(stats ${wcpu[v]}); cwc=$(printf '%.1f s' "$(echo "scale=3; $m / 1000000" | bc)")
+    FAN_ROWS+=("| $FAN_N watchers, $FAN_MIB MiB, ${MODES[v]} | $cw | $cp | $cl | $cc | $(printf '%.0f MiB' "$(echo "scale=2; ${hwm[v]} / 1024" | bc)")${hwm_note[v]:+ (since zpd start)} | $cwc | ${fails[v]} / ${incompl[v]} |")
+    local col k
+    for k in 2:live 3:missed 1:history; do
+      col=${k%%:*}
+      FOLLOW_ROWS+=("| ${MODES[v]} | ${k#*:} | $(dist "$col" "$DIR/fanout-stats.$v") |")
+    done
+  done
+}
+
+# us SECONDS: microseconds (integer) from decimal seconds
+us() { printf '%.0f' "$(echo "scale=6; ${1:-0} * 1000000" | bc)"; }
+
+# dist COLUMN FILE: "min | median | max | watchers" of a column of octet counts, in MiB
+dist() {
+  sort -n -k"$1,$1" "$2" | awk -v c="$1" '{ v[NR] = $c } END {
+    if (NR == 0) { print "— | — | — | 0"; exit }
+    med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%.1f MiB | %.1f MiB | %.1f MiB | %d\n", v[1] / 1048576, med / 1048576, v[NR] / 1048576, NR }'
+}
+
+# ---------------------------------------------------------------- lossy link (bench/lossy)
+LOSSY_OUT='' LOSSY_NOTE=''
+
+rows_lossy() {
+  if [ "$(id -u)" != 0 ]; then LOSSY_NOTE="skipped: not running as root (network namespaces need root and iproute2)."; return 0; fi
+  if ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
+    LOSSY_NOTE="skipped: iproute2 (ip) is not installed."; return 0
+  fi
+  local -a modes=() ; local m rc=0
+  for m in "${MODES[@]}"; do case $m in "zp CURVE") modes+=(curve) ;; "zp --insecure") modes+=(insecure) ;; esac; done
+  log "lossy: go build ./bench/lossy"
+  CLEAN+=("$DIR/lossy-bench" "$DIR/lossy" "$DIR/lossy.out")
+  if ! go build -o "$DIR/lossy-bench" ./bench/lossy 2>>"$ERRLOG"; then
+    FAILURES+=("lossy: go build ./bench/lossy failed: $(tail -2 "$ERRLOG" | tr '\n' ' ')"); return 0
+  fi
+  log "lossy: $LOSSY_MIB MiB uploads, $LOSSY_LOSS loss and $LOSSY_DELAY delay each way, $RUNS run(s) per cell (this takes minutes)"
+  LOGS+=("$DIR/lossy.err")
+  run_child "\"\$DIR/lossy-bench\" -bin \"$ROOT/bin\" -dir \"\$DIR/lossy\" -ssh-dir \"\$DIR\" -mib $LOSSY_MIB -runs $RUNS \
+    -loss '$LOSSY_LOSS' -delay '$LOSSY_DELAY' -modes $(IFS=,; echo "${modes[*]}") -timeout ${CMD_TIMEOUT}s \
+    2> >(tee \"\$DIR/lossy.err\" >&2)" "$DIR/lossy.out" /dev/stderr $((CMD_TIMEOUT * RUNS * (${#modes[@]} + 1) + 120)) || rc=$?
+  case $rc in
+    0) LOSSY_OUT=$(cat "$DIR/lossy.out") ;;
+    3) LOSSY_NOTE=$(sed -n 's/^skipped: //p' "$DIR/lossy.out"); LOSSY_NOTE="skipped: ${LOSSY_NOTE:-no network namespaces here}" ;;
+    *) FAILURES+=("lossy: bench/lossy exited with status $rc: $(tail -3 "$DIR/lossy.err" 2>/dev/null | tr '\n' ' ')") ;;
+  esac
+  rm -f "$DIR/lossy.out" "$DIR/lossy-bench"
+}
+
 # ---------------------------------------------------------------- main
 machine() {
   local cpu ram cipher
@@ -325,7 +698,7 @@ machine() {
   ram=$(awk '/^MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
   cipher=$(ssh $SSHO -v -p "$SSH_PORT" 127.0.0.1 true </dev/null 2>&1 | sed -n 's/.*kex: client->server cipher: \([^ ]*\).*/\1/p' | head -1 || true)
   echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, $ram RAM, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
-  echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); zp HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') + working tree as built; $(ssh -V 2>&1 | cut -d, -f1), cipher ${cipher:-?}"
+  echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); zp HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') + working tree as built; $(ssh -V 2>&1 | cut -d, -f1), cipher ${cipher:-?}; rsync $(rsync --version 2>/dev/null | sed -n '1s/^rsync *version \([^ ]*\).*/\1/p'); scp in its default (SFTP) mode"
   echo "Load average (1 min) before/after measuring: $LOAD_BEFORE / $(cut -d' ' -f1 /proc/loadavg) — other load on the machine skews every figure"
   echo "Runs: $RUNS per cell (median, best in parentheses), zp and ssh interleaved; loopback 127.0.0.1; MB/s = 10^6 B/s from the median"
 }
@@ -334,7 +707,9 @@ main() {
   setup_packages
   build
   setup_sshd
-  export SSH SSHO SSH_PORT DIR
+  SCP="scp $SSHO -P $SSH_PORT" RSH="ssh $SSHO -p $SSH_PORT"
+  export SSH SSHO SSH_PORT DIR SCP RSH ZP_BIN FAN_N FAN_MIB
+  export -f kill_at_half fanout_run
   : >"$DIR/zp-setup.log"; LOGS+=("$DIR/zp-setup.log")
   ERRLOG=$DIR/errors.log; : >"$ERRLOG"; LOGS+=("$ERRLOG")
   export ZP_CONFIG=$DIR/zp-config # a fresh, private zp config dir: never the user's keys
@@ -342,18 +717,61 @@ main() {
   setup_zp_curve
   setup_zp_insecure
   setup_data
-  export BIG
+  export BIG BIG_BYTES
   local g
   LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
   for g in "${ROW_GROUPS[@]}"; do "$g"; done
 
   echo
   machine
-  echo
-  echo "| work | zp median | ssh median | zp/ssh time | zp MB/s | ssh MB/s |"
-  echo "|---|---|---|---|---|---|"
-  printf '%s\n' "${ROWS[@]}"
   local n
+  if [ ${#ROWS[@]} -gt 0 ]; then
+    echo
+    echo "| work | zp median | ssh median | zp/ssh time | zp MB/s | ssh MB/s |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+  fi
+  if [ ${#CROWS[@]} -gt 0 ]; then
+    echo
+    echo "### Copies: zpc vs scp vs rsync"
+    echo
+    echo "Times are medians (best in parentheses); below 1 in a ratio column means zpc is faster. Before every timed copy DEST is removed and \`sync\` runs (the no-op rows then make a copy with the same tool, the resume rows run the copy that gets killed, both untimed); every copy is checked against the source (cmp / diff -r) afterwards. **zpc fdatasyncs every file before renaming it into place; scp and rsync do not** (their data may still be in the page cache when they exit)."
+    echo
+    echo "| work | zpc median | scp median | rsync median | zpc/scp time | zpc/rsync time | zpc MB/s | scp MB/s | rsync MB/s |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    printf '%s\n' "${CROWS[@]}"
+    for n in "${COPY_NOTES[@]}"; do echo; echo "$n"; done
+  fi
+  if [ ${#RESUME_ROWS[@]} -gt 0 ]; then
+    echo
+    echo "Resume after SIGKILL at 50% of the $BIG_NAME upload (medians over the runs; the kill comes when the partial file on the destination reaches half, and \"kept\" is its size once it stopped growing):"
+    echo
+    echo "| tool | rerun median | partial kept when the rerun starts | re-sent by the rerun | how |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${RESUME_ROWS[@]}"
+  fi
+  if [ ${#FAN_ROWS[@]} -gt 0 ]; then
+    echo
+    echo "### Job output fan-out: one job, $FAN_N concurrent \`zp job follow --stdout\` watchers"
+    echo
+    echo "The job (\`zp --async\`) sleeps 1 s, then writes $FAN_MIB MiB to stdout in 2 MiB pieces every 0.1 s; right after starting it, $FAN_N \`zp job follow --stdout HOST ID > /dev/null\` start at once. Wall: from \`zp --async\` to the exit of the last watcher. zpd CPU: utime+stime of zpd over that time (the job's own processes not included). Peak RSS: zpd's VmHWM, reset before each run. Watchers' CPU: user+sys of all client processes together. Medians over the runs (best in parentheses), peak RSS the largest."
+    echo
+    echo "| work | wall: job start → last watcher exits | job writing (first → last piece) | last watcher exits after the job's last write | zpd CPU | zpd peak RSS | watchers' CPU (all) | watchers failed / incomplete |"
+    echo "|---|---|---|---|---|---|---|---|"
+    printf '%s\n' "${FAN_ROWS[@]}"
+    echo
+    echo "Per watcher, from \`ZP_FOLLOW_STATS=1\` (\`zp: follow stats: history=N live=N missed=N\`, octets): live = delivered by the XPUB publication; missed = published after the watcher started but not delivered live (it fell behind), fetched again over the ROUTER; history = already written when it started, fetched over the ROUTER. All watchers of all runs:"
+    echo
+    echo "| mode | octets per watcher | min | median | max | watchers |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${FOLLOW_ROWS[@]}"
+  fi
+  if [ -n "$LOSSY_OUT$LOSSY_NOTE" ]; then
+    echo
+    echo "### Lossy link: zpc vs scp through a network namespace ($LOSSY_LOSS loss, $LOSSY_DELAY delay each way)"
+    echo
+    if [ -n "$LOSSY_OUT" ]; then echo "$LOSSY_OUT"; else echo "$LOSSY_NOTE"; fi
+  fi
   for n in "${NOTES[@]}"; do echo; echo "Note: $n"; done
   if [ ${#FAILURES[@]} -gt 0 ]; then
     echo; echo "Failures:"; for n in "${FAILURES[@]}"; do echo "- $n"; done
