@@ -208,7 +208,7 @@ func (b *Broker) listenPublish(ep string) error {
 	}
 	pcfg := &zmtp.Config{
 		Mechanism: b.cfg.Mechanism, SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
-		OnFull: zmtp.DropMessage, SendQueue: 512 << 10,
+		OnFull: zmtp.DropMessage, SendQueue: 256 << 10,
 		// Subscribers send only subscriptions: small frames.
 		MaxFrame: 1024, MaxMessage: 1024, MaxFrames: 1,
 		Barrier: barrierTopic, OnBarrier: b.jobs.onBarrier,

@@ -340,7 +340,7 @@ const pubChunk = 128 << 10
 
 // maxFetch bounds what one FETCH returns: with two fetches per session
 // in flight, what a follower can make zpd queue stays small.
-const maxFetch = 1 << 20
+const maxFetch = 256 << 10
 
 func (jm *jobManager) follow(ctx context.Context, j *job, reaped chan struct{}) {
 	var logs [3]*os.File

@@ -247,3 +247,58 @@ func TestZeroLengthFile(t *testing.T) {
 		t.Fatalf("%v %v", st, err)
 	}
 }
+
+// A partial past a checkpoint resumes from the saved hash state, and a
+// damaged checkpoint falls back to hashing the whole partial.
+func TestPartialCheckpoint(t *testing.T) {
+	dir := t.TempDir()
+	r, err := OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	content := make([]byte, checkpoint+3<<20)
+	for i := range content {
+		content[i] = byte(i * 7)
+	}
+	p, err := r.OpenPartial("big", uint64(len(content)), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(content); off += 1 << 20 {
+		if err := p.Write(uint64(off), content[off:off+1<<20]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Close()
+	state := filepath.Join(dir, partialName("big", uint64(len(content)), 1)+".sha")
+	if _, err := os.Stat(state); err != nil {
+		t.Fatalf("no checkpoint after %d octets: %v", len(content), err)
+	}
+	want := sha256.Sum256(content)
+	for _, damage := range []string{"none", "truncated", "beyond"} {
+		switch damage {
+		case "truncated":
+			os.WriteFile(state, []byte{1, 2, 3}, 0o600)
+		case "beyond":
+			b := make([]byte, 8)
+			b[0] = 0x7f // an offset past the end of the partial
+			os.WriteFile(state, b, 0o600)
+		}
+		q, err := r.OpenPartial("big", uint64(len(content)), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q.Have() != uint64(len(content)) || !bytes.Equal(q.Prefix(), want[:]) {
+			t.Fatalf("%s: have %d, prefix mismatch", damage, q.Have())
+		}
+		q.Close()
+	}
+	q, _ := r.OpenPartial("big", uint64(len(content)), 1)
+	if err := q.Commit(uint64(len(content)), want[:], Attrs{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Fatal("checkpoint left behind after commit")
+	}
+}

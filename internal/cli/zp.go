@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/zpipes/zp/client"
 	"github.com/zpipes/zp/internal/curve"
@@ -281,6 +282,9 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 	req := client.ExecRequest{Argv: argv, Env: env, Stdout: io.Out, Stderr: io.Err, Signals: names}
 	if !opts.noStdin {
 		req.Stdin = io.In
+		if io.InFile != nil {
+			growPipe(io.InFile)
+		}
 	}
 	st, err := s.Exec(ctx, req)
 	if err != nil {
@@ -332,4 +336,21 @@ func unixSignalName(sig os.Signal) string {
 		}
 	}
 	return sig.String()
+}
+
+// growPipe enlarges a pipe we read from to 1 MiB (the unprivileged
+// maximum), so that bulk stdin arrives in large reads and large frames.
+// Anything that is not a pipe is left alone.
+func growPipe(f *os.File) {
+	st, err := f.Stat()
+	if err != nil || st.Mode()&os.ModeNamedPipe == 0 {
+		return
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20)
+	})
 }
