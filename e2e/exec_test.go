@@ -190,7 +190,7 @@ func waitExit(t *testing.T, cmd *exec.Cmd, within time.Duration) int {
 		return 0
 	case <-time.After(within):
 		cmd.Process.Kill()
-		t.Fatalf("zp did not exit within %v", within)
+		t.Fatalf("%s did not exit within %v", cmd.Path, within)
 		return -1
 	}
 }

@@ -228,7 +228,7 @@ func TestZpcRidesOutCut(t *testing.T) {
 				px.Cut()
 			}
 			lift()
-			code := waitCmd(t, cmd, 90*time.Second)
+			code := waitExit(t, cmd, 90*time.Second)
 			t.Logf("%s with two cuts: %v; stderr:\n%s", direction, time.Since(start).Round(time.Millisecond), stderr)
 			if code != 0 {
 				t.Fatalf("exit %d", code)
@@ -325,7 +325,7 @@ func TestZpcRidesOutZpdRestart(t *testing.T) {
 			killedAt := partialSize(dest)
 			time.Sleep(500 * time.Millisecond) // zpc finds the port closed meanwhile
 			d = restartZPD(parent, d)
-			code := waitCmd(t, cmd, 90*time.Second)
+			code := waitExit(t, cmd, 90*time.Second)
 			t.Logf("zpd killed at %d octets; done in %v; stderr:\n%s", killedAt, time.Since(start).Round(time.Millisecond), stderr)
 			if code != 0 {
 				// Tell a zpd that does not serve from a path that fails.
@@ -367,7 +367,7 @@ func TestZpcGivesUpThenResumes(t *testing.T) {
 	px.Cut()
 	lift()
 	start := time.Now()
-	code := waitCmd(t, cmd, 30*time.Second)
+	code := waitExit(t, cmd, 30*time.Second)
 	t.Logf("gave up after %v: %s", time.Since(start).Round(time.Millisecond), stderr)
 	if code != 255 || !strings.Contains(stderr.String(), "run the same command again to resume") {
 		t.Fatalf("exit %d", code)

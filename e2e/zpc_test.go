@@ -784,26 +784,6 @@ func startZPC(t *testing.T, d *zpd, args ...string) (*exec.Cmd, *syncBuffer, *sy
 	return cmd, stdout, stderr
 }
 
-// waitCmd waits for cmd to exit and returns its exit code.
-func waitCmd(t *testing.T, cmd *exec.Cmd, limit time.Duration) int {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if ee, ok := err.(*exec.ExitError); ok {
-			return ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return 0
-	case <-time.After(limit):
-		cmd.Process.Kill()
-		t.Fatalf("zpc did not finish within %v", limit)
-		return -1
-	}
-}
 
 // owner returns the uid and gid of path (not following a symlink).
 func owner(t *testing.T, path string) (int, int) {
