@@ -784,7 +784,6 @@ func startZPC(t *testing.T, d *zpd, args ...string) (*exec.Cmd, *syncBuffer, *sy
 	return cmd, stdout, stderr
 }
 
-
 // owner returns the uid and gid of path (not following a symlink).
 func owner(t *testing.T, path string) (int, int) {
 	t.Helper()
