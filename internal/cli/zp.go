@@ -240,7 +240,7 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 			fmt.Fprintf(io.Err, "zp: connection to %s lost (%v); reconnecting\n", host, cause)
 		}
 		c.OnLinkBack = func(after time.Duration) {
-			fmt.Fprintf(io.Err, "zp: reconnected to %s after %v\n", host, after.Round(100*time.Millisecond))
+			fmt.Fprintf(io.Err, "zp: reconnected to %s after %v\n", host, after.Round(time.Millisecond))
 		}
 	})
 	if err != nil {
