@@ -401,9 +401,9 @@ func (r *Receiver) fileFailed(fid uint32, f *recvFile, err error) {
 // durable. Large files, and files on another file system than the root,
 // are synced on their own.
 const (
-	batchFiles = 256
+	batchFiles = 768
 	batchBytes = 32 << 20
-	batchDelay = 50 * time.Millisecond
+	batchDelay = 250 * time.Millisecond
 	bigFile    = 8 << 20
 )
 
