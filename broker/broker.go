@@ -154,6 +154,7 @@ func New(cfg Config) (*Broker, error) {
 		AnnounceKey:      cfg.AnnounceKey,
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		OnFull:           zmtp.Disconnect,
+		NoCopy:           true, // the broker never modifies a frame it sent
 		// Room for every stream of a session to have its whole window in
 		// flight, plus control messages.
 		SendQueue:          2*cfg.maxChannels()*cfg.window() + 1<<20,
@@ -208,7 +209,7 @@ func (b *Broker) listenPublish(ep string) error {
 	}
 	pcfg := &zmtp.Config{
 		Mechanism: b.cfg.Mechanism, SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
-		OnFull: zmtp.DropMessage, SendQueue: 256 << 10,
+		OnFull: zmtp.DropMessage, SendQueue: 256 << 10, NoCopy: true,
 		// Subscribers send only subscriptions: small frames.
 		MaxFrame: 1024, MaxMessage: 1024, MaxFrames: 1,
 		Barrier: barrierTopic, OnBarrier: b.jobs.onBarrier,

@@ -160,6 +160,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 			SocketType:       string(zmq4.Dealer),
 			HandshakeTimeout: cfg.connectTimeout(),
 			OnFull:           zmtp.Block,
+			NoCopy:           true, // nothing here modifies a frame once sent
 			MaxFrame:         wire.MaxHeader + 64,
 			MaxMessage:       wire.MaxHeader + wire.MaxData + 128,
 			MaxFrames:        2,

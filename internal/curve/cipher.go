@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"slices"
 	"unsafe"
 
 	"github.com/zpipes/zp/internal/secretbox"
@@ -21,9 +22,6 @@ const Overhead = len(messageName) + 8 + boxOverhead + 1
 // and libzmq 4.3 only ever sets these two.
 const flagsMask = zmtp.FlagMore | zmtp.FlagCommand
 
-// maxScratch is the largest sealing buffer a Cipher keeps between frames.
-const maxScratch = 1 << 20
-
 // Errors returned by Cipher.Open.
 var (
 	ErrMessageMalformed = errors.New("curve: malformed MESSAGE command")
@@ -39,10 +37,9 @@ type cipher struct {
 }
 
 type sealer struct {
-	key     sharedKey
-	prefix  string // 16 octets
-	next    uint64 // the next short nonce to send
-	scratch []byte // flags + frame, the contiguous plain text secretbox needs
+	key    sharedKey
+	prefix string // 16 octets
+	next   uint64 // the next short nonce to send
 }
 
 type opener struct {
@@ -68,9 +65,10 @@ func (*cipher) Overhead() int { return Overhead }
 
 // Seal appends to dst the MESSAGE command body ("\x07MESSAGE", short nonce,
 // Box[flags + frame]) that carries frame. Flags other than zmtp.FlagMore and
-// zmtp.FlagCommand are dropped. It does not allocate when dst has room for
-// len(frame)+Overhead more octets (frames above 1 MiB use a temporary
-// buffer). frame may alias dst.
+// zmtp.FlagCommand are dropped. The plain text is laid out in dst where the
+// cipher text goes and sealed in place, so Seal keeps no buffer of its own
+// and does not allocate when dst has room for len(frame)+Overhead more
+// octets. frame must not overlap dst's spare capacity.
 func (c *cipher) Seal(dst []byte, flags byte, frame []byte) []byte {
 	s := c.s
 	n := s.next
@@ -79,21 +77,15 @@ func (c *cipher) Seal(dst []byte, flags byte, frame []byte) []byte {
 		panic("curve: short nonce space exhausted")
 	}
 	s.next++
-
-	plain := s.scratch
-	if need := 1 + len(frame); cap(plain) < need {
-		plain = make([]byte, 0, need)
-		if need <= maxScratch {
-			s.scratch = plain
-		}
-	}
-	plain = append(plain[:0], flags&flagsMask)
-	plain = append(plain, frame...)
-
 	dst = append(dst, messageName...)
 	dst = binary.BigEndian.AppendUint64(dst, n)
+	box := len(dst)
+	dst = slices.Grow(dst, boxOverhead+1+len(frame))
+	dst = dst[:box+boxOverhead]
+	dst = append(dst, flags&flagsMask)
+	dst = append(dst, frame...)
 	nonce := shortNonce(s.prefix, n)
-	return secretbox.Seal(dst, plain, &nonce, (*[32]byte)(&s.key))
+	return secretbox.Seal(dst[:box], dst[box+boxOverhead:], &nonce, (*[32]byte)(&s.key))
 }
 
 // Open authenticates and decrypts a MESSAGE command body (name included) and

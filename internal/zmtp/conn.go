@@ -47,8 +47,9 @@ func asNetError(err error) error {
 }
 
 type outFrame struct {
-	flags byte // FlagMore, FlagCommand (mechanism-level flags)
-	body  []byte
+	flags    byte // FlagMore, FlagCommand (mechanism-level flags)
+	body     []byte
+	borrowed bool // body belongs to the sender (Config.NoCopy): not pooled
 }
 
 // conn sits between a zmq4 socket and the network. zmq4 talks NULL to it;
@@ -72,18 +73,19 @@ type conn struct {
 	rplain   []byte // CURVE: header + plaintext handed to zmq4 (reused)
 
 	// Write side: parser of what zmq4 writes, guarded by wmu.
-	wmu     sync.Mutex
-	wskip   int // greeting octets zmq4 still has to write
-	wready  bool
-	whdr    []byte
-	wflags  byte
-	wbody   []byte
-	wneed   int
-	wlong   bool
-	whave   bool // header complete, collecting body
-	wdrop   bool // dropping the rest of the current message
-	wmid    bool // inside a message whose earlier frames were queued
-	dropped uint64
+	wmu       sync.Mutex
+	wskip     int // greeting octets zmq4 still has to write
+	wready    bool
+	whdr      []byte
+	wflags    byte
+	wbody     []byte
+	wneed     int
+	wlong     bool
+	whave     bool // header complete, collecting body
+	wdrop     bool // dropping the rest of the current message
+	wborrowed bool // wbody is the sender's own slice (NoCopy)
+	wmid      bool // inside a message whose earlier frames were queued
+	dropped   uint64
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -270,6 +272,32 @@ func (c *conn) Write(p []byte) (int, error) {
 			c.whdr = c.whdr[:0]
 			c.whave = true
 			c.wneed = int(size)
+			c.wbody, c.wborrowed = nil, false
+			if c.wneed == 0 { // an empty frame is complete at once
+				c.wbody = getBuf(0)
+				c.whave = false
+				if err := c.frameDone(); err != nil {
+					return 0, asNetError(err)
+				}
+				continue
+			}
+			if len(p) == 0 {
+				break // the body comes in the next write
+			}
+		}
+		if c.wbody == nil {
+			if c.cfg.NoCopy && len(p) >= c.wneed {
+				// The whole body in one write from an owner that never
+				// modifies what it sent: keep a reference, not a copy.
+				c.wbody, c.wborrowed = p[:c.wneed:c.wneed], true
+				p = p[c.wneed:]
+				c.wneed = 0
+				c.whave = false
+				if err := c.frameDone(); err != nil {
+					return 0, asNetError(err)
+				}
+				continue
+			}
 			c.wbody = getBuf(c.wneed)
 		}
 		n := min(c.wneed, len(p))
@@ -288,8 +316,13 @@ func (c *conn) Write(p []byte) (int, error) {
 
 // frameDone routes a complete frame written by zmq4.
 func (c *conn) frameDone() error {
-	body, flags := c.wbody, c.wflags
+	body, flags, borrowed := c.wbody, c.wflags, c.wborrowed
 	c.wbody = nil
+	putBuf := func(b []byte) {
+		if !borrowed {
+			putBuf(b)
+		}
+	}
 	if flags&flagCommand != 0 {
 		// zmq4's READY (and any later command) concerns only the synthetic
 		// NULL session between zmq4 and us.
@@ -311,7 +344,7 @@ func (c *conn) frameDone() error {
 		c.wdrop = more
 		return nil
 	}
-	f := outFrame{body: body}
+	f := outFrame{body: body, borrowed: borrowed}
 	if more {
 		f.flags = FlagMore
 	}
@@ -355,7 +388,7 @@ func (c *conn) frameDone() error {
 
 // writeBatch bounds the octets the writer takes from the queue at once,
 // and so the sealing buffer it needs.
-const writeBatch = 1 << 20
+const writeBatch = 256 << 10
 
 // writer is the connection's only network writer. It holds no buffer
 // between batches, so an idle connection costs no memory.
@@ -411,7 +444,9 @@ func (c *conn) writer() {
 		}
 		_, err := bufs.WriteTo(c.raw)
 		for i := range batch {
-			putBuf(batch[i].body)
+			if !batch[i].borrowed {
+				putBuf(batch[i].body)
+			}
 			batch[i] = outFrame{}
 		}
 		putBuf(out)

@@ -32,6 +32,11 @@ type Config struct {
 	MaxFrame, MaxMessage, MaxFrames int
 	// SendQueue bounds the octets queued to one peer (default 8 MiB).
 	SendQueue int
+	// NoCopy promises that the socket's owner never modifies a frame after
+	// sending it: queued frames then reference the sender's memory instead
+	// of a copy (an XPUB with many subscribers queues one message, not one
+	// copy per subscriber).
+	NoCopy bool
 	// OnFull is what happens when SendQueue would be exceeded.
 	OnFull FullPolicy
 	// Identity returns the routing identity zmq4 gets for an accepted peer
