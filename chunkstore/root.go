@@ -98,6 +98,24 @@ func (r *Root) dir(name string) (int, error) {
 	return dupFD(fd, name, r)
 }
 
+// withDir runs f with the cached descriptor of the existing directory
+// name, holding the cache's lock so that the descriptor stays open: for
+// quick *at system calls, without the dup and close that dir costs.
+func (r *Root) withDir(name string, f func(dfd int) error) error {
+	r.mu.Lock()
+	if fd, ok := r.dirs[name]; ok {
+		defer r.mu.Unlock()
+		return f(fd)
+	}
+	r.mu.Unlock()
+	fd, err := r.dir(name) // opens and caches it
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return f(fd)
+}
+
 func dupFD(fd int, name string, r *Root) (int, error) {
 	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -178,14 +196,15 @@ func (r *Root) Lstat(name string) (*unix.Stat_t, error) {
 		}
 		return &st, nil
 	}
-	dfd, err := r.dir(d)
+	var st unix.Stat_t
+	err := r.withDir(d, func(dfd int) error {
+		if err := unix.Fstatat(dfd, b, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return r.pathErr("stat", name, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	defer unix.Close(dfd)
-	var st unix.Stat_t
-	if err := unix.Fstatat(dfd, b, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return nil, r.pathErr("stat", name, err)
 	}
 	return &st, nil
 }
@@ -194,6 +213,12 @@ func (r *Root) Lstat(name string) (*unix.Stat_t, error) {
 // while the transfer runs; SetAttrs gives them their final mode).
 func (r *Root) MkdirAll(name string) error {
 	if name == "" {
+		return nil
+	}
+	r.mu.Lock()
+	_, cached := r.dirs[name]
+	r.mu.Unlock()
+	if cached {
 		return nil
 	}
 	if fd, err := r.dir(name); err == nil {
@@ -260,11 +285,6 @@ type Attrs struct {
 // (a symlink gets only its time).
 func (r *Root) SetAttrs(name string, a Attrs) error {
 	d, b := split(name)
-	dfd, err := r.dir(d)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(dfd)
 	if name == "" {
 		b = "."
 	}
@@ -273,23 +293,25 @@ func (r *Root) SetAttrs(name string, a Attrs) error {
 		return err
 	}
 	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
-	if a.Chown {
-		if err := unix.Fchownat(dfd, b, int(a.UID), int(a.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return r.pathErr("chown", name, err)
+	return r.withDir(d, func(dfd int) error {
+		if a.Chown {
+			if err := unix.Fchownat(dfd, b, int(a.UID), int(a.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return r.pathErr("chown", name, err)
+			}
 		}
-	}
-	if a.Mode != 0 && !isLink {
-		if err := unix.Fchmodat(dfd, b, a.Mode&0o7777, 0); err != nil {
-			return r.pathErr("chmod", name, err)
+		if a.Mode != 0 && !isLink && (a.Chown || st.Mode&0o7777 != a.Mode&0o7777) { // chown clears setuid
+			if err := unix.Fchmodat(dfd, b, a.Mode&0o7777, 0); err != nil {
+				return r.pathErr("chmod", name, err)
+			}
 		}
-	}
-	if a.MTime != 0 {
-		ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(a.MTime)}
-		if err := unix.UtimesNanoAt(dfd, b, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return r.pathErr("utimes", name, err)
+		if a.MTime != 0 && st.Mtim.Nano() != a.MTime {
+			ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(a.MTime)}
+			if err := unix.UtimesNanoAt(dfd, b, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return r.pathErr("utimes", name, err)
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // SyncDir flushes a directory's entries (after renames into it).
