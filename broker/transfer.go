@@ -206,7 +206,7 @@ func (x *xferChan) download(m *wire.Recv) {
 	}
 	x.send = publisher.NewSender(publisher.SenderConfig{
 		Channel: x.id, Send: func(msg wire.Message) error { s.send(msg); return nil },
-		Window: uint64(m.Window), Chunk: s.b.cfg.chunk(), Checksum: m.Flags&wire.XferChecksum != 0,
+		Window: uint64(m.Window), Chunk: s.b.cfg.xferChunk(), Checksum: m.Flags&wire.XferChecksum != 0,
 		OnProgress: func(string, uint64, uint64) {},
 	})
 	close(x.ready)

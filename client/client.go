@@ -35,8 +35,9 @@ type Config struct {
 	// Timeout is the silence after which the server is presumed dead; zero
 	// takes the server's value (5s by default).
 	Timeout time.Duration
-	// Window is the credit granted per output stream (4 MiB); Chunk the
-	// largest DATA payload sent (256 KiB).
+	// Window is the credit granted per output stream (4 MiB; a download
+	// grants four times as much); Chunk the largest DATA payload sent
+	// (256 KiB for stdin, 1 MiB for files).
 	Window, Chunk int
 	// ClientName is sent in OPEN (free text).
 	ClientName string
@@ -70,6 +71,15 @@ func (c *Config) chunk() int {
 		return min(c.Chunk, wire.MaxData)
 	}
 	return 256 << 10
+}
+
+// xferChunk is the DATA size for file transfers (1 MiB unless Chunk is
+// set): see broker's xferWindow for the measurement.
+func (c *Config) xferChunk() int {
+	if c.Chunk > 0 {
+		return min(c.Chunk, wire.MaxData)
+	}
+	return wire.MaxData
 }
 
 // Errors a session reports.

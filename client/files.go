@@ -132,7 +132,7 @@ func (s *Session) Upload(ctx context.Context, sources []string, dest string, opt
 		return nil, ctx.Err()
 	}
 	sender := publisher.NewSender(publisher.SenderConfig{
-		Channel: id, Send: s.send, Window: uint64(ok.Window), Chunk: s.cfg.chunk(), Checksum: opts.Checksum,
+		Channel: id, Send: s.send, Window: uint64(ok.Window), Chunk: s.cfg.xferChunk(), Checksum: opts.Checksum,
 		OnFile: func(r publisher.FileResult) {
 			if opts.OnFile != nil {
 				opts.OnFile(r.Path, r.Err, r.Skipped)
@@ -187,7 +187,7 @@ func (s *Session) Download(ctx context.Context, sources []string, dest string, o
 	id, inbox := s.openChannel()
 	defer s.closeChannel(id)
 	defer func() { _ = s.send(&wire.Fin{Channel: id}) }()
-	window := uint64(2 * s.cfg.window())
+	window := uint64(4 * s.cfg.window())
 	out := &TransferStats{Failures: []Failure{}}
 	var mu sync.Mutex // the receiver reports from its commit goroutines
 	recv := subscriber.NewReceiver(subscriber.ReceiverConfig{
