@@ -33,6 +33,7 @@ type ReceiverConfig struct {
 	Window  uint64
 	Send    func(wire.Message) error
 	Commits int    // concurrent commits (fdatasync+rename); default 16
+	Writers int    // directories written in parallel; default 8
 	Thread  func() // run first on every goroutine that touches files
 	OnFile  func(name string, kind uint8, err error, skipped bool)
 	OnChunk func(n int)
@@ -51,22 +52,40 @@ type RecvStats struct {
 // as they come (granting credit as it writes), verifies and commits files
 // on a pool of goroutines, and sets directory attributes at the end.
 // Deliver hands it the sender's messages; Run processes them.
+//
+// Run checks every message against the protocol (credit, order) itself,
+// and hands the file system work to writers: one goroutine per shard of
+// directories, so that an entry's FILE, CHUNKs and COMMIT are handled in
+// order by one writer while entries of different directories proceed in
+// parallel. Creating a file costs a few hundred microseconds on some disks
+// (inode and directory blocks to read); ext4 serialises creations within a
+// directory but not across directories, so a tree of small files lands up
+// to three times faster this way (measured: 5,000 files in 50 directories,
+// 2.1 s one at a time, 0.7 s with 8 writers; parallel creation within one
+// directory was slower than serial). Credit is granted once a writer has
+// written the data, so what the writers hold is bounded by the window.
 type Receiver struct {
 	cfg    ReceiverConfig
 	inbox  chan wire.Message
 	credit *Stream
+	kick   chan struct{} // a batch got its first file: arm the flush timer
 
+	route   map[uint32]int // entry → writer, for CHUNK, COMMIT, FILE-DONE (Run only)
+	writers []chan func()  // started lazily
+	wdone   sync.WaitGroup
+	stop    chan struct{} // closed when Run returns: writers skip their queues
+
+	mu         sync.Mutex // guards what follows
 	files      map[uint32]*recvFile
 	batch      []sealed // sealed small files waiting for one syncfs
 	batchBytes uint64
 	dev        uint64 // the root's file system
 	dirs       []dirAttrs
 	touched    map[string]bool // directories to fsync
-	commits    chan func()
-	inflight   sync.WaitGroup
+	stats      RecvStats
 
-	mu    sync.Mutex
-	stats RecvStats
+	commits  chan func()
+	inflight sync.WaitGroup
 }
 
 type recvFile struct {
@@ -88,14 +107,80 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 	if cfg.Commits <= 0 {
 		cfg.Commits = 16
 	}
+	if cfg.Writers <= 0 {
+		cfg.Writers = 8
+	}
 	return &Receiver{
 		cfg:     cfg,
-		inbox:   make(chan wire.Message, publisher.MaxInflight+2*publisher.MaxEntries+64),
+		inbox:   make(chan wire.Message, queueLen),
 		credit:  New(cfg.Window),
+		kick:    make(chan struct{}, 1),
+		route:   make(map[uint32]int),
+		writers: make([]chan func(), cfg.Writers),
+		stop:    make(chan struct{}),
 		files:   make(map[uint32]*recvFile),
 		touched: make(map[string]bool),
 		commits: make(chan func(), cfg.Commits),
 	}
+}
+
+// queueLen bounds the messages a sender may have in flight (chunks beyond
+// the acknowledged one, plus FILE and COMMIT of the entries it may have
+// announced): the inbox and each writer's queue hold that many, so that a
+// sender within the protocol never blocks Run.
+const queueLen = publisher.MaxInflight + 2*publisher.MaxEntries + 64
+
+// toWriter queues job on the writer for the directory dir, starting it if
+// needed, and returns the writer's number.
+func (r *Receiver) toWriter(ctx context.Context, dir string, job func()) (int, error) {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(dir); i++ {
+		h = (h ^ uint32(dir[i])) * 16777619
+	}
+	w := int(h % uint32(len(r.writers)))
+	return w, r.queue(ctx, w, job)
+}
+
+// queue runs job on writer w, after what was queued there before.
+func (r *Receiver) queue(ctx context.Context, w int, job func()) error {
+	if r.writers[w] == nil {
+		ch := make(chan func(), queueLen)
+		r.writers[w] = ch
+		r.wdone.Add(1)
+		go func() {
+			defer r.wdone.Done()
+			r.lockThread()
+			for job := range ch {
+				select {
+				case <-r.stop:
+				default:
+					job()
+				}
+			}
+		}()
+	}
+	select {
+	case r.writers[w] <- job:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// drain waits until every writer has done what was queued so far.
+func (r *Receiver) drain(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for w, ch := range r.writers {
+		if ch == nil {
+			continue
+		}
+		wg.Add(1)
+		if err := r.queue(ctx, w, wg.Done); err != nil {
+			return err
+		}
+	}
+	wg.Wait()
+	return nil
 }
 
 // Deliver queues a message from the sender without blocking; false means
@@ -130,6 +215,13 @@ func (r *Receiver) Run(ctx context.Context) error {
 	r.lockThread()
 	var workers sync.WaitGroup
 	defer func() {
+		close(r.stop)
+		for _, ch := range r.writers {
+			if ch != nil {
+				close(ch)
+			}
+		}
+		r.wdone.Wait()
 		close(r.commits)
 		workers.Wait()
 		for _, f := range r.files {
@@ -158,6 +250,9 @@ func (r *Receiver) Run(ctx context.Context) error {
 		case <-flushTimer.C:
 			r.flush()
 			continue
+		case <-r.kick:
+			flushTimer.Reset(batchDelay)
+			continue
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -172,24 +267,40 @@ func (r *Receiver) Run(ctx context.Context) error {
 				}
 				r.cfg.Root, r.cfg.AsName = root, as
 			}
-			r.file(m)
+			name, err := r.target(m.Path)
+			if err != nil {
+				r.fail(m, m.Path, err)
+				continue
+			}
+			w, err := r.toWriter(ctx, parent(name), func() { r.file(m, name) })
+			if err != nil {
+				return err
+			}
+			if m.Kind == wire.KindFile {
+				r.route[m.FID] = w
+			}
 		case *wire.Chunk:
-			if err := r.chunk(m); err != nil {
+			if err := r.chunk(ctx, m); err != nil {
 				return err
 			}
 		case *wire.Commit:
-			if r.commit(m) {
-				flushTimer.Reset(batchDelay)
+			if w, ok := r.route[m.FID]; ok {
+				delete(r.route, m.FID)
+				if err := r.queue(ctx, w, func() { r.commit(m) }); err != nil {
+					return err
+				}
 			}
 		case *wire.FileDone: // the sender gave up on an entry
-			if f := r.files[m.FID]; f != nil {
-				if f.partial != nil {
-					f.partial.Close()
+			if w, ok := r.route[m.FID]; ok {
+				delete(r.route, m.FID)
+				if err := r.queue(ctx, w, func() { r.abandon(m) }); err != nil {
+					return err
 				}
-				delete(r.files, m.FID)
-				r.done(f.name, f.msg.Kind, errors.New(m.Reason), false)
 			}
 		case *wire.End:
+			if err := r.drain(ctx); err != nil {
+				return err
+			}
 			r.flush()
 			r.inflight.Wait()
 			// A sender ends only after every entry is finished; one whose
@@ -275,12 +386,22 @@ func (r *Receiver) attrs(m *wire.File) chunkstore.Attrs {
 	return chunkstore.Attrs{Mode: m.Mode, MTime: m.MTime, Chown: r.cfg.Chown, UID: m.UID, GID: m.GID}
 }
 
-func (r *Receiver) file(m *wire.File) {
-	name, err := r.target(m.Path)
-	if err != nil {
-		r.fail(m, m.Path, err)
-		return
+// abandon drops an entry whose sender gave up on it (on its writer).
+func (r *Receiver) abandon(m *wire.FileDone) {
+	r.mu.Lock()
+	f := r.files[m.FID]
+	delete(r.files, m.FID)
+	r.mu.Unlock()
+	if f != nil {
+		if f.partial != nil {
+			f.partial.Close()
+		}
+		r.done(f.name, f.msg.Kind, errors.New(m.Reason), false)
 	}
+}
+
+// file answers a FILE (on its writer).
+func (r *Receiver) file(m *wire.File, name string) {
 	if m.Kind != wire.KindDir || name != "" {
 		if err := r.cfg.Root.MkdirAll(parent(name)); err != nil {
 			r.fail(m, name, err)
@@ -301,7 +422,9 @@ func (r *Receiver) file(m *wire.File) {
 			r.fail(m, name, err)
 			return
 		}
+		r.mu.Lock()
 		r.dirs = append(r.dirs, dirAttrs{name, r.attrs(m)})
+		r.mu.Unlock()
 		r.done(name, m.Kind, nil, false)
 		_ = r.cfg.Send(&wire.FileOK{Channel: r.cfg.Channel, FID: m.FID, Action: wire.ActionDone})
 	case wire.KindSymlink:
@@ -312,7 +435,9 @@ func (r *Receiver) file(m *wire.File) {
 		a := r.attrs(m)
 		a.Mode = 0
 		_ = r.cfg.Root.SetAttrs(name, a)
+		r.mu.Lock()
 		r.touched[parent(name)] = true
+		r.mu.Unlock()
 		r.done(name, m.Kind, nil, false)
 		_ = r.cfg.Send(&wire.FileOK{Channel: r.cfg.Channel, FID: m.FID, Action: wire.ActionDone})
 	case wire.KindFile:
@@ -336,7 +461,9 @@ func (r *Receiver) file(m *wire.File) {
 			r.fail(m, name, err)
 			return
 		}
+		r.mu.Lock()
 		r.files[m.FID] = &recvFile{name: name, msg: m, partial: p, resumed: p.Have()}
+		r.mu.Unlock()
 		ok := &wire.FileOK{Channel: r.cfg.Channel, FID: m.FID, Action: wire.ActionSend, Have: p.Have()}
 		if p.Have() > 0 {
 			ok.Prefix = p.Prefix()
@@ -345,8 +472,9 @@ func (r *Receiver) file(m *wire.File) {
 	}
 }
 
-// chunk writes content; a protocol violation (gap, credit) ends the run.
-func (r *Receiver) chunk(m *wire.Chunk) error {
+// chunk checks a CHUNK against the credit and hands its new octets to the
+// entry's writer; a protocol violation (gap, credit) ends the run.
+func (r *Receiver) chunk(ctx context.Context, m *wire.Chunk) error {
 	fresh, err := r.credit.Accept(m.Seq, m.Bytes, false)
 	if err != nil {
 		_ = r.cfg.Send(wire.Errorf(r.cfg.Channel, wire.CodeFlowControl, "%v", err))
@@ -357,7 +485,31 @@ func (r *Receiver) chunk(m *wire.Chunk) error {
 		skip := uint64(len(m.Bytes) - len(fresh))
 		m.Offset += skip
 	}
-	if f := r.files[m.FID]; f != nil && !f.failed && len(fresh) > 0 {
+	w, ok := r.route[m.FID]
+	if !ok || len(fresh) == 0 {
+		r.consumed(len(fresh)) // nothing to write: an unknown or failed entry
+		return nil
+	}
+	return r.queue(ctx, w, func() {
+		r.write(m, fresh)
+		r.consumed(len(fresh))
+	})
+}
+
+// consumed grants credit for n octets dealt with.
+func (r *Receiver) consumed(n int) {
+	if due, off, lim := r.credit.Consumed(n); due {
+		_ = r.cfg.Send(&wire.Ack{Channel: r.cfg.Channel, Stream: wire.Stdin, Offset: off, Limit: lim})
+	}
+}
+
+// write writes a chunk's new octets into the entry's partial (on its
+// writer).
+func (r *Receiver) write(m *wire.Chunk, fresh []byte) {
+	r.mu.Lock()
+	f := r.files[m.FID]
+	r.mu.Unlock()
+	if f != nil && !f.failed {
 		f.started = true
 		if m.Offset == 0 && f.partial.Have() > 0 {
 			f.resumed = 0
@@ -379,10 +531,6 @@ func (r *Receiver) chunk(m *wire.Chunk) error {
 			}
 		}
 	}
-	if due, off, lim := r.credit.Consumed(len(fresh)); due {
-		return r.cfg.Send(&wire.Ack{Channel: r.cfg.Channel, Stream: wire.Stdin, Offset: off, Limit: lim})
-	}
-	return nil
 }
 
 // fileFailed records a write error (disk full…): the partial stays for a
@@ -412,18 +560,21 @@ type sealed struct {
 	f   *recvFile
 }
 
-// commit verifies a file and queues its publication; it reports whether
-// the file joined a batch that is not flushed yet.
-func (r *Receiver) commit(m *wire.Commit) bool {
+// commit verifies a file and queues its publication (on its writer).
+func (r *Receiver) commit(m *wire.Commit) {
+	r.mu.Lock()
 	f := r.files[m.FID]
 	delete(r.files, m.FID)
-	if f == nil || f.failed {
-		return false // already reported
+	if f != nil && !f.failed {
+		r.touched[parent(f.name)] = true
 	}
-	r.touched[parent(f.name)] = true
+	r.mu.Unlock()
+	if f == nil || f.failed {
+		return // already reported
+	}
 	if err := f.partial.Seal(m.Size, m.Digest, r.attrs(f.msg)); err != nil {
 		r.finished(m.FID, f, err)
-		return false
+		return
 	}
 	if m.Size >= bigFile || f.partial.Dev() != r.rootDev() {
 		r.inflight.Add(1)
@@ -437,24 +588,34 @@ func (r *Receiver) commit(m *wire.Commit) bool {
 			}
 			r.finished(m.FID, f, err)
 		}
-		return false
+		return
 	}
+	r.mu.Lock()
 	r.batch = append(r.batch, sealed{m.FID, f})
 	r.batchBytes += m.Size
-	if len(r.batch) >= batchFiles || r.batchBytes >= batchBytes {
+	full := len(r.batch) >= batchFiles || r.batchBytes >= batchBytes
+	first := len(r.batch) == 1
+	r.mu.Unlock()
+	switch {
+	case full:
 		r.flush()
-		return false
+	case first:
+		select { // Run arms the timer that flushes a batch that stays small
+		case r.kick <- struct{}{}:
+		default:
+		}
 	}
-	return len(r.batch) == 1
 }
 
 // flush makes the batch durable and publishes it, on a commit worker.
 func (r *Receiver) flush() {
-	if len(r.batch) == 0 {
-		return
-	}
+	r.mu.Lock()
 	batch := r.batch
 	r.batch, r.batchBytes = nil, 0
+	r.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
 	r.inflight.Add(1)
 	r.commits <- func() {
 		defer r.inflight.Done()
@@ -471,6 +632,8 @@ func (r *Receiver) flush() {
 }
 
 func (r *Receiver) rootDev() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.dev == 0 {
 		r.dev = r.cfg.Root.Dev()
 	}
