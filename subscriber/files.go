@@ -70,12 +70,12 @@ type Receiver struct {
 	credit *Stream
 	kick   chan struct{} // a batch got its first file: arm the flush timer
 
-	route   map[uint32]int // entry → writer, for CHUNK, COMMIT, FILE-DONE (Run only)
-	writers []chan func()  // started lazily
+	writers []chan func() // started lazily
 	wdone   sync.WaitGroup
 	stop    chan struct{} // closed when Run returns: writers skip their queues
 
-	mu         sync.Mutex // guards what follows
+	mu         sync.Mutex     // guards what follows
+	route      map[uint32]int // file entry → its writer, while content may come
 	files      map[uint32]*recvFile
 	batch      []sealed // sealed small files waiting for one syncfs
 	batchBytes uint64
@@ -130,15 +130,25 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 // sender within the protocol never blocks Run.
 const queueLen = publisher.MaxInflight + 2*publisher.MaxEntries + 64
 
-// toWriter queues job on the writer for the directory dir, starting it if
-// needed, and returns the writer's number.
-func (r *Receiver) toWriter(ctx context.Context, dir string, job func()) (int, error) {
+// writerFor returns the writer for entries in the directory dir.
+func (r *Receiver) writerFor(dir string) int {
 	h := uint32(2166136261) // FNV-1a
 	for i := 0; i < len(dir); i++ {
 		h = (h ^ uint32(dir[i])) * 16777619
 	}
-	w := int(h % uint32(len(r.writers)))
-	return w, r.queue(ctx, w, job)
+	return int(h % uint32(len(r.writers)))
+}
+
+// writerOf returns the writer of the file entry fid; forget also drops it
+// (its last message).
+func (r *Receiver) writerOf(fid uint32, forget bool) (int, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.route[fid]
+	if forget {
+		delete(r.route, fid)
+	}
+	return w, ok
 }
 
 // queue runs job on writer w, after what was queued there before.
@@ -272,27 +282,27 @@ func (r *Receiver) Run(ctx context.Context) error {
 				r.fail(m, m.Path, err)
 				continue
 			}
-			w, err := r.toWriter(ctx, parent(name), func() { r.file(m, name) })
-			if err != nil {
-				return err
-			}
+			w := r.writerFor(parent(name))
 			if m.Kind == wire.KindFile {
+				r.mu.Lock()
 				r.route[m.FID] = w
+				r.mu.Unlock()
+			}
+			if err := r.queue(ctx, w, func() { r.file(m, name) }); err != nil {
+				return err
 			}
 		case *wire.Chunk:
 			if err := r.chunk(ctx, m); err != nil {
 				return err
 			}
 		case *wire.Commit:
-			if w, ok := r.route[m.FID]; ok {
-				delete(r.route, m.FID)
+			if w, ok := r.writerOf(m.FID, true); ok {
 				if err := r.queue(ctx, w, func() { r.commit(m) }); err != nil {
 					return err
 				}
 			}
 		case *wire.FileDone: // the sender gave up on an entry
-			if w, ok := r.route[m.FID]; ok {
-				delete(r.route, m.FID)
+			if w, ok := r.writerOf(m.FID, true); ok {
 				if err := r.queue(ctx, w, func() { r.abandon(m) }); err != nil {
 					return err
 				}
@@ -402,6 +412,12 @@ func (r *Receiver) abandon(m *wire.FileDone) {
 
 // file answers a FILE (on its writer).
 func (r *Receiver) file(m *wire.File, name string) {
+	awaiting := false // a regular file whose content will come
+	defer func() {
+		if m.Kind == wire.KindFile && !awaiting {
+			r.writerOf(m.FID, true) // skipped or failed: nothing more comes
+		}
+	}()
 	if m.Kind != wire.KindDir || name != "" {
 		if err := r.cfg.Root.MkdirAll(parent(name)); err != nil {
 			r.fail(m, name, err)
@@ -464,6 +480,7 @@ func (r *Receiver) file(m *wire.File, name string) {
 		r.mu.Lock()
 		r.files[m.FID] = &recvFile{name: name, msg: m, partial: p, resumed: p.Have()}
 		r.mu.Unlock()
+		awaiting = true
 		ok := &wire.FileOK{Channel: r.cfg.Channel, FID: m.FID, Action: wire.ActionSend, Have: p.Have()}
 		if p.Have() > 0 {
 			ok.Prefix = p.Prefix()
@@ -485,7 +502,7 @@ func (r *Receiver) chunk(ctx context.Context, m *wire.Chunk) error {
 		skip := uint64(len(m.Bytes) - len(fresh))
 		m.Offset += skip
 	}
-	w, ok := r.route[m.FID]
+	w, ok := r.writerOf(m.FID, false)
 	if !ok || len(fresh) == 0 {
 		r.consumed(len(fresh)) // nothing to write: an unknown or failed entry
 		return nil
