@@ -476,7 +476,14 @@ func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK) 
 	}
 	size := f.msg.Size
 	for {
-		n, err := s.credit.Credit(ctx, s.cfg.Chunk)
+		// Ask for no more than what is left (plus one octet, to see the
+		// end or a file that grew): a 4 KiB file must not cost a buffer
+		// of a whole chunk, allocated and cleared.
+		want := s.cfg.Chunk
+		if off <= size && size-off < uint64(want) {
+			want = int(size-off) + 1
+		}
+		n, err := s.credit.Credit(ctx, want)
 		if err != nil {
 			return &sendError{err}
 		}
