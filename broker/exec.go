@@ -186,17 +186,17 @@ func (ch *execChan) pump(st wire.Stream, f *os.File) {
 	defer f.Close()
 	ps := ch.out[st]
 	b := ch.s.b
+	var rd publisher.Reader
 	for {
 		n, err := ps.Credit(ch.ctx, b.cfg.chunk())
 		if err != nil {
 			return // abandoned: closing f gives the command EPIPE, as under ssh
 		}
-		buf := make([]byte, n)
-		k, rerr := f.Read(buf)
-		if k > 0 {
-			off := ps.Sent(buf[:k])
-			b.m.Bytes.WithLabelValues("out", "exec").Add(float64(k))
-			ch.s.send(&wire.Data{Channel: ch.id, Stream: st, Offset: off, Bytes: buf[:k]})
+		buf, rerr := rd.Read(f, n)
+		if len(buf) > 0 {
+			off := ps.Sent(buf)
+			b.m.Bytes.WithLabelValues("out", "exec").Add(float64(len(buf)))
+			ch.s.send(&wire.Data{Channel: ch.id, Stream: st, Offset: off, Bytes: buf})
 		}
 		if rerr != nil {
 			if !errors.Is(rerr, io.EOF) && !errors.Is(rerr, fs.ErrClosed) {

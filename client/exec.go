@@ -184,19 +184,19 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error
 // pumpStdin sends stdin within the server's credit.
 func (s *Session) pumpStdin(ctx context.Context, id uint32, ps *publisher.Stream, r io.Reader) {
 	chunk := s.cfg.chunk()
+	var rd publisher.Reader
 	for {
 		n, err := ps.Credit(ctx, chunk)
 		if err != nil {
 			return
 		}
-		buf := make([]byte, n)
-		k, rerr := r.Read(buf)
+		buf, rerr := rd.Read(r, n)
 		if ctx.Err() != nil {
 			return
 		}
-		if k > 0 {
-			off := ps.Sent(buf[:k])
-			if s.send(&wire.Data{Channel: id, Stream: wire.Stdin, Offset: off, Bytes: buf[:k]}) != nil {
+		if len(buf) > 0 {
+			off := ps.Sent(buf)
+			if s.send(&wire.Data{Channel: id, Stream: wire.Stdin, Offset: off, Bytes: buf}) != nil {
 				return
 			}
 		}
