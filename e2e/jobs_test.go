@@ -337,3 +337,46 @@ func TestFollowCtrlCDetaches(t *testing.T) {
 		t.Fatalf("%+v", r)
 	}
 }
+
+// A follower whose connection to zpd is cut several times while the job
+// runs reconnects by itself and still writes the job's output byte for
+// byte, with no loss and no duplicates.
+func TestFollowRidesOutCuts(t *testing.T) {
+	d := startZPD(t)
+	pd, px := viaProxy(t, d)
+	// About 6 MiB over ~3 seconds, in numbered lines.
+	id := d.async(t, nil, "sh", "-c", `i=0; while [ $i -lt 30 ]; do seq -f "$i %.0f abcdefghijklmnopqrstuvwxyz" 1 6000; i=$((i+1)); sleep 0.1; done`)
+	h := &syncHash{h: sha256.New()}
+	var errb syncBuffer
+	args := []string{"job", "follow", "--stdout"}
+	for _, a := range pd.clientArgs() {
+		if a != "-q" { // the follower must say that it reconnects
+			args = append(args, a)
+		}
+	}
+	cmd := exec.Command(bin("zp"), append(args, pd.Addr, id)...)
+	cmd.Env = append(os.Environ(), pd.env()...)
+	cmd.Stdout, cmd.Stderr = h, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		time.Sleep(700 * time.Millisecond)
+		px.Cut()
+	}
+	if code := waitExit(t, cmd, 60*time.Second); code != 0 {
+		t.Fatalf("follow: exit %d: %s", code, errb.String())
+	}
+	out, err := os.ReadFile(filepath.Join(d.State, "jobs", id, "stdout.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256(out)
+	if got := h.Sum(); !bytes.Equal(got, want[:]) || h.n != int64(len(out)) {
+		t.Fatalf("follower wrote %d octets, the job %d; digests equal: %v", h.n, len(out), bytes.Equal(got, want[:]))
+	}
+	if px.Accepted() < 2 || !strings.Contains(errb.String(), "reconnecting") || !strings.Contains(errb.String(), "reconnected to") {
+		t.Fatalf("the follower did not reconnect (%d connections): %s", px.Accepted(), errb.String())
+	}
+	t.Logf("%d octets through %d connections; stderr:\n%s", len(out), px.Accepted(), errb.String())
+}

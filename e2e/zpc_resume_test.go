@@ -385,3 +385,46 @@ func TestZpcGivesUpThenResumes(t *testing.T) {
 		t.Fatal("content differs")
 	}
 }
+
+// --reconnect-for bounds each outage, not the whole copy: a copy that made
+// progress after one outage gets the whole time again for the next.
+func TestZpcReconnectBudgetPerOutage(t *testing.T) {
+	size := int64(128 << 20)
+	d := startZPD(t)
+	pd, px := viaProxy(t, d)
+	src := filepath.Join(t.TempDir(), "big")
+	patternFile(t, src, size, 5)
+	target := filepath.Join(t.TempDir(), "big")
+
+	px.SetDelay(100 * time.Millisecond) // about 20 MiB/s: the copy outlasts both outages
+	cmd, _, stderr := startZPC(t, pd, "--reconnect-for", "2s", "--json", src, pd.at(target))
+	outage := func() {
+		px.Refuse(true)
+		px.Cut()
+		time.Sleep(time.Second)
+		px.Refuse(false)
+	}
+	eventually(t, 60*time.Second, "a fifth through the proxy", func() bool {
+		up, _ := px.Bytes()
+		return up >= size/5
+	})
+	outage()
+	after := time.Now()
+	up0, _ := px.Bytes()
+	eventually(t, 60*time.Second, "progress after the first outage", func() bool {
+		up, _ := px.Bytes()
+		return up >= up0+size/8 && time.Since(after) > 2500*time.Millisecond
+	})
+	outage() // more than 2s after the first: the copy must still resume
+	px.SetDelay(0)
+	code := waitExit(t, cmd, 90*time.Second)
+	if code != 0 {
+		t.Fatalf("exit %d after two outages 3s apart with --reconnect-for 2s:\n%s", code, stderr)
+	}
+	if got, want := fileDigest(t, target), fileDigest(t, src); got != want {
+		t.Fatal("content differs")
+	}
+	if n := strings.Count(stderr.String(), "reconnected to"); n != 2 {
+		t.Errorf("%d reconnections reported, want 2:\n%s", n, stderr)
+	}
+}

@@ -244,9 +244,16 @@ func followRun(ctx context.Context, io *IO, conn *connFlags, hostArg, id string,
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	backoff := 200 * time.Millisecond
-	var lostSince time.Time
+	var lostSince time.Time // first loss since output last moved: bounds the retries
+	var lostAt time.Time    // latest loss
 	for {
 		s, t, err := conn.dial(ctx, io, hostArg)
+		if err == nil && !lostAt.IsZero() {
+			if !conn.quiet {
+				fmt.Fprintf(io.Err, "zp: reconnected to %s after %v\n", t.Host, time.Since(lostAt).Round(time.Millisecond))
+			}
+			lostAt = time.Time{}
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return withCode(130, nil)
@@ -278,9 +285,13 @@ func followRun(ctx context.Context, io *IO, conn *connFlags, hostArg, id string,
 		if !conn.quiet {
 			fmt.Fprintf(io.Err, "zp: connection to %s lost (%v); reconnecting\n", t.Host, err)
 		}
+		if res.Next != fo.Start { // output moved: a later loss gets the whole time again
+			lostSince, backoff = time.Time{}, 200*time.Millisecond
+		}
 		if lostSince.IsZero() {
 			lostSince = time.Now()
 		}
+		lostAt = time.Now()
 		fo.Start = res.Next
 		fo.NoHistory, fo.Tail = false, 0
 		time.Sleep(backoff)

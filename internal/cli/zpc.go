@@ -184,9 +184,14 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 	total := &client.TransferStats{Failures: []client.Failure{}}
 	start := time.Now()
 	backoff := 200 * time.Millisecond
-	var lostSince time.Time
+	var lostSince time.Time // first loss since the copy last moved: bounds the retries
+	var lostAt time.Time    // latest loss
 	for attempt := 0; ; attempt++ {
 		s, t, err := opts.conn.dial(ctx, io, hostArg)
+		if err == nil && !lostAt.IsZero() {
+			prog.warn(fmt.Sprintf("reconnected to %s after %v", t.Host, time.Since(lostAt).Round(time.Millisecond)))
+			lostAt = time.Time{}
+		}
 		if err != nil {
 			if !lostSince.IsZero() && time.Since(lostSince) < opts.conn.reconnectFor() && ctx.Err() == nil && retryable(err) {
 				time.Sleep(backoff)
@@ -229,9 +234,14 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 			return withCode(code, fmt.Errorf("%s: %s", t.Host, printable(we.Reason)))
 		}
 		// The connection broke: reconnect, skip what arrived, resume the rest.
+		if st != nil && (st.Files+st.Skipped+st.Dirs+st.Links > 0 || st.BytesSent > 0) {
+			// The copy moved: a later loss gets the whole time again.
+			lostSince, backoff = time.Time{}, 200*time.Millisecond
+		}
 		if lostSince.IsZero() {
 			lostSince = time.Now()
 		}
+		lostAt = time.Now()
 		if time.Since(lostSince) > opts.conn.reconnectFor() {
 			prog.finish()
 			return withCode(ExitFailure, fmt.Errorf("connection to %s lost (%v); gave up after %v: run the same command again to resume", t.Host, err, opts.conn.reconnectFor()))
