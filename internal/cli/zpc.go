@@ -114,8 +114,8 @@ when the receiving side runs as root); devices, sockets and FIFOs are skipped wi
 
 Every file is checked with SHA-256 before it is renamed into place. Files whose size and
 modification time match are skipped (--checksum compares digests instead). If the connection
-breaks, zpc reconnects and resumes for --reconnect-for (default 1m); after that it exits 255 and
-running the same command again resumes from where it stopped.
+breaks, zpc reconnects and resumes, trying for --reconnect-for (default 1m) per outage; after
+that it exits 255 and running the same command again resumes from where it stopped.
 
 Exit status: 0 everything copied; 1 some files failed (each named on stderr, the rest were
 copied); 255 connection, authentication or usage failure.`
