@@ -314,6 +314,10 @@ func (b *Broker) onClose(id []byte, _ *zmtp.Peer, err error) {
 	b.mu.Lock()
 	c := b.conns[string(id)]
 	delete(b.conns, string(id))
+	var s *session
+	if c != nil {
+		s = c.sess // under the lock: Run's goroutine sets it (open, resume, end)
+	}
 	b.mu.Unlock()
 	if c == nil {
 		return
@@ -322,7 +326,7 @@ func (b *Broker) onClose(id []byte, _ *zmtp.Peer, err error) {
 	if errors.Is(err, zmtp.ErrSlowPeer) {
 		b.log.Warn("dropped a client that stopped reading", "peer", c.remote)
 	}
-	if s := c.sess; s != nil {
+	if s != nil {
 		s.detach(c)
 	}
 }
