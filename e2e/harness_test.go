@@ -258,3 +258,13 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 	t.Fatalf("timed out after %v waiting for %s", d, what)
 }
+
+// rssLimitKB is the peak RSS a zp, zpc or zpd process may reach in the
+// bounded-memory tests: 100 MiB, or 400 MiB for binaries built with
+// ZP_E2E_RACE (the race detector's shadow memory multiplies the heap).
+func rssLimitKB() int {
+	if os.Getenv("ZP_E2E_RACE") != "" {
+		return 400 << 10
+	}
+	return 100 << 10
+}

@@ -51,9 +51,12 @@ func (d *zpd) status(t *testing.T, id string) map[string]any {
 
 func TestJobLifecycle(t *testing.T) {
 	d := startZPD(t)
-	id := d.async(t, nil, "sh", "-c", "echo started; echo warn >&2; read x </dev/null; sleep 1.5; echo finished; exit 4")
+	// The job runs until the test creates flag (however slow the machine).
+	flag := filepath.Join(t.TempDir(), "flag")
+	script := "echo started; echo warn >&2; read x </dev/null; while [ ! -e " + flag + " ]; do sleep 0.05; done; echo finished; exit 4"
+	id := d.async(t, nil, "sh", "-c", script)
 	st := d.status(t, id)
-	if st["status"] != "running" || st["stdout"] != "connected" || st["command_line"] != "sh -c 'echo started; echo warn >&2; read x </dev/null; sleep 1.5; echo finished; exit 4'" {
+	if st["status"] != "running" || st["stdout"] != "connected" || st["command_line"] != "sh -c '"+script+"'" {
 		t.Fatalf("running status: %v", st)
 	}
 	// key = value form.
@@ -69,6 +72,7 @@ func TestJobLifecycle(t *testing.T) {
 		t.Fatalf("jobs:\n%s", r.Stdout)
 	}
 	// follow from the start: history then live, exit code of the job.
+	time.AfterFunc(300*time.Millisecond, func() { os.WriteFile(flag, nil, 0o644) })
 	r = d.zpSub(t, []string{"job", "follow"}, id)
 	if r.Stdout != "started\nfinished\n" || r.Stderr != "warn\n" || r.Code != 4 {
 		t.Fatalf("follow: %+v", r)
@@ -198,7 +202,8 @@ func TestJobRestartAndRetention(t *testing.T) {
 	d := startZPD(t, "--job-retention", "4s")
 	done := d.async(t, nil, "sh", "-c", "echo old output")
 	d.zpSub(t, []string{"job", "wait"}, done)
-	running := d.async(t, nil, "sh", "-c", "echo before; sleep 2; echo after; exit 3")
+	flag := filepath.Join(t.TempDir(), "flag") // the job runs until it exists
+	running := d.async(t, nil, "sh", "-c", "echo before; while [ ! -e "+flag+" ]; do sleep 0.05; done; echo after; exit 3")
 	eventually(t, 5*time.Second, "first line", func() bool { return d.status(t, running)["stdout_bytes"] == float64(7) })
 
 	// Restart zpd on the same address and state.
@@ -210,6 +215,9 @@ func TestJobRestartAndRetention(t *testing.T) {
 		t.Fatalf("finished job after restart: %+v", r)
 	}
 	// The running job was re-adopted: it finishes with its output and code.
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if r := d2.zpSub(t, []string{"job", "follow"}, running); r.Stdout != "before\nafter\n" || r.Code != 3 {
 		t.Fatalf("re-adopted job: %+v\n%s", r, d2.Log())
 	}

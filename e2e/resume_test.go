@@ -118,7 +118,7 @@ func TestResumeAfterCuts(t *testing.T) {
 		if c := strings.Count(errb.String(), "reconnected"); got != 3 || c != 3 {
 			t.Fatalf("%d cuts, %d reconnections:\n%s", got, c, errb)
 		}
-		if kb := rss(); kb > 100<<10 {
+		if kb := rss(); int(kb) > rssLimitKB() {
 			t.Fatalf("zp peak RSS %d KiB", kb)
 		}
 	})
@@ -141,7 +141,7 @@ func TestResumeAfterCuts(t *testing.T) {
 	if resent > 3*4<<20 {
 		t.Fatalf("zpd resent %.0f octets for 3 cuts: more than a 4 MiB window per cut", resent)
 	}
-	if kb, _ := rssKB(d.PID()); kb > 100<<10 {
+	if kb, _ := rssKB(d.PID()); kb > rssLimitKB() {
 		t.Fatalf("zpd peak RSS %d KiB", kb)
 	}
 }
@@ -324,7 +324,7 @@ func TestResumeNetns(t *testing.T) {
 		if sent > size+8<<20 {
 			t.Fatalf("sent %d octets for %d: more than a window resent", sent, size)
 		}
-		if kb := zpcRSS(); kb > 100<<10 {
+		if kb := zpcRSS(); int(kb) > rssLimitKB() {
 			t.Fatalf("zpc peak RSS %d KiB", kb)
 		}
 	})
