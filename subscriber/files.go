@@ -70,7 +70,8 @@ type Receiver struct {
 	credit *Stream
 	kick   chan struct{} // a batch got its first file: arm the flush timer
 
-	writers []chan func() // started lazily
+	writers []chan func()     // started lazily
+	making  map[string]making // directories and symlinks queued (Run only)
 	wdone   sync.WaitGroup
 	stop    chan struct{} // closed when Run returns: writers skip their queues
 
@@ -116,6 +117,7 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		credit:  New(cfg.Window),
 		kick:    make(chan struct{}, 1),
 		route:   make(map[uint32]int),
+		making:  make(map[string]making),
 		writers: make([]chan func(), cfg.Writers),
 		stop:    make(chan struct{}),
 		files:   make(map[uint32]*recvFile),
@@ -137,6 +139,47 @@ func (r *Receiver) writerFor(dir string) int {
 		h = (h ^ uint32(dir[i])) * 16777619
 	}
 	return int(h % uint32(len(r.writers)))
+}
+
+// making is a directory or symlink entry queued on writer w; done is
+// closed once it was made (or refused).
+type making struct {
+	w    int
+	done chan struct{}
+}
+
+// afterAncestors waits until every directory or symlink entry that is an
+// ancestor of name and queued on another writer than w has been made, so
+// that entries are applied as if in order: "esc" -> /elsewhere and then
+// "esc/sub" must find the symlink (and be refused), not make a directory
+// "esc" first. A well-behaved sender announces a directory before its
+// contents, so this waits for one mkdir per directory at most.
+func (r *Receiver) afterAncestors(ctx context.Context, name string, w int) error {
+	if len(r.making) > 2*publisher.MaxEntries {
+		for n, mk := range r.making { // forget what was made long ago
+			select {
+			case <-mk.done:
+				delete(r.making, n)
+			default:
+			}
+		}
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] != '/' {
+			continue
+		}
+		mk, ok := r.making[name[:i]]
+		if !ok || mk.w == w {
+			continue // none, or ahead of us in the same queue
+		}
+		select {
+		case <-mk.done:
+			delete(r.making, name[:i])
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // writerOf returns the writer of the file entry fid; forget also drops it
@@ -283,12 +326,21 @@ func (r *Receiver) Run(ctx context.Context) error {
 				continue
 			}
 			w := r.writerFor(parent(name))
-			if m.Kind == wire.KindFile {
+			if err := r.afterAncestors(ctx, name, w); err != nil {
+				return err
+			}
+			job := func() { r.file(m, name) }
+			switch m.Kind {
+			case wire.KindFile:
 				r.mu.Lock()
 				r.route[m.FID] = w
 				r.mu.Unlock()
+			default:
+				made := make(chan struct{})
+				r.making[name] = making{w, made}
+				job = func() { r.file(m, name); close(made) }
 			}
-			if err := r.queue(ctx, w, func() { r.file(m, name) }); err != nil {
+			if err := r.queue(ctx, w, job); err != nil {
 				return err
 			}
 		case *wire.Chunk:
