@@ -60,6 +60,15 @@ func viaProxy(t *testing.T, d *zpd) (*zpd, *faultproxy.Proxy) {
 	return &v, px
 }
 
+// jsonCopyArgs are zpc's arguments for copying the local src to target on
+// d (upload) or d's src to the local target (download), with --json.
+func jsonCopyArgs(d *zpd, direction, src, target string) []string {
+	if direction == "download" {
+		return []string{"--json", d.at(src), target}
+	}
+	return []string{"--json", src, d.at(target)}
+}
+
 // throttle caps the proxy's throughput (about 80 MiB/s, 40 with -short,
 // whose files are smaller) until the returned function lifts the cap, so
 // that a fault aimed at the middle of a transfer cannot miss it on a
@@ -131,10 +140,7 @@ func TestZpcResumeAfterKill(t *testing.T) {
 		t.Run(direction, func(t *testing.T) {
 			dest := t.TempDir()
 			target := filepath.Join(dest, "big")
-			args := []string{"--json", src, pd.at(target)}
-			if direction == "download" {
-				args = []string{"--json", pd.at(src), target}
-			}
+			args := jsonCopyArgs(pd, direction, src, target)
 			// The content octets go up for an upload, down for a download.
 			flow := func() int64 {
 				up, down := px.Bytes()
@@ -211,10 +217,7 @@ func TestZpcRidesOutCut(t *testing.T) {
 		t.Run(direction, func(t *testing.T) {
 			dest := t.TempDir()
 			target := filepath.Join(dest, "copy")
-			args := []string{"--json", src, pd.at(target)}
-			if direction == "download" {
-				args = []string{"--json", pd.at(src), target}
-			}
+			args := jsonCopyArgs(pd, direction, src, target)
 			upBefore, downBefore := px.Bytes()
 			moved := func() int64 {
 				up, down := px.Bytes()
@@ -311,10 +314,7 @@ func TestZpcRidesOutZpdRestart(t *testing.T) {
 		t.Run(direction, func(t *testing.T) {
 			dest := t.TempDir()
 			target := filepath.Join(dest, "big")
-			args := []string{"--json", src, pd.at(target)}
-			if direction == "download" {
-				args = []string{"--json", pd.at(src), target}
-			}
+			args := jsonCopyArgs(pd, direction, src, target)
 			start := time.Now()
 			lift := throttle(px)
 			cmd, stdout, stderr := startZPC(t, pd, args...)
