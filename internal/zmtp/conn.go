@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"time"
 )
@@ -65,12 +66,14 @@ type conn struct {
 	cipher Cipher
 
 	// Read side: only zmq4's reader goroutine calls Read.
-	rpending []byte // bytes to hand out before reading the network
-	rpass    int    // NULL: body bytes passed straight from br
-	rframes  int    // frames of the current inbound message so far
-	rbytes   int    // bytes of the current inbound message so far
-	rbuf     []byte // CURVE: ciphertext of one frame (reused)
-	rplain   []byte // CURVE: header + plaintext handed to zmq4 (reused)
+	rpending []byte              // bytes to hand out before reading the network
+	rpass    int                 // NULL: body bytes passed straight from br
+	rframes  int                 // frames of the current inbound message so far
+	rbytes   int                 // bytes of the current inbound message so far
+	rbuf     []byte              // CURVE: ciphertext of one frame (reused)
+	rplain   []byte              // CURVE: header + plaintext handed to zmq4 (reused)
+	subs     map[string]struct{} // subscriptions admitted (filtering only)
+	rmid     bool                // filtering: inside a multi-frame message
 
 	// Write side: parser of what zmq4 writes, guarded by wmu.
 	wmu       sync.Mutex
@@ -183,6 +186,19 @@ func (c *conn) next() error {
 				return err
 			}
 			c.rplain = appendFrameHeader(c.rplain[:0], flags, size)
+			if c.cfg.filters() {
+				// Small frames (MaxFrame): read the body to judge it.
+				k := len(c.rplain)
+				c.rplain = slices.Grow(c.rplain, size)[:k+size]
+				if _, err := io.ReadFull(c.br, c.rplain[k:]); err != nil {
+					return eofToUnexpected(err)
+				}
+				if !c.admit(c.rplain[k:], flags&flagMore != 0) {
+					continue
+				}
+				c.rpending = c.rplain
+				return nil
+			}
 			c.rpending = c.rplain
 			c.rpass = size
 			return nil
@@ -214,9 +230,50 @@ func (c *conn) next() error {
 		}
 		out[0] |= zflags
 		c.rplain = out
+		if c.cfg.filters() && !c.admit(out[len(hdr):], zflags != 0) {
+			continue
+		}
 		c.rpending = out
 		return nil
 	}
+}
+
+// admit decides whether a frame from the peer of a filtering connection
+// (an XPUB) reaches zmq4: subscriptions that Config.Subscribe allows, up
+// to MaxSubscriptions, and unsubscriptions of what was admitted. A
+// duplicate subscription is dropped (zmq4 keeps a set: it would change
+// nothing).
+func (c *conn) admit(body []byte, more bool) bool {
+	refuse := func(topic []byte, reason string) bool {
+		if c.cfg.OnRefuse != nil {
+			c.cfg.OnRefuse(c.peer, topic, reason)
+		}
+		return false
+	}
+	mid := c.rmid
+	c.rmid = more
+	if more || mid || len(body) == 0 || body[0] > 1 {
+		return refuse(nil, "not a subscription")
+	}
+	topic := body[1:]
+	if c.subs == nil {
+		c.subs = make(map[string]struct{})
+	}
+	_, have := c.subs[string(topic)]
+	if body[0] == 0 {
+		delete(c.subs, string(topic))
+		return have
+	}
+	switch {
+	case have:
+		return false
+	case len(c.subs) >= c.cfg.maxSubscriptions():
+		return refuse(topic, "limit")
+	case c.cfg.Subscribe != nil && !c.cfg.Subscribe(c.peer, topic):
+		return refuse(topic, "unauthorised")
+	}
+	c.subs[string(topic)] = struct{}{}
+	return true
 }
 
 // account enforces the per-message limits on what the peer sends.

@@ -81,6 +81,7 @@ const (
 	ReasonSocketType   = "socket_type"  // incompatible socket types
 	ReasonServerKey    = "server_key"   // client: the server key is not the pinned one
 	ReasonKeyQuery     = "key_query"    // a client greeted with NULL and was told the server key
+	ReasonEvicted      = "evicted"      // dropped for a newer connection (too many handshakes)
 )
 
 func (e *HandshakeError) Error() string {

@@ -2,6 +2,7 @@ package zmtp
 
 import (
 	"bufio"
+	"container/list"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -10,10 +11,13 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
 	ztransport "github.com/go-zeromq/zmq4/transport"
+	"golang.org/x/sys/unix"
 )
 
 // Config configures every connection of one zmq4 socket. It travels to the
@@ -59,8 +63,29 @@ type Config struct {
 	// the handshake, before anything zmq4 sends: an XSUB uses it to
 	// subscribe at each publisher that connects.
 	Hello [][]byte
-	// MaxHandshakes bounds handshakes in progress on a listener (default 256).
-	MaxHandshakes int
+	// Subscribe, on an XPUB, authorises each subscription a peer sends
+	// (the topic, without its leading 1 octet): false drops it before
+	// zmq4 sees it, so publications are never matched against it.
+	// ZeroMQ subscriptions match by prefix ("" gets everything), so an
+	// XPUB that publishes anything private must set this. It must not
+	// block. Setting Subscribe or MaxSubscriptions makes the connection
+	// filter what the peer sends: only subscriptions it admitted, and
+	// unsubscriptions of those, reach zmq4; anything else is dropped.
+	Subscribe func(p *Peer, topic []byte) bool
+	// MaxSubscriptions bounds the subscriptions one connection holds
+	// (default 64 when filtering): zmq4 matches every publication against
+	// each of them, so their number is a cost the peer must not choose.
+	MaxSubscriptions int
+	// OnRefuse reports a subscription (or other message) that the filter
+	// dropped: reason is "unauthorised", "limit" or "not a subscription".
+	OnRefuse func(p *Peer, topic []byte, reason string)
+	// MaxHandshakes bounds handshakes in progress on a listener (default
+	// 256), MaxHandshakesPerAddr those from one remote address (default a
+	// quarter of that). When a new connection would exceed either, the
+	// oldest handshake in progress (of that address, else of anyone) is
+	// dropped instead: an honest handshake takes milliseconds, so a flood
+	// of silent connections evicts its own, not the honest ones.
+	MaxHandshakes, MaxHandshakesPerAddr int
 	// Hooks; each may be nil and must not block.
 	// OnConnect receives a function that closes this connection.
 	OnConnect          func(id []byte, p *Peer, remote net.Addr, closeConn func())
@@ -87,6 +112,11 @@ func (c *Config) maxFrame() int   { return orDefault(c.MaxFrame, 4<<20) }
 func (c *Config) maxMessage() int { return orDefault(c.MaxMessage, 8<<20) }
 func (c *Config) maxFrames() int  { return orDefault(c.MaxFrames, 16) }
 func (c *Config) sendQueue() int  { return orDefault(c.SendQueue, 8<<20) }
+
+// filters reports whether connections check what the peer sends (XPUB).
+func (c *Config) filters() bool { return c.Subscribe != nil || c.MaxSubscriptions > 0 }
+
+func (c *Config) maxSubscriptions() int { return orDefault(c.MaxSubscriptions, 64) }
 
 // maxOutFrame bounds what our own side may write: a bug guard only.
 func (c *Config) maxOutFrame() int { return 1 << 30 }
@@ -170,7 +200,7 @@ func (t transport) Dial(ctx context.Context, d ztransport.Dialer, addr string) (
 	if err != nil {
 		return nil, err
 	}
-	c, err := handshake(ctx, raw, cfg, false)
+	c, err := handshake(ctx, raw, cfg, false, nil)
 	if err != nil {
 		raw.Close()
 		return nil, err
@@ -192,8 +222,11 @@ func (t transport) Listen(ctx context.Context, addr string) (net.Listener, error
 		cfg:      cfg,
 		ready:    make(chan net.Conn),
 		done:     make(chan struct{}),
-		sem:      make(chan struct{}, orDefault(cfg.MaxHandshakes, 256)),
+		max:      orDefault(cfg.MaxHandshakes, 256),
+		byAddr:   make(map[string]int),
 	}
+	l.perAddr = orDefault(cfg.MaxHandshakesPerAddr, max(1, l.max/4))
+	l.pending.Init()
 	l.ctx, l.cancel = context.WithCancel(ctx)
 	go l.run()
 	return l, nil
@@ -209,9 +242,109 @@ type listener struct {
 	cancel    context.CancelFunc
 	ready     chan net.Conn
 	done      chan struct{}
-	sem       chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+
+	max, perAddr int
+	mu           sync.Mutex
+	pending      list.List      // *pendingConn, oldest first
+	byAddr       map[string]int // handshakes in progress per remote address
+}
+
+// pendingConn is a connection whose handshake is in progress.
+type pendingConn struct {
+	raw     net.Conn
+	addr    string
+	evicted bool        // under listener.mu
+	greeted atomic.Bool // its greeting arrived: it is talking, not idling
+}
+
+// remoteHost is what the per-address limit counts by: the IP for TCP, one
+// bucket for everything on a Unix socket.
+func remoteHost(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	return a.Network()
+}
+
+// admit registers a new handshake, evicting one when the new connection's
+// address is at its limit (one of that address) or the listener is (one
+// of anyone's): the oldest that has not even sent its greeting, else the
+// oldest. An honest client greets at once and finishes in milliseconds, so
+// the connections evicted are those of a flood.
+func (l *listener) admit(raw net.Conn) (*list.Element, *pendingConn) {
+	p := &pendingConn{raw: raw, addr: remoteHost(raw.RemoteAddr())}
+	l.mu.Lock()
+	var victim *list.Element
+	pick := func(match func(*pendingConn) bool) {
+		var oldest *list.Element
+		for e := l.pending.Front(); e != nil; e = e.Next() {
+			v := e.Value.(*pendingConn)
+			if !match(v) {
+				continue
+			}
+			if !v.greeted.Load() && !hasInput(v.raw) {
+				victim = e
+				return
+			}
+			if oldest == nil {
+				oldest = e
+			}
+		}
+		victim = oldest
+	}
+	switch {
+	case l.byAddr[p.addr] >= l.perAddr:
+		pick(func(v *pendingConn) bool { return v.addr == p.addr })
+	case l.pending.Len() >= l.max:
+		pick(func(*pendingConn) bool { return true })
+	}
+	if victim != nil {
+		v := victim.Value.(*pendingConn)
+		v.evicted = true
+		l.pending.Remove(victim)
+		l.byAddr[v.addr]--
+		_ = v.raw.Close()
+	}
+	e := l.pending.PushBack(p)
+	l.byAddr[p.addr]++
+	l.mu.Unlock()
+	return e, p
+}
+
+// hasInput reports whether the peer has sent something that is waiting to
+// be read: a connection whose handshake goroutine has not run yet (a busy
+// machine) but whose greeting arrived is talking, not idling.
+func hasInput(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	_ = rc.Control(func(fd uintptr) {
+		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	return n > 0
+}
+
+// finish forgets a handshake that ended; it reports whether it had been
+// evicted.
+func (l *listener) finish(e *list.Element, p *pendingConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if p.evicted {
+		return true
+	}
+	l.pending.Remove(e)
+	if l.byAddr[p.addr]--; l.byAddr[p.addr] <= 0 {
+		delete(l.byAddr, p.addr)
+	}
+	return false
 }
 
 func (l *listener) run() {
@@ -224,18 +357,18 @@ func (l *listener) run() {
 			time.Sleep(50 * time.Millisecond) // EMFILE and friends
 			continue
 		}
-		select {
-		case l.sem <- struct{}{}:
-		default:
-			raw.Close()
-			l.failed(raw.RemoteAddr(), Fail(ReasonTimeout, errors.New("too many handshakes in progress")))
-			continue
-		}
+		e, p := l.admit(raw)
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			c, err := handshake(l.ctx, raw, l.cfg, true)
-			<-l.sem
+			c, err := handshake(l.ctx, raw, l.cfg, true, p.greeted.Store)
+			if l.finish(e, p) {
+				if c != nil {
+					c.Close()
+				}
+				l.failed(raw.RemoteAddr(), Fail(ReasonEvicted, errors.New("zmtp: too many handshakes in progress; dropped the oldest")))
+				return
+			}
 			if err != nil {
 				raw.Close()
 				l.failed(raw.RemoteAddr(), err)
@@ -281,7 +414,8 @@ func (l *listener) Close() error {
 
 // handshake runs greeting and mechanism handshake on raw and returns the
 // connection that zmq4 will use.
-func handshake(ctx context.Context, raw net.Conn, cfg *Config, asServer bool) (c *conn, err error) {
+// greeted, if not nil, is told as soon as the peer has sent anything.
+func handshake(ctx context.Context, raw net.Conn, cfg *Config, asServer bool, greeted func(bool)) (c *conn, err error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.handshakeTimeout())
 	defer cancel()
 	deadline, _ := ctx.Deadline()
@@ -300,7 +434,11 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, asServer bool) (c
 	if _, err := raw.Write(g[:]); err != nil {
 		return nil, Fail(ReasonIO, err)
 	}
-	br := bufio.NewReaderSize(raw, 32<<10)
+	var src io.Reader = raw
+	if greeted != nil {
+		src = &noticeReader{Reader: raw, notice: greeted}
+	}
+	br := bufio.NewReaderSize(src, 32<<10)
 	var pg [greetingLen]byte
 	if _, err := io.ReadFull(br, pg[:]); err != nil {
 		return nil, Fail(ReasonIO, err)
@@ -356,6 +494,21 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, asServer bool) (c
 		cfg.OnConnect(id, peer, raw.RemoteAddr(), func() { c.Close() })
 	}
 	return c, nil
+}
+
+// noticeReader calls notice(true) before handing out the first octets read.
+type noticeReader struct {
+	io.Reader
+	notice func(bool)
+}
+
+func (r *noticeReader) Read(p []byte) (int, error) {
+	n, err := r.Reader.Read(p)
+	if n > 0 && r.notice != nil {
+		r.notice(true)
+		r.notice = nil
+	}
+	return n, err
 }
 
 func classify(ctx context.Context, err error) error {
