@@ -61,7 +61,10 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// MaxSessions bounds sessions (10000); MaxChannels channels per session (64).
 	MaxSessions, MaxChannels int
-	Logger                   *slog.Logger
+	// MaxSubscriptions bounds the subscriptions one XPUB connection holds
+	// (64): a follower needs at most three per job it follows.
+	MaxSubscriptions int
+	Logger           *slog.Logger
 	// Registerer receives the metrics; nil uses a private registry.
 	Registerer prometheus.Registerer
 }
@@ -111,6 +114,8 @@ type Broker struct {
 	xsub   zmq4.Socket
 	self   *Account
 	jobs   *jobManager
+	grants *grants         // who may subscribe to what on the XPUB
+	logCap *rateLimit      // bounds log lines about floods
 	ctx    context.Context // set by Run; jobs' goroutines stop with it
 
 	mu       sync.Mutex
@@ -145,6 +150,8 @@ func New(cfg Config) (*Broker, error) {
 		log:      cfg.Logger,
 		m:        metrics.New(cfg.Registerer),
 		self:     self,
+		grants:   newGrants(publicTopicPrefix),
+		logCap:   newRateLimit(10 * time.Second),
 		conns:    make(map[string]*connInfo),
 		sessions: make(map[string]*session),
 	}
@@ -214,9 +221,13 @@ func (b *Broker) listenPublish(ep string) error {
 	pcfg := &zmtp.Config{
 		Mechanism: b.cfg.Mechanism, SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
 		OnFull: zmtp.DropMessage, SendQueue: 256 << 10, NoCopy: true,
-		// Subscribers send only subscriptions: small frames.
+		// Subscribers send only subscriptions: small frames, and only
+		// those their key was granted (grants), a few per connection.
 		MaxFrame: 1024, MaxMessage: 1024, MaxFrames: 1,
-		Barrier: barrierTopic, OnBarrier: b.jobs.onBarrier,
+		Subscribe:        func(p *zmtp.Peer, topic []byte) bool { return b.grants.permits(p.Key, topic) },
+		MaxSubscriptions: intOr(b.cfg.MaxSubscriptions, 64),
+		OnRefuse:         b.onRefuse,
+		Barrier:          barrierTopic, OnBarrier: b.jobs.onBarrier,
 		OnConnect: func([]byte, *zmtp.Peer, net.Addr, func()) {
 			b.jobs.pubConns.Add(1)
 			b.m.JobFollowers.Inc()
@@ -337,7 +348,20 @@ func (b *Broker) onHandshakeFailure(remote net.Addr, err *zmtp.HandshakeError) {
 		b.log.Debug("server key announced", "peer", remote.String())
 		return
 	}
-	b.log.Info("handshake failed", "peer", remote.String(), "reason", err.Reason, "err", err.Err)
+	// A flood of failures is one line per reason per interval, with the
+	// count of those not logged (the metric counts them all).
+	if ok, held := b.logCap.allow("handshake/" + err.Reason); ok {
+		b.log.Info("handshake failed", "peer", remote.String(), "reason", err.Reason, "err", err.Err, "suppressed", held)
+	}
+}
+
+// onRefuse counts (and logs, rate-limited) a subscription the XPUB refused.
+func (b *Broker) onRefuse(p *zmtp.Peer, topic []byte, reason string) {
+	reason = strings.ReplaceAll(reason, " ", "_")
+	b.m.SubsRefused.WithLabelValues(reason).Inc()
+	if ok, held := b.logCap.allow("subscribe/" + reason); ok {
+		b.log.Warn("subscription refused", "reason", reason, "key", keyFingerprint(p.Key), "topic_len", len(topic), "suppressed", held)
+	}
 }
 
 // Run serves until ctx ends, then stops every session and returns.

@@ -663,6 +663,7 @@ func (jm *jobManager) remove(j *job) *wire.Error {
 	jm.mu.Lock()
 	delete(jm.jobs, id)
 	jm.mu.Unlock()
+	jm.b.grants.revoke(j.meta.Topic)
 	if err := os.RemoveAll(j.dir); err != nil {
 		return wire.Errorf(0, wire.CodeInternal, "removing job: %v", err)
 	}

@@ -209,6 +209,7 @@ func (s *session) handle(m wire.Message) {
 			j.mu.Lock()
 			topic := j.meta.Topic
 			j.mu.Unlock()
+			s.b.grants.grant(s.key, topic) // before the client can subscribe
 			s.send(&wire.FollowOK{Channel: m.Channel, Topic: topic, Publish: s.b.publishEndpoint(), Info: j.info()})
 		}
 	case *wire.Fetch:

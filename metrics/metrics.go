@@ -28,6 +28,7 @@ type Metrics struct {
 	TransferFiles     *prometheus.CounterVec // result: copied, skipped, failed
 	TransferBytes     *prometheus.CounterVec // kind: sent, received, skipped, resumed
 	Resent            prometheus.Counter
+	SubsRefused       *prometheus.CounterVec // reason: unauthorised, limit, not_a_subscription
 }
 
 // New creates the collectors and registers them with reg.
@@ -91,9 +92,12 @@ func New(reg prometheus.Registerer) *Metrics {
 		Resent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "zp_resent_bytes_total", Help: "Stream octets sent again after a session was resumed.",
 		}),
+		SubsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "zp_subscriptions_refused_total", Help: "Subscriptions the publish socket refused, by reason (unauthorised, limit, not_a_subscription).",
+		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.Resent, m.Sessions, m.SessionsDetached, m.SessionsOpened, m.SessionsReaped, m.Connections,
 		m.HandshakeFailures, m.ExecStarted, m.ExecFinished, m.ExecRunning, m.ExecDuration, m.Bytes, m.Errors,
-		m.Dropped, m.JobsByState, m.JobFollowers, m.JobPublished, m.TransferFiles, m.TransferBytes)
+		m.Dropped, m.JobsByState, m.JobFollowers, m.JobPublished, m.TransferFiles, m.TransferBytes, m.SubsRefused)
 	return m
 }

@@ -36,6 +36,7 @@ type zpdOptions struct {
 	authorizedKeys      string
 	handshakeTimeout    time.Duration
 	jobRetention        time.Duration
+	maxSubscriptions    int
 	memoryLimit         int64
 	printKey            bool
 	io                  *IO
@@ -60,6 +61,7 @@ func NewZPDCmd(io *IO) *cobra.Command {
 	fs.DurationVar(&opts.handshakeTimeout, "handshake-timeout", 10*time.Second, "drop connections that have not finished the ZMTP handshake in this time")
 	opts.jobRetention = 7 * 24 * time.Hour
 	fs.Var(dayDuration{&opts.jobRetention}, "job-retention", "keep finished jobs (and their output) this long, e.g. 7d, 12h; 0 keeps them until 'zp job rm'")
+	fs.IntVar(&opts.maxSubscriptions, "max-subscriptions", 64, "subscriptions one connection to the publish socket may hold")
 	fs.Int64Var(&opts.memoryLimit, "memory-limit", 256<<20, "soft memory limit in octets for the Go runtime (GOMEMLIMIT); 0 for none")
 	fs.StringVar(&opts.authorizedKeys, "authorized-keys", "", "file of client keys (Z85, one per line) that may act as zpd's own user")
 	fs.BoolVar(&opts.printKey, "print-key", false, "print the server's public key and fingerprint (creating the key pair if needed) and exit")
@@ -152,6 +154,7 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 
 		HandshakeTimeout: opts.handshakeTimeout,
 		JobRetention:     opts.jobRetention,
+		MaxSubscriptions: opts.maxSubscriptions,
 	}
 	if opts.jobRetention == 0 {
 		cfg.JobRetention = -1
