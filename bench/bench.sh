@@ -209,10 +209,11 @@ wait_zp() {
 MODES=() MODE_FLAGS=() MODE_HOST=() MODE_PID=() MODE_STATE=() MODE_RESTART=() NOTES=()
 
 setup_zp_insecure() {
-  start_zpd insecure --insecure || die "zpd --insecure failed to start"
+  local root_ok=; [ "$(id -u)" = 0 ] && root_ok=--insecure-anyone-is-root # loopback, this machine only
+  start_zpd insecure --insecure $root_ok || die "zpd --insecure failed to start"
   wait_zp "$ZP_BIN --insecure 127.0.0.1:$ZPD_PORT" || die "zp --insecure does not work"
   MODES+=("zp --insecure") MODE_FLAGS+=("--insecure") MODE_HOST+=("127.0.0.1:$ZPD_PORT") MODE_PID+=("$ZPD_PID")
-  MODE_STATE+=("$ZPD_STATE") MODE_RESTART+=("insecure --insecure")
+  MODE_STATE+=("$ZPD_STATE") MODE_RESTART+=("insecure --insecure $root_ok")
 }
 
 # CURVE (encrypted, authenticated) mode. Everything about it is guessed from the planned interface

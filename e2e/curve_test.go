@@ -200,7 +200,7 @@ func TestInsecureOnlyOnLoopback(t *testing.T) {
 	if r.Code == 0 || !strings.Contains(r.Stderr, "--insecure-allow-remote") {
 		t.Fatalf("%+v", r)
 	}
-	d := startZPDWith(t, "--insecure", "--insecure-allow-remote", "--listen", "0.0.0.0:0")
+	d := startInsecureZPD(t, "--insecure-allow-remote", "--listen", "0.0.0.0:0")
 	_ = d
 }
 

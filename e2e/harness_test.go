@@ -101,10 +101,15 @@ func startZPD(t *testing.T, args ...string) *zpd {
 	return d
 }
 
-// startInsecureZPD starts zpd --insecure (NULL mechanism).
+// startInsecureZPD starts zpd --insecure (NULL mechanism), with
+// --insecure-anyone-is-root when the tests run as root.
 func startInsecureZPD(t *testing.T, args ...string) *zpd {
 	t.Helper()
-	return startZPDWith(t, append([]string{"--insecure"}, args...)...)
+	flags := []string{"--insecure"}
+	if os.Geteuid() == 0 {
+		flags = append(flags, "--insecure-anyone-is-root")
+	}
+	return startZPDWith(t, append(flags, args...)...)
 }
 
 // clientArgs are the security flags zp needs for d.

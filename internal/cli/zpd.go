@@ -27,6 +27,7 @@ type zpdOptions struct {
 	state               string
 	insecure            bool
 	insecureAllowRemote bool
+	insecureAnyoneRoot  bool
 	metrics             string
 	logFormat           string
 	logLevel            string
@@ -52,6 +53,7 @@ func NewZPDCmd(io *IO) *cobra.Command {
 	fs.StringVar(&opts.state, "state", defaultStateDir(), "state directory: keys, jobs, partial files")
 	fs.BoolVar(&opts.insecure, "insecure", false, "no encryption or authentication (NULL mechanism); loopback only")
 	fs.BoolVar(&opts.insecureAllowRemote, "insecure-allow-remote", false, "allow --insecure on a non-loopback address")
+	fs.BoolVar(&opts.insecureAnyoneRoot, "insecure-anyone-is-root", false, "allow --insecure on tcp when zpd runs as root: every local user (and anyone who reaches the port) then runs commands as root")
 	fs.StringVar(&opts.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics")
 	fs.StringVar(&opts.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -163,7 +165,15 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 		if !isLoopback(ep) && !opts.insecureAllowRemote {
 			return withCode(2, fmt.Errorf("--insecure on %s would let anyone on the network run commands as %s; listen on 127.0.0.1 or add --insecure-allow-remote", opts.listen, currentUserName()))
 		}
-		log.Warn("running without encryption or authentication (--insecure)", "listen", ep)
+		// Without CURVE nobody is authenticated: every client acts as
+		// zpd's own user. On tcp, that is every local user at least.
+		if os.Geteuid() == 0 && !strings.HasPrefix(ep, "ipc://") {
+			if !opts.insecureAnyoneRoot {
+				return withCode(2, fmt.Errorf("--insecure as root on %s would let every local user (and anyone who can reach the port) run commands as root; use CURVE (drop --insecure), listen on ipc:///PATH (its file mode decides who may connect), or add --insecure-anyone-is-root", opts.listen))
+			}
+			log.Warn("--insecure-anyone-is-root: every client of this port runs commands as root, unauthenticated", "listen", ep)
+		}
+		log.Warn("running without encryption or authentication (--insecure): every client acts as zpd's user", "listen", ep, "user", currentUserName())
 	} else {
 		kp, created, err := serverKey(opts.state)
 		if err != nil {
