@@ -5,9 +5,12 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // needRoot skips a test that needs root (CI runs as root and must run it).
@@ -47,5 +50,95 @@ func TestInsecureRootRefusedOnTCP(t *testing.T) {
 	ipc := startZPDWith(t, "--insecure", "--listen", "ipc://"+sock)
 	if r := run(t, nil, nil, "zp", "--insecure", "ipc://"+sock, "id", "-u"); r.Code != 0 || r.Stdout != "0\n" {
 		t.Fatalf("ipc: %+v\n%s", r, ipc.Log())
+	}
+}
+
+// startZPDVia starts a CURVE zpd as startZPD does, but through a launcher
+// (argv before zpd's path), e.g. one that changes its signal state.
+func startZPDVia(t *testing.T, launcher []string, args ...string) *zpd {
+	t.Helper()
+	home := t.TempDir()
+	r := run(t, nil, []string{"ZP_CONFIG=" + home}, "zp", "keygen")
+	if r.Code != 0 {
+		t.Fatalf("zp keygen: %+v", r)
+	}
+	ak := filepath.Join(home, "authorized_for_zpd")
+	if err := os.WriteFile(ak, []byte(strings.TrimSpace(r.Stdout)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := &zpd{t: t, State: t.TempDir(), Home: home, log: &syncBuffer{}, done: make(chan struct{}), secure: true}
+	all := append(append(append([]string{}, launcher...), bin("zpd"), "--listen", "127.0.0.1:0", "--state", d.State, "--authorized-keys", ak), args...)
+	d.cmd = exec.Command(all[0], all[1:]...)
+	startAndWait(t, d)
+	return d
+}
+
+// signalState returns the SigIgn and SigBlk lines of a /proc/PID/status.
+func signalState(status string) (ign, blk string) {
+	for _, line := range strings.Split(status, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "SigIgn:":
+			ign = f[1]
+		case len(f) == 2 && f[0] == "SigBlk:":
+			blk = f[1]
+		}
+	}
+	return ign, blk
+}
+
+// Commands and jobs start with default signal dispositions and nothing
+// blocked, whatever zpd inherited (nohup, trap ” HUP, a blocked mask),
+// as under sshd.
+func TestCommandsGetCleanSignals(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("python3 missing on CI")
+		}
+		t.Skip("no python3 to start zpd with signals ignored and blocked")
+	}
+	// As `nohup zpd` and `trap '' INT TTOU USR1`, plus a blocked mask.
+	launcher := []string{py, "-c", `import os, signal, sys
+for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTTOU, signal.SIGUSR1, signal.SIGPIPE):
+    signal.signal(s, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD})
+os.execv(sys.argv[1], sys.argv[1:])`}
+	// The launcher does what it says (so the test means something).
+	out, err := exec.Command(launcher[0], append(launcher[1:], "/bin/cat", "/proc/self/status")...).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ign, blk := signalState(string(out)); ign == "0000000000000000" || blk == "0000000000000000" {
+		t.Fatalf("launcher: SigIgn %s SigBlk %s", ign, blk)
+	}
+	d := startZPDVia(t, launcher)
+	r := d.zp(t, nil, "cat", "/proc/self/status")
+	if ign, blk := signalState(r.Stdout); r.Code != 0 || ign != "0000000000000000" || blk != "0000000000000000" {
+		t.Fatalf("command: SigIgn %s SigBlk %s (%+v)", ign, blk, r)
+	}
+	id := d.async(t, nil, "cat", "/proc/self/status")
+	r = d.zpSub(t, []string{"job", "follow"}, id)
+	if ign, blk := signalState(r.Stdout); r.Code != 0 || ign != "0000000000000000" || blk != "0000000000000000" {
+		t.Fatalf("job: SigIgn %s SigBlk %s (%+v)", ign, blk, r)
+	}
+	// zpd itself still ignores SIGHUP, as nohup asked.
+	syscall.Kill(d.PID(), syscall.SIGHUP)
+	if r := d.zp(t, nil, "true"); r.Code != 0 {
+		t.Fatalf("after SIGHUP to zpd: %+v", r)
+	}
+	// So SIGHUP (zp forwards it, as the end of a session sends it) ends
+	// a command again: zp exits 128+1.
+	flag := filepath.Join(t.TempDir(), "started")
+	cmd := exec.Command(bin("zp"), append(d.clientArgs(), d.Addr, "sh", "-c", "touch "+flag+"; exec sleep 60")...)
+	cmd.Env = append(os.Environ(), d.env()...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	eventually(t, 10*time.Second, "command started", func() bool { _, err := os.Stat(flag); return err == nil })
+	cmd.Process.Signal(syscall.SIGHUP)
+	if code := waitExit(t, cmd, 10*time.Second); code != 129 {
+		t.Fatalf("after SIGHUP: exit %d, want 129", code)
 	}
 }

@@ -81,6 +81,7 @@ func MainZPD(ctx context.Context, args []string, io *IO) int {
 	if len(args) > 0 && args[0] == broker.ShimArg {
 		return broker.RunShim(args[1:])
 	}
+	cleanInheritedSignals()
 	defer startProfile(io, "zpd")()
 	root := NewZPDCmd(io)
 	root.SetArgs(args)
