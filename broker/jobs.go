@@ -292,6 +292,12 @@ func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin
 	jm.wg.Add(1)
 	go func() {
 		defer jm.wg.Done()
+		// Wait on a pidfd, not in wait4: no OS thread per running job,
+		// and zpd can stop without waiting for its jobs (they outlive it
+		// and are re-adopted; the shim is then reaped by init).
+		if err := waitExited(ctx, cmd.Process.Pid); err != nil && !errors.Is(err, errNoPidfd) {
+			return // zpd stops: leave the job running
+		}
 		_ = cmd.Wait() // reap the shim; its status file says how the job went
 		close(reaped)
 	}()

@@ -88,7 +88,7 @@ func signalState(status string) (ign, blk string) {
 }
 
 // Commands and jobs start with default signal dispositions and nothing
-// blocked, whatever zpd inherited (nohup, trap ” HUP, a blocked mask),
+// blocked, whatever zpd inherited (nohup, trap "" HUP, a blocked mask),
 // as under sshd.
 func TestCommandsGetCleanSignals(t *testing.T) {
 	py, err := exec.LookPath("python3")
@@ -140,5 +140,39 @@ os.execv(sys.argv[1], sys.argv[1:])`}
 	cmd.Process.Signal(syscall.SIGHUP)
 	if code := waitExit(t, cmd, 10*time.Second); code != 129 {
 		t.Fatalf("after SIGHUP: exit %d, want 129", code)
+	}
+}
+
+// zpd stops at once on SIGTERM, leaving running jobs to their shims; a
+// new zpd on the same state re-adopts them.
+func TestStopLeavesJobsRunning(t *testing.T) {
+	d := startZPD(t)
+	flag := filepath.Join(t.TempDir(), "flag") // the job runs until it exists
+	id := d.async(t, nil, "sh", "-c", "echo started; while [ ! -e "+flag+" ]; do sleep 0.05; done; echo after; exit 5")
+	eventually(t, 5*time.Second, "job output", func() bool { return d.status(t, id)["stdout_bytes"] == float64(8) })
+
+	start := time.Now()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("zpd still running 10s after SIGTERM")
+	}
+	e := time.Since(start)
+	t.Logf("zpd stopped %v after SIGTERM", e)
+	if e > 2*time.Second {
+		t.Fatalf("zpd took %v to stop", e)
+	}
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("zpd exit %d after SIGTERM", code)
+	}
+	d2 := startZPDWith(t, "--listen", d.Addr, "--state", d.State, "--authorized-keys", filepath.Join(d.Home, "authorized_for_zpd"))
+	d2.Home, d2.secure = d.Home, true
+	if st := d2.status(t, id); st["status"] != "running" {
+		t.Fatalf("after restart: %v", st)
+	}
+	time.AfterFunc(500*time.Millisecond, func() { os.WriteFile(flag, nil, 0o644) })
+	if r := d2.zpSub(t, []string{"job", "follow"}, id); r.Stdout != "started\nafter\n" || r.Code != 5 {
+		t.Fatalf("follow after restart: %+v", r)
 	}
 }

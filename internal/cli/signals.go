@@ -16,7 +16,7 @@ import (
 const signalsResetEnv = "ZPD_SIGNALS_RESET"
 
 // cleanInheritedSignals keeps what zpd inherited from whoever started it
-// (nohup, trap ” HUP, a blocked signal mask) from reaching the commands
+// (nohup, trap "" HUP, a blocked signal mask) from reaching the commands
 // it runs, as sshd resets dispositions and the mask before exec. Go's
 // fork resets to SIG_DFL only the signals the runtime handles, and gives
 // the child the mask the process started with; there is no hook between
