@@ -64,7 +64,13 @@ type Config struct {
 	// MaxSubscriptions bounds the subscriptions one XPUB connection holds
 	// (64): a follower needs at most three per job it follows.
 	MaxSubscriptions int
-	Logger           *slog.Logger
+	// Per-user and global limits, answered with ERROR 429: sessions of one
+	// user (256); commands and background jobs running at once, per user
+	// (1024) and in all (4096); file transfers open at once, per user (32)
+	// and in all (256).
+	MaxSessionsPerUser, MaxCommandsPerUser, MaxCommands, MaxTransfersPerUser, MaxTransfers int
+
+	Logger *slog.Logger
 	// Registerer receives the metrics; nil uses a private registry.
 	Registerer prometheus.Registerer
 }
@@ -116,6 +122,7 @@ type Broker struct {
 	jobs   *jobManager
 	grants *grants         // who may subscribe to what on the XPUB
 	logCap *rateLimit      // bounds log lines about floods
+	limits *limits         // per-user and global limits
 	ctx    context.Context // set by Run; jobs' goroutines stop with it
 
 	mu       sync.Mutex
@@ -155,6 +162,12 @@ func New(cfg Config) (*Broker, error) {
 		conns:    make(map[string]*connInfo),
 		sessions: make(map[string]*session),
 	}
+	b.limits = newLimits(&b.cfg, func(limit, user string, logIt bool) {
+		b.m.LimitRefusals.WithLabelValues(limit).Inc()
+		if logIt {
+			b.log.Warn("limit reached; refusing (logged once a minute per user and limit)", "limit", limit, "user", user)
+		}
+	}, func(msg string) { b.log.Error(msg) })
 	ep, err := zmtp.Endpoint(cfg.Endpoint)
 	if err != nil {
 		return nil, err
@@ -481,12 +494,11 @@ func (b *Broker) open(c *connInfo, m *wire.Open) {
 		b.reply(c.id, wire.Errorf(0, wire.CodeUnauthorised, "%v", err))
 		return
 	}
-	b.mu.Lock()
-	if len(b.sessions) >= b.cfg.maxSessions() {
-		b.mu.Unlock()
-		b.reply(c.id, wire.Errorf(0, wire.CodeTooMany, "too many sessions"))
+	if e := b.limits.acquire(limSessions, acct.Name); e != nil {
+		b.reply(c.id, e)
 		return
 	}
+	b.mu.Lock()
 	s := newSession(b, acct, c)
 	b.sessions[s.id] = s
 	c.sess = s
@@ -582,6 +594,7 @@ func (b *Broker) forget(s *session) {
 	b.mu.Lock()
 	delete(b.sessions, s.id)
 	b.mu.Unlock()
+	b.limits.release(limSessions, s.acct.Name)
 	b.m.Sessions.Dec()
 }
 

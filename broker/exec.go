@@ -43,6 +43,19 @@ type execChan struct {
 	okMsg   *wire.ExecOK
 	exit    *wire.Exit
 	stopped bool // the client abandoned it (FIN, session end)
+	slot    bool // holds one of its user's running commands (limits)
+}
+
+// releaseSlot gives the user's command slot back once: when the command
+// ended, or it never started, or its job took the slot over.
+func (ch *execChan) releaseSlot() {
+	ch.mu.Lock()
+	held := ch.slot
+	ch.slot = false
+	ch.mu.Unlock()
+	if held {
+		ch.s.b.limits.release(limCommands, ch.s.acct.Name)
+	}
 }
 
 func newExecChan(s *session, id uint32, window uint32, stdin bool) *execChan {
@@ -63,6 +76,7 @@ func newExecChan(s *session, id uint32, window uint32, stdin bool) *execChan {
 
 // run starts the command and reports its end. It owns the process.
 func (ch *execChan) run(m *wire.Exec) {
+	defer ch.releaseSlot()
 	if m.Flags&wire.ExecAsync != 0 {
 		ch.runAsync(m)
 		return
@@ -159,7 +173,10 @@ func (ch *execChan) run(m *wire.Exec) {
 	if stdinW != nil {
 		go ch.writeStdin(stdinW)
 	}
-	waitErr := cmd.Wait()
+	if err := waitExited(context.Background(), cmd.Process.Pid); err != nil && !errors.Is(err, errNoPidfd) {
+		b.log.Warn("waiting for a command through its pidfd", "session", ch.s.id, "channel", ch.id, "err", err)
+	}
+	waitErr := cmd.Wait() // reaps at once: the command has exited
 	pumps.Wait()
 	b.m.ExecRunning.Dec()
 	b.m.ExecDuration.Observe(time.Since(started).Seconds())
@@ -324,7 +341,15 @@ func (ch *execChan) runAsync(m *wire.Exec) {
 		}
 		spool = f
 	}
-	j, exit := jm.start(ch.s.b.ctx, ch.s, m, spool)
+	// A job that starts takes the user's command slot over until it ends.
+	ch.mu.Lock()
+	slot := ch.slot
+	ch.slot = false
+	ch.mu.Unlock()
+	j, exit := jm.start(ch.s.b.ctx, ch.s, m, spool, slot)
+	if slot && exit != nil {
+		ch.s.b.limits.release(limCommands, ch.s.acct.Name)
+	}
 	if j != nil {
 		j.mu.Lock()
 		id, pid := j.meta.ID, j.meta.ShimPID

@@ -67,6 +67,7 @@ type job struct {
 	meta  jobMeta
 	sizes [3]uint64 // octets published (and readable) per stream
 	ended chan struct{}
+	slot  bool // holds one of its user's running commands until it ends (limits)
 }
 
 // jobManager owns the jobs directory and the XPUB socket their output is
@@ -172,6 +173,8 @@ func (jm *jobManager) load(ctx context.Context) error {
 		}
 		alive := processStart(j.meta.ShimPID) == j.meta.ShimStart && j.meta.ShimStart != 0
 		jm.b.log.Info("job found after restart", "job_id", j.meta.ID, "state", j.meta.State, "shim_alive", alive)
+		jm.b.limits.add(limCommands, j.meta.User) // counted, never refused: it runs already
+		j.slot = true
 		jm.watch(ctx, j, nil)
 	}
 	jm.updateGauge()
@@ -203,8 +206,10 @@ func newTopic() string {
 
 // start runs a background job for a session. It returns the job, or an
 // EXIT describing why the command could not start (the job is then
-// recorded as failed-to-start). stdin is the spooled stdin or nil.
-func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin *os.File) (*job, *wire.Exit) {
+// recorded as failed-to-start). stdin is the spooled stdin or nil. With
+// slot, the caller hands over one of the user's command slots: a job that
+// starts keeps it until it ends (with an EXIT, the caller keeps it).
+func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin *os.File, slot bool) (*job, *wire.Exit) {
 	acct := s.acct
 	id := nuid.Next()
 	j := &job{m: jm, dir: filepath.Join(jm.dir, id), ended: make(chan struct{})}
@@ -277,6 +282,7 @@ func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin
 	j.meta.ShimPID = cmd.Process.Pid
 	j.meta.ShimStart = processStart(cmd.Process.Pid)
 	j.mu.Lock()
+	j.slot = slot
 	err = j.saveLocked()
 	j.mu.Unlock()
 	if err != nil {
@@ -505,8 +511,13 @@ func (jm *jobManager) finish(j *job) {
 	info := j.infoLocked()
 	topic := j.meta.Topic
 	state := j.meta.State
+	slot := j.slot
+	j.slot = false
 	j.mu.Unlock()
 	close(j.ended)
+	if slot {
+		jm.b.limits.release(limCommands, j.meta.User)
+	}
 	result := "exited_zero"
 	switch {
 	case state == JobKilled:

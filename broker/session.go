@@ -262,7 +262,14 @@ func (s *session) exec(m *wire.Exec) {
 		s.sendErr(wire.Errorf(m.Channel, wire.CodeTooMany, "more than %d channels", s.b.cfg.maxChannels()))
 		return
 	}
+	if e := s.b.limits.acquire(limCommands, s.acct.Name); e != nil {
+		s.mu.Unlock()
+		e.Channel = m.Channel
+		s.sendErr(e)
+		return
+	}
 	ch := newExecChan(s, m.Channel, m.Window, m.Flags&wire.ExecStdin != 0)
+	ch.slot = true
 	s.channels[m.Channel] = ch
 	s.mu.Unlock()
 	go ch.run(m)
@@ -281,15 +288,37 @@ func (s *session) addChannel(id uint32, ch channel) bool {
 		go s.sendErr(wire.Errorf(id, wire.CodeTooMany, "more than %d channels", s.b.cfg.maxChannels()))
 		return false
 	}
+	if _, ok := ch.(*xferChan); ok {
+		// A transfer holds its slot until the channel is released.
+		if e := s.b.limits.acquire(limTransfers, s.acct.Name); e != nil {
+			e.Channel = id
+			go s.sendErr(e)
+			return false
+		}
+	}
 	s.channels[id] = ch
 	return true
+}
+
+// releaseSlot gives back what an open channel holds of its user's limits
+// (transfers; a command gives its slot back when it ends).
+func (s *session) releaseSlot(ch channel) {
+	if _, ok := ch.(*xferChan); ok {
+		s.b.limits.release(limTransfers, s.acct.Name)
+	}
 }
 
 // release forgets a channel; a command still running gets SIGHUP.
 func (s *session) release(id uint32, ch channel) {
 	s.mu.Lock()
-	delete(s.channels, id)
+	held := s.channels[id] == ch
+	if held {
+		delete(s.channels, id)
+	}
 	s.mu.Unlock()
+	if held {
+		s.releaseSlot(ch)
+	}
 	ch.stop()
 }
 
@@ -316,6 +345,7 @@ func (s *session) end(reason string) {
 		s.b.mu.Unlock()
 	}
 	for _, ch := range chans {
+		s.releaseSlot(ch)
 		ch.stop()
 	}
 	s.b.forget(s)

@@ -4,13 +4,20 @@ package e2e
 // client could do to zpd, and what zpd now does instead.
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/curve"
 )
 
 // needRoot skips a test that needs root (CI runs as root and must run it).
@@ -174,5 +181,176 @@ func TestStopLeavesJobsRunning(t *testing.T) {
 	time.AfterFunc(500*time.Millisecond, func() { os.WriteFile(flag, nil, 0o644) })
 	if r := d2.zpSub(t, []string{"job", "follow"}, id); r.Stdout != "started\nafter\n" || r.Code != 5 {
 		t.Fatalf("follow after restart: %+v", r)
+	}
+}
+
+// dialAs opens a session on d with the client key in keyDir (id_curve)
+// through the client library, as user (empty: zpd's own).
+func dialAs(t *testing.T, d *zpd, keyDir, user string) (*client.Session, error) {
+	t.Helper()
+	kp, err := curve.LoadKeyPair(filepath.Join(keyDir, "id_curve"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := run(t, nil, nil, "zpd", "--print-key", "--state", d.State).Stdout
+	sk, err := curve.ParsePublicKey(strings.Fields(out)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return client.Dial(ctx, client.Config{Endpoint: "tcp://" + d.Addr, User: user,
+		Mechanism: &curve.Client{Key: kp, ServerKey: sk}, ConnectTimeout: 10 * time.Second})
+}
+
+// procThreads is the number of threads of process pid.
+func procThreads(t *testing.T, pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "Threads:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	t.Fatal("no Threads line")
+	return 0
+}
+
+// floodCommand closes its output (so only the process itself is left to
+// wait for) and sleeps, as in the attack that exhausted zpd's threads.
+var floodCommand = []string{"sh", "-c", "exec >&- 2>&-; exec sleep 600"}
+
+// flood starts n sleeping commands on sessions of up to 63 channels each
+// and returns the sessions (closing one hangs its commands up) and the
+// errors of the Exec calls that did not start.
+func flood(t *testing.T, d *zpd, keyDir, user string, n int) ([]*client.Session, chan error) {
+	t.Helper()
+	var sessions []*client.Session
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i += 63 {
+		s, err := dialAs(t, d, keyDir, user)
+		if err != nil {
+			t.Fatalf("session %d: %v", len(sessions), err)
+		}
+		sessions = append(sessions, s)
+		for j := i; j < min(i+63, n); j++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := s.Exec(context.Background(), client.ExecRequest{Argv: floodCommand}); err != nil {
+					errs <- err
+				}
+			}()
+		}
+	}
+	t.Cleanup(func() {
+		for _, s := range sessions {
+			s.Close() // CLOSE: every command gets SIGHUP
+		}
+		wg.Wait()
+	})
+	return sessions, errs
+}
+
+// 2,000 sleeping commands hold no OS thread each in zpd (exec.Cmd.Wait
+// held one per command: 160 sessions x 64 channels reached Go's limit of
+// 10,000 threads and zpd died with "thread exhaustion"); another client
+// is still served.
+func TestCommandFloodHoldsNoThreads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: 2,000 processes")
+	}
+	const n = 2016 // 32 sessions x 63 channels
+	d, murl := metricsZPD(t, "--max-commands-per-user", "3000", "--max-commands", "3000")
+	before := procThreads(t, d.PID())
+	flood(t, d, d.Home, "", n)
+	eventually(t, 90*time.Second, "2,016 commands running", func() bool {
+		return metric(t, murl, "zp_exec_running") >= n
+	})
+	threads := procThreads(t, d.PID())
+	t.Logf("zpd threads: %d before, %d with %d commands sleeping", before, threads, n)
+	if threads > 100 {
+		t.Fatalf("zpd has %d threads with %d commands sleeping", threads, n)
+	}
+	start := time.Now()
+	if r := d.zp(t, nil, "echo", "served"); r.Code != 0 || r.Stdout != "served\n" {
+		t.Fatalf("another client during the flood: %+v", r)
+	}
+	t.Logf("another client served in %v", time.Since(start))
+}
+
+// Per-user and global limits answer ERROR 429 naming the flag (zp exits
+// 255 with it), are counted in metrics, and leave other users served.
+func TestUserLimits(t *testing.T) {
+	d, murl := metricsZPD(t, "--max-sessions-per-user", "4", "--max-commands-per-user", "100", "--max-commands", "120")
+	// Sessions.
+	var held []*client.Session
+	for i := 0; i < 4; i++ {
+		s, err := dialAs(t, d, d.Home, "")
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		held = append(held, s)
+	}
+	r := d.zp(t, nil, "true")
+	if r.Code != 255 || !strings.Contains(r.Stderr, "too many sessions for user") || !strings.Contains(r.Stderr, "--max-sessions-per-user") {
+		t.Fatalf("fifth session: %+v", r)
+	}
+	if v := metric(t, murl, `zp_limit_refusals_total{limit="max-sessions-per-user"}`); v != 1 {
+		t.Fatalf("refusals counted: %v", v)
+	}
+	held[0].Close()
+	eventually(t, 5*time.Second, "a session slot back", func() bool { return d.zp(t, nil, "true").Code == 0 })
+	for _, s := range held[1:] {
+		s.Close()
+	}
+
+	// Commands, synchronous and background.
+	_, errs := flood(t, d, d.Home, "", 100)
+	eventually(t, 30*time.Second, "100 commands running", func() bool { return metric(t, murl, "zp_exec_running") >= 100 })
+	select {
+	case err := <-errs:
+		t.Fatalf("a command within the limit failed: %v", err)
+	default:
+	}
+	want := "too many running commands for user root: 100 (zpd --max-commands-per-user)"
+	if os.Geteuid() != 0 {
+		want = "(zpd --max-commands-per-user)"
+	}
+	if r := d.zp(t, nil, "true"); r.Code != 255 || !strings.Contains(r.Stderr, want) {
+		t.Fatalf("command 101: %+v", r)
+	}
+	r = run(t, nil, d.env(), "zp", append(d.clientArgs(), "--async", d.Addr, "true")...)
+	if r.Code != 255 || !strings.Contains(r.Stderr, want) {
+		t.Fatalf("job 101: %+v", r)
+	}
+	if v := metric(t, murl, `zp_limit_refusals_total{limit="max-commands-per-user"}`); v != 2 {
+		t.Fatalf("refusals counted: %v", v)
+	}
+
+	// Another user has their own budget, within the global one.
+	if os.Geteuid() == 0 {
+		alice := makeUser(t, "zpalice")
+		aliceHome := t.TempDir()
+		pub := strings.TrimSpace(run(t, nil, []string{"ZP_CONFIG=" + aliceHome}, "zp", "keygen").Stdout)
+		authorize(t, alice, pub)
+		zpAlice := func() result {
+			return run(t, nil, []string{"ZP_CONFIG=" + aliceHome}, "zp", "--accept-new", "-q", "zpalice@"+d.Addr, "id", "-un")
+		}
+		// (The keyring sees the new key within a second.)
+		var r result
+		eventually(t, 5*time.Second, "alice served while root is at its limit", func() bool {
+			r = zpAlice()
+			return r.Code == 0 && r.Stdout == "zpalice\n"
+		})
+		flood(t, d, aliceHome, "zpalice", 20)
+		eventually(t, 30*time.Second, "120 commands running", func() bool { return metric(t, murl, "zp_exec_running") >= 120 })
+		if r := zpAlice(); r.Code != 255 || !strings.Contains(r.Stderr, "too many running commands on this zpd: 120 (zpd --max-commands)") {
+			t.Fatalf("alice over the global limit: %+v", r)
+		}
 	}
 }

@@ -29,6 +29,7 @@ type Metrics struct {
 	TransferBytes     *prometheus.CounterVec // kind: sent, received, skipped, resumed
 	Resent            prometheus.Counter
 	SubsRefused       *prometheus.CounterVec // reason: unauthorised, limit, not_a_subscription
+	LimitRefusals     *prometheus.CounterVec // limit: max-sessions-per-user, max-commands, …
 }
 
 // New creates the collectors and registers them with reg.
@@ -95,9 +96,12 @@ func New(reg prometheus.Registerer) *Metrics {
 		SubsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zp_subscriptions_refused_total", Help: "Subscriptions the publish socket refused, by reason (unauthorised, limit, not_a_subscription).",
 		}, []string{"reason"}),
+		LimitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "zp_limit_refusals_total", Help: "Requests refused with ERROR 429 because a limit was reached, by limit (the zpd flag that sets it).",
+		}, []string{"limit"}),
 	}
 	reg.MustRegister(m.Resent, m.Sessions, m.SessionsDetached, m.SessionsOpened, m.SessionsReaped, m.Connections,
 		m.HandshakeFailures, m.ExecStarted, m.ExecFinished, m.ExecRunning, m.ExecDuration, m.Bytes, m.Errors,
-		m.Dropped, m.JobsByState, m.JobFollowers, m.JobPublished, m.TransferFiles, m.TransferBytes, m.SubsRefused)
+		m.Dropped, m.JobsByState, m.JobFollowers, m.JobPublished, m.TransferFiles, m.TransferBytes, m.SubsRefused, m.LimitRefusals)
 	return m
 }

@@ -39,6 +39,12 @@ type zpdOptions struct {
 	jobRetention        time.Duration
 	maxSubscriptions    int
 	memoryLimit         int64
+	maxSessions         int
+	maxSessionsPerUser  int
+	maxCommands         int
+	maxCommandsPerUser  int
+	maxTransfers        int
+	maxTransfersPerUser int
 	printKey            bool
 	io                  *IO
 }
@@ -65,6 +71,12 @@ func NewZPDCmd(io *IO) *cobra.Command {
 	fs.Var(dayDuration{&opts.jobRetention}, "job-retention", "keep finished jobs (and their output) this long, e.g. 7d, 12h; 0 keeps them until 'zp job rm'")
 	fs.IntVar(&opts.maxSubscriptions, "max-subscriptions", 64, "subscriptions one connection to the publish socket may hold")
 	fs.Int64Var(&opts.memoryLimit, "memory-limit", 256<<20, "soft memory limit in octets for the Go runtime (GOMEMLIMIT); 0 for none")
+	fs.IntVar(&opts.maxSessions, "max-sessions", 10000, "sessions open at once, all users together")
+	fs.IntVar(&opts.maxSessionsPerUser, "max-sessions-per-user", 256, "sessions one user may have open at once")
+	fs.IntVar(&opts.maxCommands, "max-commands", 4096, "commands and background jobs running at once, all users together")
+	fs.IntVar(&opts.maxCommandsPerUser, "max-commands-per-user", 1024, "commands and background jobs one user may run at once")
+	fs.IntVar(&opts.maxTransfers, "max-transfers", 256, "file transfers (zpc runs) in progress at once, all users together")
+	fs.IntVar(&opts.maxTransfersPerUser, "max-transfers-per-user", 32, "file transfers one user may have in progress at once")
 	fs.StringVar(&opts.authorizedKeys, "authorized-keys", "", "file of client keys (Z85, one per line) that may act as zpd's own user")
 	fs.BoolVar(&opts.printKey, "print-key", false, "print the server's public key and fingerprint (creating the key pair if needed) and exit")
 	root.RunE = func(c *cobra.Command, _ []string) error {
@@ -158,6 +170,20 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 		HandshakeTimeout: opts.handshakeTimeout,
 		JobRetention:     opts.jobRetention,
 		MaxSubscriptions: opts.maxSubscriptions,
+
+		MaxSessions:         opts.maxSessions,
+		MaxSessionsPerUser:  opts.maxSessionsPerUser,
+		MaxCommands:         opts.maxCommands,
+		MaxCommandsPerUser:  opts.maxCommandsPerUser,
+		MaxTransfers:        opts.maxTransfers,
+		MaxTransfersPerUser: opts.maxTransfersPerUser,
+	}
+	for name, v := range map[string]int{"max-sessions": opts.maxSessions, "max-sessions-per-user": opts.maxSessionsPerUser,
+		"max-commands": opts.maxCommands, "max-commands-per-user": opts.maxCommandsPerUser,
+		"max-transfers": opts.maxTransfers, "max-transfers-per-user": opts.maxTransfersPerUser} {
+		if v < 1 {
+			return withCode(2, fmt.Errorf("--%s %d: want at least 1", name, v))
+		}
 	}
 	if opts.jobRetention == 0 {
 		cfg.JobRetention = -1
