@@ -354,3 +354,24 @@ func TestUserLimits(t *testing.T) {
 		}
 	}
 }
+
+// A command's or a job's slot comes back when it ends.
+func TestLimitSlotsComeBack(t *testing.T) {
+	d := startZPD(t, "--max-commands-per-user", "1", "--max-transfers-per-user", "1")
+	for i := 0; i < 3; i++ {
+		if r := d.zp(t, nil, "true"); r.Code != 0 {
+			t.Fatalf("command %d: %+v", i, r)
+		}
+		id := d.async(t, nil, "true")
+		if r := d.zpSub(t, []string{"job", "wait"}, id); r.Code != 0 {
+			t.Fatalf("job %d: %+v", i, r)
+		}
+		// The job's end is recorded just before its slot is released.
+		eventually(t, 5*time.Second, "slot back", func() bool { return d.zp(t, nil, "true").Code == 0 })
+		src := filepath.Join(t.TempDir(), "f")
+		os.WriteFile(src, []byte("x"), 0o644)
+		if r := run(t, nil, d.env(), "zpc", append(d.clientArgs(), src, d.Addr+":"+t.TempDir())...); r.Code != 0 {
+			t.Fatalf("copy %d: %+v", i, r)
+		}
+	}
+}
