@@ -42,8 +42,9 @@ type execChan struct {
 	pgid    int // 0 until started
 	okMsg   *wire.ExecOK
 	exit    *wire.Exit
-	stopped bool // the client abandoned it (FIN, session end)
-	slot    bool // holds one of its user's running commands (limits)
+	stopped bool        // the client abandoned it (FIN, session end)
+	slot    bool        // holds one of its user's running commands (limits)
+	failed  *wire.Error // zpd could not run it (its own failure, not the command's)
 }
 
 // releaseSlot gives the user's command slot back once: when the command
@@ -102,7 +103,7 @@ func (ch *execChan) run(m *wire.Exec) {
 	if ch.in != nil {
 		r, w, err := os.Pipe()
 		if err != nil {
-			ch.finish(startFailure(ch.id, err))
+			ch.fail(zpdFailure(ch.id, "make the command's stdin pipe", err))
 			return
 		}
 		setPipeSize(w)
@@ -113,7 +114,13 @@ func (ch *execChan) run(m *wire.Exec) {
 	for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
 		r, w, err := os.Pipe()
 		if err != nil {
-			ch.finish(startFailure(ch.id, err))
+			for _, f := range files {
+				f.Close()
+			}
+			if stdinW != nil {
+				stdinW.Close()
+			}
+			ch.fail(zpdFailure(ch.id, "make the command's output pipes", err))
 			return
 		}
 		setPipeSize(r)
@@ -133,7 +140,11 @@ func (ch *execChan) run(m *wire.Exec) {
 		if stdinW != nil {
 			stdinW.Close()
 		}
-		ch.finish(startFailure(ch.id, err))
+		if isResourceFailure(err) {
+			ch.fail(zpdFailure(ch.id, "start the command", err))
+		} else {
+			ch.finish(startFailure(ch.id, err))
+		}
 		return
 	}
 	for _, f := range child {
@@ -359,6 +370,41 @@ func (ch *execChan) runAsync(m *wire.Exec) {
 	if exit != nil {
 		ch.finish(exit)
 	}
+}
+
+// fail reports that zpd itself could not run the command (out of
+// descriptors or processes, its state directory full): an ERROR on the
+// channel, so that the client reports zpd's failure (zp exits 255) rather
+// than an exit code the command never had. Kept to resend after a resume.
+func (ch *execChan) fail(e *wire.Error) {
+	ch.mu.Lock()
+	ch.failed = e
+	ch.mu.Unlock()
+	ch.s.b.log.Warn("could not run a command", "session", ch.s.id, "channel", ch.id, "user", ch.s.acct.Name, "code", int(e.Code), "err", e.Reason)
+	ch.s.send(e)
+}
+
+// isResourceFailure tells zpd's own lack of resources (descriptors,
+// processes, memory) from a command that cannot be executed.
+func isResourceFailure(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.ENOMEM)
+}
+
+// zpdFailure describes zpd's own failure to do something for a command:
+// 503 when it lacks descriptors, processes or memory (it may work again
+// soon), 507 when its disk is full, else 500.
+func zpdFailure(channel uint32, what string, err error) *wire.Error {
+	code, hint := wire.CodeInternal, ""
+	switch {
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+		code, hint = wire.CodeUnavailable, " (zpd's open-file limit: ulimit -n, systemd LimitNOFILE)"
+	case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.ENOMEM):
+		code, hint = wire.CodeUnavailable, " (out of processes or memory)"
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		code, hint = wire.CodeNoSpace, " (zpd's state directory)"
+	}
+	return wire.Errorf(channel, code, "zpd could not %s: %v%s", what, err, hint)
 }
 
 // finish records the end of the command and reports it; the report is kept

@@ -374,8 +374,12 @@ func (s *session) armResend() {
 // say from where (deliver).
 func (ch *execChan) resend() {
 	ch.mu.Lock()
-	ok, exit := ch.okMsg, ch.exit
+	ok, exit, failed := ch.okMsg, ch.exit, ch.failed
 	ch.mu.Unlock()
+	if failed != nil {
+		ch.s.send(failed)
+		return
+	}
 	if ok != nil {
 		ch.s.send(ok)
 	}

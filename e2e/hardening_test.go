@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/zpipes/zp/client"
 	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/wire"
 )
 
 // needRoot skips a test that needs root (CI runs as root and must run it).
@@ -374,4 +376,62 @@ func TestLimitSlotsComeBack(t *testing.T) {
 			t.Fatalf("copy %d: %+v", i, r)
 		}
 	}
+}
+
+// At zpd's open-file limit a command cannot get its pipes: that is zpd's
+// failure, not the command's, so it is an ERROR (503, with the reason)
+// on the channel, which zp reports and exits 255 for, not exit 126.
+func TestOutOfDescriptorsIsZpdsError(t *testing.T) {
+	d := startZPDVia(t, []string{"sh", "-c", `ulimit -n 64 && exec "$0" "$@"`})
+	var sessions []*client.Session
+	for i := 0; i < 2; i++ {
+		s, err := dialAs(t, d, d.Home, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sessions = append(sessions, s)
+	}
+	t.Cleanup(func() {
+		for _, s := range sessions {
+			s.Close()
+		}
+	})
+	// Sleeping commands with their output closed hold a descriptor each
+	// in zpd (the pidfd it waits on), until the limit is reached.
+	var werr *wire.Error
+	for i := 0; i < 120 && werr == nil; i++ {
+		res := make(chan error, 1)
+		go func() {
+			st, err := sessions[i%2].Exec(context.Background(), client.ExecRequest{Argv: []string{"sh", "-c", "exec >&- 2>&-; exec sleep 600"}})
+			if err == nil {
+				err = fmt.Errorf("exited: %+v", st)
+			}
+			res <- err
+		}()
+		select {
+		case err := <-res:
+			if !errors.As(err, &werr) {
+				t.Fatalf("command %d: %v, want a zp error", i, err)
+			}
+		case <-time.After(300 * time.Millisecond): // started and sleeps
+		}
+	}
+	if werr == nil {
+		t.Fatal("120 commands ran with 64 descriptors")
+	}
+	t.Logf("ERROR %d: %s", werr.Code, werr.Reason)
+	if werr.Code != wire.CodeUnavailable || !strings.Contains(werr.Reason, "too many open files") {
+		t.Fatalf("got ERROR %d %q", werr.Code, werr.Reason)
+	}
+	// zp says so and exits 255, as ssh does for its own failures.
+	r := d.zp(t, nil, "true")
+	t.Logf("zp at the limit: %+v", r)
+	if r.Code != 255 || !strings.Contains(r.Stderr, "too many open files") {
+		t.Fatalf("zp at the limit: %+v", r)
+	}
+	// Descriptors freed (the sleeping commands hung up), zpd serves again.
+	for _, s := range sessions {
+		s.Close()
+	}
+	eventually(t, 20*time.Second, "zpd serving again", func() bool { return d.zp(t, nil, "true").Code == 0 })
 }
