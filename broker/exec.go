@@ -302,17 +302,18 @@ func (ch *execChan) writeStdin(w *os.File) {
 	ch.copyStdin(w)
 }
 
-// copyStdin writes stdin to w until EOF (true) or abandonment (false).
-func (ch *execChan) copyStdin(w io.Writer) bool {
+// copyStdin writes stdin to w until EOF (true) or abandonment (false);
+// werr is the first write error (what was sent after it was discarded).
+func (ch *execChan) copyStdin(w io.Writer) (ok bool, werr error) {
 	broken := false
 	for {
 		select {
 		case <-ch.ctx.Done():
-			return false
+			return false, werr
 		case it := <-ch.stdinQ:
 			if len(it.data) > 0 && !broken {
 				if _, err := w.Write(it.data); err != nil {
-					broken = true
+					broken, werr = true, err
 				}
 			}
 			if due, off, lim := ch.in.Consumed(len(it.data)); due || it.eof {
@@ -322,7 +323,7 @@ func (ch *execChan) copyStdin(w io.Writer) bool {
 				ch.s.send(&wire.Ack{Channel: ch.id, Stream: wire.Stdin, Offset: off, Limit: lim})
 			}
 			if it.eof {
-				return !broken
+				return !broken, werr
 			}
 		}
 	}
@@ -337,17 +338,20 @@ func (ch *execChan) runAsync(m *wire.Exec) {
 	if ch.in != nil {
 		f, err := os.CreateTemp(jm.dir, ".stdin-")
 		if err != nil {
-			ch.finish(startFailure(ch.id, err))
+			ch.fail(zpdFailure(ch.id, "spool the job's stdin", err))
 			return
 		}
 		os.Remove(f.Name()) // the job gets the open file
 		defer f.Close()
 		ch.s.send(&wire.ExecOK{Channel: ch.id, Window: uint32(ch.s.b.cfg.window())})
-		if !ch.copyStdin(f) {
-			return // abandoned, or the spool failed (disk full): no job
+		if ok, err := ch.copyStdin(f); !ok {
+			if err != nil { // the spool failed (disk full): no job
+				ch.fail(zpdFailure(ch.id, "spool the job's stdin", err))
+			}
+			return // or abandoned
 		}
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			ch.finish(startFailure(ch.id, err))
+			ch.fail(zpdFailure(ch.id, "spool the job's stdin", err))
 			return
 		}
 		spool = f
@@ -357,9 +361,13 @@ func (ch *execChan) runAsync(m *wire.Exec) {
 	slot := ch.slot
 	ch.slot = false
 	ch.mu.Unlock()
-	j, exit := jm.start(ch.s.b.ctx, ch.s, m, spool, slot)
-	if slot && exit != nil {
+	j, exit, zerr := jm.start(ch.s.b.ctx, ch.s, m, spool, slot)
+	if slot && (exit != nil || zerr != nil) {
 		ch.s.b.limits.release(limCommands, ch.s.acct.Name)
+	}
+	if zerr != nil {
+		ch.fail(zerr)
+		return
 	}
 	if j != nil {
 		j.mu.Lock()

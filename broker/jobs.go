@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/nats-io/nuid"
+	"golang.org/x/sys/unix"
 
 	"github.com/zpipes/zp/internal/wire"
 )
@@ -68,6 +70,9 @@ type job struct {
 	sizes [3]uint64 // octets published (and readable) per stream
 	ended chan struct{}
 	slot  bool // holds one of its user's running commands until it ends (limits)
+	// saveErr is why meta.json could not be saved last time ("" when it
+	// was): job status shows it.
+	saveErr string
 }
 
 // jobManager owns the jobs directory and the XPUB socket their output is
@@ -204,18 +209,25 @@ func newTopic() string {
 	return "j/" + base64.RawURLEncoding.EncodeToString(b)
 }
 
+// statusReserve is the space reserved for a job's status file when it is
+// created, so that the shim's few events are recorded even when the state
+// directory fills up later.
+const statusReserve = 64 << 10
+
 // start runs a background job for a session. It returns the job, or an
 // EXIT describing why the command could not start (the job is then
-// recorded as failed-to-start). stdin is the spooled stdin or nil. With
-// slot, the caller hands over one of the user's command slots: a job that
-// starts keeps it until it ends (with an EXIT, the caller keeps it).
-func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin *os.File, slot bool) (*job, *wire.Exit) {
+// recorded as failed-to-start), or an ERROR when zpd itself could not
+// record or start it (its state directory full, out of descriptors): then
+// no job exists. stdin is the spooled stdin or nil. With slot, the caller
+// hands over one of the user's command slots: a job that starts keeps it
+// until it ends (otherwise the caller keeps it).
+func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin *os.File, slot bool) (*job, *wire.Exit, *wire.Error) {
 	acct := s.acct
 	id := nuid.Next()
 	j := &job{m: jm, dir: filepath.Join(jm.dir, id), ended: make(chan struct{})}
 	j.meta = jobMeta{ID: id, Topic: newTopic(), User: acct.Name, Key: hex.EncodeToString(s.key),
 		Argv: m.Argv, State: JobRunning, Started: time.Now().UTC()}
-	fail := func(exit *wire.Exit) (*job, *wire.Exit) {
+	fail := func(exit *wire.Exit) (*job, *wire.Exit, *wire.Error) {
 		code := int(exit.Code)
 		j.mu.Lock()
 		j.meta.State, j.meta.ExitCode, j.meta.Message = JobFailedToStart, &code, exit.Message
@@ -228,15 +240,7 @@ func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin
 		jm.jobs[id] = j
 		jm.mu.Unlock()
 		jm.updateGauge()
-		return j, exit
-	}
-	if err := os.MkdirAll(j.dir, 0o700); err != nil {
-		return nil, &wire.Exit{Channel: m.Channel, Status: wire.FailedToStart, Code: 126, Message: "job directory: " + err.Error()}
-	}
-	env, dir, path, code, err := acct.resolve(m)
-	j.meta.Dir = dir
-	if err != nil {
-		return fail(&wire.Exit{Channel: m.Channel, Status: wire.FailedToStart, Code: uint32(code), Message: err.Error()})
+		return j, exit, nil
 	}
 	var files []*os.File
 	defer func() {
@@ -244,6 +248,23 @@ func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin
 			f.Close()
 		}
 	}()
+	// zpd's own failure: nothing of the job is left behind.
+	ours := func(what string, err error) (*job, *wire.Exit, *wire.Error) {
+		for _, f := range files {
+			f.Close()
+		}
+		files = nil
+		_ = os.RemoveAll(j.dir)
+		return nil, nil, zpdFailure(m.Channel, what, err)
+	}
+	if err := os.MkdirAll(j.dir, 0o700); err != nil {
+		return ours("create the job's directory", err)
+	}
+	env, dir, path, code, err := acct.resolve(m)
+	j.meta.Dir = dir
+	if err != nil {
+		return fail(&wire.Exit{Channel: m.Channel, Status: wire.FailedToStart, Code: uint32(code), Message: err.Error()})
+	}
 	open := func(name string, flag int) (*os.File, error) {
 		f, err := os.OpenFile(filepath.Join(j.dir, name), flag, 0o600)
 		if err == nil {
@@ -255,12 +276,21 @@ func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin
 	errf, err2 := open("stderr.log", os.O_WRONLY|os.O_CREATE|os.O_APPEND)
 	status, err3 := open("status", os.O_WRONLY|os.O_CREATE|os.O_APPEND)
 	if err := errors.Join(err1, err2, err3); err != nil {
-		return fail(&wire.Exit{Channel: m.Channel, Status: wire.FailedToStart, Code: 126, Message: err.Error()})
+		return ours("create the job's files", err)
+	}
+	if err := reserve(status, statusReserve); err != nil {
+		return ours("reserve space for the job's status", err)
+	}
+	j.mu.Lock()
+	err = j.saveLocked()
+	j.mu.Unlock()
+	if err != nil {
+		return ours("save the job's record", err)
 	}
 	if stdin == nil {
 		devnull, err := os.Open(os.DevNull)
 		if err != nil {
-			return fail(startFailure(m.Channel, err))
+			return ours("open /dev/null", err)
 		}
 		stdin = devnull
 	}
@@ -268,7 +298,7 @@ func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin
 	self := jm.b.cfg.ShimPath
 	if self == "" {
 		if self, err = os.Executable(); err != nil {
-			return fail(startFailure(m.Channel, err))
+			return ours("find its own executable", err)
 		}
 	}
 	cmd := &exec.Cmd{
@@ -277,17 +307,25 @@ func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Credential: acct.credential()},
 	}
 	if err := cmd.Start(); err != nil {
-		return fail(startFailure(m.Channel, err))
+		var pe *fs.PathError
+		if errors.As(err, &pe) && pe.Op == "chdir" {
+			return fail(startFailure(m.Channel, err)) // the command's directory
+		}
+		return ours("start the job's supervisor", err)
 	}
+	// The shim's identity goes into its status file (whose space is
+	// reserved) as well as meta.json (which a full disk may refuse): a
+	// restarted zpd finds the shim either way.
 	j.meta.ShimPID = cmd.Process.Pid
 	j.meta.ShimStart = processStart(cmd.Process.Pid)
+	ev, _ := json.Marshal(shimEvent{ShimPID: j.meta.ShimPID, ShimStart: j.meta.ShimStart, Time: time.Now().UTC()})
+	if _, err := status.Write(append(ev, '\n')); err != nil {
+		jm.b.log.Error("recording the job's supervisor", "job_id", id, "err", err)
+	}
 	j.mu.Lock()
 	j.slot = slot
-	err = j.saveLocked()
+	j.saveOrNoteLocked()
 	j.mu.Unlock()
-	if err != nil {
-		jm.b.log.Error("saving job record", "job_id", id, "err", err)
-	}
 	jm.mu.Lock()
 	jm.jobs[id] = j
 	jm.mu.Unlock()
@@ -301,14 +339,61 @@ func (jm *jobManager) start(ctx context.Context, s *session, m *wire.Exec, stdin
 		// Wait on a pidfd, not in wait4: no OS thread per running job,
 		// and zpd can stop without waiting for its jobs (they outlive it
 		// and are re-adopted; the shim is then reaped by init).
-		if err := waitExited(ctx, cmd.Process.Pid); err != nil && !errors.Is(err, errNoPidfd) {
+		if err := waitExited(ctx, cmd.Process.Pid); err != nil && ctx.Err() != nil {
 			return // zpd stops: leave the job running
 		}
-		_ = cmd.Wait() // reap the shim; its status file says how the job went
+		_ = cmd.Wait() // reap the shim (at once, or blocking if the pidfd failed)
 		close(reaped)
 	}()
 	jm.watch(ctx, j, reaped)
-	return j, nil
+	return j, nil, nil
+}
+
+// reserve allocates size octets for f beyond its end (its size does not
+// change), so that appends up to that much cannot fail for lack of space.
+// File systems that cannot (EOPNOTSUPP) are left as they are.
+func reserve(f *os.File, size int64) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) {
+		ferr = unix.Fallocate(int(fd), unix.FALLOC_FL_KEEP_SIZE, 0, size)
+	}); err != nil {
+		return err
+	}
+	if errors.Is(ferr, unix.EOPNOTSUPP) || errors.Is(ferr, unix.ENOSYS) {
+		return nil
+	}
+	if ferr != nil {
+		return &fs.PathError{Op: "fallocate", Path: f.Name(), Err: ferr}
+	}
+	return nil
+}
+
+// saveOrNoteLocked saves meta.json; when it cannot (a full disk) the job
+// goes on, its state kept in memory and in the status file, and job status
+// says that the record is not saved (logged once).
+func (j *job) saveOrNoteLocked() {
+	err := j.saveLocked()
+	switch {
+	case err == nil:
+		j.saveErr = ""
+	case j.saveErr == "":
+		j.saveErr = errText(err)
+		j.m.b.log.Error("saving job record", "job_id", j.meta.ID, "err", err)
+	}
+}
+
+// errText is an error without the path it concerns ("no space left on
+// device"), for messages that users read.
+func errText(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
 }
 
 // processStart returns a process's start time (/proc/PID/stat field 22),
@@ -470,6 +555,14 @@ func (jm *jobManager) apply(j *job, ev shimEvent) bool {
 	defer j.mu.Unlock()
 	done := false
 	switch {
+	case ev.ShimPID != 0:
+		j.meta.ShimPID, j.meta.ShimStart = ev.ShimPID, ev.ShimStart
+	case ev.Lost != "":
+		lost := fmt.Sprintf("%s: output after %d octets lost: %s", ev.Lost, ev.At, ev.Err)
+		if !strings.Contains(j.meta.Message, lost) {
+			j.meta.Message = strings.TrimPrefix(j.meta.Message+"; "+lost, "; ")
+		}
+		j.m.b.log.Warn("job output lost", "job_id", j.meta.ID, "stream", ev.Lost, "offset", ev.At, "err", ev.Err)
 	case ev.PID != 0:
 		j.meta.PID = ev.PID
 	case ev.EOF == "stdout":
@@ -494,9 +587,7 @@ func (jm *jobManager) apply(j *job, ev shimEvent) bool {
 		}
 		j.meta.OutEOF = [3]bool{true, true, true}
 	}
-	if err := j.saveLocked(); err != nil {
-		jm.b.log.Error("saving job record", "job_id", j.meta.ID, "err", err)
-	}
+	j.saveOrNoteLocked()
 	return done
 }
 
@@ -507,7 +598,7 @@ func (jm *jobManager) finish(j *job) {
 	if j.meta.Ended.IsZero() {
 		j.meta.Ended = time.Now().UTC()
 	}
-	_ = j.saveLocked()
+	j.saveOrNoteLocked()
 	info := j.infoLocked()
 	topic := j.meta.Topic
 	state := j.meta.State
@@ -562,8 +653,12 @@ func (j *job) infoLocked() map[string]string {
 		info["signal"] = strings.TrimPrefix(unixSignalName(m.Signal), "SIG")
 		info["exit_code"] = strconv.Itoa(128 + m.Signal)
 	}
-	if m.Message != "" {
-		info["message"] = m.Message
+	msg := m.Message
+	if j.saveErr != "" {
+		msg = strings.TrimPrefix(msg+"; zpd could not save the job's record: "+j.saveErr, "; ")
+	}
+	if msg != "" {
+		info["message"] = msg
 	}
 	return info
 }

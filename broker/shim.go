@@ -20,6 +20,15 @@ const ShimArg = "__zp-job-shim"
 
 // shimEvent is one line of a job's status file, written by its shim.
 type shimEvent struct {
+	// ShimPID and ShimStart identify the shim; zpd writes this event
+	// itself once it started the shim (meta.json may not be writable).
+	ShimPID   int    `json:"shim_pid,omitempty"`
+	ShimStart uint64 `json:"shim_start,omitempty"`
+	// Lost says that a stream's log could not be written from octet At
+	// on (Err: why, e.g. the disk is full); what followed was discarded.
+	Lost   string    `json:"lost,omitempty"`
+	At     uint64    `json:"at,omitempty"`
+	Err    string    `json:"err,omitempty"`
 	PID    int       `json:"pid,omitempty"`    // the command started
 	EOF    string    `json:"eof,omitempty"`    // "stdout"/"stderr" reached end of file
 	Exit   *int      `json:"exit,omitempty"`   // the command exited with this code
@@ -92,7 +101,10 @@ func RunShim(args []string) int {
 		copies.Add(1)
 		go func() {
 			defer copies.Done()
-			_, _ = io.Copy(c.dst, c.src)
+			if n, err := copyLog(c.dst, c.src); err != nil {
+				emit(shimEvent{Lost: c.name, At: n, Err: errText(err)})
+				_, _ = io.Copy(io.Discard, c.src) // never block the command on its log
+			}
 			emit(shimEvent{EOF: c.name})
 		}()
 	}
@@ -107,4 +119,25 @@ func RunShim(args []string) int {
 	copies.Wait()
 	emit(shimEvent{Done: true})
 	return 0
+}
+
+// copyLog copies a job's output into its log until EOF (nil) or until a
+// write fails (a full disk): it returns the octets written and the write
+// error. Reads that fail end it as EOF.
+func copyLog(dst io.Writer, src io.Reader) (uint64, error) {
+	buf := make([]byte, 64<<10)
+	var n uint64
+	for {
+		k, rerr := src.Read(buf)
+		if k > 0 {
+			w, werr := dst.Write(buf[:k])
+			n += uint64(w)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		if rerr != nil {
+			return n, nil
+		}
+	}
 }

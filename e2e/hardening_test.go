@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -31,6 +32,22 @@ func needRoot(t *testing.T, why string) {
 		}
 		t.Skipf("needs root: %s", why)
 	}
+}
+
+// killJobsAtCleanup kills, when the test ends, the process groups of the
+// jobs recorded in a zpd state directory (jobs outlive zpd by design).
+func killJobsAtCleanup(t *testing.T, state string) {
+	t.Cleanup(func() {
+		metas, _ := filepath.Glob(filepath.Join(state, "jobs", "*", "meta.json"))
+		for _, m := range metas {
+			var meta struct {
+				ShimPID int `json:"shim_pid"`
+			}
+			if b, err := os.ReadFile(m); err == nil && json.Unmarshal(b, &meta) == nil && meta.ShimPID > 0 {
+				syscall.Kill(-meta.ShimPID, syscall.SIGKILL)
+			}
+		}
+	})
 }
 
 // A root zpd with --insecure on TCP would run every local user's
@@ -156,6 +173,7 @@ os.execv(sys.argv[1], sys.argv[1:])`}
 // new zpd on the same state re-adopts them.
 func TestStopLeavesJobsRunning(t *testing.T) {
 	d := startZPD(t)
+	killJobsAtCleanup(t, d.State)
 	flag := filepath.Join(t.TempDir(), "flag") // the job runs until it exists
 	id := d.async(t, nil, "sh", "-c", "echo started; while [ ! -e "+flag+" ]; do sleep 0.05; done; echo after; exit 5")
 	eventually(t, 5*time.Second, "job output", func() bool { return d.status(t, id)["stdout_bytes"] == float64(8) })
@@ -434,4 +452,54 @@ func TestOutOfDescriptorsIsZpdsError(t *testing.T) {
 		s.Close()
 	}
 	eventually(t, 20*time.Second, "zpd serving again", func() bool { return d.zp(t, nil, "true").Code == 0 })
+}
+
+// A full state directory: a job whose output no longer fits still runs to
+// its end and says what was lost; a job that cannot even be recorded is
+// refused at once with a clear error; nothing hangs, nothing is reported
+// killed that was not.
+func TestFullStateDirectory(t *testing.T) {
+	needRoot(t, "mounting a small tmpfs as zpd's state directory")
+	state := t.TempDir()
+	mountTmpfs(t, state, "1m")
+	d := startZPD(t, "--state", state)
+	d.State = state
+	killJobsAtCleanup(t, state)
+
+	big := d.async(t, nil, "sh", "-c", "echo begin >&2; head -c 3000000 /dev/zero; echo end >&2; exit 3")
+	eventually(t, 20*time.Second, "the job over a full disk ends", func() bool { return d.status(t, big)["status"] != "running" })
+	st := d.status(t, big)
+	msg, _ := st["message"].(string)
+	t.Logf("job status: %v", st)
+	if st["status"] != "exited" || st["exit_code"] != float64(3) || !strings.Contains(msg, "stdout") || !strings.Contains(msg, "no space left on device") {
+		t.Fatalf("job over a full disk: %v", st)
+	}
+	if r := d.zpSub(t, []string{"job", "status"}, big); !strings.Contains(r.Stdout, "no space left on device") {
+		t.Fatalf("job status does not say it:\n%s", r.Stdout)
+	}
+
+	// Fill what is left: a new job cannot be recorded and is refused.
+	exec.Command("sh", "-c", "cat /dev/zero > "+filepath.Join(state, "filler")).Run()
+	r := run(t, nil, d.env(), "zp", append(d.clientArgs(), "--async", d.Addr, "echo", "hi")...)
+	t.Logf("job on a full disk: %+v", r)
+	if r.Code != 255 || !strings.Contains(r.Stderr, "no space left on device") || r.Stdout != "" {
+		t.Fatalf("job on a full disk: %+v", r)
+	}
+	if r := d.zpSub(t, []string{"jobs"}); strings.Count(r.Stdout, "\n") != 2 {
+		t.Fatalf("a refused job was listed:\n%s", r.Stdout)
+	}
+	// Synchronous commands need no state: they still run.
+	if r := d.zp(t, nil, "echo", "ok"); r.Code != 0 || r.Stdout != "ok\n" {
+		t.Fatalf("command on a full disk: %+v", r)
+	}
+
+	// Space back: the finished job goes, new jobs run and end as they should.
+	os.Remove(filepath.Join(state, "filler"))
+	if r := d.zpSub(t, []string{"job", "rm"}, big); r.Code != 0 {
+		t.Fatalf("job rm: %+v", r)
+	}
+	id := d.async(t, nil, "sh", "-c", "echo fine; exit 4")
+	if r := d.zpSub(t, []string{"job", "follow"}, id); r.Code != 4 || r.Stdout != "fine\n" {
+		t.Fatalf("job after space came back: %+v", r)
+	}
 }
