@@ -3,8 +3,6 @@ package chunkstore
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
@@ -35,24 +33,18 @@ type Partial struct {
 	h       hash.Hash
 	written uint64
 	synced  uint64 // start of the range not yet handed to writeback
-	ckpt    uint64 // offset of the last checkpoint
 }
 
 // writeback is how much is written before the kernel is asked to start
 // writing it out, so that the final fdatasync has little left to do.
 const writeback = 8 << 20
 
-// checkpoint is how much is written between checkpoints: the partial is
-// made durable (fdatasync, mostly written back already) and the SHA-256
-// state at that offset saved beside it, so that a resume hashes only what
-// came after the last checkpoint instead of the whole partial.
-const checkpoint = 64 << 20
-
 // OpenPartial opens (creating if needed) the partial file for the entry
 // name whose source has the given size and modification time. If a partial
-// from an earlier attempt exists, it is kept and its SHA-256 computed (from
-// its last checkpoint on): Have reports its length and Prefix its digest,
-// for the sender to check against its own first Have octets.
+// from an earlier attempt exists, it is kept and its SHA-256 computed from
+// the octets it holds (never from a record beside it, which anyone who can
+// write the directory could forge): Have reports its length and Prefix its
+// digest, for the sender to check against its own first Have octets.
 func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, error) {
 	if name == "" {
 		return nil, fmt.Errorf("%w: empty name", ErrUnsafePath)
@@ -77,78 +69,22 @@ func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, err
 		shown = d + "/" + tmp
 	}
 	p := &Partial{r: r, name: name, tmp: tmp, dirfd: dfd, f: os.NewFile(uintptr(fd), r.display(shown)), h: sha256.New()}
-	start := p.loadCheckpoint()
-	if _, err := p.f.Seek(int64(start), io.SeekStart); err != nil {
-		p.Close()
-		return nil, err
-	}
+	_ = unix.Unlinkat(dfd, p.staleState(), 0)
 	n, err := io.Copy(p.h, p.f)
 	if err != nil {
 		p.Close()
 		return nil, fmt.Errorf("reading partial %s: %w", p.f.Name(), err)
 	}
-	p.written = start + uint64(n)
+	p.written = uint64(n)
 	p.synced = p.written
-	p.ckpt = start
 	return p, nil
 }
 
-// stateName is the checkpoint file beside a partial.
-func (p *Partial) stateName() string { return p.tmp + ".sha" }
-
-// loadCheckpoint restores the hash state of the last checkpoint and
-// returns its offset; 0 (hash from the start) when there is none or it
-// does not fit the file.
-func (p *Partial) loadCheckpoint() uint64 {
-	fd, err := unix.Openat(p.dirfd, p.stateName(), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return 0
-	}
-	f := os.NewFile(uintptr(fd), p.stateName())
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 4096))
-	if err != nil || len(b) < 8 {
-		return 0
-	}
-	off := binary.BigEndian.Uint64(b)
-	st, err := p.f.Stat()
-	if err != nil || off > uint64(st.Size()) {
-		return 0
-	}
-	h := sha256.New()
-	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(b[8:]); err != nil {
-		return 0
-	}
-	p.h = h
-	return off
-}
-
-// saveCheckpoint makes what was written durable, then records the hash
-// state at this offset (write, fsync, rename: never a torn record).
-func (p *Partial) saveCheckpoint() {
-	state, err := p.h.(encoding.BinaryMarshaler).MarshalBinary()
-	if err != nil {
-		return
-	}
-	if err := unix.Fdatasync(int(p.f.Fd())); err != nil {
-		return
-	}
-	rec := binary.BigEndian.AppendUint64(nil, p.written)
-	rec = append(rec, state...)
-	tmp := p.stateName() + ".new"
-	fd, err := unix.Openat(p.dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return
-	}
-	_, werr := unix.Write(fd, rec)
-	serr := unix.Fdatasync(fd)
-	unix.Close(fd)
-	if werr != nil || serr != nil || unix.Renameat(p.dirfd, tmp, p.dirfd, p.stateName()) != nil {
-		_ = unix.Unlinkat(p.dirfd, tmp, 0)
-		return
-	}
-	p.ckpt = p.written
-}
+// staleState is the hash checkpoint that earlier versions of zp kept beside
+// a partial. It is never read (anyone who can write the directory could
+// forge it): a resume hashes the partial itself. It is removed with the
+// partial.
+func (p *Partial) staleState() string { return p.tmp + ".sha" }
 
 // Have is how many octets the partial holds.
 func (p *Partial) Have() uint64 { return p.written }
@@ -167,8 +103,7 @@ func (p *Partial) Restart() error {
 		return err
 	}
 	p.h.Reset()
-	p.written, p.synced, p.ckpt = 0, 0, 0
-	_ = unix.Unlinkat(p.dirfd, p.stateName(), 0)
+	p.written, p.synced = 0, 0
 	return nil
 }
 
@@ -191,9 +126,6 @@ func (p *Partial) Write(off uint64, data []byte) error {
 			})
 		}
 		p.synced = p.written
-	}
-	if p.written-p.ckpt >= checkpoint {
-		p.saveCheckpoint()
 	}
 	return nil
 }
@@ -279,7 +211,6 @@ func (p *Partial) Publish() error {
 	if err := unix.Renameat(p.dirfd, p.tmp, p.dirfd, b); err != nil {
 		return p.r.pathErr("rename", p.name, err)
 	}
-	_ = unix.Unlinkat(p.dirfd, p.stateName(), 0)
 	return nil
 }
 
@@ -322,7 +253,7 @@ func (p *Partial) Discard() {
 func (p *Partial) remove() {
 	if p.dirfd >= 0 {
 		_ = unix.Unlinkat(p.dirfd, p.tmp, 0)
-		_ = unix.Unlinkat(p.dirfd, p.stateName(), 0)
+		_ = unix.Unlinkat(p.dirfd, p.staleState(), 0)
 	}
 }
 

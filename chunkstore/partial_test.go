@@ -3,6 +3,8 @@ package chunkstore
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"os"
@@ -248,57 +250,51 @@ func TestZeroLengthFile(t *testing.T) {
 	}
 }
 
-// A partial past a checkpoint resumes from the saved hash state, and a
-// damaged checkpoint falls back to hashing the whole partial.
-func TestPartialCheckpoint(t *testing.T) {
-	dir := t.TempDir()
-	r, err := OpenRoot(dir)
+// A partial planted with someone else's bytes and the hash state of the
+// genuine prefix (the ".sha" checkpoint of older versions) must not pass
+// for the genuine prefix: a resume vouches only for the bytes it read.
+func TestResumeHashesWhatItKeeps(t *testing.T) {
+	f := newFixture(t)
+	genuine := randomBytes(3<<20, 7)
+	planted := randomBytes(2<<20, 8)
+	size, mtime := uint64(len(genuine)), int64(1e18)
+	tmp := partialName("f", size, mtime)
+	if err := os.WriteFile(filepath.Join(f.dir, tmp), planted, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	h.Write(genuine[:len(planted)])
+	state, err := h.(encoding.BinaryMarshaler).MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	content := make([]byte, checkpoint+3<<20)
-	for i := range content {
-		content[i] = byte(i * 7)
+	rec := binary.BigEndian.AppendUint64(nil, uint64(len(planted)))
+	if err := os.WriteFile(filepath.Join(f.dir, tmp+".sha"), append(rec, state...), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	p, err := r.OpenPartial("big", uint64(len(content)), 1)
+	p, err := f.root.OpenPartial("f", size, mtime)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for off := 0; off < len(content); off += 1 << 20 {
-		if err := p.Write(uint64(off), content[off:off+1<<20]); err != nil {
-			t.Fatal(err)
-		}
+	defer p.Close()
+	want := sha256.Sum256(planted)
+	if p.Have() != uint64(len(planted)) || !bytes.Equal(p.Prefix(), want[:]) {
+		t.Fatalf("have %d prefix %x: want the digest of the %d octets on disk, %x", p.Have(), p.Prefix(), len(planted), want)
 	}
-	p.Close()
-	state := filepath.Join(dir, partialName("big", uint64(len(content)), 1)+".sha")
-	if _, err := os.Stat(state); err != nil {
-		t.Fatalf("no checkpoint after %d octets: %v", len(content), err)
-	}
-	want := sha256.Sum256(content)
-	for _, damage := range []string{"none", "truncated", "beyond"} {
-		switch damage {
-		case "truncated":
-			os.WriteFile(state, []byte{1, 2, 3}, 0o600)
-		case "beyond":
-			b := make([]byte, 8)
-			b[0] = 0x7f // an offset past the end of the partial
-			os.WriteFile(state, b, 0o600)
-		}
-		q, err := r.OpenPartial("big", uint64(len(content)), 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if q.Have() != uint64(len(content)) || !bytes.Equal(q.Prefix(), want[:]) {
-			t.Fatalf("%s: have %d, prefix mismatch", damage, q.Have())
-		}
-		q.Close()
-	}
-	q, _ := r.OpenPartial("big", uint64(len(content)), 1)
-	if err := q.Commit(uint64(len(content)), want[:], Attrs{}); err != nil {
+	// The sender's prefix differs: it starts over, and the copy is whole.
+	if err := p.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(state); !os.IsNotExist(err) {
-		t.Fatal("checkpoint left behind after commit")
+	if err := p.Write(0, genuine); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(size, digestOf(genuine), Attrs{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(f.dir, "f")); !bytes.Equal(b, genuine) {
+		t.Fatal("content differs")
+	}
+	if ents, _ := os.ReadDir(f.dir); len(ents) != 1 {
+		t.Fatalf("left in the directory: %v", ents)
 	}
 }
