@@ -167,6 +167,12 @@ func (x *xferChan) upload(m *wire.Send) {
 		OnChunk: func(n int) {
 			s.b.m.TransferBytes.WithLabelValues("received").Add(float64(n))
 		},
+		OnNotice: func(name, notice string) {
+			// Someone may have planted a file at a partial's name: the
+			// operator sees it in the log, the user as a notice.
+			s.b.log.Warn("partial file not resumed", "session", s.id, "user", s.acct.Name, "dest", dest, "path", name, "reason", notice)
+			s.send(&wire.FileDone{Channel: x.id, FID: 0, Code: 0, Reason: notice})
+		},
 		OnFile: func(_ string, kind uint8, err error, skipped bool) {
 			if kind != wire.KindFile {
 				return

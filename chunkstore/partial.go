@@ -2,7 +2,9 @@ package chunkstore
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -18,6 +20,9 @@ var (
 	ErrGap      = errors.New("chunkstore: write beyond the end of the partial file")
 	ErrMismatch = errors.New("chunkstore: digest mismatch")
 	ErrSize     = errors.New("chunkstore: size mismatch")
+	// ErrReplaced: the partial's name no longer leads to the file that
+	// was written (someone who may write the directory replaced it).
+	ErrReplaced = errors.New("chunkstore: the partial file was replaced under its name")
 )
 
 // Partial is a file being received: a temporary name in the destination
@@ -33,6 +38,7 @@ type Partial struct {
 	h       hash.Hash
 	written uint64
 	synced  uint64 // start of the range not yet handed to writeback
+	notice  string // why an existing partial was not resumed
 }
 
 // writeback is how much is written before the kernel is asked to start
@@ -45,6 +51,14 @@ const writeback = 8 << 20
 // the octets it holds (never from a record beside it, which anyone who can
 // write the directory could forge): Have reports its length and Prefix its
 // digest, for the sender to check against its own first Have octets.
+//
+// A new partial is created exclusively (O_EXCL, mode 0600). An existing
+// one is resumed only if it is a regular file owned by the caller's file
+// system identity (fsuid), with one link and not writable by group or
+// others; anything else at that name (another user's file, a hard or
+// symbolic link, a FIFO) is removed, or, where the caller may not remove
+// it (a sticky directory), left alone while the partial is written under
+// a fresh name. Notice says why.
 func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, error) {
 	if name == "" {
 		return nil, fmt.Errorf("%w: empty name", ErrUnsafePath)
@@ -58,17 +72,20 @@ func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, err
 		unix.Close(dfd)
 		return nil, r.pathErr("open", name, unix.EISDIR)
 	}
-	tmp := partialName(b, size, mtime)
-	fd, err := unix.Openat(dfd, tmp, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	p := &Partial{r: r, name: name, dirfd: dfd, h: sha256.New()}
+	fd, err := p.claim(partialName(b, size, mtime))
 	if err != nil {
 		unix.Close(dfd)
 		return nil, r.pathErr("create", name, err)
 	}
-	shown := tmp
+	shown := p.tmp
 	if d != "" {
-		shown = d + "/" + tmp
+		shown = d + "/" + p.tmp
 	}
-	p := &Partial{r: r, name: name, tmp: tmp, dirfd: dfd, f: os.NewFile(uintptr(fd), r.display(shown)), h: sha256.New()}
+	p.f = os.NewFile(uintptr(fd), r.display(shown))
+	if p.notice != "" {
+		p.notice = r.display(name) + ": " + p.notice
+	}
 	_ = unix.Unlinkat(dfd, p.staleState(), 0)
 	n, err := io.Copy(p.h, p.f)
 	if err != nil {
@@ -79,6 +96,121 @@ func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, err
 	p.synced = p.written
 	return p, nil
 }
+
+// claim opens the partial tmp in p.dirfd for p: its own file, new or
+// from an earlier attempt, never something planted there (OpenPartial).
+// It sets p.tmp to the name it uses and p.notice to what it did instead
+// of resuming.
+func (p *Partial) claim(tmp string) (int, error) {
+	const flags = unix.O_RDWR | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	for range 4 {
+		fd, err := unix.Openat(p.dirfd, tmp, flags|unix.O_CREAT|unix.O_EXCL, 0o600)
+		if err == nil {
+			p.tmp = tmp
+			return fd, nil
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return -1, err
+		}
+		fd, why := openOwn(p.dirfd, tmp, flags)
+		if why == "" {
+			p.tmp = tmp
+			return fd, nil
+		}
+		if why == "gone" {
+			continue // removed meanwhile: create it
+		}
+		if uerr := unix.Unlinkat(p.dirfd, tmp, 0); uerr != nil && !errors.Is(uerr, unix.ENOENT) {
+			// Not ours to remove: write beside it, under a name nobody
+			// can know in advance.
+			var rnd [8]byte
+			_, _ = rand.Read(rnd[:])
+			fresh := tmp + "." + hex.EncodeToString(rnd[:])
+			fd, err := unix.Openat(p.dirfd, fresh, flags|unix.O_CREAT|unix.O_EXCL, 0o600)
+			if err != nil {
+				return -1, err
+			}
+			p.tmp = fresh
+			p.notice = fmt.Sprintf("not resuming from %s: %s, and it cannot be removed (%v); writing %s instead", tmp, why, uerr, fresh)
+			return fd, nil
+		}
+		p.notice = fmt.Sprintf("removed %s instead of resuming from it: %s", tmp, why)
+	}
+	return -1, fmt.Errorf("%s keeps being replaced", tmp)
+}
+
+// openOwn opens the existing partial tmp if it is one the caller may
+// resume: a regular file owned by the caller's fsuid, with one link, not
+// writable by group or others. Otherwise it says why not ("gone" if
+// nothing is there any more). Nothing but a regular file is ever opened
+// (a FIFO would block, a device could react to an open).
+func openOwn(dirfd int, tmp string, flags int) (int, string) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, tmp, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return -1, "gone"
+		}
+		return -1, err.Error()
+	}
+	if why := unusable(&st); why != "" {
+		return -1, why
+	}
+	fd, err := unix.Openat(dirfd, tmp, flags|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return -1, "gone"
+		}
+		return -1, err.Error()
+	}
+	var fst unix.Stat_t
+	if err := unix.Fstat(fd, &fst); err != nil {
+		unix.Close(fd)
+		return -1, err.Error()
+	}
+	why := unusable(&fst)
+	if why == "" && (fst.Dev != st.Dev || fst.Ino != st.Ino) {
+		why = "it was replaced while being checked"
+	}
+	if why == "" {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^unix.O_NONBLOCK); err != nil {
+			why = err.Error()
+		}
+	}
+	if why != "" {
+		unix.Close(fd)
+		return -1, why
+	}
+	return fd, ""
+}
+
+// unusable says why a file found at a partial's name may not be resumed
+// ("" if it may).
+func unusable(st *unix.Stat_t) string {
+	uid := fsuid()
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		return "it is not a regular file"
+	case st.Uid != uid:
+		return fmt.Sprintf("it belongs to uid %d, not %d", st.Uid, uid)
+	case st.Nlink != 1:
+		return fmt.Sprintf("it has %d links", st.Nlink)
+	case st.Mode&0o022 != 0:
+		return fmt.Sprintf("it is writable by others (mode %04o)", st.Mode&0o7777)
+	}
+	return ""
+}
+
+// fsuid is the calling thread's file system uid: what new files belong to
+// (zpd's receiver threads take the user's, see broker). setfsuid with an
+// invalid id changes nothing and returns the current one.
+func fsuid() uint32 {
+	old, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, uintptr(^uint32(0)), 0, 0)
+	return uint32(old)
+}
+
+// Notice says, naming the file, why an existing partial was not resumed
+// ("" if none was found, or it was resumed).
+func (p *Partial) Notice() string { return p.notice }
 
 // staleState is the hash checkpoint that earlier versions of zp kept beside
 // a partial. It is never read (anyone who can write the directory could
@@ -208,6 +340,9 @@ func (p *Partial) Dev() uint64 {
 func (p *Partial) Publish() error {
 	defer p.Close()
 	_, b := split(p.name)
+	if !p.mine() {
+		return fmt.Errorf("%w: %s", ErrReplaced, p.f.Name())
+	}
 	if err := unix.Renameat(p.dirfd, p.tmp, p.dirfd, b); err != nil {
 		return p.r.pathErr("rename", p.name, err)
 	}
@@ -233,6 +368,14 @@ func (r *Root) Dev() uint64 {
 	return st.Dev
 }
 
+// mine reports whether the partial's name still leads to the file written.
+func (p *Partial) mine() bool {
+	var a, b unix.Stat_t
+	return unix.Fstat(int(p.f.Fd()), &a) == nil &&
+		unix.Fstatat(p.dirfd, p.tmp, &b, unix.AT_SYMLINK_NOFOLLOW) == nil &&
+		a.Dev == b.Dev && a.Ino == b.Ino
+}
+
 // Close leaves the partial on disk for a later resume. Calling it again
 // (or after Commit or Discard) does nothing.
 func (p *Partial) Close() error {
@@ -251,7 +394,7 @@ func (p *Partial) Discard() {
 }
 
 func (p *Partial) remove() {
-	if p.dirfd >= 0 {
+	if p.dirfd >= 0 && p.mine() {
 		_ = unix.Unlinkat(p.dirfd, p.tmp, 0)
 		_ = unix.Unlinkat(p.dirfd, p.staleState(), 0)
 	}

@@ -6,12 +6,16 @@ import (
 	"encoding"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func randomBytes(n int, seed uint64) []byte {
@@ -219,20 +223,223 @@ func TestCommitMismatch(t *testing.T) {
 	}
 }
 
-// A planted symlink at the partial's own name is not followed.
-func TestPartialNameIsNotFollowed(t *testing.T) {
-	f := newFixture(t)
-	p, err := f.root.OpenPartial("f", 8, 9)
+// planted is something another user (or a hostile peer) left at a
+// partial's name.
+type planted struct {
+	name  string
+	plant func(t *testing.T, f *fixture, path string)
+	// removable: the receiver may remove it (else it writes elsewhere).
+	removable bool
+}
+
+func plantedCases() []planted {
+	file := func(mode os.FileMode, uid int) func(*testing.T, *fixture, string) {
+		return func(t *testing.T, f *fixture, path string) {
+			if err := os.WriteFile(path, []byte("theirs"), mode); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(path, mode)
+			if err := os.Chown(path, uid, uid); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return []planted{
+		{"another user's file", file(0o666, 4242), true},
+		{"another user's private file", file(0o600, 4242), true},
+		{"a group-writable file", file(0o660, os.Getuid()), true},
+		{"a world-writable file", file(0o606, os.Getuid()), true},
+		{"a hard link to a file outside", func(t *testing.T, f *fixture, path string) {
+			if err := os.Link(filepath.Join(f.outside, "victim"), path); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"a symlink to a file outside", func(t *testing.T, f *fixture, path string) {
+			if err := os.Symlink(filepath.Join(f.outside, "victim"), path); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"a FIFO", func(t *testing.T, f *fixture, path string) {
+			if err := unix.Mkfifo(path, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"a directory", func(t *testing.T, f *fixture, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	}
+}
+
+// Whatever is planted at a partial's name is never written into, nor
+// adopted: the receiver removes it (or, when it may not, writes to a fresh
+// name), says why, and the copy arrives whole and its own.
+func TestPartialPlanted(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to plant files of another owner")
+	}
+	content := randomBytes(100_000, 4)
+	size, mtime := uint64(len(content)), int64(77)
+	for _, c := range plantedCases() {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t)
+			path := filepath.Join(f.dir, partialName("f", size, mtime))
+			c.plant(t, f, path)
+			var before unix.Stat_t
+			if err := unix.Lstat(path, &before); err != nil {
+				t.Fatal(err)
+			}
+			// Held open, the planted inode cannot be reused for the copy.
+			if hold, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+				defer unix.Close(hold)
+			}
+			done := make(chan error, 1)
+			var p *Partial
+			go func() {
+				var err error
+				p, err = f.root.OpenPartial("f", size, mtime)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("OpenPartial: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("OpenPartial hangs")
+			}
+			if p.Have() != 0 {
+				t.Fatalf("adopted %d octets of %s", p.Have(), c.name)
+			}
+			if p.Notice() == "" {
+				t.Error("no notice says why the partial was not used")
+			}
+			t.Logf("notice: %s", p.Notice())
+			if err := p.Write(0, content); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Commit(size, digestOf(content), Attrs{Mode: 0o644}); err != nil {
+				t.Fatal(err)
+			}
+			var st unix.Stat_t
+			if err := unix.Lstat(filepath.Join(f.dir, "f"), &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Ino == before.Ino || st.Uid != uint32(os.Getuid()) || st.Nlink != 1 {
+				t.Fatalf("the copy is the planted inode or not ours: ino %d (planted %d) uid %d nlink %d", st.Ino, before.Ino, st.Uid, st.Nlink)
+			}
+			if b, _ := os.ReadFile(filepath.Join(f.dir, "f")); !bytes.Equal(b, content) {
+				t.Fatal("content differs")
+			}
+			var after unix.Stat_t
+			err := unix.Lstat(path, &after)
+			if c.removable && err == nil {
+				t.Errorf("the planted %s is still there", c.name)
+			}
+			if !c.removable && (err != nil || after.Ino != before.Ino) {
+				t.Errorf("the planted %s was replaced: %v", c.name, err)
+			}
+			f.untouched(t)
+		})
+	}
+}
+
+// In a sticky directory (like /tmp) another user's planted partial cannot
+// be removed: the receiver writes to a fresh name and never into theirs.
+func TestPartialPlantedSticky(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to act as two users")
+	}
+	base := t.TempDir()
+	dir := filepath.Join(base, "shared")
+	if err := os.Mkdir(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	unix.Chmod(dir, 0o1777)
+	content := randomBytes(5000, 9)
+	size, mtime := uint64(len(content)), int64(5)
+	path := filepath.Join(dir, partialName("f", size, mtime))
+	if err := os.WriteFile(path, []byte("theirs"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(path, 0o666)
+	os.Chown(path, 4242, 4242)
+	r, err := OpenRoot(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmp := partials(t, f.dir)[0]
-	p.Discard()
-	f.symlink(t, filepath.Join(f.outside, "victim"), tmp)
-	if _, err := f.root.OpenPartial("f", 8, 9); err == nil {
-		t.Fatal("opened a partial through a symlink")
+	defer r.Close()
+	const me = 4343
+	errc := make(chan error, 1)
+	var notice string
+	go func() {
+		// This thread acts as user 4343 for file access (as zpd's
+		// receiver threads do) and ends with the goroutine.
+		runtime.LockOSThread()
+		unix.RawSyscall(unix.SYS_SETFSGID, me, 0, 0)
+		unix.RawSyscall(unix.SYS_SETFSUID, me, 0, 0)
+		p, err := r.OpenPartial("f", size, mtime)
+		if err != nil {
+			errc <- err
+			return
+		}
+		notice = p.Notice()
+		if p.Have() != 0 {
+			p.Close()
+			errc <- fmt.Errorf("adopted %d octets", p.Have())
+			return
+		}
+		if err := p.Write(0, content); err != nil {
+			errc <- err
+			return
+		}
+		errc <- p.Commit(size, digestOf(content), Attrs{Mode: 0o644})
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
-	f.untouched(t)
+	t.Logf("notice: %s", notice)
+	if notice == "" {
+		t.Error("no notice")
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "theirs" {
+		t.Fatalf("the planted file changed: %q %v", b, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(dir, "f"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != me {
+		t.Fatalf("the copy belongs to uid %d, not %d", st.Uid, me)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "f")); !bytes.Equal(b, content) {
+		t.Fatal("content differs")
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 2 {
+		t.Fatalf("left in the directory: %v", ents)
+	}
+}
+
+// A partial of our own from an earlier attempt is resumed, and a new one
+// is created exclusively: the name is ours alone while we write.
+func TestPartialOwnIsResumed(t *testing.T) {
+	f := newFixture(t)
+	p, err := f.root.OpenPartial("f", 10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Write(0, []byte("01234"))
+	p.Close()
+	p, err = f.root.OpenPartial("f", 10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.Have() != 5 || p.Notice() != "" {
+		t.Fatalf("have %d, notice %q", p.Have(), p.Notice())
+	}
 }
 
 func TestZeroLengthFile(t *testing.T) {
@@ -296,5 +503,34 @@ func TestResumeHashesWhatItKeeps(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(f.dir); len(ents) != 1 {
 		t.Fatalf("left in the directory: %v", ents)
+	}
+}
+
+// A partial whose name was pointed at another file while it was written
+// (someone with write access to the directory) is not published: the
+// rename would put their file in place.
+func TestPublishChecksIdentity(t *testing.T) {
+	f := newFixture(t)
+	content := []byte("the real content")
+	p, err := f.root.OpenPartial("f", uint64(len(content)), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Write(0, content); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(f.dir, p.tmp)
+	if err := os.WriteFile(tmp+".evil", []byte("planted content!"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp+".evil", tmp); err != nil {
+		t.Fatal(err)
+	}
+	err = p.Commit(uint64(len(content)), digestOf(content), Attrs{})
+	if !errors.Is(err, ErrReplaced) {
+		t.Fatalf("commit: %v, want ErrReplaced", err)
+	}
+	if _, err := os.Lstat(filepath.Join(f.dir, "f")); err == nil {
+		t.Fatal("published the replacement")
 	}
 }

@@ -145,11 +145,19 @@ func (s *Session) Upload(ctx context.Context, sources []string, dest string, opt
 	rctx, abort := context.WithCancel(ctx)
 	defer abort()
 	fwdErr := make(chan error, 1)
-	go func() { fwdErr <- s.forward(fctx, inbox, sender.Deliver, nil, abort) }()
 	warn := opts.Warn
 	if warn == nil {
 		warn = func(string) {}
 	}
+	go func() {
+		fwdErr <- s.forward(fctx, inbox, sender.Deliver, func(fd *wire.FileDone) bool {
+			if fd.FID != 0 || fd.Code != 0 {
+				return false
+			}
+			warn(fd.Reason) // a notice from the receiver
+			return true
+		}, abort)
+	}()
 	var warnings []Failure
 	st, err := sender.Run(rctx, func(emit func(publisher.Entry) error) error {
 		return publisher.Walk(sources, opts.Recursive, single && ok.Mode == wire.TargetAs, func(w string, failed bool) {
@@ -221,6 +229,11 @@ func (s *Session) Download(ctx context.Context, sources []string, dest string, o
 			}
 			if opts.OnFile != nil {
 				opts.OnFile(name, err, skipped)
+			}
+		},
+		OnNotice: func(name, notice string) {
+			if opts.Warn != nil {
+				opts.Warn(notice)
 			}
 		},
 		OnChunk: func(n int) {

@@ -37,6 +37,11 @@ type ReceiverConfig struct {
 	Thread  func() // run first on every goroutine that touches files
 	OnFile  func(name string, kind uint8, err error, skipped bool)
 	OnChunk func(n int)
+	// OnNotice, if set, reports what the user should know about an entry
+	// that is not a failure: a partial file found at the entry's partial
+	// name that was not resumed from, and why (chunkstore.Partial.Notice,
+	// which names the file).
+	OnNotice func(name, notice string)
 }
 
 // RecvStats counts what a Receiver did.
@@ -436,7 +441,7 @@ func errorCode(err error) wire.Code {
 		return wire.CodeForbidden
 	case errors.Is(err, chunkstore.ErrUnsafePath), errors.Is(err, chunkstore.ErrEscape):
 		return wire.CodeBadRequest
-	case errors.Is(err, chunkstore.ErrMismatch), errors.Is(err, chunkstore.ErrSize):
+	case errors.Is(err, chunkstore.ErrMismatch), errors.Is(err, chunkstore.ErrSize), errors.Is(err, chunkstore.ErrReplaced):
 		return wire.CodeConflict
 	case errors.Is(err, fs.ErrNotExist):
 		return wire.CodeNotFound
@@ -528,6 +533,9 @@ func (r *Receiver) file(m *wire.File, name string) {
 		if err != nil {
 			r.fail(m, name, err)
 			return
+		}
+		if n := p.Notice(); n != "" && r.cfg.OnNotice != nil {
+			r.cfg.OnNotice(name, n)
 		}
 		r.mu.Lock()
 		r.files[m.FID] = &recvFile{name: name, msg: m, partial: p, resumed: p.Have()}

@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding"
+	"encoding/binary"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// partialNameOf is the name zpc's receiver gives the partial file of a
+// source with this base name, size and mtime (chunkstore.partialName).
+func partialNameOf(base string, size int64, mtime time.Time) string {
+	h := sha256.Sum256([]byte(base + "\x00" + strconv.FormatInt(size, 10) + "\x00" + strconv.FormatInt(mtime.UnixNano(), 10)))
+	return ".zpc-" + hex.EncodeToString(h[:8]) + ".part"
+}
+
+// plantForged puts, at the partial name of src's copy in dir, a partial
+// of someone else's octets together with the saved hash state of src's
+// genuine prefix of the same length (the ".sha" checkpoint that earlier
+// versions trusted).
+func plantForged(t *testing.T, src, dir, base string, n int) {
+	t.Helper()
+	genuine, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(src)
+	tmp := filepath.Join(dir, partialNameOf(base, st.Size(), st.ModTime()))
+	if err := os.WriteFile(tmp, bytes.Repeat([]byte("EVIL"), n/4), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	h.Write(genuine[:n])
+	state, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
+	rec := append(binary.BigEndian.AppendUint64(nil, uint64(n)), state...)
+	if err := os.WriteFile(tmp+".sha", rec, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A partial planted with foreign octets and the genuine prefix's hash
+// state does not get its octets into the copy, in either direction: the
+// receiver hashes what it keeps, the sender sees the difference and
+// sends everything.
+func TestZpcPlantedPartialForgedHash(t *testing.T) {
+	d := startZPD(t)
+	src := filepath.Join(t.TempDir(), "data")
+	patternFile(t, src, 3<<20, 11)
+	want := fileDigest(t, src)
+	for _, direction := range []string{"upload", "download"} {
+		t.Run(direction, func(t *testing.T) {
+			dest := t.TempDir()
+			plantForged(t, src, dest, "data", 2<<20)
+			r := d.zpc(t, jsonCopyArgs(d, direction, src, filepath.Join(dest, "data"))...)
+			if r.Code != 0 {
+				t.Fatalf("exit %d: %s", r.Code, r.Stderr)
+			}
+			if got := fileDigest(t, filepath.Join(dest, "data")); got != want {
+				t.Fatal("the copy holds the planted octets")
+			}
+			if s := stats(t, r); s.BytesResumed != 0 || s.BytesSent != 3<<20 {
+				t.Errorf("resumed %d, sent %d: want nothing resumed", s.BytesResumed, s.BytesSent)
+			}
+			if p := partialNames(dest); len(p) != 0 {
+				t.Errorf("left behind: %v", p)
+			}
+		})
+	}
+}
+
+// In a shared sticky directory (like /tmp) another user pre-created the
+// partial file of alice's upload, writable for all: alice's copy must
+// not go into that file (which its creator could then change under
+// alice's name) but into a file of her own, and she is told.
+func TestZpcPlantedPartialOtherUser(t *testing.T) {
+	d := startZPD(t)
+	u := testUserKey(t, d, "zpcshared")
+	base, err := os.MkdirTemp("", "zpc-shared-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	shared := filepath.Join(base, "shared")
+	mkdir(t, shared, 0o777)
+	if err := unix.Chmod(shared, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "report")
+	patternFile(t, src, 1<<20, 3)
+	st, _ := os.Stat(src)
+	planted := filepath.Join(shared, partialNameOf("report", st.Size(), st.ModTime()))
+	if err := os.WriteFile(planted, []byte("mallory's"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(planted, 0o666)
+	os.Chown(planted, 4242, 4242)
+
+	r := d.zpc(t, src, u.name+"@"+d.at(shared+"/"))
+	t.Logf("exit %d\n%s", r.Code, r.Stderr)
+	if r.Code != 0 {
+		t.Fatalf("exit %d", r.Code)
+	}
+	copied := filepath.Join(shared, "report")
+	if uid, _ := owner(t, copied); uid != u.uid {
+		t.Fatalf("the copy belongs to uid %d, not %s (%d)", uid, u.name, u.uid)
+	}
+	var cst unix.Stat_t
+	unix.Lstat(copied, &cst)
+	if cst.Nlink != 1 || cst.Mode&0o022 != 0 {
+		t.Fatalf("the copy: nlink %d mode %o", cst.Nlink, cst.Mode)
+	}
+	if fileDigest(t, copied) != fileDigest(t, src) {
+		t.Fatal("content differs")
+	}
+	if b, err := os.ReadFile(planted); err != nil || string(b) != "mallory's" {
+		t.Fatalf("the planted file changed: %q %v", b, err)
+	}
+	if !strings.Contains(r.Stderr, "not resuming from") || !strings.Contains(r.Stderr, "belongs to uid 4242") {
+		t.Error("zpc does not say why the partial was not used")
+	}
+	if !strings.Contains(d.Log(), "partial file not resumed") {
+		t.Error("zpd does not log it")
+	}
+}
