@@ -18,10 +18,17 @@ var (
 	ErrEscape     = errors.New("chunkstore: path leads outside the destination")
 )
 
+// ReservedPrefix begins the names of the receiver's own temporary files
+// (partial files, symlinks being made). No name from the network may have
+// a component that begins with it: a peer could otherwise plant a partial
+// for a later transfer to resume from, or clobber one being written.
+const ReservedPrefix = ".zpc-"
+
 // CleanName validates a relative, '/'-separated name received from the
 // network and returns it cleaned. The empty name is the root itself.
 // Rejected: absolute paths, ".." components, NUL bytes, "." or empty
-// components (except a trailing slash), and names over 4096 octets.
+// components (except a trailing slash), components that begin with
+// ReservedPrefix, and names over 4096 octets.
 func CleanName(name string) (string, error) {
 	if len(name) > 4096 {
 		return "", fmt.Errorf("%w: name too long", ErrUnsafePath)
@@ -45,6 +52,9 @@ func CleanName(name string) (string, error) {
 		}
 		if len(c) > 255 {
 			return "", fmt.Errorf("%w: component too long in %q", ErrUnsafePath, name)
+		}
+		if strings.HasPrefix(c, ReservedPrefix) {
+			return "", fmt.Errorf("%w: %q: names beginning with %s are reserved for zpc's temporary files", ErrUnsafePath, name, ReservedPrefix)
 		}
 	}
 	return name, nil

@@ -65,6 +65,16 @@ func TestCleanName(t *testing.T) {
 		{"a/" + long256 + "/b", "", false},
 		{deep4095 + "/b", "", false}, // 4097 octets
 		{strings.Repeat("a/", 3000), "", false},
+		// The receiver's own temporary names: a peer that sends them
+		// could plant or clobber partial files.
+		{".zpc-0123456789abcdef.part", "", false},
+		{".zpc-0123456789abcdef.part.sha", "", false},
+		{"d/.zpc-0123456789abcdef.part", "", false},
+		{".zpc-link-xyz", "", false},
+		{".zpc-/x", "", false},
+		{".zpc", ".zpc", true},
+		{"a.zpc-b", "a.zpc-b", true},
+		{"zpc-x", "zpc-x", true},
 	}
 	for _, c := range cases {
 		got, err := CleanName(c.in)
@@ -110,7 +120,7 @@ func checkCleanName(t *testing.T, in string) {
 	}
 	if out != "" {
 		for _, c := range strings.Split(out, "/") {
-			if c == ".." || c == "." || c == "" || len(c) > 255 {
+			if c == ".." || c == "." || c == "" || len(c) > 255 || strings.HasPrefix(c, ReservedPrefix) {
 				t.Fatalf("CleanName(%q) = %q: component %q", in, out, c)
 			}
 		}

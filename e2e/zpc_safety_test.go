@@ -122,6 +122,13 @@ func hostileEntries(a *arena) []hostileEntry {
 		{file(20, "good"), false, nil},
 		{file(23, "corrupt"), true, []byte("hellx")}, // fails its digest
 		{file(24, "short"), true, []byte("hell")},    // fewer octets than announced
+		// The receiver's own temporary names (a partial and the hash
+		// state older versions kept beside it, planted for a later
+		// download of the same file to resume from).
+		{file(25, ".zpc-0123456789abcdef.part"), true, nil},
+		{file(26, ".zpc-0123456789abcdef.part.sha"), true, nil},
+		{wire.File{FID: 27, Path: ".zpc-link-1", Kind: wire.KindSymlink, Target: "good"}, true, nil},
+		{file(28, "sub/.zpc-x/f"), true, nil},
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/internal/wire"
 )
 
@@ -43,6 +44,10 @@ func Walk(sources []string, recursive, single bool, warn func(msg string, failed
 		}
 		contents := strings.HasSuffix(src, "/") && info.IsDir()
 		base := filepath.Base(filepath.Clean(src))
+		if !contents && !single && reserved(base) {
+			warn(skipReserved(src), false)
+			continue
+		}
 		if !info.IsDir() {
 			name := base
 			if single {
@@ -66,6 +71,13 @@ func Walk(sources []string, recursive, single bool, warn func(msg string, failed
 			if err != nil {
 				warn(fmt.Sprintf("%s: %v", p, errors.Unwrap(err)), true)
 				if d != nil && d.IsDir() {
+					return fs.SkipDir
+				}
+				return nil
+			}
+			if p != root && reserved(d.Name()) {
+				warn(skipReserved(p), false)
+				if d.IsDir() {
 					return fs.SkipDir
 				}
 				return nil
@@ -94,6 +106,14 @@ func Walk(sources []string, recursive, single bool, warn func(msg string, failed
 		}
 	}
 	return nil
+}
+
+// reserved reports whether a name is one receivers refuse: theirs for
+// temporary files (a partial of an interrupted transfer, for instance).
+func reserved(base string) bool { return strings.HasPrefix(base, chunkstore.ReservedPrefix) }
+
+func skipReserved(path string) string {
+	return fmt.Sprintf("skipping %s (names beginning with %s are zpc's temporary files)", path, chunkstore.ReservedPrefix)
 }
 
 func emitOne(e Entry, warn func(string, bool), emit func(Entry) error) error {
