@@ -82,9 +82,18 @@ func (s *session) detach(c *connInfo) {
 	s.conn = nil
 	s.st = detached
 	s.since = time.Now()
+	var ends []interface{ detached() }
+	for _, ch := range s.channels {
+		if d, ok := ch.(interface{ detached() }); ok {
+			ends = append(ends, d)
+		}
+	}
 	s.mu.Unlock()
 	s.b.m.SessionsDetached.Inc()
 	s.b.log.Info("session detached", "session", s.id, "grace", s.b.cfg.grace())
+	for _, d := range ends {
+		d.detached() // transfers: see xferChan.detached
+	}
 }
 
 // attach binds the session to a new connection; false if it ended.

@@ -54,6 +54,13 @@ func (x *xferChan) deliver(m wire.Message) *wire.Error {
 func (x *xferChan) stop()   { x.cancel() }
 func (x *xferChan) resend() {}
 
+// detached ends the transfer when its session loses its connection:
+// transfers are never resumed on a new connection (docs/PROTOCOL.md §7;
+// the client starts a new transfer, which resumes from the partial
+// files), so holding on would only keep partial files locked from the
+// transfer that replaces this one (chunkstore.LockWait).
+func (x *xferChan) detached() { x.s.release(x.id, x) }
+
 // fsThread returns what makes the calling (locked) thread use acct's
 // identity for file system access, or nil when zpd already is that user.
 // setfsuid, setfsgid and setgroups are issued as raw system calls so they

@@ -10,6 +10,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -23,7 +24,15 @@ var (
 	// ErrReplaced: the partial's name no longer leads to the file that
 	// was written (someone who may write the directory replaced it).
 	ErrReplaced = errors.New("chunkstore: the partial file was replaced under its name")
+	// ErrBusy: another receiver kept writing the partial for LockWait.
+	ErrBusy = errors.New("chunkstore: the partial file is being written by another transfer")
 )
+
+// LockWait bounds how long OpenPartial waits for another receiver of the
+// same file to let go of its partial (a session that replaces one whose
+// client was killed: the old one stops as soon as zpd sees its connection
+// gone). A variable for tests.
+var LockWait = 10 * time.Second
 
 // Partial is a file being received: a temporary name in the destination
 // directory, written sequentially while its SHA-256 is computed. It stays
@@ -39,6 +48,7 @@ type Partial struct {
 	written uint64
 	synced  uint64 // start of the range not yet handed to writeback
 	notice  string // why an existing partial was not resumed
+	waited  bool   // another receiver held the partial when it was opened
 }
 
 // writeback is how much is written before the kernel is asked to start
@@ -98,24 +108,70 @@ func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, err
 }
 
 // claim opens the partial tmp in p.dirfd for p: its own file, new or
-// from an earlier attempt, never something planted there (OpenPartial).
-// It sets p.tmp to the name it uses and p.notice to what it did instead
-// of resuming.
+// from an earlier attempt, never something planted there (OpenPartial),
+// and holds an exclusive lock (flock) on it until Close, so that two
+// receivers never write one partial. It sets p.tmp to the name it uses
+// and p.notice to what it did instead of resuming.
 func (p *Partial) claim(tmp string) (int, error) {
+	deadline := time.Now().Add(LockWait)
+	for range 4 {
+		fd, name, err := p.openOrCreate(tmp)
+		if err != nil {
+			return -1, err
+		}
+		waited, err := lockUntil(fd, deadline)
+		if err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		p.waited = p.waited || waited
+		// While we waited, the receiver holding the lock may have
+		// published or removed the file: then it is not a partial any
+		// more, and never ours to write.
+		var a, b unix.Stat_t
+		if unix.Fstat(fd, &a) == nil && unix.Fstatat(p.dirfd, name, &b, unix.AT_SYMLINK_NOFOLLOW) == nil && a.Dev == b.Dev && a.Ino == b.Ino {
+			p.tmp = name
+			return fd, nil
+		}
+		unix.Close(fd)
+	}
+	return -1, fmt.Errorf("%s keeps being replaced", tmp)
+}
+
+// lockUntil takes an exclusive flock on fd, waiting until deadline; it
+// reports whether it had to wait.
+func lockUntil(fd int, deadline time.Time) (bool, error) {
+	for waited := false; ; waited = true {
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return waited, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			return waited, err
+		}
+		if time.Now().After(deadline) {
+			return waited, ErrBusy
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// openOrCreate creates the partial tmp exclusively or opens an existing
+// one that passes openOwn; anything else there is removed, or, if it may
+// not be, left alone for a fresh name. It returns the name it opened.
+func (p *Partial) openOrCreate(tmp string) (int, string, error) {
 	const flags = unix.O_RDWR | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	for range 4 {
 		fd, err := unix.Openat(p.dirfd, tmp, flags|unix.O_CREAT|unix.O_EXCL, 0o600)
 		if err == nil {
-			p.tmp = tmp
-			return fd, nil
+			return fd, tmp, nil
 		}
 		if !errors.Is(err, unix.EEXIST) {
-			return -1, err
+			return -1, "", err
 		}
 		fd, why := openOwn(p.dirfd, tmp, flags)
 		if why == "" {
-			p.tmp = tmp
-			return fd, nil
+			return fd, tmp, nil
 		}
 		if why == "gone" {
 			continue // removed meanwhile: create it
@@ -128,15 +184,14 @@ func (p *Partial) claim(tmp string) (int, error) {
 			fresh := tmp + "." + hex.EncodeToString(rnd[:])
 			fd, err := unix.Openat(p.dirfd, fresh, flags|unix.O_CREAT|unix.O_EXCL, 0o600)
 			if err != nil {
-				return -1, err
+				return -1, "", err
 			}
-			p.tmp = fresh
 			p.notice = fmt.Sprintf("not resuming from %s: %s, and it cannot be removed (%v); writing %s instead", tmp, why, uerr, fresh)
-			return fd, nil
+			return fd, fresh, nil
 		}
 		p.notice = fmt.Sprintf("removed %s instead of resuming from it: %s", tmp, why)
 	}
-	return -1, fmt.Errorf("%s keeps being replaced", tmp)
+	return -1, "", fmt.Errorf("%s keeps being replaced", tmp)
 }
 
 // openOwn opens the existing partial tmp if it is one the caller may
@@ -207,6 +262,11 @@ func fsuid() uint32 {
 	old, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, uintptr(^uint32(0)), 0, 0)
 	return uint32(old)
 }
+
+// Waited reports whether OpenPartial had to wait for another receiver of
+// the same file to let go of it: that one may have put the file in place
+// meanwhile.
+func (p *Partial) Waited() bool { return p.waited }
 
 // Notice says, naming the file, why an existing partial was not resumed
 // ("" if none was found, or it was resumed).

@@ -534,3 +534,73 @@ func TestPublishChecksIdentity(t *testing.T) {
 		t.Fatal("published the replacement")
 	}
 }
+
+// One partial has one writer: a second receiver of the same file (a new
+// session while the one it replaces still writes) waits until the first
+// lets go, for a bounded time, and then never writes into the file the
+// first published.
+func TestPartialExclusive(t *testing.T) {
+	defer func(d time.Duration) { LockWait = d }(LockWait)
+	LockWait = 2 * time.Second
+	f := newFixture(t)
+	content := []byte("0123456789")
+	size := uint64(len(content))
+	p1, err := f.root.OpenPartial("f", size, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1.Write(0, content[:5])
+	type opened struct {
+		p   *Partial
+		err error
+	}
+	second := func() chan opened {
+		c := make(chan opened, 1)
+		go func() {
+			p, err := f.root.OpenPartial("f", size, 1)
+			c <- opened{p, err}
+		}()
+		return c
+	}
+	// The first lets go: the second resumes what it wrote.
+	c := second()
+	select {
+	case o := <-c:
+		t.Fatalf("a second receiver opened the partial in use: %v", o.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	p1.Close()
+	o := <-c
+	if o.err != nil || o.p.Have() != 5 || !o.p.Waited() || p1.Waited() {
+		t.Fatalf("after the first closed: %v, have %d, waited %v", o.err, o.p.Have(), o.p.Waited())
+	}
+	p1 = o.p
+
+	// The first holds on: the second gives up with ErrBusy.
+	start := time.Now()
+	o = <-second()
+	if !errors.Is(o.err, ErrBusy) {
+		t.Fatalf("while in use: %v, want ErrBusy", o.err)
+	}
+	if w := time.Since(start); w < LockWait || w > LockWait+time.Second {
+		t.Errorf("waited %v, want about %v", w, LockWait)
+	}
+
+	// The first publishes while the second waits: the second starts a
+	// new partial and never touches the published file.
+	c = second()
+	time.Sleep(100 * time.Millisecond)
+	p1.Write(5, content[5:])
+	if err := p1.Commit(size, digestOf(content), Attrs{}); err != nil {
+		t.Fatal(err)
+	}
+	o = <-c
+	if o.err != nil || o.p.Have() != 0 {
+		t.Fatalf("after the first published: %v, have %d", o.err, o.p.Have())
+	}
+	o.p.Write(0, []byte("xx"))
+	o.p.Discard()
+	if b, _ := os.ReadFile(filepath.Join(f.dir, "f")); !bytes.Equal(b, content) {
+		t.Fatalf("the published file changed: %q", b)
+	}
+}

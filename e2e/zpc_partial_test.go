@@ -132,3 +132,45 @@ func TestZpcPlantedPartialOtherUser(t *testing.T) {
 		t.Error("zpd does not log it")
 	}
 }
+
+// zpc killed with SIGKILL mid-upload and run again at once: the new
+// session takes the partial over from the old one, which zpd has not
+// necessarily stopped yet: its data may still be queued for writing, and
+// near the end the killed zpc may have sent everything and the COMMIT
+// (the old receiver then renames the partial while the new one resumes
+// from it: "rename …: no such file or directory"). Several times, at
+// different points, most of them in the last window.
+func TestZpcRerunRightAfterKill(t *testing.T) {
+	size := int64(256 << 20)
+	if testing.Short() {
+		size = 96 << 20
+	}
+	d := startZPD(t)
+	src := filepath.Join(t.TempDir(), "big")
+	patternFile(t, src, size, 21)
+	want := fileDigest(t, src)
+	for i := range 5 {
+		dest := t.TempDir()
+		target := filepath.Join(dest, "big.copy")
+		args := []string{"--json", src, d.at(target)}
+		cmd, _, _ := startZPC(t, d, args...)
+		at := size - int64(1+4*i)<<20
+		if i == 4 {
+			at = size / 2
+		}
+		eventually(t, 60*time.Second, "the partial to grow", func() bool { return partialSize(dest) >= at })
+		cmd.Process.Kill()
+		cmd.Wait()
+		r := d.zpc(t, args...)
+		if r.Code != 0 {
+			t.Fatalf("run %d, killed at %d MiB: rerun exit %d: %s", i, at>>20, r.Code, r.Stderr)
+		}
+		if fileDigest(t, target) != want {
+			t.Fatalf("run %d: content differs", i)
+		}
+		// The old session's receiver may still be letting go: wait for
+		// its partial to be gone rather than racing it.
+		eventually(t, 15*time.Second, "no partial files left", func() bool { return len(partialNames(dest)) == 0 })
+		t.Logf("run %d: killed at %d MiB, rerun: %+v", i, at>>20, stats(t, r))
+	}
+}

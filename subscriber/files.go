@@ -441,7 +441,7 @@ func errorCode(err error) wire.Code {
 		return wire.CodeForbidden
 	case errors.Is(err, chunkstore.ErrUnsafePath), errors.Is(err, chunkstore.ErrEscape):
 		return wire.CodeBadRequest
-	case errors.Is(err, chunkstore.ErrMismatch), errors.Is(err, chunkstore.ErrSize), errors.Is(err, chunkstore.ErrReplaced):
+	case errors.Is(err, chunkstore.ErrMismatch), errors.Is(err, chunkstore.ErrSize), errors.Is(err, chunkstore.ErrReplaced), errors.Is(err, chunkstore.ErrBusy):
 		return wire.CodeConflict
 	case errors.Is(err, fs.ErrNotExist):
 		return wire.CodeNotFound
@@ -514,24 +514,20 @@ func (r *Receiver) file(m *wire.File, name string) {
 		r.done(name, m.Kind, nil, false)
 		_ = r.cfg.Send(&wire.FileOK{Channel: r.cfg.Channel, FID: m.FID, Action: wire.ActionDone})
 	case wire.KindFile:
-		same := false
-		if r.cfg.Flags&wire.XferChecksum != 0 && len(m.Digest) == 32 {
-			same = r.cfg.Root.SameDigest(name, m.Size, m.Digest)
-		} else {
-			same = r.cfg.Root.Same(name, m.Size, m.MTime)
-		}
-		if same {
-			_ = r.cfg.Root.SetAttrs(name, r.attrs(m)) // modes may differ
-			r.mu.Lock()
-			r.stats.BytesSkipped += m.Size
-			r.mu.Unlock()
-			r.done(name, m.Kind, nil, true)
-			_ = r.cfg.Send(&wire.FileOK{Channel: r.cfg.Channel, FID: m.FID, Action: wire.ActionSkip})
+		if r.same(m, name) {
+			r.skip(m, name)
 			return
 		}
 		p, err := r.cfg.Root.OpenPartial(name, m.Size, m.MTime)
 		if err != nil {
 			r.fail(m, name, err)
+			return
+		}
+		if p.Waited() && p.Have() == 0 && r.same(m, name) {
+			// The transfer we waited for (one whose client went away)
+			// put the file in place meanwhile.
+			p.Discard()
+			r.skip(m, name)
 			return
 		}
 		if n := p.Notice(); n != "" && r.cfg.OnNotice != nil {
@@ -547,6 +543,25 @@ func (r *Receiver) file(m *wire.File, name string) {
 		}
 		_ = r.cfg.Send(ok)
 	}
+}
+
+// same reports whether name already is the entry m's file (size and
+// mtime, or the digest with the checksum flag).
+func (r *Receiver) same(m *wire.File, name string) bool {
+	if r.cfg.Flags&wire.XferChecksum != 0 && len(m.Digest) == 32 {
+		return r.cfg.Root.SameDigest(name, m.Size, m.Digest)
+	}
+	return r.cfg.Root.Same(name, m.Size, m.MTime)
+}
+
+// skip answers an entry whose file is already in place.
+func (r *Receiver) skip(m *wire.File, name string) {
+	_ = r.cfg.Root.SetAttrs(name, r.attrs(m)) // modes may differ
+	r.mu.Lock()
+	r.stats.BytesSkipped += m.Size
+	r.mu.Unlock()
+	r.done(name, m.Kind, nil, true)
+	_ = r.cfg.Send(&wire.FileOK{Channel: r.cfg.Channel, FID: m.FID, Action: wire.ActionSkip})
 }
 
 // chunk checks a CHUNK against the credit and hands its new octets to the
