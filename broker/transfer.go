@@ -168,7 +168,10 @@ func (x *xferChan) upload(m *wire.Send) {
 	window := uint64(s.b.cfg.xferWindow())
 	x.recv = subscriber.NewReceiver(subscriber.ReceiverConfig{
 		Channel: x.id, Root: root, AsName: asName, Flags: m.Flags,
-		Chown:  m.Flags&wire.XferPreserve != 0 && (s.acct.UID == 0 && os.Geteuid() == 0),
+		Chown: m.Flags&wire.XferPreserve != 0 && (s.acct.UID == 0 && os.Geteuid() == 0),
+		// Without -p, what zpd makes gets the source's permission bits
+		// less 022, whatever umask zpd itself was started with (README).
+		Umask:  uploadUmask,
 		Window: window, Send: func(msg wire.Message) error { s.send(msg); return nil },
 		Thread: s.acct.fsThread(),
 		OnChunk: func(n int) {
@@ -241,6 +244,11 @@ func (x *xferChan) download(m *wire.Recv) {
 		s.b.log.Warn("download ended", "session", s.id, "channel", x.id, "err", err)
 	}
 }
+
+// uploadUmask is the umask of uploads without -p: that of a typical
+// login (zpd's own, from however it was started, says nothing about the
+// user's wishes).
+const uploadUmask = 0o022
 
 func transferCode(err error) wire.Code {
 	switch {

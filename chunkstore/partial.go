@@ -365,7 +365,7 @@ func (p *Partial) setAttrs(a Attrs) error {
 			return p.r.pathErr("chown", p.name, err)
 		}
 	}
-	if a.Mode != 0 {
+	if a.setMode() {
 		if err := unix.Fchmod(fd, a.Mode&0o7777); err != nil {
 			return p.r.pathErr("chmod", p.name, err)
 		}

@@ -275,11 +275,18 @@ func (r *Root) Symlink(target, name string) error {
 
 // Attrs are what SetAttrs applies.
 type Attrs struct {
-	Mode     uint32 // permission bits; 0 leaves the mode alone
-	MTime    int64  // nanoseconds; 0 leaves the time alone
-	Chown    bool
-	UID, GID uint32
+	Mode    uint32 // permission bits with setuid, setgid and sticky
+	SetMode bool   // apply Mode (else only a Mode other than 0 is applied)
+	// KeepSetgid keeps a directory's setgid bit (inherited from its
+	// parent) when Mode has none.
+	KeepSetgid bool
+	MTime      int64 // nanoseconds; 0 leaves the time alone
+	Chown      bool
+	UID, GID   uint32
 }
+
+// setMode reports whether the mode is to be applied.
+func (a *Attrs) setMode() bool { return a.SetMode || a.Mode != 0 }
 
 // SetAttrs applies attributes to name without following a final symlink
 // (a symlink gets only its time).
@@ -299,8 +306,12 @@ func (r *Root) SetAttrs(name string, a Attrs) error {
 				return r.pathErr("chown", name, err)
 			}
 		}
-		if a.Mode != 0 && !isLink && (a.Chown || st.Mode&0o7777 != a.Mode&0o7777) { // chown clears setuid
-			if err := unix.Fchmodat(dfd, b, a.Mode&0o7777, 0); err != nil {
+		mode := a.Mode & 0o7777
+		if a.KeepSetgid && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			mode |= st.Mode & unix.S_ISGID
+		}
+		if a.setMode() && !isLink && (a.Chown || st.Mode&0o7777 != mode) { // chown clears setuid
+			if err := unix.Fchmodat(dfd, b, mode, 0); err != nil {
 				return r.pathErr("chmod", name, err)
 			}
 		}

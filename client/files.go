@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,8 +21,10 @@ import (
 // TransferOptions says how to copy.
 type TransferOptions struct {
 	Recursive bool // copy directories
-	Preserve  bool // also the owner, where the receiver may set it
-	Checksum  bool // compare digests, not size and time, to skip files
+	// Preserve keeps the whole mode (setuid, setgid, sticky; not masked by
+	// the receiver's umask) and the owner, where the receiver may set it.
+	Preserve bool
+	Checksum bool // compare digests, not size and time, to skip files
 	// OnFile reports each finished entry; OnProgress content octets moved
 	// for the current file.
 	OnFile     func(name string, err error, skipped bool)
@@ -183,7 +186,27 @@ func (s *Session) Upload(ctx context.Context, sources []string, dest string, opt
 	return out, err
 }
 
-// Download copies sources from the server to the local dest.
+// umask returns the process's umask (what a file made here without -p
+// is masked with, as under rsync), read from /proc so that it is never
+// changed, even for a moment; 022 if it cannot be read.
+func umask() uint32 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0o022
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+				return uint32(m)
+			}
+		}
+	}
+	return 0o022
+}
+
+// Download copies sources from the server to the local dest. Files and
+// directories get the source's permission bits less the process's umask,
+// or, with Preserve, the source's whole mode (setuid, setgid, sticky).
 func (s *Session) Download(ctx context.Context, sources []string, dest string, opts TransferOptions) (*TransferStats, error) {
 	start := time.Now()
 	st, err := os.Stat(dest)
@@ -201,6 +224,7 @@ func (s *Session) Download(ctx context.Context, sources []string, dest string, o
 	recv := subscriber.NewReceiver(subscriber.ReceiverConfig{
 		Channel: id, Flags: flags, Window: window, Send: s.send,
 		Chown: opts.Preserve && os.Geteuid() == 0,
+		Umask: umask(),
 		Open: func(first *wire.File) (*chunkstore.Root, string, error) {
 			if first.Path == "" && first.Kind != wire.KindDir {
 				root, err := chunkstore.OpenRoot(filepath.Dir(filepath.Clean(dest)))

@@ -27,9 +27,13 @@ type ReceiverConfig struct {
 	Open func(first *wire.File) (root *chunkstore.Root, asName string, err error)
 	// AsName, when set, is the name in Root that the entry "" becomes
 	// (TargetAs); otherwise "" is Root itself.
-	AsName  string
-	Flags   uint8 // wire.Xfer*
-	Chown   bool  // set owners (-p, and the receiver may)
+	AsName string
+	Flags  uint8 // wire.Xfer*
+	Chown  bool  // set owners (-p, and the receiver may)
+	// Umask masks the permission bits an entry gets without the preserve
+	// flag (rsync without -p: the source's permission bits less Umask,
+	// setuid, setgid and sticky dropped); with it, the whole mode.
+	Umask   uint32
 	Window  uint64
 	Send    func(wire.Message) error
 	Commits int    // concurrent commits (fdatasync+rename); default 16
@@ -449,8 +453,17 @@ func errorCode(err error) wire.Code {
 	return wire.CodeInternal
 }
 
+// attrs are the attributes the entry m gets (docs/PROTOCOL.md §10):
+// with the preserve flag the source's whole mode, else its permission
+// bits less the umask (a directory keeps a setgid bit it inherited from
+// its parent, as under rsync).
 func (r *Receiver) attrs(m *wire.File) chunkstore.Attrs {
-	return chunkstore.Attrs{Mode: m.Mode, MTime: m.MTime, Chown: r.cfg.Chown, UID: m.UID, GID: m.GID}
+	a := chunkstore.Attrs{Mode: m.Mode & 0o7777, SetMode: true, MTime: m.MTime, Chown: r.cfg.Chown, UID: m.UID, GID: m.GID}
+	if r.cfg.Flags&wire.XferPreserve == 0 {
+		a.Mode = m.Mode & 0o777 &^ r.cfg.Umask
+		a.KeepSetgid = m.Kind == wire.KindDir
+	}
+	return a
 }
 
 // abandon drops an entry whose sender gave up on it (on its writer).
@@ -506,7 +519,7 @@ func (r *Receiver) file(m *wire.File, name string) {
 			return
 		}
 		a := r.attrs(m)
-		a.Mode = 0
+		a.Mode, a.SetMode = 0, false
 		_ = r.cfg.Root.SetAttrs(name, a)
 		r.mu.Lock()
 		r.touched[parent(name)] = true

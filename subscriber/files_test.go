@@ -12,11 +12,18 @@ import (
 	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
+	"golang.org/x/sys/unix"
 )
 
 // transfer runs a Sender and a Receiver back to back in memory, copying
 // src (a directory, rsync's "src/" form) into dst.
 func transfer(t *testing.T, src, dst string) (publisher.SendStats, *Receiver) {
+	t.Helper()
+	return transferWith(t, src, dst, wire.XferRecursive, 0o022)
+}
+
+// transferWith is transfer with the SEND flags and the receiver's umask.
+func transferWith(t *testing.T, src, dst string, flags uint8, umask uint32) (publisher.SendStats, *Receiver) {
 	t.Helper()
 	root, err := chunkstore.OpenRoot(dst)
 	if err != nil {
@@ -27,7 +34,7 @@ func transfer(t *testing.T, src, dst string) (publisher.SendStats, *Receiver) {
 	defer cancel()
 	var sender *publisher.Sender
 	recv := NewReceiver(ReceiverConfig{
-		Channel: 1, Root: root, Flags: wire.XferRecursive, Window: 1 << 20,
+		Channel: 1, Root: root, Flags: flags, Umask: umask, Window: 1 << 20,
 		Send: func(m wire.Message) error {
 			if !sender.Deliver(m) {
 				return fmt.Errorf("sender queue full")
@@ -106,5 +113,72 @@ func TestReceiverTree(t *testing.T) {
 	}
 	if n := len(recv.route) + len(recv.files); n != 0 {
 		t.Errorf("after a no-op sync the receiver still tracks %d entries", n)
+	}
+}
+
+// Modes as rsync gives them: without preserve (-p), the source's
+// permission bits masked by the receiver's umask, setuid, setgid and
+// sticky dropped; with it, the whole mode.
+func TestReceiverModes(t *testing.T) {
+	src := t.TempDir()
+	modes := map[string]uint32{
+		"suid": 0o4755, "sgid": 0o2750, "open": 0o666, "none": 0o000, "other": 0o007,
+		"dir": 0o2775 | 1<<31, "tmp": 0o1777 | 1<<31, // 1<<31: a directory
+	}
+	for name, m := range modes {
+		p := filepath.Join(src, name)
+		if m&(1<<31) != 0 {
+			if err := os.Mkdir(p, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := os.WriteFile(p, []byte(name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Chmod(p, m&0o7777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		flags uint8
+		umask uint32
+		want  func(m uint32) uint32
+	}{
+		{wire.XferRecursive, 0o027, func(m uint32) uint32 { return m & 0o777 &^ 0o027 }},
+		{wire.XferRecursive, 0o022, func(m uint32) uint32 { return m & 0o777 &^ 0o022 }},
+		{wire.XferRecursive | wire.XferPreserve, 0o077, func(m uint32) uint32 { return m & 0o7777 }},
+	} {
+		t.Run(fmt.Sprintf("flags %x umask %03o", c.flags, c.umask), func(t *testing.T) {
+			dst := t.TempDir()
+			transferWith(t, src, dst, c.flags, c.umask)
+			for name, m := range modes {
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(dst, name), &st); err != nil {
+					t.Fatal(err)
+				}
+				if got, want := st.Mode&0o7777, c.want(m&0o7777); got != want {
+					t.Errorf("%s (source %04o): mode %04o, want %04o", name, m&0o7777, got, want)
+				}
+			}
+		})
+	}
+}
+
+// A directory made inside a setgid directory keeps the setgid bit it
+// inherits (as under rsync), also without preserve.
+func TestReceiverInheritedSetgid(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	if err := os.Mkdir(filepath.Join(src, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Chmod(dst, 0o2775); err != nil {
+		t.Fatal(err)
+	}
+	transferWith(t, src, dst, wire.XferRecursive, 0o022)
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(dst, "d"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o7777 != 0o2755 {
+		t.Fatalf("mode %04o, want 2755", st.Mode&0o7777)
 	}
 }
