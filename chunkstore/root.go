@@ -288,21 +288,34 @@ type Attrs struct {
 // setMode reports whether the mode is to be applied.
 func (a *Attrs) setMode() bool { return a.SetMode || a.Mode != 0 }
 
-// SetAttrs applies attributes to name without following a final symlink
-// (a symlink gets only its time).
+// testHookSetAttrs runs in SetAttrs after the entry was opened.
+var testHookSetAttrs func()
+
+// SetAttrs applies attributes to name without ever following a symlink:
+// it opens the entry itself (O_PATH|O_NOFOLLOW) and changes that inode,
+// whatever is put at the name meanwhile. A symlink gets only its owner
+// and time.
 func (r *Root) SetAttrs(name string, a Attrs) error {
 	d, b := split(name)
 	if name == "" {
 		b = "."
 	}
-	st, err := r.Lstat(name)
-	if err != nil {
-		return err
-	}
-	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
 	return r.withDir(d, func(dfd int) error {
+		fd, err := unix.Openat(dfd, b, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return r.pathErr("open", name, err)
+		}
+		defer unix.Close(fd)
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return r.pathErr("stat", name, err)
+		}
+		if testHookSetAttrs != nil {
+			testHookSetAttrs()
+		}
+		isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
 		if a.Chown {
-			if err := unix.Fchownat(dfd, b, int(a.UID), int(a.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err := unix.Fchownat(fd, "", int(a.UID), int(a.GID), unix.AT_EMPTY_PATH); err != nil {
 				return r.pathErr("chown", name, err)
 			}
 		}
@@ -311,18 +324,59 @@ func (r *Root) SetAttrs(name string, a Attrs) error {
 			mode |= st.Mode & unix.S_ISGID
 		}
 		if a.setMode() && !isLink && (a.Chown || st.Mode&0o7777 != mode) { // chown clears setuid
-			if err := unix.Fchmodat(dfd, b, mode, 0); err != nil {
+			if err := chmodFD(fd, mode); err != nil {
 				return r.pathErr("chmod", name, err)
 			}
 		}
 		if a.MTime != 0 && st.Mtim.Nano() != a.MTime {
-			ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(a.MTime)}
-			if err := unix.UtimesNanoAt(dfd, b, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			err := utimesFD(fd, a.MTime, isLink)
+			if errors.Is(err, errNoFDCall) { // an old kernel: a symlink by name, never followed
+				ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(a.MTime)}
+				err = unix.UtimesNanoAt(dfd, b, ts, unix.AT_SYMLINK_NOFOLLOW)
+			}
+			if err != nil {
 				return r.pathErr("utimes", name, err)
 			}
 		}
 		return nil
 	})
+}
+
+// noEmptyPath makes chmodFD and utimesFD take their fallbacks (tests).
+var noEmptyPath bool
+
+// errNoFDCall: the kernel cannot change this attribute through an O_PATH
+// descriptor of a symlink.
+var errNoFDCall = errors.New("chunkstore: no system call for this descriptor")
+
+// chmodFD changes the mode of the inode fd (O_PATH, not a symlink) refers
+// to: fchmodat2(AT_EMPTY_PATH) (Linux 6.6), or else chmod of its
+// /proc/self/fd link, which leads to that inode and no further.
+func chmodFD(fd int, mode uint32) error {
+	if !noEmptyPath {
+		err := unix.Fchmodat(fd, "", mode, unix.AT_EMPTY_PATH)
+		if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+			return err
+		}
+	}
+	return unix.Fchmodat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), mode, 0)
+}
+
+// utimesFD sets the modification time of the inode fd (O_PATH) refers to:
+// utimensat(AT_EMPTY_PATH), or else, for anything but a symlink, through
+// its /proc/self/fd link.
+func utimesFD(fd int, mtime int64, isLink bool) error {
+	ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(mtime)}
+	if !noEmptyPath {
+		err := unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
+		if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return err
+		}
+	}
+	if isLink {
+		return errNoFDCall
+	}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), ts, 0)
 }
 
 // SyncDir flushes a directory's entries (after renames into it).

@@ -448,3 +448,49 @@ func TestOpenRootErrors(t *testing.T) {
 		t.Fatalf("file as root: %v", err)
 	}
 }
+
+// Attributes are applied to what was checked, never through a symlink
+// put in its place meanwhile (someone who may write the directory), with
+// the system calls of new kernels and the fallbacks of old ones.
+func TestSetAttrsNeverFollows(t *testing.T) {
+	defer func() { noEmptyPath = false }()
+	for _, fallback := range []bool{false, true} {
+		noEmptyPath = fallback
+		f := newFixture(t)
+		victim := filepath.Join(f.outside, "victim")
+		for _, name := range []string{"file", "dir"} {
+			p := filepath.Join(f.dir, name)
+			if name == "dir" {
+				os.Mkdir(p, 0o755)
+			} else {
+				os.WriteFile(p, []byte("x"), 0o644)
+			}
+			testHookSetAttrs = func() {
+				os.Rename(p, p+".moved")
+				os.Symlink(victim, p)
+			}
+			err := f.root.SetAttrs(name, Attrs{Mode: 0o750, MTime: 12345})
+			testHookSetAttrs = nil
+			if err != nil {
+				t.Fatalf("fallback %v, %s: %v", fallback, name, err)
+			}
+			f.untouched(t)
+			if st, _ := os.Stat(victim); st.ModTime().UnixNano() == 12345 {
+				t.Fatal("the outside file's time changed")
+			}
+			// The entry that was checked got them.
+			if st, err := os.Lstat(p + ".moved"); err != nil || st.Mode().Perm() != 0o750 || st.ModTime().UnixNano() != 12345 {
+				t.Fatalf("fallback %v, %s: %v %v %v", fallback, name, st.Mode(), st.ModTime().UnixNano(), err)
+			}
+		}
+		// A symlink gets its own time; its target nothing.
+		f.symlink(t, victim, "link")
+		if err := f.root.SetAttrs("link", Attrs{Mode: 0o700, MTime: 54321}); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := os.Lstat(filepath.Join(f.dir, "link")); st.ModTime().UnixNano() != 54321 {
+			t.Errorf("fallback %v: the symlink's time %v", fallback, st.ModTime().UnixNano())
+		}
+		f.untouched(t)
+	}
+}
