@@ -16,6 +16,9 @@ import (
 var (
 	ErrUnsafePath = errors.New("chunkstore: unsafe path")
 	ErrEscape     = errors.New("chunkstore: path leads outside the destination")
+	// ErrSymlink: a name goes through a symlink below the destination
+	// (names from the network never do, docs/PROTOCOL.md §10).
+	ErrSymlink = errors.New("chunkstore: path goes through a symlink")
 )
 
 // ReservedPrefix begins the names of the receiver's own temporary files

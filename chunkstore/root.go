@@ -16,9 +16,11 @@ import (
 )
 
 // Root is a destination directory. Every name below it is resolved with
-// openat2(RESOLVE_BENEATH): a symlink may point within the root, but any
-// path that would leave it fails with ErrEscape. Root's methods are safe
-// for concurrent use; opened directories are cached.
+// openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS): no component may be a
+// symlink (ErrSymlink), even one that points within the root, so that a
+// name has one meaning; nothing can lead out (ErrEscape). The root itself
+// may be reached through symlinks. Root's methods are safe for concurrent
+// use; opened directories are cached.
 type Root struct {
 	Path string
 	fd   int
@@ -58,6 +60,9 @@ func (r *Root) display(name string) string {
 func (r *Root) pathErr(op, name string, err error) error {
 	if errors.Is(err, unix.EXDEV) {
 		return fmt.Errorf("%w: %s", ErrEscape, r.display(name))
+	}
+	if errors.Is(err, unix.ELOOP) {
+		return fmt.Errorf("%w: %s (zpc never writes through a symlink in the destination)", ErrSymlink, r.display(name))
 	}
 	return &fs.PathError{Op: op, Path: r.display(name), Err: err}
 }
@@ -124,13 +129,17 @@ func dupFD(fd int, name string, r *Root) (int, error) {
 	return nfd, nil
 }
 
-// openBeneath is openat2 with RESOLVE_BENEATH (Linux 5.6+); on older
-// kernels it walks the components with O_NOFOLLOW, refusing every symlink.
+// openBeneath is openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS
+// (Linux 5.6+): a symlink anywhere in name fails with ELOOP. On older
+// kernels it walks the components with O_NOFOLLOW, which refuses the same.
 func openBeneath(dirfd int, name string, flags int, mode uint32) (int, error) {
 	if name == "" {
 		name = "."
 	}
-	how := &unix.OpenHow{Flags: uint64(flags), Mode: uint64(mode), Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS}
+	if noOpenat2 {
+		return openNoFollow(dirfd, name, flags, mode)
+	}
+	how := &unix.OpenHow{Flags: uint64(flags), Mode: uint64(mode), Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS}
 	fd, err := unix.Openat2(dirfd, name, how)
 	// EAGAIN: a rename raced the lookup (the kernel refuses to guess).
 	for i := 0; i < 8 && (errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN)); i++ {
@@ -141,6 +150,10 @@ func openBeneath(dirfd int, name string, flags int, mode uint32) (int, error) {
 	}
 	return fd, err
 }
+
+// noOpenat2 makes openBeneath take the path of kernels without openat2
+// (tests).
+var noOpenat2 bool
 
 func openNoFollow(dirfd int, name string, flags int, mode uint32) (int, error) {
 	cur := dirfd
@@ -157,8 +170,12 @@ func openNoFollow(dirfd int, name string, flags int, mode uint32) (int, error) {
 			f = flags | unix.O_NOFOLLOW
 		}
 		fd, err := unix.Openat(cur, p, f, mode)
-		if errors.Is(err, unix.ELOOP) {
-			return -1, unix.EXDEV
+		if errors.Is(err, unix.ENOTDIR) {
+			// O_DIRECTORY|O_NOFOLLOW on a symlink: ENOTDIR, as a file.
+			var st unix.Stat_t
+			if unix.Fstatat(cur, p, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				err = unix.ELOOP
+			}
 		}
 		if err != nil {
 			return -1, err

@@ -145,8 +145,8 @@ func TestRootRefusesSymlinksLeadingOut(t *testing.T) {
 				err := fn()
 				if err == nil {
 					t.Errorf("%s through %s -> %s: allowed", what, c.link, c.target(f))
-				} else if !errors.Is(err, ErrEscape) {
-					t.Errorf("%s: %v, want ErrEscape", what, err)
+				} else if !errors.Is(err, ErrEscape) && !errors.Is(err, ErrSymlink) {
+					t.Errorf("%s: %v, want ErrEscape or ErrSymlink", what, err)
 				}
 			}
 			if f.root.Same(through+"/victim", 8, 0) || f.root.SameDigest(through+"/victim", 8, digest([]byte("original"))) {
@@ -157,36 +157,54 @@ func TestRootRefusesSymlinksLeadingOut(t *testing.T) {
 	}
 }
 
-func TestRootAllowsSymlinksInside(t *testing.T) {
+// Names never go through a symlink below the root, even one that stays
+// inside it: a second name for a directory ("self" -> ".") would let
+// entries race past the order they were sent in.
+func TestRootRefusesSymlinksInside(t *testing.T) {
+	for _, walk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("without openat2 %v", walk), func(t *testing.T) {
+			defer func() { noOpenat2 = false }()
+			noOpenat2 = walk
+			testRootRefusesSymlinksInside(t)
+		})
+	}
+}
+
+func testRootRefusesSymlinksInside(t *testing.T) {
 	f := newFixture(t)
 	if err := os.MkdirAll(filepath.Join(f.dir, "real/deeper"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	os.WriteFile(filepath.Join(f.dir, "real/f"), []byte("f"), 0o644)
 	f.symlink(t, "real", "in")
 	f.symlink(t, "../real/deeper", "sub/in2")
 	f.symlink(t, ".", "self")
-	if err := f.root.MkdirAll("in/made"); err != nil {
-		t.Fatal(err)
-	}
-	if st, err := os.Stat(filepath.Join(f.dir, "real/made")); err != nil || !st.IsDir() {
-		t.Fatalf("MkdirAll through an inside link: %v", err)
-	}
-	if err := f.write("in/f", []byte("hello"), Attrs{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.write("sub/in2/g", []byte("deep"), Attrs{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.write("self/self/h", []byte("h"), Attrs{}); err != nil {
-		t.Fatal(err)
-	}
-	for p, want := range map[string]string{"real/f": "hello", "real/deeper/g": "deep", "h": "h"} {
-		if b, err := os.ReadFile(filepath.Join(f.dir, p)); err != nil || string(b) != want {
-			t.Errorf("%s: %q %v", p, b, err)
+	for _, through := range []string{"in", "sub/in2", "self", "self/self"} {
+		checks := map[string]func() error{
+			"MkdirAll": func() error { return f.root.MkdirAll(through + "/made") },
+			"write":    func() error { return f.write(through+"/g", []byte("g"), Attrs{}) },
+			"Symlink":  func() error { return f.root.Symlink("x", through+"/l") },
+			"SetAttrs": func() error { return f.root.SetAttrs(through+"/f", Attrs{Mode: 0o600}) },
+			"Lstat":    func() error { _, err := f.root.Lstat(through + "/f"); return err },
+			"Digest":   func() error { _, err := f.root.Digest(through + "/f"); return err },
+		}
+		for what, fn := range checks {
+			if err := fn(); !errors.Is(err, ErrSymlink) {
+				t.Errorf("%s through %s: %v, want ErrSymlink", what, through, err)
+			}
+		}
+		if f.root.Same(through+"/f", 1, mtimeOf(t, filepath.Join(f.dir, "real/f"))) {
+			t.Errorf("Same through %s", through)
 		}
 	}
-	if !f.root.Same("in/f", 5, mtimeOf(t, filepath.Join(f.dir, "real/f"))) {
-		t.Error("Same through an inside link")
+	for _, p := range []string{"real/made", "real/g", "made", "g"} {
+		if _, err := os.Lstat(filepath.Join(f.dir, p)); err == nil {
+			t.Errorf("%s was made through a symlink", p)
+		}
+	}
+	// The links themselves are entries like others.
+	if st, err := f.root.Lstat("self"); err != nil || st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		t.Fatalf("Lstat of the link: %v", err)
 	}
 	f.untouched(t)
 }

@@ -129,6 +129,10 @@ func hostileEntries(a *arena) []hostileEntry {
 		{file(26, ".zpc-0123456789abcdef.part.sha"), true, nil},
 		{wire.File{FID: 27, Path: ".zpc-link-1", Kind: wire.KindSymlink, Target: "good"}, true, nil},
 		{file(28, "sub/.zpc-x/f"), true, nil},
+		// A second name for the destination: names never go through a
+		// symlink below it, even one that stays inside.
+		{wire.File{FID: 29, Path: "alias", Kind: wire.KindSymlink, Target: "."}, false, nil},
+		{file(30, "alias/good"), true, nil},
 	}
 }
 
@@ -137,6 +141,7 @@ func (a *arena) checkDest(t *testing.T) {
 	t.Helper()
 	sameListing(t, a.dest, map[string]string{
 		"esc":     "-> " + a.outside,
+		"alias":   "-> .",
 		"plink":   "hello",
 		"good":    "hello",
 		"pdir":    "-> " + a.outside,

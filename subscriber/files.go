@@ -81,6 +81,7 @@ type Receiver struct {
 
 	writers []chan func()     // started lazily
 	making  map[string]making // directories and symlinks queued (Run only)
+	below   map[string]uint64 // directory → writers with entries beneath it (Run only)
 	wdone   sync.WaitGroup
 	stop    chan struct{} // closed when Run returns: writers skip their queues
 
@@ -120,6 +121,7 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 	if cfg.Writers <= 0 {
 		cfg.Writers = 8
 	}
+	cfg.Writers = min(cfg.Writers, 64) // a bit each in Receiver.below
 	return &Receiver{
 		cfg:     cfg,
 		inbox:   make(chan wire.Message, queueLen),
@@ -127,6 +129,7 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		kick:    make(chan struct{}, 1),
 		route:   make(map[uint32]int),
 		making:  make(map[string]making),
+		below:   make(map[string]uint64),
 		writers: make([]chan func(), cfg.Writers),
 		stop:    make(chan struct{}),
 		files:   make(map[uint32]*recvFile),
@@ -191,6 +194,55 @@ func (r *Receiver) afterAncestors(ctx context.Context, name string, w int) error
 	return nil
 }
 
+// afterDescendants waits until every entry queued beneath name on
+// another writer than w has been handled, then records name's ancestors:
+// entries are applied as if in order also when a sender announces "a/b"
+// before "a" (a symlink "a" made first would make "a/b" fail; in order,
+// "a/b" makes the directory "a" and the symlink fails). A well-behaved
+// sender announces a directory before its contents and never waits here.
+func (r *Receiver) afterDescendants(ctx context.Context, name string, w int) error {
+	if mask, ok := r.below[name]; ok {
+		delete(r.below, name)
+		if err := r.barrier(ctx, mask&^(1<<w)); err != nil {
+			return err
+		}
+	}
+	if len(r.below) >= maxBelow {
+		// Bounded memory: once everything queued is done, nothing
+		// earlier is pending beneath any name.
+		if err := r.barrier(ctx, ^uint64(0)); err != nil {
+			return err
+		}
+		clear(r.below)
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] == '/' {
+			r.below[name[:i]] |= 1 << w
+		}
+	}
+	return nil
+}
+
+// maxBelow bounds the directories Receiver.below remembers.
+const maxBelow = 16384
+
+// barrier waits until the writers in mask have done what was queued on
+// them so far.
+func (r *Receiver) barrier(ctx context.Context, mask uint64) error {
+	var wg sync.WaitGroup
+	for w, ch := range r.writers {
+		if ch == nil || mask&(1<<w) == 0 {
+			continue
+		}
+		wg.Add(1)
+		if err := r.queue(ctx, w, wg.Done); err != nil {
+			return err
+		}
+	}
+	wg.Wait()
+	return nil
+}
+
 // writerOf returns the writer of the file entry fid; forget also drops it
 // (its last message).
 func (r *Receiver) writerOf(fid uint32, forget bool) (int, bool) {
@@ -230,20 +282,7 @@ func (r *Receiver) queue(ctx context.Context, w int, job func()) error {
 }
 
 // drain waits until every writer has done what was queued so far.
-func (r *Receiver) drain(ctx context.Context) error {
-	var wg sync.WaitGroup
-	for w, ch := range r.writers {
-		if ch == nil {
-			continue
-		}
-		wg.Add(1)
-		if err := r.queue(ctx, w, wg.Done); err != nil {
-			return err
-		}
-	}
-	wg.Wait()
-	return nil
-}
+func (r *Receiver) drain(ctx context.Context) error { return r.barrier(ctx, ^uint64(0)) }
 
 // Deliver queues a message from the sender without blocking; false means
 // the sender exceeded what the protocol allows in flight.
@@ -336,6 +375,9 @@ func (r *Receiver) Run(ctx context.Context) error {
 			}
 			w := r.writerFor(parent(name))
 			if err := r.afterAncestors(ctx, name, w); err != nil {
+				return err
+			}
+			if err := r.afterDescendants(ctx, name, w); err != nil {
 				return err
 			}
 			job := func() { r.file(m, name) }
@@ -443,7 +485,7 @@ func errorCode(err error) wire.Code {
 		return wire.CodeNoSpace
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS):
 		return wire.CodeForbidden
-	case errors.Is(err, chunkstore.ErrUnsafePath), errors.Is(err, chunkstore.ErrEscape):
+	case errors.Is(err, chunkstore.ErrUnsafePath), errors.Is(err, chunkstore.ErrEscape), errors.Is(err, chunkstore.ErrSymlink):
 		return wire.CodeBadRequest
 	case errors.Is(err, chunkstore.ErrMismatch), errors.Is(err, chunkstore.ErrSize), errors.Is(err, chunkstore.ErrReplaced), errors.Is(err, chunkstore.ErrBusy):
 		return wire.CodeConflict
