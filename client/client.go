@@ -154,6 +154,16 @@ var (
 	ErrSessionGone = errors.New("the session expired on the server")
 )
 
+// ProtocolError is a server that broke the protocol (docs/PROTOCOL.md):
+// a message that does not decode, more data or messages than the credit
+// allows, an acknowledgement of what was never sent, a wrong reply. It is
+// not a network fault: a new connection would meet the same server, so
+// callers should not retry. The session fails with it.
+type ProtocolError struct{ Err error }
+
+func (e *ProtocolError) Error() string { return "the server broke the protocol: " + e.Err.Error() }
+func (e *ProtocolError) Unwrap() error { return e.Err }
+
 // Dial connects, authenticates and opens a session.
 func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Logger == nil {
@@ -365,8 +375,8 @@ func (s *Session) recvLoop(l *link) {
 		s.lastRecv.Store(time.Now().UnixNano())
 		m, err := wire.Decode(msg.Frames)
 		if err != nil {
-			s.log.Warn("undecodable message from server", "err", err)
-			continue
+			s.fail(&ProtocolError{fmt.Errorf("undecodable message: %w", err)})
+			return
 		}
 		switch m := m.(type) {
 		case *wire.OpenOK:
@@ -501,7 +511,7 @@ func (s *Session) route(m wire.Message) {
 	case inbox <- m:
 	default:
 		// The server sent more than the credit allows.
-		s.fail(fmt.Errorf("server overran channel %d", id))
+		s.fail(&ProtocolError{fmt.Errorf("more messages on channel %d than the credit allows", id)})
 	}
 }
 

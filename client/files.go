@@ -86,7 +86,7 @@ func (s *Session) forward(ctx context.Context, inbox <-chan wire.Message, delive
 			}
 			if !deliver(m) {
 				abort()
-				return errors.New("the server sent more than the protocol allows")
+				return &ProtocolError{errors.New("more messages in flight than the protocol allows")}
 			}
 		case <-ctx.Done():
 			return nil
@@ -95,6 +95,16 @@ func (s *Session) forward(ctx context.Context, inbox <-chan wire.Message, delive
 			return s.err
 		}
 	}
+}
+
+// protocolError makes a violation that a transfer half detected a
+// ProtocolError.
+func protocolError(err error) error {
+	var pe *ProtocolError
+	if !errors.As(err, &pe) && (errors.Is(err, subscriber.ErrProtocol) || errors.Is(err, publisher.ErrProtocol)) {
+		return &ProtocolError{err}
+	}
+	return err
 }
 
 // Upload copies local sources to dest on the server, as zpc does
@@ -127,7 +137,7 @@ func (s *Session) Upload(ctx context.Context, sources []string, dest string, opt
 		case *wire.Error:
 			return nil, m
 		default:
-			return nil, fmt.Errorf("unexpected %s", m.ID())
+			return nil, &ProtocolError{fmt.Errorf("%s in answer to SEND", m.ID())}
 		}
 	case <-s.done:
 		return nil, s.err
@@ -174,6 +184,7 @@ func (s *Session) Upload(ctx context.Context, sources []string, dest string, opt
 	if ferr := <-fwdErr; ferr != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		err = ferr // the session ended under the transfer
 	}
+	err = protocolError(err)
 	out := &TransferStats{Files: st.Files, Skipped: st.Skipped, Dirs: st.Dirs, Links: st.Links,
 		BytesSent: st.BytesSent, BytesSkipped: st.BytesSkipped, BytesResumed: st.BytesResumed,
 		Seconds: time.Since(start).Seconds(), Failures: warnings}
@@ -299,6 +310,7 @@ func (s *Session) Download(ctx context.Context, sources []string, dest string, o
 	if ferr := <-fwdErr; ferr != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		err = ferr // the session ended under the transfer
 	}
+	err = protocolError(err)
 	mu.Lock()
 	defer mu.Unlock()
 	rs := recv.Stats()

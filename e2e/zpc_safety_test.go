@@ -133,6 +133,8 @@ func hostileEntries(a *arena) []hostileEntry {
 		// symlink below it, even one that stays inside.
 		{wire.File{FID: 29, Path: "alias", Kind: wire.KindSymlink, Target: "."}, false, nil},
 		{file(30, "alias/good"), true, nil},
+		// A kind the receiver does not know still gets an answer.
+		{wire.File{FID: 31, Path: "dev", Kind: 9, Mode: 0o644}, true, nil},
 	}
 }
 

@@ -344,7 +344,7 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 				s.finish(s.take(m.FID), err)
 			case *wire.Ack:
 				if err := s.credit.Ack(m.Offset, m.Limit); err != nil {
-					return s.snapshot(), err
+					return s.snapshot(), violation{err}
 				}
 			case *wire.Error:
 				return s.snapshot(), m

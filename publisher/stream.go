@@ -20,6 +20,9 @@ const MaxInflight = 512
 var (
 	ErrClosed = errors.New("publisher: stream closed")
 	ErrAck    = errors.New("publisher: invalid acknowledgement")
+	// ErrProtocol wraps what a Sender returns when its receiver broke the
+	// protocol: not a network fault, trying again would not help.
+	ErrProtocol = errors.New("publisher: the receiver broke the protocol")
 )
 
 type chunk struct {
@@ -249,3 +252,11 @@ func (s *Stream) Close(err error) {
 		s.notifyLocked()
 	}
 }
+
+// violation is an error of the peer's that breaks the protocol: it reads
+// as the error itself and matches ErrProtocol.
+type violation struct{ err error }
+
+func (v violation) Error() string        { return v.err.Error() }
+func (v violation) Unwrap() error        { return v.err }
+func (v violation) Is(target error) bool { return target == ErrProtocol }

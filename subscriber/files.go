@@ -368,6 +368,14 @@ func (r *Receiver) Run(ctx context.Context) error {
 				}
 				r.cfg.Root, r.cfg.AsName = root, as
 			}
+			if err := r.entryInUse(m.FID); err != nil {
+				_ = r.cfg.Send(wire.Errorf(r.cfg.Channel, wire.CodeBadRequest, "%v", err))
+				return violation{err}
+			}
+			if m.Kind < wire.KindFile || m.Kind > wire.KindSymlink {
+				r.fail(m, m.Path, fmt.Errorf("%w %d", ErrKind, m.Kind))
+				continue
+			}
 			name, err := r.target(m.Path)
 			if err != nil {
 				r.fail(m, m.Path, err)
@@ -431,6 +439,22 @@ func (r *Receiver) Run(ctx context.Context) error {
 	}
 }
 
+// entryInUse refuses an entry number that is 0 or belongs to a file
+// whose content may still come.
+func (r *Receiver) entryInUse(fid uint32) error {
+	if fid == 0 {
+		return errors.New("entry number 0")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, routed := r.route[fid]
+	_, open := r.files[fid]
+	if routed || open {
+		return fmt.Errorf("entry number %d is in use", fid)
+	}
+	return nil
+}
+
 // target maps an entry name to its name in Root.
 func (r *Receiver) target(path string) (string, error) {
 	name, err := chunkstore.CleanName(path)
@@ -480,12 +504,15 @@ func (r *Receiver) done(name string, kind uint8, err error, skipped bool) {
 
 // errorCode maps a file error to a protocol code.
 func errorCode(err error) wire.Code {
+	var we *wire.Error
 	switch {
+	case errors.As(err, &we):
+		return we.Code
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return wire.CodeNoSpace
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS):
 		return wire.CodeForbidden
-	case errors.Is(err, chunkstore.ErrUnsafePath), errors.Is(err, chunkstore.ErrEscape), errors.Is(err, chunkstore.ErrSymlink):
+	case errors.Is(err, chunkstore.ErrUnsafePath), errors.Is(err, chunkstore.ErrEscape), errors.Is(err, chunkstore.ErrSymlink), errors.Is(err, ErrKind):
 		return wire.CodeBadRequest
 	case errors.Is(err, chunkstore.ErrMismatch), errors.Is(err, chunkstore.ErrSize), errors.Is(err, chunkstore.ErrReplaced), errors.Is(err, chunkstore.ErrBusy):
 		return wire.CodeConflict
@@ -625,7 +652,7 @@ func (r *Receiver) chunk(ctx context.Context, m *wire.Chunk) error {
 	fresh, err := r.credit.Accept(m.Seq, m.Bytes, false)
 	if err != nil {
 		_ = r.cfg.Send(wire.Errorf(r.cfg.Channel, wire.CodeFlowControl, "%v", err))
-		return err
+		return violation{err}
 	}
 	if len(fresh) < len(m.Bytes) {
 		// Part of a resend we already have.

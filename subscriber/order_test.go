@@ -3,6 +3,7 @@ package subscriber
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -137,5 +138,48 @@ func TestReceiverAppliesInOrder(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Every entry gets an answer: one of a kind the receiver does not know
+// (a newer sender's) a FILE_DONE 400, and the transfer goes on.
+func TestReceiverUnknownKind(t *testing.T) {
+	dst := t.TempDir()
+	got := feed(t, dst, []wire.File{
+		{FID: 1, Path: "dev", Kind: 9, Mode: 0o644},
+		{FID: 2, Path: "f", Kind: wire.KindFile, Mode: 0o644, MTime: 1e18, Size: 4},
+	}, map[uint32][]byte{2: []byte("body")})
+	if got[1] != uint16(wire.CodeBadRequest) || got[2] != 0 {
+		t.Fatalf("answers %v", got)
+	}
+}
+
+// A sender that reuses the number of an entry still in progress breaks
+// the protocol: the receiver says so and stops.
+func TestReceiverDuplicateEntry(t *testing.T) {
+	root, err := chunkstore.OpenRoot(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	out := make(chan wire.Message, 64)
+	recv := NewReceiver(ReceiverConfig{Channel: 1, Root: root, Window: 1 << 20, Send: func(m wire.Message) error { out <- m; return nil }})
+	f := &wire.File{Channel: 1, FID: 1, Path: "f", Kind: wire.KindFile, Mode: 0o644, Size: 4}
+	recv.Deliver(f)
+	recv.Deliver(f)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := recv.Run(ctx); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("Run: %v, want ErrProtocol", err)
+	}
+	for {
+		select {
+		case m := <-out:
+			if e, ok := m.(*wire.Error); ok && e.Code == wire.CodeBadRequest {
+				return
+			}
+		default:
+			t.Fatal("no ERROR 400 sent")
+		}
 	}
 }

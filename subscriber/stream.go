@@ -18,6 +18,15 @@ var (
 	ErrAfterEOF = errors.New("subscriber: data after end of stream")
 )
 
+// ErrProtocol wraps what a Receiver returns when its sender broke the
+// protocol (credit, order, entry numbers): not a network fault, so
+// trying again would meet the same sender.
+var ErrProtocol = errors.New("subscriber: the sender broke the protocol")
+
+// ErrKind is an entry of a kind the Receiver does not know (a newer
+// sender's): answered with FILE_DONE 400, the transfer goes on.
+var ErrKind = errors.New("subscriber: entry of unknown kind")
+
 // Stream tracks one incoming byte stream. Safe for concurrent use.
 type Stream struct {
 	mu       sync.Mutex
@@ -125,3 +134,11 @@ func (s *Stream) EOF() bool {
 	defer s.mu.Unlock()
 	return s.eof
 }
+
+// violation is an error of the peer's that breaks the protocol: it reads
+// as the error itself and matches ErrProtocol.
+type violation struct{ err error }
+
+func (v violation) Error() string        { return v.err.Error() }
+func (v violation) Unwrap() error        { return v.err }
+func (v violation) Is(target error) bool { return target == ErrProtocol }

@@ -224,6 +224,13 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 		if errors.As(err, &le) {
 			break // the local destination: reported with its entry, exit 1
 		}
+		var pe *client.ProtocolError
+		if errors.As(err, &pe) {
+			// A broken or hostile server, not the network: the same
+			// server would break it again.
+			prog.finish()
+			return withCode(ExitFailure, fmt.Errorf("%s broke the protocol (%s); not retrying", t.Host, printable(pe.Err.Error())))
+		}
 		var we *wire.Error
 		if errors.As(err, &we) {
 			prog.finish()

@@ -167,10 +167,11 @@ func (m *File) decode(d *decoder) {
 	m.UID = d.u32("uid")
 	m.GID = d.u32("gid")
 }
+
+// validate accepts any kind: a receiver answers an entry of a kind it
+// does not know with FILE_DONE 400 (docs/PROTOCOL.md §10), so that it
+// can be told which entry failed and the rest of the transfer goes on.
 func (m *File) validate() error {
-	if m.Kind < KindFile || m.Kind > KindSymlink {
-		return fmt.Errorf("%w: entry kind %d", ErrInvalid, m.Kind)
-	}
 	if len(m.Digest) != 0 && len(m.Digest) != 32 {
 		return fmt.Errorf("%w: digest of %d octets", ErrInvalid, len(m.Digest))
 	}
