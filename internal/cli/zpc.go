@@ -109,8 +109,11 @@ Directories (with -r) follow rsync's rules:
   zpc -r dir/ host:dest    copies the contents of dir into dest/
   zpc file host:dest       writes dest/file if dest is a directory, else the file dest
 Remote paths are relative to the remote user's home; host: alone is the home.
-Symlinks are copied as symlinks; modes and modification times are kept (-p also the owner,
-when the receiving side runs as root); devices, sockets and FIFOs are skipped with a warning.
+Symlinks are copied as symlinks and modification times kept; modes get the source's permission
+bits less the receiver's umask (022 on the server), without setuid, setgid or sticky, unless -p
+keeps the whole mode (and the owner, when the receiving side runs as root); devices, sockets and
+FIFOs are skipped with a warning. Names from the other side never go through a symlink in the
+destination.
 
 Every file is checked with SHA-256 before it is renamed into place. Files whose size and
 modification time match are skipped (--checksum compares digests instead). If the connection
@@ -118,12 +121,12 @@ breaks, zpc reconnects and resumes, trying for --reconnect-for (default 1m) per 
 that it exits 255 and running the same command again resumes from where it stopped.
 
 Exit status: 0 everything copied; 1 some files failed (each named on stderr, the rest were
-copied); 255 connection, authentication or usage failure.`
+copied); 255 connection, authentication, protocol or usage failure.`
 	root.Args = cobra.MinimumNArgs(2)
 	opts.conn.register(root, "P")
 	fs := root.Flags()
 	fs.BoolVarP(&opts.recursive, "recursive", "r", false, "copy directories recursively")
-	fs.BoolVarP(&opts.preserve, "preserve", "p", false, "also preserve owners (when the receiver runs as root)")
+	fs.BoolVarP(&opts.preserve, "preserve", "p", false, "keep whole modes (setuid, setgid, sticky; no umask) and owners (when the receiver runs as root)")
 	fs.BoolVarP(&opts.verbose, "verbose", "v", false, "name each file as it is done")
 	fs.BoolVarP(&opts.checksum, "checksum", "c", false, "skip files whose SHA-256 matches, not size and time")
 	fs.BoolVar(&opts.asJSON, "json", false, "print a JSON summary on stdout")
