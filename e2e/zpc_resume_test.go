@@ -18,7 +18,7 @@ import (
 
 // window is the credit a zpd receiver grants (broker.Config.xferWindow);
 // the client grants the same for downloads.
-const window = 8 << 20
+const window = 16 << 20
 
 // patternFile writes size octets in which every 8-octet word differs (a
 // function of its offset and seed), so that misplaced data cannot go
@@ -123,7 +123,7 @@ func settle(px *faultproxy.Proxy) int64 {
 
 // Killing zpc mid-file and running it again resumes from the partial:
 // what the first run moved and the rerun did not need again is at most
-// one window (upload: zpd's receiver grants 8 MiB; download: zpc grants
+// one window (upload: zpd's receiver grants 16 MiB; download: zpc grants
 // as much).
 func TestZpcResumeAfterKill(t *testing.T) {
 	size := int64(512 << 20)
