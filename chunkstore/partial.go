@@ -49,6 +49,7 @@ type Partial struct {
 	synced  uint64 // start of the range not yet handed to writeback
 	notice  string // why an existing partial was not resumed
 	waited  bool   // another receiver held the partial when it was opened
+	existed bool   // the partial was there from an earlier attempt
 }
 
 // writeback is how much is written before the kernel is asked to start
@@ -96,7 +97,9 @@ func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, err
 	if p.notice != "" {
 		p.notice = r.display(name) + ": " + p.notice
 	}
-	_ = unix.Unlinkat(dfd, p.staleState(), 0)
+	if p.existed {
+		_ = unix.Unlinkat(dfd, p.staleState(), 0)
+	}
 	n, err := io.Copy(p.h, p.f)
 	if err != nil {
 		p.Close()
@@ -171,6 +174,7 @@ func (p *Partial) openOrCreate(tmp string) (int, string, error) {
 		}
 		fd, why := openOwn(p.dirfd, tmp, flags)
 		if why == "" {
+			p.existed = true
 			return fd, tmp, nil
 		}
 		if why == "gone" {
@@ -456,7 +460,6 @@ func (p *Partial) Discard() {
 func (p *Partial) remove() {
 	if p.dirfd >= 0 && p.mine() {
 		_ = unix.Unlinkat(p.dirfd, p.tmp, 0)
-		_ = unix.Unlinkat(p.dirfd, p.staleState(), 0)
 	}
 }
 

@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"strconv"
 	"testing"
 )
 
@@ -37,5 +38,36 @@ func BenchmarkResume(b *testing.B) {
 			b.Fatalf("have %d", q.Have())
 		}
 		q.Close()
+	}
+}
+
+// BenchmarkSmallFile measures the file system calls of receiving one
+// 4 KiB file (partial, write, seal, rename) without the flush, which a
+// batch of small files shares (one syncfs).
+func BenchmarkSmallFile(b *testing.B) {
+	dir := b.TempDir()
+	r, err := OpenRoot(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	content := randomBytes(4096, 1)
+	sum := digestOf(content)
+	b.ResetTimer()
+	for i := range b.N {
+		name := "f" + strconv.Itoa(i%5000)
+		p, err := r.OpenPartial(name, 4096, int64(i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Write(0, content); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Seal(4096, sum, Attrs{Mode: 0o644, MTime: 1e18}); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Publish(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
