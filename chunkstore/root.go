@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -279,7 +279,10 @@ func (r *Root) Symlink(target, name string) error {
 	if st, err := r.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return r.pathErr("symlink", name, unix.EISDIR)
 	}
-	tmp := ".zpc-link-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	// A name nobody can know in advance (and plant something at).
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := ReservedPrefix + "link-" + hex.EncodeToString(rnd[:])
 	if err := unix.Symlinkat(target, dfd, tmp); err != nil {
 		return r.pathErr("symlink", name, err)
 	}
@@ -436,9 +439,15 @@ func (r *Root) Digest(name string) ([]byte, error) {
 // OpenFile opens the regular file name for reading, not following a final
 // symlink.
 func (r *Root) OpenFile(name string) (*os.File, error) {
-	fd, err := openBeneath(r.fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	// O_NONBLOCK: a FIFO put at the name must not block the open.
+	fd, err := openBeneath(r.fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, r.pathErr("open", name, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s: not a regular file", r.display(name))
 	}
 	return os.NewFile(uintptr(fd), r.display(name)), nil
 }

@@ -512,3 +512,23 @@ func TestSetAttrsNeverFollows(t *testing.T) {
 		f.untouched(t)
 	}
 }
+
+// Reading a name that turned out not to be a regular file (a FIFO put
+// there, for a receiver comparing digests) fails at once, never blocks.
+func TestOpenFileNeverBlocks(t *testing.T) {
+	f := newFixture(t)
+	if err := unix.Mkfifo(filepath.Join(f.dir, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := f.root.Digest("fifo"); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a digest of a FIFO")
+		}
+	case <-time.After(5 * time.Second):
+		os.WriteFile(filepath.Join(f.dir, "fifo"), nil, 0) // unblock the reader
+		t.Fatal("Digest blocks on a FIFO")
+	}
+}
