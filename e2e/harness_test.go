@@ -123,11 +123,13 @@ func (d *zpd) clientArgs() []string {
 // env is the environment zp needs for d.
 func (d *zpd) env() []string { return []string{"ZP_CONFIG=" + d.Home} }
 
-// startZPDWith starts zpd with exactly args (plus --listen and --state).
+// startZPDWith starts zpd with exactly args (plus --listen and --state):
+// on 127.0.0.1 and three ports from freePorts, so that a test may restart
+// it on the same address.
 func startZPDWith(t *testing.T, args ...string) *zpd {
 	t.Helper()
 	d := &zpd{t: t, State: t.TempDir(), Home: t.TempDir(), log: &syncBuffer{}, done: make(chan struct{})}
-	all := append([]string{"--listen", "127.0.0.1:0", "--state", d.State}, args...)
+	all := append([]string{"--listen", "127.0.0.1:" + strconv.Itoa(freePorts(t)), "--state", d.State}, args...)
 	// A --listen in args comes later and wins (pflag keeps the last value).
 	d.cmd = exec.Command(bin("zpd"), all...)
 	startAndWait(t, d)
@@ -143,6 +145,7 @@ func startAndWait(t *testing.T, d *zpd) {
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	d.contain(t)
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(pr)

@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"encoding/binary"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -254,33 +252,6 @@ func TestZpcRidesOutCut(t *testing.T) {
 			}
 		})
 	}
-}
-
-// freePorts returns a port P such that P, P+1 and P+2 (zpd's ROUTER,
-// XPUB and XSUB) are free on 127.0.0.1.
-func freePorts(t *testing.T) int {
-	t.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		ls := []net.Listener{l}
-		for k := 1; k <= 2; k++ {
-			if lk, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+k)); err == nil {
-				ls = append(ls, lk)
-			}
-		}
-		for _, l := range ls {
-			l.Close()
-		}
-		if len(ls) == 3 {
-			return p
-		}
-	}
-	t.Fatal("no three free consecutive ports")
-	return 0
 }
 
 // restartZPD starts a zpd like d (same address, state and keys) after d
