@@ -24,11 +24,12 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
+# Both fail when a test leaves a process behind (scripts/no-leftovers.sh).
 unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+	@bash scripts/no-leftovers.sh $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
 
 e2e: build
-	$(GO) test -count=1 -timeout 30m ./e2e/...
+	@bash scripts/no-leftovers.sh $(GO) test -count=1 -timeout 30m ./e2e/...
 
 # Every fuzz target for FUZZTIME each, on top of the checked-in corpus.
 fuzz:
