@@ -18,6 +18,7 @@ import (
 )
 
 func TestKeygen(t *testing.T) {
+	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
 	home := t.TempDir()
 	env := []string{"ZP_CONFIG=" + home}
 	r := run(t, nil, env, "zp", "keygen")
@@ -52,6 +53,7 @@ func TestKeygen(t *testing.T) {
 }
 
 func TestServerKey(t *testing.T) {
+	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
 	d := startZPD(t)
 	st, err := os.Stat(filepath.Join(d.State, "server_curve"))
 	if err != nil || st.Mode().Perm() != 0o600 {
@@ -73,6 +75,7 @@ func TestServerKey(t *testing.T) {
 }
 
 func TestHostKeyPinning(t *testing.T) {
+	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
 	d := startZPD(t)
 	env := d.env()
 	// First contact without a terminal and without --accept-new: refused,
@@ -140,6 +143,7 @@ func metric(t *testing.T, url, sample string) float64 {
 }
 
 func TestUnknownClientKey(t *testing.T) {
+	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
 	d, murl := metricsZPD(t)
 	stranger := t.TempDir()
 	run(t, nil, []string{"ZP_CONFIG=" + stranger}, "zp", "keygen")
@@ -183,6 +187,7 @@ func TestStalledHandshakeDropped(t *testing.T) {
 }
 
 func TestMechanismMismatch(t *testing.T) {
+	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
 	secure := startZPD(t)
 	r := run(t, nil, secure.env(), "zp", "--insecure", secure.Addr, "true")
 	if r.Code != 255 || !strings.Contains(r.Stderr, "security mismatch") {
@@ -196,6 +201,7 @@ func TestMechanismMismatch(t *testing.T) {
 }
 
 func TestInsecureOnlyOnLoopback(t *testing.T) {
+	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
 	r := run(t, nil, nil, "zpd", "--insecure", "--listen", "0.0.0.0:0", "--state", t.TempDir())
 	if r.Code == 0 || !strings.Contains(r.Stderr, "--insecure-allow-remote") {
 		t.Fatalf("%+v", r)
@@ -240,11 +246,9 @@ func TestUserSwitching(t *testing.T) {
 	_ = bob
 	// A key file that others can write is ignored (sshd's StrictModes).
 	os.Chmod(filepath.Join(alice.home, ".config/zp/authorized_keys"), 0o666)
-	time.Sleep(1100 * time.Millisecond) // keyring rereads changed files once a second
-	r = run(t, nil, d.env(), "zp", "zpalice@"+d.Addr, "true")
-	if r.Code != 255 {
-		t.Fatalf("world-writable authorized_keys honoured: %+v", r)
-	}
+	eventually(t, 10*time.Second, "a world-writable authorized_keys to be ignored", func() bool {
+		return run(t, nil, d.env(), "zp", "zpalice@"+d.Addr, "true").Code == 255
+	})
 	os.Chmod(filepath.Join(alice.home, ".config/zp/authorized_keys"), 0o600)
 
 	// A zpd running as alice acts only as alice.
@@ -320,6 +324,7 @@ func startZPDAs(t *testing.T, u testUser, clientHome string) *zpd {
 // A libzmq PUB publishes through zpd's XSUB and a libzmq SUB receives it
 // from zpd's XPUB, all with CURVE; job topics cannot be injected.
 func TestXSubForwarding(t *testing.T) {
+	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
 	py := "/usr/bin/python3"
 	if exec.Command(py, "-c", "import zmq").Run() != nil {
 		if os.Getenv("CI") != "" {
