@@ -224,7 +224,7 @@ func TestHandshakeFlood(t *testing.T) {
 		worst = max(worst, r.Elapsed)
 	}
 	t.Logf("flood: %d connections opened; slowest of 10 honest zp runs %v", opened.Load(), worst)
-	if worst > 3*time.Second {
+	if worst > 5*time.Second { // about 1 s on a loaded 2-core machine; 8-10 s of refusals before the fix
 		t.Fatalf("an honest zp took %v during the flood", worst)
 	}
 	if n := strings.Count(d.Log(), `msg="handshake failed"`); n > 20 {

@@ -126,7 +126,7 @@ func TestHandshakeFloodEvictsOldest(t *testing.T) {
 	var mu sync.Mutex
 	reasons := map[string]int{}
 	cfg := &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect, HandshakeTimeout: 30 * time.Second,
-		MaxHandshakes: 16, MaxHandshakesPerAddr: 16,
+		MaxHandshakes: 16,
 		OnHandshakeFailure: func(_ net.Addr, e *zmtp.HandshakeError) {
 			mu.Lock()
 			reasons[e.Reason]++
@@ -163,47 +163,59 @@ func TestHandshakeFloodEvictsOldest(t *testing.T) {
 	}
 }
 
-// One address cannot hold more than its share of handshakes in progress.
-func TestHandshakePerAddressLimit(t *testing.T) {
+// When the listener is full, the address holding the most silent
+// handshakes loses its oldest first: others keep theirs.
+func TestHandshakeHeaviestAddressEvicted(t *testing.T) {
 	evicted := make(chan struct{}, 64)
 	cfg := &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect, HandshakeTimeout: 30 * time.Second,
-		MaxHandshakes: 100, MaxHandshakesPerAddr: 4,
+		MaxHandshakes: 8,
 		OnHandshakeFailure: func(_ net.Addr, e *zmtp.HandshakeError) {
 			if e.Reason == zmtp.ReasonEvicted {
 				evicted <- struct{}{}
 			}
 		}}
 	_, ep := listen(t, cfg, zmq4.NewRouter)
-	var conns []net.Conn
-	for i := 0; i < 10; i++ {
-		raw, err := net.Dial("tcp", ep[len("zptcp://"):])
+	from := func(ip string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		c, err := d.Dial("tcp", ep[len("zptcp://"):])
 		if err != nil {
 			t.Fatal(err)
 		}
-		conns = append(conns, raw)
-		t.Cleanup(func() { raw.Close() })
+		t.Cleanup(func() { c.Close() })
+		return c
 	}
-	for i := 0; i < 6; i++ {
+	var others []net.Conn
+	for i := 0; i < 3; i++ {
+		others = append(others, from("127.0.0.3"))
+	}
+	var flood []net.Conn
+	for i := 0; i < 12; i++ { // 3 + 12 = 15 > 8: seven evictions, all from .2
+		flood = append(flood, from("127.0.0.2"))
+	}
+	for i := 0; i < 7; i++ {
 		select {
 		case <-evicted:
 		case <-time.After(3 * time.Second):
-			t.Fatalf("only %d of 6 evictions", i)
+			t.Fatalf("only %d of 7 evictions", i)
 		}
 	}
-	// The first six were closed by the server; the last four are open.
-	buf := make([]byte, 64)
-	for i, c := range conns {
-		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	open := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		buf := make([]byte, 256)
 		for {
-			_, err := c.Read(buf) // the server's greeting, then EOF if closed
-			if err == nil {
-				continue
+			if _, err := c.Read(buf); err != nil {
+				return strings.Contains(err.Error(), "timeout")
 			}
-			closed := !strings.Contains(err.Error(), "timeout")
-			if closed != (i < 6) {
-				t.Fatalf("connection %d closed=%v: %v", i, closed, err)
-			}
-			break
+		}
+	}
+	for i, c := range others {
+		if !open(c) {
+			t.Fatalf("connection %d of the lighter address was evicted", i)
+		}
+	}
+	for i, c := range flood {
+		if open(c) != (i >= 7) {
+			t.Fatalf("flood connection %d: open=%v", i, !(i >= 7))
 		}
 	}
 }
@@ -212,7 +224,7 @@ func TestHandshakePerAddressLimit(t *testing.T) {
 // are talking (an honest handshake in progress).
 func TestHandshakeEvictsSilentFirst(t *testing.T) {
 	cfg := &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect, HandshakeTimeout: 30 * time.Second,
-		MaxHandshakes: 8, MaxHandshakesPerAddr: 8}
+		MaxHandshakes: 8}
 	_, ep := listen(t, cfg, zmq4.NewRouter)
 	addr := ep[len("zptcp://"):]
 	greeting := make([]byte, 64)
@@ -250,5 +262,50 @@ func TestHandshakeEvictsSilentFirst(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// A burst of honest clients from one address is served: nothing is
+// evicted below MaxHandshakes.
+func TestHandshakeHonestBurst(t *testing.T) {
+	server := keyPair(t)
+	var clients []curve.KeyPair
+	var pubs []curve.PublicKey
+	for i := 0; i < 60; i++ {
+		k := keyPair(t)
+		clients = append(clients, k)
+		pubs = append(pubs, k.Public)
+	}
+	var mu sync.Mutex
+	failures := map[string]int{}
+	cfg := &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect, MaxHandshakes: 256,
+		Mechanism: &curve.Server{Key: server, Authorize: curve.AllowKeys(pubs...)},
+		OnHandshakeFailure: func(_ net.Addr, e *zmtp.HandshakeError) {
+			mu.Lock()
+			failures[e.Reason]++
+			mu.Unlock()
+		}}
+	router, ep := listen(t, cfg, zmq4.NewRouter)
+	var wg sync.WaitGroup
+	for _, k := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := dial(t, &zmtp.Config{SocketType: "DEALER", Mechanism: &curve.Client{Key: k, ServerKey: server.Public}}, zmq4.NewDealer, ep)
+			d.Send(zmq4.NewMsgFrom([]byte("hi")))
+		}()
+	}
+	wg.Wait()
+	timer := time.AfterFunc(10*time.Second, func() { router.Close() })
+	defer timer.Stop()
+	for i := 0; i < len(clients); i++ {
+		if _, err := router.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(failures) != 0 {
+		t.Fatalf("honest handshakes failed: %v", failures)
 	}
 }

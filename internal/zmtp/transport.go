@@ -11,7 +11,6 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -80,12 +79,12 @@ type Config struct {
 	// dropped: reason is "unauthorised", "limit" or "not a subscription".
 	OnRefuse func(p *Peer, topic []byte, reason string)
 	// MaxHandshakes bounds handshakes in progress on a listener (default
-	// 256), MaxHandshakesPerAddr those from one remote address (default a
-	// quarter of that). When a new connection would exceed either, the
-	// oldest handshake in progress (of that address, else of anyone) is
-	// dropped instead: an honest handshake takes milliseconds, so a flood
-	// of silent connections evicts its own, not the honest ones.
-	MaxHandshakes, MaxHandshakesPerAddr int
+	// 256). When it is reached, a silent handshake (the peer has sent
+	// nothing yet) is dropped for the new connection: the oldest of the
+	// address with the most silent ones. When all are talking, the new
+	// connection is refused. An honest client greets at once, so a flood
+	// of silent connections evicts its own.
+	MaxHandshakes int
 	// Hooks; each may be nil and must not block.
 	// OnConnect receives a function that closes this connection.
 	OnConnect          func(id []byte, p *Peer, remote net.Addr, closeConn func())
@@ -223,9 +222,8 @@ func (t transport) Listen(ctx context.Context, addr string) (net.Listener, error
 		ready:    make(chan net.Conn),
 		done:     make(chan struct{}),
 		max:      orDefault(cfg.MaxHandshakes, 256),
-		byAddr:   make(map[string]int),
+		silent:   make(map[string]int),
 	}
-	l.perAddr = orDefault(cfg.MaxHandshakesPerAddr, max(1, l.max/4))
 	l.pending.Init()
 	l.ctx, l.cancel = context.WithCancel(ctx)
 	go l.run()
@@ -245,18 +243,18 @@ type listener struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 
-	max, perAddr int
-	mu           sync.Mutex
-	pending      list.List      // *pendingConn, oldest first
-	byAddr       map[string]int // handshakes in progress per remote address
+	max     int
+	mu      sync.Mutex
+	pending list.List      // *pendingConn, oldest first
+	silent  map[string]int // silent handshakes in progress per remote address
 }
 
 // pendingConn is a connection whose handshake is in progress.
 type pendingConn struct {
 	raw     net.Conn
 	addr    string
-	evicted bool        // under listener.mu
-	greeted atomic.Bool // its greeting arrived: it is talking, not idling
+	evicted bool // under listener.mu
+	talking bool // under listener.mu: the peer has sent something
 }
 
 // remoteHost is what the per-address limit counts by: the IP for TCP, one
@@ -268,49 +266,99 @@ func remoteHost(a net.Addr) string {
 	return a.Network()
 }
 
-// admit registers a new handshake, evicting one when the new connection's
-// address is at its limit (one of that address) or the listener is (one
-// of anyone's): the oldest that has not even sent its greeting, else the
-// oldest. An honest client greets at once and finishes in milliseconds, so
-// the connections evicted are those of a flood.
+// admit registers a new handshake. When the listener already holds
+// MaxHandshakes, one silent connection (its peer has sent nothing yet) is
+// dropped for the new one: the oldest of the address that holds the most
+// silent connections, so that a flood from one address evicts its own
+// first. If every handshake in progress is talking, the new connection is
+// refused (nil). An honest client greets at once, so honest connections
+// are almost never silent, and a burst of them is never limited below
+// MaxHandshakes.
 func (l *listener) admit(raw net.Conn) (*list.Element, *pendingConn) {
 	p := &pendingConn{raw: raw, addr: remoteHost(raw.RemoteAddr())}
 	l.mu.Lock()
-	var victim *list.Element
-	pick := func(match func(*pendingConn) bool) {
-		var oldest *list.Element
-		for e := l.pending.Front(); e != nil; e = e.Next() {
-			v := e.Value.(*pendingConn)
-			if !match(v) {
-				continue
-			}
-			if !v.greeted.Load() && !hasInput(v.raw) {
-				victim = e
-				return
-			}
-			if oldest == nil {
-				oldest = e
-			}
+	defer l.mu.Unlock()
+	if l.pending.Len() >= l.max {
+		victim := l.evictable()
+		if victim == nil {
+			return nil, nil
 		}
-		victim = oldest
-	}
-	switch {
-	case l.byAddr[p.addr] >= l.perAddr:
-		pick(func(v *pendingConn) bool { return v.addr == p.addr })
-	case l.pending.Len() >= l.max:
-		pick(func(*pendingConn) bool { return true })
-	}
-	if victim != nil {
 		v := victim.Value.(*pendingConn)
 		v.evicted = true
-		l.pending.Remove(victim)
-		l.byAddr[v.addr]--
+		l.forgetLocked(victim, v)
 		_ = v.raw.Close()
 	}
 	e := l.pending.PushBack(p)
-	l.byAddr[p.addr]++
-	l.mu.Unlock()
+	l.silent[p.addr]++
 	return e, p
+}
+
+// evictable picks the handshake to drop: the oldest silent one of the
+// address with the most silent ones (addresses tried heaviest first, as
+// some of those counted silent turn out to have data waiting).
+func (l *listener) evictable() *list.Element {
+	tried := map[string]bool{}
+	for {
+		heaviest, n := "", 0
+		for addr, k := range l.silent {
+			if k > n && !tried[addr] {
+				heaviest, n = addr, k
+			}
+		}
+		if n == 0 {
+			return nil
+		}
+		tried[heaviest] = true
+		if e := l.oldestSilent(func(v *pendingConn) bool { return v.addr == heaviest }); e != nil {
+			return e
+		}
+	}
+}
+
+// oldestSilent returns the oldest handshake in progress that match accepts
+// and whose peer has sent nothing, marking those found talking on the way.
+func (l *listener) oldestSilent(match func(*pendingConn) bool) *list.Element {
+	for e := l.pending.Front(); e != nil; e = e.Next() {
+		v := e.Value.(*pendingConn)
+		if v.talking || !match(v) {
+			continue
+		}
+		if hasInput(v.raw) { // arrived, not read yet: a busy machine
+			l.talkingLocked(v)
+			continue
+		}
+		return e
+	}
+	return nil
+}
+
+// talking records that p's peer has sent something.
+func (l *listener) talking(p *pendingConn) {
+	l.mu.Lock()
+	if !p.evicted {
+		l.talkingLocked(p)
+	}
+	l.mu.Unlock()
+}
+
+func (l *listener) talkingLocked(p *pendingConn) {
+	if !p.talking {
+		p.talking = true
+		l.silentDone(p.addr)
+	}
+}
+
+func (l *listener) silentDone(addr string) {
+	if l.silent[addr]--; l.silent[addr] <= 0 {
+		delete(l.silent, addr)
+	}
+}
+
+func (l *listener) forgetLocked(e *list.Element, p *pendingConn) {
+	l.pending.Remove(e)
+	if !p.talking {
+		l.silentDone(p.addr)
+	}
 }
 
 // hasInput reports whether the peer has sent something that is waiting to
@@ -340,10 +388,7 @@ func (l *listener) finish(e *list.Element, p *pendingConn) bool {
 	if p.evicted {
 		return true
 	}
-	l.pending.Remove(e)
-	if l.byAddr[p.addr]--; l.byAddr[p.addr] <= 0 {
-		delete(l.byAddr, p.addr)
-	}
+	l.forgetLocked(e, p)
 	return false
 }
 
@@ -358,10 +403,15 @@ func (l *listener) run() {
 			continue
 		}
 		e, p := l.admit(raw)
+		if p == nil {
+			_ = raw.Close()
+			l.failed(raw.RemoteAddr(), Fail(ReasonEvicted, errors.New("zmtp: too many handshakes in progress, all of them talking; refused")))
+			return
+		}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			c, err := handshake(l.ctx, raw, l.cfg, true, p.greeted.Store)
+			c, err := handshake(l.ctx, raw, l.cfg, true, func(bool) { l.talking(p) })
 			if l.finish(e, p) {
 				if c != nil {
 					c.Close()
