@@ -18,7 +18,7 @@ import (
 )
 
 func TestKeygen(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	home := t.TempDir()
 	env := []string{"ZP_CONFIG=" + home}
 	r := run(t, nil, env, "zp", "keygen")
@@ -53,7 +53,7 @@ func TestKeygen(t *testing.T) {
 }
 
 func TestServerKey(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	st, err := os.Stat(filepath.Join(d.State, "server_curve"))
 	if err != nil || st.Mode().Perm() != 0o600 {
@@ -75,7 +75,7 @@ func TestServerKey(t *testing.T) {
 }
 
 func TestHostKeyPinning(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	env := d.env()
 	// First contact without a terminal and without --accept-new: refused,
@@ -143,7 +143,7 @@ func metric(t *testing.T, url, sample string) float64 {
 }
 
 func TestUnknownClientKey(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d, murl := metricsZPD(t)
 	stranger := t.TempDir()
 	run(t, nil, []string{"ZP_CONFIG=" + stranger}, "zp", "keygen")
@@ -187,7 +187,7 @@ func TestStalledHandshakeDropped(t *testing.T) {
 }
 
 func TestMechanismMismatch(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	secure := startZPD(t)
 	r := run(t, nil, secure.env(), "zp", "--insecure", secure.Addr, "true")
 	if r.Code != 255 || !strings.Contains(r.Stderr, "security mismatch") {
@@ -201,7 +201,7 @@ func TestMechanismMismatch(t *testing.T) {
 }
 
 func TestInsecureOnlyOnLoopback(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	r := run(t, nil, nil, "zpd", "--insecure", "--listen", "0.0.0.0:0", "--state", t.TempDir())
 	if r.Code == 0 || !strings.Contains(r.Stderr, "--insecure-allow-remote") {
 		t.Fatalf("%+v", r)
@@ -324,7 +324,7 @@ func startZPDAs(t *testing.T, u testUser, clientHome string) *zpd {
 // A libzmq PUB publishes through zpd's XSUB and a libzmq SUB receives it
 // from zpd's XPUB, all with CURVE; job topics cannot be injected.
 func TestXSubForwarding(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	py := "/usr/bin/python3"
 	if exec.Command(py, "-c", "import zmq").Run() != nil {
 		if os.Getenv("CI") != "" {

@@ -20,7 +20,7 @@ import (
 )
 
 func TestExitCodes(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	notExec := filepath.Join(t.TempDir(), "script")
 	os.WriteFile(notExec, []byte("#!/bin/sh\necho hi\n"), 0o644)
@@ -54,7 +54,7 @@ func TestExitCodes(t *testing.T) {
 }
 
 func TestStreams(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	t.Run("stderr separate", func(t *testing.T) {
 		r := d.zp(t, nil, "sh", "-c", "echo out; echo err >&2; exit 3")
@@ -198,7 +198,7 @@ func waitExit(t *testing.T, cmd *exec.Cmd, within time.Duration) int {
 }
 
 func TestSignalsForwarded(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	for _, c := range []struct {
 		sig  syscall.Signal

@@ -1,5 +1,9 @@
 // Package e2e tests zp, zpc and zpd as built binaries talking over tcp on
 // 127.0.0.1, the way users run them.
+//
+// Tests that call t.Parallel have their own zpd, keys and files and assert
+// no timing; the others (throughput, memory, floods, faults, netns, users
+// shared by name) run alone.
 package e2e
 
 import (

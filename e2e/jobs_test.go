@@ -50,7 +50,7 @@ func (d *zpd) status(t *testing.T, id string) map[string]any {
 }
 
 func TestJobLifecycle(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	// The job runs until the test creates flag (however slow the machine).
 	flag := filepath.Join(t.TempDir(), "flag")
@@ -114,7 +114,7 @@ func TestJobLifecycle(t *testing.T) {
 }
 
 func TestJobKillAndFailures(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	id := d.async(t, nil, "sh", "-c", "trap 'echo got TERM; exit 9' TERM; echo ready; while :; do sleep 0.1; done")
 	eventually(t, 5*time.Second, "job running", func() bool { return d.status(t, id)["stdout_bytes"] == float64(6) })
@@ -158,7 +158,7 @@ func TestJobKillAndFailures(t *testing.T) {
 }
 
 func TestJobStdinFile(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	f := filepath.Join(t.TempDir(), "in")
 	data := bytes.Repeat([]byte("line of input\n"), 200000) // 2.8 MB
@@ -178,7 +178,7 @@ func TestJobStdinFile(t *testing.T) {
 
 // Jobs belong to their owner (user and key): another key sees nothing.
 func TestJobOwnership(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	id := d.async(t, nil, "sleep", "30")
 	other := t.TempDir()
@@ -206,7 +206,7 @@ func TestJobOwnership(t *testing.T) {
 }
 
 func TestJobRestartAndRetention(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t, "--job-retention", "4s")
 	done := d.async(t, nil, "sh", "-c", "echo old output")
 	d.zpSub(t, []string{"job", "wait"}, done)
@@ -333,7 +333,7 @@ func (s *syncHash) Sum() []byte {
 
 // Ctrl-C on follow detaches: the job goes on.
 func TestFollowCtrlCDetaches(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	id := d.async(t, nil, "sh", "-c", "echo start; sleep 2; echo end")
 	args := append(append([]string{"job", "follow"}, d.clientArgs()...), d.Addr, id)

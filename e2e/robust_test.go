@@ -71,7 +71,7 @@ func expectError(t *testing.T, s zmq4.Socket, code wire.Code) {
 // Garbage never crashes zpd nor disturbs other sessions, and gets an
 // ERROR with a stable code where a reply makes sense.
 func TestGarbage(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startInsecureZPD(t) // the raw DEALERs below speak NULL
 	// A long-running healthy session alongside the abuse.
 	hin, hw := io.Pipe()

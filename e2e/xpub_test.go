@@ -103,7 +103,7 @@ func snoop(t *testing.T, d *zpd, home string, seconds string, big int, topics ..
 // subscribed to "" or "j/", must not receive another key's job output,
 // topic or JOB_END; the job's owner still follows it.
 func TestXPubNoCrossUserReads(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	alice := d.addClient(t)
 	flag := filepath.Join(t.TempDir(), "flag")

@@ -161,7 +161,7 @@ func helloDigest() []byte { d := sha256.Sum256(hello); return d[:] }
 // Upload from a crafted client: every unsafe name gets a 4xx FILE_DONE
 // and nothing appears outside the destination.
 func TestZpcUploadHostileNames(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startInsecureZPD(t) // the raw DEALER speaks NULL
 	a := newArena(t)
 	s := rawDealer(t, d)
@@ -335,7 +335,7 @@ func startFakeServer(t *testing.T, entries []hostileEntry, earlyEnd bool) *fakeS
 // Download from a malicious server: zpc refuses the unsafe names (exit 1,
 // each named on stderr) and writes nothing outside the destination.
 func TestZpcDownloadHostileNames(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	a := newArena(t)
 	entries := hostileEntries(a)
 	fs := startFakeServer(t, entries, false)
@@ -376,7 +376,7 @@ func TestZpcDownloadHostileNames(t *testing.T) {
 // A destination the user may not write into: every file fails with a
 // permission error, exit 1, nothing is written.
 func TestZpcReadOnlyDestination(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	u := testUserKey(t, d, "zpcro")
 	base, err := os.MkdirTemp("", "zpc-ro-")
@@ -539,7 +539,7 @@ func TestZpcDiskFull(t *testing.T) {
 // A server that ends the transfer without sending the content it
 // announced: those files are failures (exit 1), not silently missing.
 func TestZpcDownloadEarlyEnd(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	a := newArena(t)
 	entries := []hostileEntry{
 		// Not FIDs 1 and 6, for which the server sends content unasked.

@@ -318,7 +318,7 @@ func roundTrip(t *testing.T, d *zpd, src string) (up, down zpcStats) {
 }
 
 func TestZpcTree(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	src := filepath.Join(t.TempDir(), "tree")
 	smallTree(t, src)
@@ -423,7 +423,7 @@ func testUserKey(t *testing.T, d *zpd, name string) testUser {
 
 // TestZpcNaming checks rsync's naming rules both ways.
 func TestZpcNaming(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	src := t.TempDir()
 	os.Chmod(src, 0o755)
@@ -579,7 +579,7 @@ func TestZpcNaming(t *testing.T) {
 // TestZpcSkip: a rerun copies nothing; a newer time copies again;
 // --checksum compares content.
 func TestZpcSkip(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	src := filepath.Join(t.TempDir(), "s")
 	mt := time.Date(2020, 2, 2, 2, 2, 2, 0, time.UTC)
@@ -660,7 +660,7 @@ func TestZpcSkip(t *testing.T) {
 // TestZpcExitCodes: 0 all copied, 1 some failed (named, the rest copied),
 // 255 connection or authentication failure.
 func TestZpcExitCodes(t *testing.T) {
-	t.Parallel() // independent: its own zpd, keys and files; no timing asserted
+	t.Parallel()
 	d := startZPD(t)
 	src := t.TempDir()
 	writeFile(t, filepath.Join(src, "good"), []byte("good"), 0o644, time.Unix(1e9, 0))
