@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -465,6 +464,7 @@ func (jm *jobManager) follow(ctx context.Context, j *job, reaped chan struct{}) 
 	buf := make([]byte, pubChunk)
 	sinceBarrier := 0
 	shimDone := false
+	lastLook := false // the shim is gone: one more read of its events
 	idle := 0
 	for {
 		progressed := false
@@ -507,8 +507,12 @@ func (jm *jobManager) follow(ctx context.Context, j *job, reaped chan struct{}) 
 		}
 		if !shimDone && !jm.shimAlive(j, reaped) {
 			// The shim is gone without saying it was done: killed (KILL),
-			// or it crashed. Read the last events, then close the job.
-			if line, _ := io.ReadAll(status); len(line) > 0 {
+			// or it crashed. Its last events may have been written after
+			// the reading above: read once more (the loop's top), then
+			// close the job. (Reading them here and dropping them turned a
+			// job that exited 3 into one killed by SIGKILL, 137.)
+			if !lastLook {
+				lastLook = true
 				continue
 			}
 			jm.apply(j, shimEvent{Done: true, Time: time.Now().UTC()})
