@@ -115,7 +115,9 @@ func signalState(status string) (ign, blk string) {
 
 // Commands and jobs start with default signal dispositions and nothing
 // blocked, whatever zpd inherited (nohup, trap "" HUP, a blocked mask),
-// as under sshd.
+// as under sshd. Under `make test` (CI) it also covers signals 32 and 33,
+// which GNU make leaves ignored in everything it starts and which neither
+// Python nor Go's os/signal can set.
 func TestCommandsGetCleanSignals(t *testing.T) {
 	py, err := exec.LookPath("python3")
 	if err != nil {

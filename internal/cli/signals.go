@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,9 +51,18 @@ func cleanInheritedSignals() {
 	var ignored []os.Signal
 	for n := 1; n <= 64; n++ {
 		sig := syscall.Signal(n)
-		if ign&(1<<(n-1)) != 0 && sig != syscall.SIGKILL && sig != syscall.SIGSTOP {
-			ignored = append(ignored, sig)
+		if ign&(1<<(n-1)) == 0 || sig == syscall.SIGKILL || sig == syscall.SIGSTOP {
+			continue
 		}
+		if n == 32 || n == 33 {
+			// glibc's SIGCANCEL and SIGSETXID: Go's runtime leaves them
+			// alone (os/signal cannot take them over), and GNU make
+			// starts everything with both ignored. Nothing in zpd uses
+			// them: back to the default, so commands get the default.
+			setDefault(n)
+			continue
+		}
+		ignored = append(ignored, sig)
 	}
 	if len(ignored) > 0 {
 		// Never read: a full channel drops the signal, which is what
@@ -84,4 +94,16 @@ func procSignalState() (ign, blk uint64, ok bool) {
 		}
 	}
 	return ign, blk, gotIgn && gotBlk
+}
+
+// setDefault sets signal n's disposition to SIG_DFL with rt_sigaction,
+// for the signals the Go runtime neither handles nor lets os/signal handle.
+func setDefault(n int) {
+	var act struct { // the kernel's struct sigaction on Linux
+		handler  uintptr // SIG_DFL = 0
+		flags    uint64
+		restorer uintptr
+		mask     uint64
+	}
+	_, _, _ = unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(n), uintptr(unsafe.Pointer(&act)), 0, 8, 0, 0)
 }
