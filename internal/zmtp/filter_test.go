@@ -309,3 +309,60 @@ func TestHandshakeHonestBurst(t *testing.T) {
 		t.Fatalf("honest handshakes failed: %v", failures)
 	}
 }
+
+// When every handshake in progress is talking, a new connection is refused
+// and the listener goes on accepting once they are done.
+func TestHandshakeAllTalkingRefusesNewcomer(t *testing.T) {
+	refused := make(chan struct{}, 8)
+	cfg := &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect, HandshakeTimeout: 30 * time.Second, MaxHandshakes: 2,
+		OnHandshakeFailure: func(_ net.Addr, e *zmtp.HandshakeError) {
+			if e.Reason == zmtp.ReasonEvicted {
+				refused <- struct{}{}
+			}
+		}}
+	router, ep := listen(t, cfg, zmq4.NewRouter)
+	addr := ep[len("zptcp://"):]
+	greeting := make([]byte, 64)
+	greeting[0], greeting[9], greeting[10] = 0xff, 0x7f, 3
+	copy(greeting[12:], "NULL")
+	var talkers []net.Conn
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(greeting) // then stall
+		talkers = append(talkers, c)
+	}
+	time.Sleep(200 * time.Millisecond)
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	select {
+	case <-refused:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the third connection was not refused")
+	}
+	for _, c := range talkers {
+		c.Close()
+	}
+	time.Sleep(200 * time.Millisecond)
+	d := dial(t, &zmtp.Config{SocketType: "DEALER"}, zmq4.NewDealer, ep)
+	d.Send(zmq4.NewMsgFrom([]byte("still accepting")))
+	got := make(chan string, 1)
+	go func() {
+		if m, err := router.Recv(); err == nil {
+			got <- string(m.Frames[1])
+		}
+	}()
+	select {
+	case s := <-got:
+		if s != "still accepting" {
+			t.Fatalf("got %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the listener stopped accepting after refusing a connection")
+	}
+}

@@ -406,7 +406,7 @@ func (l *listener) run() {
 		if p == nil {
 			_ = raw.Close()
 			l.failed(raw.RemoteAddr(), Fail(ReasonEvicted, errors.New("zmtp: too many handshakes in progress, all of them talking; refused")))
-			return
+			continue
 		}
 		l.wg.Add(1)
 		go func() {
