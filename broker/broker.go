@@ -124,6 +124,7 @@ type Broker struct {
 	logCap *rateLimit      // bounds log lines about floods
 	limits *limits         // per-user and global limits
 	ctx    context.Context // set by Run; jobs' goroutines stop with it
+	work   sync.WaitGroup  // every goroutine of sessions and channels (spawn)
 
 	mu       sync.Mutex
 	conns    map[string]*connInfo // by routing identity
@@ -418,9 +419,22 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	b.xsub.Close()
 	wg.Wait()
+	b.work.Wait()    // sessions' goroutines end with their channels and ctx
 	b.jobs.wg.Wait() // job watchers stop with ctx; the jobs keep running
 	b.jobs.pub.Close()
 	return nil
+}
+
+// spawn runs f on a goroutine that Run waits for before it returns (as
+// nats-server's startGoRoutine): every goroutine a session or channel
+// starts goes through here, and each ends when its channel is stopped or
+// Run's context ends.
+func (b *Broker) spawn(f func()) {
+	b.work.Add(1)
+	go func() {
+		defer b.work.Done()
+		f()
+	}()
 }
 
 // dispatch handles one message from the ROUTER; it must never block.
@@ -437,7 +451,11 @@ func (b *Broker) dispatch(frames [][]byte) {
 	}
 	m, err := wire.Decode(frames[1:])
 	if err != nil {
-		b.reply(id, wire.Errorf(0, wire.CodeBadRequest, "%v", err))
+		code := wire.CodeBadRequest
+		if errors.Is(err, wire.ErrTooLarge) {
+			code = wire.CodeTooLarge
+		}
+		b.reply(id, wire.Errorf(0, code, "%v", err))
 		return
 	}
 	if o, ok := m.(*wire.Open); ok {

@@ -38,8 +38,12 @@ type execChan struct {
 	in     *subscriber.Stream   // nil without stdin
 	stdinQ chan stdinItem
 
+	sendMu   sync.Mutex // held while sending a message of the channel
+	released bool       // under sendMu: send nothing more
+
 	mu      sync.Mutex
-	pgid    int // 0 until started
+	pipes   []*os.File // zpd's ends of the command's pipes, closed by stop
+	pgid    int        // 0 until started
 	okMsg   *wire.ExecOK
 	exit    *wire.Exit
 	stopped bool        // the client abandoned it (FIN, session end)
@@ -62,10 +66,9 @@ func (ch *execChan) releaseSlot() {
 func newExecChan(s *session, id uint32, window uint32, stdin bool) *execChan {
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := &execChan{s: s, id: id, ctx: ctx, cancel: cancel}
-	w := uint64(window)
-	if w == 0 || w > uint64(s.b.cfg.window()) {
-		w = uint64(s.b.cfg.window())
-	}
+	// A window of 0 grants nothing until the client's first ACK; more
+	// than zpd allows is capped.
+	w := min(uint64(window), uint64(s.b.cfg.window()))
 	ch.out[wire.Stdout] = publisher.New(w)
 	ch.out[wire.Stderr] = publisher.New(w)
 	if stdin {
@@ -153,6 +156,7 @@ func (ch *execChan) run(m *wire.Exec) {
 	child = nil
 	started := time.Now()
 	ch.mu.Lock()
+	ch.pipes = append(files, stdinW)
 	ch.pgid = cmd.Process.Pid
 	stopped := ch.stopped
 	ch.mu.Unlock()
@@ -171,21 +175,29 @@ func (ch *execChan) run(m *wire.Exec) {
 	ch.mu.Lock()
 	ch.okMsg = ok
 	ch.mu.Unlock()
-	ch.s.send(ok)
+	ch.send(ok)
 
 	var pumps sync.WaitGroup
 	for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
 		pumps.Add(1)
-		go func() {
+		b.spawn(func() {
 			defer pumps.Done()
 			ch.pump(st, outR[st])
-		}()
+		})
 	}
 	if stdinW != nil {
-		go ch.writeStdin(stdinW)
+		b.spawn(func() { ch.writeStdin(stdinW) })
 	}
-	if err := waitExited(context.Background(), cmd.Process.Pid); err != nil && !errors.Is(err, errNoPidfd) {
-		b.log.Warn("waiting for a command through its pidfd", "session", ch.s.id, "channel", ch.id, "err", err)
+	if err := waitExited(b.ctx, cmd.Process.Pid); err != nil {
+		if b.ctx.Err() != nil {
+			// zpd is stopping: the command got SIGHUP with its session and
+			// may outlive zpd (as a nohup'd command outlives sshd); it is
+			// not waited for, so that zpd can exit.
+			return
+		}
+		if !errors.Is(err, errNoPidfd) {
+			b.log.Warn("waiting for a command through its pidfd", "session", ch.s.id, "channel", ch.id, "err", err)
+		}
 	}
 	waitErr := cmd.Wait() // reaps at once: the command has exited
 	pumps.Wait()
@@ -224,14 +236,14 @@ func (ch *execChan) pump(st wire.Stream, f *os.File) {
 		if len(buf) > 0 {
 			off := ps.Sent(buf)
 			b.m.Bytes.WithLabelValues("out", "exec").Add(float64(len(buf)))
-			ch.s.send(&wire.Data{Channel: ch.id, Stream: st, Offset: off, Bytes: buf})
+			ch.send(&wire.Data{Channel: ch.id, Stream: st, Offset: off, Bytes: buf})
 		}
 		if rerr != nil {
 			if !errors.Is(rerr, io.EOF) && !errors.Is(rerr, fs.ErrClosed) {
 				b.log.Warn("reading command output", "session", ch.s.id, "channel", ch.id, "stream", st.String(), "err", rerr)
 			}
 			off := ps.SentEOF()
-			ch.s.send(&wire.Data{Channel: ch.id, Stream: st, Offset: off, Flags: wire.DataEOF, Bytes: []byte{}})
+			ch.send(&wire.Data{Channel: ch.id, Stream: st, Offset: off, Flags: wire.DataEOF, Bytes: []byte{}})
 			return
 		}
 	}
@@ -257,10 +269,10 @@ func (ch *execChan) deliver(m wire.Message) *wire.Error {
 			n := 0
 			for i, off := range r.Offsets {
 				n += len(r.Data[i])
-				ch.s.send(&wire.Data{Channel: ch.id, Stream: m.Stream, Offset: off, Bytes: r.Data[i]})
+				ch.send(&wire.Data{Channel: ch.id, Stream: m.Stream, Offset: off, Bytes: r.Data[i]})
 			}
 			if r.EOF {
-				ch.s.send(&wire.Data{Channel: ch.id, Stream: m.Stream, Offset: r.End, Flags: wire.DataEOF, Bytes: []byte{}})
+				ch.send(&wire.Data{Channel: ch.id, Stream: m.Stream, Offset: r.End, Flags: wire.DataEOF, Bytes: []byte{}})
 			}
 			ch.out[m.Stream].ResendDone()
 			ch.s.b.m.Resent.Add(float64(n))
@@ -320,7 +332,7 @@ func (ch *execChan) copyStdin(w io.Writer) (ok bool, werr error) {
 				if !due {
 					off, lim = ch.in.Ack()
 				}
-				ch.s.send(&wire.Ack{Channel: ch.id, Stream: wire.Stdin, Offset: off, Limit: lim})
+				ch.send(&wire.Ack{Channel: ch.id, Stream: wire.Stdin, Offset: off, Limit: lim})
 			}
 			if it.eof {
 				return !broken, werr
@@ -343,7 +355,7 @@ func (ch *execChan) runAsync(m *wire.Exec) {
 		}
 		os.Remove(f.Name()) // the job gets the open file
 		defer f.Close()
-		ch.s.send(&wire.ExecOK{Channel: ch.id, Window: uint32(ch.s.b.cfg.window())})
+		ch.send(&wire.ExecOK{Channel: ch.id, Window: uint32(ch.s.b.cfg.window())})
 		if ok, err := ch.copyStdin(f); !ok {
 			if err != nil { // the spool failed (disk full): no job
 				ch.fail(zpdFailure(ch.id, "spool the job's stdin", err))
@@ -373,7 +385,7 @@ func (ch *execChan) runAsync(m *wire.Exec) {
 		j.mu.Lock()
 		id, pid := j.meta.ID, j.meta.ShimPID
 		j.mu.Unlock()
-		ch.s.send(&wire.ExecOK{Channel: ch.id, Job: id, PID: uint32(pid)})
+		ch.send(&wire.ExecOK{Channel: ch.id, Job: id, PID: uint32(pid)})
 	}
 	if exit != nil {
 		ch.finish(exit)
@@ -389,7 +401,8 @@ func (ch *execChan) fail(e *wire.Error) {
 	ch.failed = e
 	ch.mu.Unlock()
 	ch.s.b.log.Warn("could not run a command", "session", ch.s.id, "channel", ch.id, "user", ch.s.acct.Name, "code", int(e.Code), "err", e.Reason)
-	ch.s.send(e)
+	ch.send(e)
+	ch.s.release(ch.id, ch) // an ERROR ends the channel (PROTOCOL §4)
 }
 
 // isResourceFailure tells zpd's own lack of resources (descriptors,
@@ -436,7 +449,19 @@ func (ch *execChan) finish(exit *wire.Exit) {
 	ch.mu.Unlock()
 	b.m.ExecFinished.WithLabelValues(result).Inc()
 	b.log.Debug("exec finished", "session", ch.s.id, "channel", ch.id, "status", exit.Status, "code", exit.Code)
-	ch.s.send(exit)
+	ch.send(exit)
+}
+
+// send sends a message of this channel, unless the channel was released
+// (FIN, an ERROR that ended it, the end of the session): nothing follows
+// that on the wire. sendMu orders sends against the release.
+func (ch *execChan) send(m wire.Message) {
+	ch.sendMu.Lock()
+	defer ch.sendMu.Unlock()
+	if ch.released {
+		return
+	}
+	ch.s.send(m)
 }
 
 // signalNum parses a signal name with or without "SIG"; 0 if unknown.
@@ -468,6 +493,9 @@ func (ch *execChan) signal(name string) *wire.Error {
 // stop abandons the channel: the command gets SIGHUP (as when an ssh
 // connection drops), its pipes close, the goroutines end.
 func (ch *execChan) stop() {
+	ch.sendMu.Lock()
+	ch.released = true
+	ch.sendMu.Unlock()
 	ch.mu.Lock()
 	if ch.stopped {
 		ch.mu.Unlock()
@@ -475,11 +503,20 @@ func (ch *execChan) stop() {
 	}
 	ch.stopped = true
 	pgid, done := ch.pgid, ch.exit != nil
+	pipes := ch.pipes
 	ch.mu.Unlock()
 	if pgid != 0 && !done {
 		_ = syscall.Kill(-pgid, syscall.SIGHUP)
 	}
 	ch.cancel()
+	// A pump blocked reading output (or a writer blocked on a full stdin)
+	// returns when its pipe is closed, as under ssh the command then gets
+	// EPIPE: the channel's goroutines end now, not when the command does.
+	for _, f := range pipes {
+		if f != nil {
+			f.Close()
+		}
+	}
 	for _, ps := range ch.out {
 		if ps != nil {
 			ps.Close(nil)
@@ -502,7 +539,8 @@ func startFailure(channel uint32, err error) *wire.Exit {
 
 // resolve prepares a command for acct: its environment, working directory
 // (the home, or / when the home is not usable) and executable, looked up
-// in the command's PATH; code is 127/126 when it cannot be started.
+// in the command's PATH; code is 127/126 when it cannot be started, 1 when
+// the working directory asked for does not exist (as "cd DIR && cmd").
 func (a *Account) resolve(m *wire.Exec) (env []string, dir, path string, code int, err error) {
 	env = a.environ(m.Env)
 	pathEnv := a.defaultPath()
@@ -515,6 +553,18 @@ func (a *Account) resolve(m *wire.Exec) (env []string, dir, path string, code in
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 			dir = "/"
 		}
+	} else if !filepath.IsAbs(dir) {
+		dir = filepath.Join(a.Home, dir)
+	}
+	if st, err := os.Stat(dir); m.Dir != "" && (err != nil || !st.IsDir()) {
+		why := "not a directory"
+		if err != nil {
+			why = "no such file or directory"
+			if !errors.Is(err, fs.ErrNotExist) {
+				why = err.(*fs.PathError).Err.Error()
+			}
+		}
+		return env, dir, "", 1, fmt.Errorf("cd: %s: %s", dir, why)
 	}
 	path, code, err = lookPath(m.Argv[0], pathEnv, dir)
 	return env, dir, path, code, err

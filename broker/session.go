@@ -162,7 +162,11 @@ func (s *session) handle(m wire.Message) {
 		s.send(&wire.Pong{Seq: m.Seq})
 	case *wire.Pong:
 	case *wire.Close:
+		c := s.currentConn()
 		s.end("client closed the session")
+		if c != nil {
+			s.b.reply(c.id, &wire.OK{}) // the session is gone: the client may close
+		}
 	case *wire.Exec:
 		s.exec(m)
 	case *wire.Send:
@@ -184,10 +188,7 @@ func (s *session) handle(m wire.Message) {
 			return
 		}
 		if e := ch.deliver(m); e != nil {
-			s.sendErr(e)
-			if e.Code == wire.CodeFlowControl {
-				s.release(id, ch)
-			}
+			s.failChannel(id, ch, e)
 		}
 	case *wire.Jobs:
 		s.send(&wire.JobList{Channel: m.Channel, Jobs: s.b.jobs.list(s)})
@@ -206,12 +207,15 @@ func (s *session) handle(m wire.Message) {
 		}
 	case *wire.JobRm:
 		if j := s.job(m.Channel, m.Job); j != nil {
-			if e := s.b.jobs.remove(j); e != nil {
-				e.Channel = m.Channel
-				s.sendErr(e)
-			} else {
-				s.send(&wire.OK{Channel: m.Channel})
-			}
+			// Deleting the output is file system work: off the receive loop.
+			s.b.spawn(func() {
+				if e := s.b.jobs.remove(j); e != nil {
+					e.Channel = m.Channel
+					s.sendErr(e)
+				} else {
+					s.send(&wire.OK{Channel: m.Channel})
+				}
+			})
 		}
 	case *wire.Follow:
 		if j := s.job(m.Channel, m.Job); j != nil {
@@ -225,10 +229,10 @@ func (s *session) handle(m wire.Message) {
 		if j := s.job(m.Channel, m.Job); j != nil {
 			select {
 			case s.fetchSem <- struct{}{}:
-				go func() {
+				s.b.spawn(func() {
 					defer func() { <-s.fetchSem }()
 					s.b.jobs.fetch(s, j, m)
-				}()
+				})
 			default:
 				s.sendErr(wire.Errorf(m.Channel, wire.CodeTooMany, "too many fetches in progress"))
 			}
@@ -239,6 +243,18 @@ func (s *session) handle(m wire.Message) {
 }
 
 func (s *session) sendErr(e *wire.Error) { s.send(e) }
+
+// failChannel answers a message of channel id with e and ends the channel:
+// an ERROR on a channel ends it (PROTOCOL §4), and nothing of it follows
+// the ERROR on the wire.
+func (s *session) failChannel(id uint32, ch channel, e *wire.Error) {
+	if ec, ok := ch.(*execChan); ok {
+		ec.send(e)
+	} else {
+		s.sendErr(e)
+	}
+	s.release(id, ch)
+}
 
 // job finds a job the session may see, or answers 404.
 func (s *session) job(channel uint32, id string) *job {
@@ -261,9 +277,15 @@ func (s *session) exec(m *wire.Exec) {
 		s.mu.Unlock()
 		return // resent by a client that lost our EXEC_OK: resend() covered it
 	}
-	if _, dup := s.channels[m.Channel]; dup || m.Channel == 0 {
+	if m.Channel == 0 {
 		s.mu.Unlock()
-		s.sendErr(wire.Errorf(m.Channel, wire.CodeConflict, "channel %d is in use", m.Channel))
+		s.sendErr(wire.Errorf(0, wire.CodeBadRequest, "EXEC on channel 0 (the session itself)"))
+		return
+	}
+	if _, dup := s.channels[m.Channel]; dup {
+		// On channel 0: an ERROR on the channel would end the one in use.
+		s.mu.Unlock()
+		s.sendErr(wire.Errorf(0, wire.CodeConflict, "channel %d is in use", m.Channel))
 		return
 	}
 	if len(s.channels) >= s.b.cfg.maxChannels() {
@@ -281,32 +303,41 @@ func (s *session) exec(m *wire.Exec) {
 	ch.slot = true
 	s.channels[m.Channel] = ch
 	s.mu.Unlock()
-	go ch.run(m)
+	s.b.spawn(func() { ch.run(m) })
 }
 
 // addChannel registers a new channel unless the id is taken or too many
 // are open; it reports false after answering the error.
 func (s *session) addChannel(id uint32, ch channel) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, dup := s.channels[id]; dup || id == 0 {
-		go s.sendErr(wire.Errorf(id, wire.CodeConflict, "channel %d is in use", id))
+	if e := s.admitChannel(id, ch); e != nil {
+		s.sendErr(e) // not under s.mu
 		return false
 	}
+	return true
+}
+
+func (s *session) admitChannel(id uint32, ch channel) *wire.Error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id == 0 {
+		return wire.Errorf(0, wire.CodeBadRequest, "a request on channel 0 (the session itself)")
+	}
+	if _, dup := s.channels[id]; dup {
+		// On channel 0: an ERROR on the channel would end the one in use.
+		return wire.Errorf(0, wire.CodeConflict, "channel %d is in use", id)
+	}
 	if len(s.channels) >= s.b.cfg.maxChannels() {
-		go s.sendErr(wire.Errorf(id, wire.CodeTooMany, "more than %d channels", s.b.cfg.maxChannels()))
-		return false
+		return wire.Errorf(id, wire.CodeTooMany, "more than %d channels", s.b.cfg.maxChannels())
 	}
 	if _, ok := ch.(*xferChan); ok {
 		// A transfer holds its slot until the channel is released.
 		if e := s.b.limits.acquire(limTransfers, s.acct.Name); e != nil {
 			e.Channel = id
-			go s.sendErr(e)
-			return false
+			return e
 		}
 	}
 	s.channels[id] = ch
-	return true
+	return nil
 }
 
 // releaseSlot gives back what an open channel holds of its user's limits

@@ -119,9 +119,9 @@ func (s *session) transfer(id uint32, send *wire.Send, recv *wire.Recv) {
 		return
 	}
 	if send != nil {
-		go x.upload(send)
+		s.b.spawn(func() { x.upload(send) })
 	} else {
-		go x.download(recv)
+		s.b.spawn(func() { x.download(recv) })
 	}
 }
 
@@ -200,7 +200,10 @@ func (x *xferChan) upload(m *wire.Send) {
 	close(x.ready)
 	s.send(&wire.SendOK{Channel: x.id, Mode: mode, Window: uint32(window), Root: dest})
 	if err := x.recv.Run(x.ctx); err != nil && !errors.Is(err, context.Canceled) {
+		// The receiver has answered the violation with an ERROR, which
+		// ends the channel (PROTOCOL §4).
 		s.b.log.Warn("upload ended", "session", s.id, "channel", x.id, "err", err)
+		s.release(x.id, x)
 	}
 }
 
@@ -242,6 +245,15 @@ func (x *xferChan) download(m *wire.Recv) {
 	})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		s.b.log.Warn("download ended", "session", s.id, "channel", x.id, "err", err)
+		var we *wire.Error
+		if !errors.As(err, &we) { // not the client's own ERROR: tell it why
+			code := wire.CodeInternal
+			if errors.Is(err, publisher.ErrAck) {
+				code = wire.CodeFlowControl
+			}
+			s.sendErr(wire.Errorf(x.id, code, "download: %v", err))
+		}
+		s.release(x.id, x)
 	}
 }
 

@@ -117,6 +117,7 @@ type Session struct {
 	link     *link         // nil while reconnecting
 	linkUp   chan struct{} // closed when link is set
 	opening  chan wire.Message
+	closing  chan struct{} // closed when the server confirms CLOSE
 	channels map[uint32]chan wire.Message
 	nextChan uint32
 	resumed  chan struct{}              // closed and replaced after each resume
@@ -387,6 +388,16 @@ func (s *Session) recvLoop(l *link) {
 			continue
 		case *wire.Pong:
 			continue
+		case *wire.OK:
+			if m.Channel == 0 { // the answer to CLOSE
+				s.mu.Lock()
+				if s.closing != nil {
+					close(s.closing)
+					s.closing = nil
+				}
+				s.mu.Unlock()
+				continue
+			}
 		case *wire.Error:
 			if m.Channel == 0 {
 				if !s.opened(m) {
@@ -605,15 +616,26 @@ func (s *Session) fail(err error) {
 }
 
 // Close ends the session: the server stops anything still running on it.
+// It waits (a second at most) for the server to confirm, so that a CLOSE
+// lost with the connection does not leave the session's commands running
+// for the whole grace period.
 func (s *Session) Close() error {
 	select {
 	case <-s.done:
 	default:
+		confirmed := make(chan struct{})
 		s.mu.Lock()
 		l := s.link
+		s.closing = confirmed
 		s.mu.Unlock()
-		if l != nil {
-			_ = l.send(&wire.Close{}) // the transport flushes it before closing
+		if l != nil && l.send(&wire.Close{}) == nil {
+			t := time.NewTimer(time.Second)
+			select {
+			case <-confirmed:
+			case <-l.dead:
+			case <-t.C:
+			}
+			t.Stop()
 		}
 		s.fail(ErrClosed)
 	}
