@@ -3,9 +3,12 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -101,4 +104,65 @@ func TestLibrary(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dst, "f")); string(b) != "file content" {
 		t.Fatalf("copied %q", b)
 	}
+}
+
+// Run returns only after every goroutine it started has ended, and does not
+// wait for a command that ignores SIGHUP: it outlives zpd, as a nohup'd
+// command outlives sshd.
+func TestRunOwnsItsGoroutines(t *testing.T) {
+	defer goleak.VerifyNone(t,
+		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*qreader).listen"),
+		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*socket).connReaper"),
+		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*routerQReader).listen"),
+		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*pubQReader).listen"),
+		goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*pubMWriter).run"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+	self, err := broker.CurrentAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Config{Endpoint: "tcp://127.0.0.1:0", StateDir: t.TempDir(),
+		Authorize: func(key []byte, user string) (*broker.Account, error) { return self, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	s, err := client.Dial(context.Background(), client.Config{Endpoint: "tcp://" + b.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	started, execDone, readDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	r, w := io.Pipe()
+	go func() { // the command's first output line means it is running
+		defer close(readDone)
+		buf := make([]byte, 64)
+		r.Read(buf)
+		close(started)
+		io.Copy(io.Discard, r)
+	}()
+	go func() {
+		defer close(execDone)
+		s.Exec(context.Background(), client.ExecRequest{Argv: []string{"sh", "-c", "trap '' HUP; echo $$ > " + pidFile + "; echo up; exec sleep 30"}, Stdout: w, Stderr: io.Discard})
+	}()
+	<-started
+	stop()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return while a command ignoring SIGHUP runs")
+	}
+	s.Close()
+	<-execDone
+	w.Close()
+	<-readDone
+	b2, _ := os.ReadFile(pidFile)
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b2)))
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		t.Fatalf("the command (pid %d) did not outlive zpd", pid)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
 }

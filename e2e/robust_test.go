@@ -114,7 +114,7 @@ func TestGarbage(t *testing.T) {
 		{"second OPEN", wire.Frames(&wire.Open{Version: wire.Version}), wire.CodeBadRequest},
 		{"data on unknown channel", wire.Frames(&wire.Data{Channel: 77, Bytes: []byte("x")}), wire.CodeNotFound},
 		{"signal unknown channel", wire.Frames(&wire.Signal{Channel: 77, Name: "INT"}), wire.CodeNotFound},
-		{"channel 0", wire.Frames(&wire.Exec{Channel: 0, Argv: []string{"true"}}), wire.CodeConflict},
+		{"channel 0", wire.Frames(&wire.Exec{Channel: 0, Argv: []string{"true"}}), wire.CodeBadRequest},
 		{"server-only message", wire.Frames(&wire.ExecOK{Channel: 1}), wire.CodeBadRequest},
 	}
 	for _, c := range cases {
