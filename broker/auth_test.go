@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -59,7 +60,9 @@ func keyringUser(t *testing.T, name string) *Account {
 // a FIFO, a symlink, a directory others may write. Each is refused at
 // once, its reason logged once, and other users' handshakes go on.
 func TestKeyringHostileUserFiles(t *testing.T) {
-	u := keyringUser(t, "zpkeyring")
+	// A name of this process's own: another test run on the machine
+	// (another checkout) must not share, or delete, this user.
+	u := keyringUser(t, fmt.Sprintf("zpkr%d", os.Getpid()))
 	self, err := CurrentAccount()
 	if err != nil {
 		t.Fatal(err)
