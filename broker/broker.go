@@ -482,8 +482,8 @@ func (b *Broker) reply(id []byte, m wire.Message) {
 }
 
 func (b *Broker) open(c *connInfo, m *wire.Open) {
-	if m.Version != wire.Version {
-		b.reply(c.id, wire.Errorf(0, wire.CodeVersion, "protocol version %d not supported (this zpd speaks %d)", m.Version, wire.Version))
+	if m.Version < wire.MinVersion || m.Version > wire.Version {
+		b.reply(c.id, wire.Errorf(0, wire.CodeVersion, "protocol version %d not supported (this zpd speaks %d to %d)", m.Version, wire.MinVersion, wire.Version))
 		return
 	}
 	if c.sess != nil {
@@ -518,6 +518,7 @@ func (b *Broker) open(c *connInfo, m *wire.Open) {
 	}
 	b.mu.Lock()
 	s := newSession(b, acct, c)
+	s.version = m.Version
 	b.sessions[s.id] = s
 	c.sess = s
 	b.mu.Unlock()
@@ -530,7 +531,7 @@ func (b *Broker) open(c *connInfo, m *wire.Open) {
 func (b *Broker) openOK(s *session, resumed bool) *wire.OpenOK {
 	host, _ := os.Hostname()
 	return &wire.OpenOK{
-		Version: wire.Version, Session: s.id, Token: s.token, Resumed: resumed,
+		Version: s.version, Session: s.id, Token: s.token, Resumed: resumed,
 		Heartbeat: uint32(b.cfg.heartbeat().Milliseconds()),
 		Timeout:   uint32(b.cfg.timeout().Milliseconds()),
 		Grace:     uint32(b.cfg.grace().Milliseconds()),

@@ -26,6 +26,8 @@ type session struct {
 	token []byte
 	key   []byte
 	acct  *Account
+	// version is the protocol version of the session (OPEN's).
+	version uint16
 
 	mu       sync.Mutex
 	conn     *connInfo // nil while detached

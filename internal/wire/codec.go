@@ -11,8 +11,12 @@ import (
 // Signature opens every header frame: "ZP".
 var Signature = [2]byte{0x5A, 0x50}
 
-// Version is the protocol version this package speaks.
-const Version = 1
+// Version is the newest protocol version this package speaks, and
+// MinVersion the oldest: version 2 adds the fleet (docs/PROTOCOL.md §12).
+const (
+	Version    = 2
+	MinVersion = 1
+)
 
 // Limits on what a peer may send. A decoder checks each length against the
 // bytes that remain (and these limits) before it allocates.
@@ -77,6 +81,14 @@ func (e *encoder) dict(m map[string]string) {
 	for _, k := range keys {
 		e.str(k)
 		e.longstr(m[k])
+	}
+}
+
+// dicts encodes a count and that many dictionaries.
+func (e *encoder) dicts(l []map[string]string) {
+	e.u32(uint32(len(l)))
+	for _, m := range l {
+		e.dict(m)
 	}
 }
 
@@ -203,6 +215,26 @@ func (d *decoder) dict(f string) map[string]string {
 		m[k] = v
 	}
 	return m
+}
+
+// dicts decodes a count and that many dictionaries (an empty one decodes
+// as an empty map, not nil).
+func (d *decoder) dicts(f string) []map[string]string {
+	n := d.u32(f)
+	// Each dictionary needs at least its 4-octet count: check before allocating.
+	if uint64(n)*4 > uint64(len(d.b)) {
+		d.fail(ErrTruncated)
+		return nil
+	}
+	var l []map[string]string
+	for i := uint32(0); i < n && d.err == nil; i++ {
+		m := d.dict(f)
+		if m == nil {
+			m = map[string]string{}
+		}
+		l = append(l, m)
+	}
+	return l
 }
 
 // Message is one protocol message. Encode writes the header frame; the data

@@ -55,25 +55,11 @@ type JobList struct {
 func (*JobList) ID() MsgID { return IDJobList }
 func (m *JobList) encode(e *encoder) {
 	e.u32(m.Channel)
-	e.u32(uint32(len(m.Jobs)))
-	for _, j := range m.Jobs {
-		e.dict(j)
-	}
+	e.dicts(m.Jobs)
 }
 func (m *JobList) decode(d *decoder) {
 	m.Channel = d.u32("channel")
-	n := d.u32("jobs")
-	if uint64(n)*4 > uint64(len(d.b)) {
-		d.fail(ErrTruncated)
-		return
-	}
-	for i := uint32(0); i < n && d.err == nil; i++ {
-		j := d.dict("jobs")
-		if j == nil {
-			j = map[string]string{}
-		}
-		m.Jobs = append(m.Jobs, j)
-	}
+	m.Jobs = d.dicts("jobs")
 }
 
 // JobStatus asks for one job's details.

@@ -182,6 +182,11 @@ type Exec struct {
 	Argv    []string // argv[0] is looked up in the remote PATH
 	Env     map[string]string
 	Dir     string // working directory; empty: the user's home
+	// With ExecSharedStdin (version 2): the publication that carries the
+	// command's stdin, the key of its records and their plaintext size.
+	Topic  string
+	Key    []byte
+	Record uint32
 }
 
 func (*Exec) ID() MsgID { return IDExec }
@@ -192,6 +197,11 @@ func (m *Exec) encode(e *encoder) {
 	e.strs(m.Argv)
 	e.dict(m.Env)
 	e.longstr(m.Dir)
+	if m.Flags&ExecSharedStdin != 0 {
+		e.str(m.Topic)
+		e.long(m.Key)
+		e.u32(m.Record)
+	}
 }
 func (m *Exec) decode(d *decoder) {
 	m.Channel = d.u32("channel")
@@ -200,10 +210,27 @@ func (m *Exec) decode(d *decoder) {
 	m.Argv = d.strs("argv")
 	m.Env = d.dict("env")
 	m.Dir = d.longstr("dir")
+	if m.Flags&ExecSharedStdin != 0 {
+		m.Topic = d.str("topic")
+		m.Key = d.long("key")
+		m.Record = d.u32("record")
+	}
 }
 func (m *Exec) validate() error {
 	if len(m.Argv) == 0 || m.Argv[0] == "" {
 		return fmt.Errorf("%w: empty argv", ErrInvalid)
+	}
+	if m.Flags&ExecSharedStdin != 0 {
+		switch {
+		case m.Flags&(ExecStdin|ExecAsync) != 0:
+			return fmt.Errorf("%w: shared stdin with flags %#x", ErrInvalid, m.Flags)
+		case len(m.Key) != 32:
+			return fmt.Errorf("%w: shared stdin key of %d octets", ErrInvalid, len(m.Key))
+		case m.Record == 0 || m.Record > MaxRecord:
+			return fmt.Errorf("%w: shared stdin record of %d octets", ErrInvalid, m.Record)
+		case m.Topic == "":
+			return fmt.Errorf("%w: shared stdin without a topic", ErrInvalid)
+		}
 	}
 	return nil
 }
@@ -441,6 +468,30 @@ func ChannelOf(m Message) (uint32, bool) {
 	case *FileDone:
 		return m.Channel, true
 	case *End:
+		return m.Channel, true
+	case *Fleet:
+		return m.Channel, true
+	case *FleetList:
+		return m.Channel, true
+	case *Tunnel:
+		return m.Channel, true
+	case *TunnelOK:
+		return m.Channel, true
+	case *Publish:
+		return m.Channel, true
+	case *PublishOK:
+		return m.Channel, true
+	case *PubFetch:
+		return m.Channel, true
+	case *PubFetchOK:
+		return m.Channel, true
+	case *FleetJob:
+		return m.Channel, true
+	case *FleetJobOK:
+		return m.Channel, true
+	case *FleetJobs:
+		return m.Channel, true
+	case *FleetJobList:
 		return m.Channel, true
 	}
 	return 0, false
