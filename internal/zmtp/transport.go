@@ -85,6 +85,14 @@ type Config struct {
 	// connection is refused. An honest client greets at once, so a flood
 	// of silent connections evicts its own.
 	MaxHandshakes int
+	// Dial, when set, makes the connection instead of the network: the
+	// socket's endpoint is then SchemeDial+"://NAME" (NAME for logs). A
+	// fleet client dials an agent through a hub's tunnel this way.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// Inject, on a listening socket, hands it connections made elsewhere
+	// (an agent's tunnels), which it treats as accepted ones: handshake,
+	// limits and all.
+	Inject <-chan net.Conn
 	// Hooks; each may be nil and must not block.
 	// OnConnect receives a function that closes this connection.
 	OnConnect          func(id []byte, p *Peer, remote net.Addr, closeConn func())
@@ -144,12 +152,13 @@ func configFrom(ctx context.Context) (*Config, error) {
 
 // Transport names registered with zmq4.
 const (
-	SchemeTCP = "zptcp"
-	SchemeIPC = "zpipc"
+	SchemeTCP  = "zptcp"
+	SchemeIPC  = "zpipc"
+	SchemeDial = "zpdial" // Config.Dial makes the connection
 )
 
 func init() {
-	for scheme, network := range map[string]string{SchemeTCP: "tcp", SchemeIPC: "unix"} {
+	for scheme, network := range map[string]string{SchemeTCP: "tcp", SchemeIPC: "unix", SchemeDial: "dial"} {
 		if err := zmq4.RegisterTransport(scheme, transport{network: network}); err != nil {
 			panic(fmt.Sprintf("bug: registering %s: %v", scheme, err))
 		}
@@ -171,7 +180,7 @@ func Endpoint(ep string) (string, error) {
 type transport struct{ network string }
 
 func (t transport) Addr(ep string) (string, error) {
-	if t.network == "unix" {
+	if t.network == "unix" || t.network == "dial" {
 		if ep == "" {
 			return "", errors.New("zmtp: empty ipc path")
 		}
@@ -195,7 +204,15 @@ func (t transport) Dial(ctx context.Context, d ztransport.Dialer, addr string) (
 	if err != nil {
 		return nil, err
 	}
-	raw, err := d.DialContext(ctx, t.network, addr)
+	var raw net.Conn
+	switch {
+	case t.network == "dial" && cfg.Dial == nil:
+		return nil, errors.New("zmtp: " + SchemeDial + ":// without Config.Dial")
+	case t.network == "dial":
+		raw, err = cfg.Dial(ctx)
+	default:
+		raw, err = d.DialContext(ctx, t.network, addr)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -212,6 +229,9 @@ func (t transport) Listen(ctx context.Context, addr string) (net.Listener, error
 	if err != nil {
 		return nil, err
 	}
+	if t.network == "dial" {
+		return nil, errors.New("zmtp: cannot listen on " + SchemeDial + "://")
+	}
 	ln, err := net.Listen(t.network, addr)
 	if err != nil {
 		return nil, err
@@ -227,6 +247,9 @@ func (t transport) Listen(ctx context.Context, addr string) (net.Listener, error
 	l.pending.Init()
 	l.ctx, l.cancel = context.WithCancel(ctx)
 	go l.run()
+	if cfg.Inject != nil {
+		go l.injected(cfg.Inject)
+	}
 	return l, nil
 }
 
@@ -402,35 +425,53 @@ func (l *listener) run() {
 			time.Sleep(50 * time.Millisecond) // EMFILE and friends
 			continue
 		}
-		e, p := l.admit(raw)
-		if p == nil {
-			_ = raw.Close()
-			l.failed(raw.RemoteAddr(), Fail(ReasonEvicted, errors.New("zmtp: too many handshakes in progress, all of them talking; refused")))
-			continue
+		l.serve(raw)
+	}
+}
+
+// injected serves the connections handed in through Config.Inject.
+func (l *listener) injected(in <-chan net.Conn) {
+	for {
+		select {
+		case raw := <-in:
+			l.serve(raw)
+		case <-l.done:
+			return
 		}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			c, err := handshake(l.ctx, raw, l.cfg, true, func(bool) { l.talking(p) })
-			if l.finish(e, p) {
-				if c != nil {
-					c.Close()
-				}
-				l.failed(raw.RemoteAddr(), Fail(ReasonEvicted, errors.New("zmtp: too many handshakes in progress; dropped the oldest")))
-				return
-			}
-			if err != nil {
-				raw.Close()
-				l.failed(raw.RemoteAddr(), err)
-				return
-			}
-			select {
-			case l.ready <- c:
-			case <-l.done:
+	}
+}
+
+// serve runs the handshake of an accepted (or injected) connection in its
+// own goroutine and hands the result to Accept.
+func (l *listener) serve(raw net.Conn) {
+	e, p := l.admit(raw)
+	if p == nil {
+		_ = raw.Close()
+		l.failed(raw.RemoteAddr(), Fail(ReasonEvicted, errors.New("zmtp: too many handshakes in progress, all of them talking; refused")))
+		return
+	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		c, err := handshake(l.ctx, raw, l.cfg, true, func(bool) { l.talking(p) })
+		if l.finish(e, p) {
+			if c != nil {
 				c.Close()
 			}
-		}()
-	}
+			l.failed(raw.RemoteAddr(), Fail(ReasonEvicted, errors.New("zmtp: too many handshakes in progress; dropped the oldest")))
+			return
+		}
+		if err != nil {
+			raw.Close()
+			l.failed(raw.RemoteAddr(), err)
+			return
+		}
+		select {
+		case l.ready <- c:
+		case <-l.done:
+			c.Close()
+		}
+	}()
 }
 
 func (l *listener) failed(remote net.Addr, err error) {
