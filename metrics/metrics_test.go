@@ -34,3 +34,27 @@ func TestOwnRegistry(t *testing.T) {
 	New(prometheus.NewRegistry())
 	New(prometheus.NewRegistry())
 }
+
+func TestFleetLint(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewFleet(reg)
+	m.Agents.WithLabelValues("up").Set(3)
+	m.TunnelsOpened.WithLabelValues("ok").Inc()
+	m.RelayedBytes.WithLabelValues("to_agent").Add(10)
+	m.Joins.WithLabelValues("ok").Inc()
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP zp_fleet_agents Agents the hub lists, by state (up, lost).
+# TYPE zp_fleet_agents gauge
+zp_fleet_agents{state="lost"} 0
+zp_fleet_agents{state="up"} 3
+`), "zp_fleet_agents"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -65,7 +65,7 @@ func samples() map[string]Message {
 		"join":           &Join{Version: 2, Name: "web3", Labels: map[string]string{"role": "web", "dc": "par1"}, Software: "zpd/0.2.0", Metrics: ":9750", Heartbeat: 1000},
 		"join-ok":        &JoinOK{Hub: "hub1 zpd/0.2.0", Publish: ":5751", Heartbeat: 1000, Timeout: 5000},
 		"fleet":          &Fleet{Channel: 5, Hosts: []string{"web*", "db1"}, Labels: map[string]string{"role": "web"}},
-		"fleet-list":     &FleetList{Channel: 5, Agents: []map[string]string{{"name": "web3", "state": "up"}}},
+		"fleet-list":     &FleetList{Channel: 5, Agents: []map[string]string{{"name": "web3", "state": "up"}}, Metrics: ":9750"},
 		"tunnel":         &Tunnel{Channel: 6, Agent: "web3", Port: PortControl, Window: 1 << 20},
 		"tunnel-ok":      &TunnelOK{Channel: 6, Window: 1 << 20},
 		"publish":        &Publish{Channel: 7, Agents: []string{"web1", "web2"}},

@@ -184,20 +184,24 @@ func (m *Fleet) decode(d *decoder) {
 }
 
 // FleetList answers FLEET: one dictionary per agent (keys in
-// docs/PROTOCOL.md 13.3), sorted by name.
+// docs/PROTOCOL.md 13.3), sorted by name, and where the hub's own
+// /metrics are.
 type FleetList struct {
 	Channel uint32
 	Agents  []map[string]string
+	Metrics string // "HOST:PORT" or ":PORT" of the hub's /metrics, or ""
 }
 
 func (*FleetList) ID() MsgID { return IDFleetList }
 func (m *FleetList) encode(e *encoder) {
 	e.u32(m.Channel)
 	e.dicts(m.Agents)
+	e.str(m.Metrics)
 }
 func (m *FleetList) decode(d *decoder) {
 	m.Channel = d.u32("channel")
 	m.Agents = d.dicts("agents")
+	m.Metrics = d.str("metrics")
 }
 
 // Tunnel opens a tunnel to an agent's socket (client → hub: Agent is its
