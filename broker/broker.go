@@ -73,6 +73,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics; nil uses a private registry.
 	Registerer prometheus.Registerer
+
+	// Hub makes this zpd a fleet hub, Agent an agent of one (hub.go,
+	// agent.go); nil: neither.
+	Hub   *HubConfig
+	Agent *AgentConfig
 }
 
 func (c *Config) heartbeat() time.Duration { return durOr(c.Heartbeat, time.Second) }
@@ -129,6 +134,10 @@ type Broker struct {
 	mu       sync.Mutex
 	conns    map[string]*connInfo // by routing identity
 	sessions map[string]*session  // by session id
+
+	hub    *hub             // nil unless a fleet hub
+	agent  *agentRunner     // nil unless an agent
+	inject [2]chan net.Conn // an agent's tunnels to its ROUTER and XPUB
 }
 
 // connInfo is an authenticated connection on the control socket.
@@ -139,6 +148,9 @@ type connInfo struct {
 	close  func()
 	since  time.Time
 	sess   *session
+	// agentLink: an agent joined on this connection (a hub's); tunneled:
+	// it came through a tunnel from a hub (an agent's).
+	agentLink, tunneled bool
 }
 
 // New validates cfg and binds the control socket.
@@ -173,6 +185,13 @@ func New(cfg Config) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
+	b.hub = newHub(b, cfg.Hub)
+	if b.agent, err = newAgent(b, cfg.Agent); err != nil {
+		return nil, err
+	}
+	if b.agent != nil {
+		b.inject = [2]chan net.Conn{make(chan net.Conn, 64), make(chan net.Conn, 64)}
+	}
 	zcfg := &zmtp.Config{
 		Mechanism:        cfg.Mechanism,
 		SocketType:       string(zmq4.Router),
@@ -190,6 +209,7 @@ func New(cfg Config) (*Broker, error) {
 		OnConnect:          b.onConnect,
 		OnClose:            b.onClose,
 		OnHandshakeFailure: b.onHandshakeFailure,
+		Inject:             b.inject[wire.PortControl],
 	}
 	ctx := zmtp.WithConfig(context.Background(), zcfg)
 	b.router = zmq4.NewRouter(ctx, zmq4.WithLogger(discardLogger()))
@@ -252,6 +272,7 @@ func (b *Broker) listenPublish(ep string) error {
 		},
 		OnHandshakeFailure: b.onHandshakeFailure,
 		OnDrop:             func() { b.m.Dropped.WithLabelValues("xpub").Inc() },
+		Inject:             b.inject[wire.PortPublish],
 	}
 	b.jobs.pub = zmq4.NewXPub(zmtp.WithConfig(context.Background(), pcfg), zmq4.WithLogger(discardLogger()))
 	if err := b.jobs.pub.Listen(pubEP); err != nil {
@@ -329,7 +350,8 @@ func routingID(p *zmtp.Peer) []byte {
 
 func (b *Broker) onConnect(id []byte, p *zmtp.Peer, remote net.Addr, closeConn func()) {
 	b.mu.Lock()
-	b.conns[string(id)] = &connInfo{id: id, key: p.Key, remote: remote.String(), close: closeConn, since: time.Now()}
+	b.conns[string(id)] = &connInfo{id: id, key: p.Key, remote: remote.String(), close: closeConn, since: time.Now(),
+		tunneled: remote.Network() == "tunnel"}
 	b.mu.Unlock()
 	b.m.Connections.Inc()
 	b.log.Debug("connection", "peer", remote.String())
@@ -354,6 +376,7 @@ func (b *Broker) onClose(id []byte, _ *zmtp.Peer, err error) {
 	if s != nil {
 		s.detach(c)
 	}
+	b.hub.closed(c, s)
 }
 
 func (b *Broker) onHandshakeFailure(remote net.Addr, err *zmtp.HandshakeError) {
@@ -390,6 +413,13 @@ func (b *Broker) Run(ctx context.Context) error {
 		defer wg.Done()
 		b.reaper(ctx)
 	}()
+	if b.agent != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.agent.run(ctx)
+		}()
+	}
 	go func() {
 		defer wg.Done()
 		b.forwardPublications()
@@ -458,6 +488,9 @@ func (b *Broker) dispatch(frames [][]byte) {
 		b.reply(id, wire.Errorf(0, code, "%v", err))
 		return
 	}
+	if b.hub.link(c, m) {
+		return
+	}
 	if o, ok := m.(*wire.Open); ok {
 		b.open(c, o)
 		return
@@ -507,6 +540,13 @@ func (b *Broker) open(c *connInfo, m *wire.Open) {
 	} else {
 		acct = b.self
 	}
+	fleetOnly := false
+	if err != nil && b.hub.admitsClient(c.key, m.Version) {
+		acct, err, fleetOnly = fleetOnlyAccount(user), nil, true
+	}
+	if err == nil && c.tunneled && !b.agent.userAllowed(user) {
+		err = fmt.Errorf("user %s may not be reached through the fleet on this host (--fleet-users)", user)
+	}
 	if err != nil {
 		b.log.Info("session refused", "peer", c.remote, "user", user, "err", err)
 		b.reply(c.id, wire.Errorf(0, wire.CodeUnauthorised, "%v", err))
@@ -519,6 +559,7 @@ func (b *Broker) open(c *connInfo, m *wire.Open) {
 	b.mu.Lock()
 	s := newSession(b, acct, c)
 	s.version = m.Version
+	s.fleetOnly = fleetOnly
 	b.sessions[s.id] = s
 	c.sess = s
 	b.mu.Unlock()
@@ -579,7 +620,7 @@ func (b *Broker) reaper(ctx context.Context) {
 		var expired []*session
 		b.mu.Lock()
 		for _, c := range b.conns {
-			if c.sess == nil && now.Sub(c.since) > b.cfg.timeout()+b.cfg.heartbeat() {
+			if c.sess == nil && !c.agentLink && now.Sub(c.since) > b.cfg.timeout()+b.cfg.heartbeat() {
 				kick = append(kick, c) // connected but never opened a session
 			}
 		}
@@ -606,6 +647,7 @@ func (b *Broker) reaper(ctx context.Context) {
 			b.m.SessionsReaped.Inc()
 			s.end("client did not return within the grace period")
 		}
+		b.hub.tick(now)
 	}
 }
 

@@ -28,6 +28,9 @@ type session struct {
 	acct  *Account
 	// version is the protocol version of the session (OPEN's).
 	version uint16
+	// fleetOnly: a hub's fleet client whose key is not authorised for the
+	// user here; it may only use the fleet (hub.go).
+	fleetOnly bool
 
 	mu       sync.Mutex
 	conn     *connInfo // nil while detached
@@ -159,6 +162,9 @@ func (s *session) handle(m wire.Message) {
 	s.mu.Lock()
 	s.since = time.Now()
 	s.mu.Unlock()
+	if s.b.hub.session(s, m) {
+		return
+	}
 	switch m := m.(type) {
 	case *wire.Ping:
 		s.send(&wire.Pong{Seq: m.Seq})
@@ -390,6 +396,7 @@ func (s *session) end(reason string) {
 		s.releaseSlot(ch)
 		ch.stop()
 	}
+	s.b.hub.sessionGone(s)
 	s.b.forget(s)
 	s.b.log.Info("session ended", "session", s.id, "reason", reason)
 }

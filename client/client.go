@@ -50,6 +50,10 @@ type Config struct {
 	// (for a one-line notice); they must not block.
 	OnLinkLost func(cause error)
 	OnLinkBack func(after time.Duration)
+	// Dial, when set, makes the connection instead of the network
+	// (Endpoint then only names the peer): Fleet.DialAgent reaches an
+	// agent through a hub's tunnel this way.
+	Dial func(ctx context.Context) (net.Conn, error)
 }
 
 func (c *Config) connectTimeout() time.Duration {
@@ -125,6 +129,7 @@ type Session struct {
 
 	lastRecv atomic.Int64
 	resent   atomic.Uint64
+	fleet    tunnelRoutes // tunnels through this session (fleet.go)
 	done     chan struct{}
 	doneOnce sync.Once
 	err      error
@@ -170,7 +175,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	ep, err := zmtp.Endpoint(cfg.Endpoint)
+	ep, err := dialEndpoint(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -185,6 +190,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 			MaxFrame:         wire.MaxHeader + 64,
 			MaxMessage:       wire.MaxHeader + wire.MaxData + 128,
 			MaxFrames:        2,
+			Dial:             cfg.Dial,
 		},
 		linkUp:   make(chan struct{}),
 		channels: make(map[uint32]chan wire.Message),
@@ -507,6 +513,9 @@ func (s *Session) resumedSignal() <-chan struct{} {
 }
 
 func (s *Session) route(m wire.Message) {
+	if s.fleet.route(m) {
+		return
+	}
 	id, ok := wire.ChannelOf(m)
 	if !ok {
 		s.log.Warn("unexpected message from server", "msg", m.ID().String())
@@ -612,6 +621,7 @@ func (s *Session) fail(err error) {
 		if l != nil {
 			l.close()
 		}
+		s.fleet.fail(err)
 	})
 }
 
