@@ -16,6 +16,7 @@ type Target struct {
 	User     string // empty: the local user name, as ssh does
 	Endpoint string // tcp://HOST:PORT or ipc:///PATH
 	Host     string // HOST[:PORT] as typed, for messages and known_hosts
+	fleetHub bool   // a fleet hub: messages name --fleet-clients
 }
 
 // ParseTarget parses [user@]host[:port], [user@]tcp://host:port or

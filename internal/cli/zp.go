@@ -59,6 +59,11 @@ func (f *connFlags) dial(ctx context.Context, io *IO, hostArg string, opts ...fu
 	if f.login != "" {
 		t.User = f.login
 	}
+	return f.dialTarget(ctx, io, t, opts...)
+}
+
+// dialTarget opens a session with a parsed target.
+func (f *connFlags) dialTarget(ctx context.Context, io *IO, t Target, opts ...func(*client.Config)) (*client.Session, Target, error) {
 	cfg := client.Config{
 		Endpoint:       t.Endpoint,
 		User:           t.remoteUser(),
@@ -110,6 +115,8 @@ func describeConnectError(t Target, err error) error {
 		switch {
 		case he.Reason == zmtp.ReasonMechanism && strings.Contains(he.Error(), "server-key="):
 			return fmt.Errorf("cannot connect to %s: security mismatch: it requires CURVE encryption; drop --insecure", t.Host)
+		case errors.As(err, &pe) && t.fleetHub:
+			return fmt.Errorf("%s refused our key (%s): add the output of 'zp keygen' (id_curve.pub) to the hub's --fleet-clients", t.Host, pe.Reason)
 		case errors.As(err, &pe):
 			return fmt.Errorf("%s refused our key (%s): add %s to ~%s/.config/zp/authorized_keys there", t.Host, pe.Reason, "the output of 'zp keygen' (id_curve.pub)", t.remoteUser())
 		case he.Reason == zmtp.ReasonMechanism:
@@ -128,6 +135,7 @@ type zpOptions struct {
 	env       []string
 	async     bool
 	stdinFile string
+	fleet     fleetExecOptions
 	io        *IO
 }
 
@@ -151,7 +159,8 @@ Ctrl-C, SIGTERM and SIGHUP are forwarded to the remote process group; a third
 Ctrl-C gives up and hangs up the command.
 
 Background jobs: zp --async host cmd prints a job id and exits; then
-  zp jobs host | zp job status|follow|wait|kill|rm host ID`
+  zp jobs host | zp job status|follow|wait|kill|rm host ID
+` + fleetHelp
 	root.Args = cobra.ArbitraryArgs
 	root.Flags().SetInterspersed(false)
 	opts.conn.register(root, "p")
@@ -159,13 +168,20 @@ Background jobs: zp --async host cmd prints a job id and exits; then
 	root.Flags().StringArrayVarP(&opts.env, "env", "e", nil, "set NAME=VALUE in the command's environment (repeatable)")
 	root.Flags().BoolVar(&opts.async, "async", false, "start the command as a background job, print its id and exit")
 	root.Flags().StringVar(&opts.stdinFile, "stdin-file", "", "with --async: upload FILE as the job's stdin (default /dev/null)")
+	opts.fleet.register(root, &opts.conn)
 	root.RunE = func(c *cobra.Command, args []string) error {
+		if err := opts.fleet.check(c); err != nil {
+			return err
+		}
+		if opts.fleet.hub != "" {
+			return fleetExecRun(c.Context(), opts, args)
+		}
 		if len(args) < 2 {
 			return withCode(ExitUsage, fmt.Errorf("usage: %s", c.Use))
 		}
 		return zpRun(c.Context(), opts, args[0], args[1:])
 	}
-	root.AddCommand(newKeygenCmd(io), newJobsCmd(io, &opts.conn), newJobCmd(io, &opts.conn))
+	root.AddCommand(newKeygenCmd(io), newJobsCmd(io, &opts.conn), newJobCmd(io, &opts.conn), newFleetCmd(io, &opts.conn))
 	root.AddCommand(&cobra.Command{
 		Use: "version", Short: "print zp's version", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {

@@ -46,6 +46,7 @@ type zpdOptions struct {
 	maxTransfers        int
 	maxTransfersPerUser int
 	printKey            bool
+	fleet               zpdFleetOptions
 	io                  *IO
 }
 
@@ -79,6 +80,7 @@ func NewZPDCmd(io *IO) *cobra.Command {
 	fs.IntVar(&opts.maxTransfersPerUser, "max-transfers-per-user", 32, "file transfers one user may have in progress at once")
 	fs.StringVar(&opts.authorizedKeys, "authorized-keys", "", "file of client keys (Z85, one per line) that may act as zpd's own user")
 	fs.BoolVar(&opts.printKey, "print-key", false, "print the server's public key and fingerprint (creating the key pair if needed) and exit")
+	opts.fleet.register(fs)
 	root.RunE = func(c *cobra.Command, _ []string) error {
 		if opts.printKey {
 			return printKeyRun(opts)
@@ -188,6 +190,18 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 	if opts.jobRetention == 0 {
 		cfg.JobRetention = -1
 	}
+	if opts.insecure && (opts.fleet.hub() || opts.fleet.agent()) {
+		return withCode(2, errors.New("a fleet hub or agent needs CURVE: drop --insecure"))
+	}
+	// Bound before the broker so that a hub or an agent can tell others
+	// where its /metrics are.
+	var metricsLn net.Listener
+	if opts.metrics != "" {
+		if metricsLn, err = net.Listen("tcp", opts.metrics); err != nil {
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		defer metricsLn.Close()
+	}
 	if opts.insecure {
 		if !isLoopback(ep) && !opts.insecureAllowRemote {
 			return withCode(2, fmt.Errorf("--insecure on %s would let anyone on the network run commands as %s; listen on 127.0.0.1 or add --insecure-allow-remote", opts.listen, currentUserName()))
@@ -219,8 +233,18 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 			}
 		}
 		ring := &broker.Keyring{Global: opts.authorizedKeys, Self: self, Log: log}
+		metricsAddr := ""
+		if metricsLn != nil {
+			metricsAddr = metricsLn.Addr().String()
+		}
+		fleetAgents, fleetClients, err := opts.fleet.configure(&cfg, kp, metricsAddr)
+		if err != nil {
+			return withCode(2, err)
+		}
 		cfg.Mechanism = &curve.Server{Key: kp, Authorize: func(k curve.PublicKey) error {
-			if !ring.Known(k) {
+			// A hub also admits its agents and fleet clients (nil lists
+			// admit nobody); what each may do is decided after.
+			if !ring.Known(k) && !fleetAgents.Contains(k[:]) && !fleetClients.Contains(k[:]) {
 				return errors.New("not authorised")
 			}
 			return nil
@@ -236,11 +260,8 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 	if err != nil {
 		return err
 	}
-	if opts.metrics != "" {
-		ln, err := net.Listen("tcp", opts.metrics)
-		if err != nil {
-			return fmt.Errorf("--metrics: %w", err)
-		}
+	if metricsLn != nil {
+		ln := metricsLn
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
