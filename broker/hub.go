@@ -69,6 +69,10 @@ type hubAgent struct {
 }
 
 // relay joins a client's tunnel channel to a channel on an agent's link.
+// It enforces the credit of both streams, so that the hub never holds
+// more than a window per direction for a tunnel, whatever either end
+// sends: stream 0 (up, client → agent) within what the agent granted,
+// stream 1 (down) within what the client granted.
 type relay struct {
 	sess     *session
 	clientCh uint32
@@ -76,7 +80,15 @@ type relay struct {
 	link     *connInfo
 	agentCh  uint32
 	open     bool // the agent answered TUNNEL_OK
+
+	upWin, downWin     uint64 // the windows each receiver declared
+	upLimit, downLimit uint64 // the credit granted so far
+	upSent, downSent   uint64 // the end of what was relayed
 }
+
+// maxTunnelWindow is the largest credit window a tunnel end may declare
+// (docs/PROTOCOL.md §13.4).
+const maxTunnelWindow = 4 << 20
 
 // outMsg is a message to send once the hub's lock is released: to a
 // connection (agent link) or to a session.
@@ -154,11 +166,18 @@ func (h *hub) link(c *connInfo, m wire.Message) bool {
 	case *wire.TunnelOK:
 		if r := a.relays[m.Channel]; r != nil && !r.open {
 			r.open = true
+			r.upWin = min(uint64(m.Window), maxTunnelWindow)
+			r.upLimit = r.upWin
 			h.m.TunnelsOpened.WithLabelValues("ok").Inc()
-			out = append(out, outMsg{sess: r.sess, m: &wire.TunnelOK{Channel: r.clientCh, Window: m.Window}})
+			out = append(out, outMsg{sess: r.sess, m: &wire.TunnelOK{Channel: r.clientCh, Window: uint32(r.upWin)}})
 		}
 	case *wire.Data:
 		if r := a.relays[m.Channel]; r != nil {
+			if m.Stream != wire.TunnelDown || m.Offset+uint64(len(m.Bytes)) > r.downLimit {
+				out = append(out, h.violationLocked(r, "the agent sent past the client's credit")...)
+				break
+			}
+			r.downSent = max(r.downSent, m.Offset+uint64(len(m.Bytes)))
 			h.m.RelayedBytes.WithLabelValues("to_client").Add(float64(len(m.Bytes)))
 			if h.cfg.OnRelay != nil {
 				h.cfg.OnRelay(false, m.Bytes)
@@ -167,7 +186,9 @@ func (h *hub) link(c *connInfo, m wire.Message) bool {
 			out = append(out, outMsg{sess: r.sess, m: m})
 		}
 	case *wire.Ack:
-		if r := a.relays[m.Channel]; r != nil {
+		if r := a.relays[m.Channel]; r != nil && m.Stream == wire.TunnelUp {
+			m.Limit = min(m.Limit, min(m.Offset, r.upSent)+r.upWin)
+			r.upLimit = max(r.upLimit, m.Limit)
 			m.Channel = r.clientCh
 			out = append(out, outMsg{sess: r.sess, m: m})
 		}
@@ -294,6 +315,17 @@ func metricsAddr(m, remote string) string {
 		host = rh
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// violationLocked ends a tunnel whose end broke the credit rules: ERROR
+// 422 to both ends.
+func (h *hub) violationLocked(r *relay, why string) []outMsg {
+	h.dropLocked(r)
+	h.b.log.Warn("tunnel flow control violation", "agent", r.agent.name, "reason", why)
+	return []outMsg{
+		{sess: r.sess, m: wire.Errorf(r.clientCh, wire.CodeFlowControl, "%s", why)},
+		{conn: r.link, m: wire.Errorf(r.agentCh, wire.CodeFlowControl, "%s", why)},
+	}
 }
 
 // failRelaysLocked ends every tunnel to a: ERROR 503 to each client.
@@ -567,6 +599,9 @@ func (h *hub) openTunnel(s *session, m *wire.Tunnel) {
 	case a.link == nil || a.lost:
 		h.mu.Unlock()
 		fail("unknown_agent", wire.Errorf(m.Channel, wire.CodeNotFound, "agent %s is lost (last seen %s)", m.Agent, a.lastSeen.UTC().Format(time.RFC3339)))
+	case m.Window > maxTunnelWindow:
+		h.mu.Unlock()
+		fail("bad_request", wire.Errorf(m.Channel, wire.CodeTooLarge, "tunnel window %d over %d", m.Window, maxTunnelWindow))
 	default:
 		ch := a.nextCh
 		for {
@@ -576,7 +611,8 @@ func (h *hub) openTunnel(s *session, m *wire.Tunnel) {
 			}
 		}
 		a.nextCh = ch
-		r := &relay{sess: s, clientCh: m.Channel, agent: a, link: a.link, agentCh: ch}
+		r := &relay{sess: s, clientCh: m.Channel, agent: a, link: a.link, agentCh: ch,
+			downWin: uint64(m.Window), downLimit: uint64(m.Window)}
 		a.relays[ch] = r
 		if mine == nil {
 			mine = make(map[uint32]*relay)
@@ -605,12 +641,25 @@ func (h *hub) relayFromClient(s *session, m wire.Message) bool {
 	link := r.link
 	switch m := m.(type) {
 	case *wire.Data:
+		if m.Stream != wire.TunnelUp || m.Offset+uint64(len(m.Bytes)) > r.upLimit {
+			out := h.violationLocked(r, "the client sent past the agent's credit")
+			h.mu.Unlock()
+			h.flush(out)
+			return true
+		}
+		r.upSent = max(r.upSent, m.Offset+uint64(len(m.Bytes)))
 		h.m.RelayedBytes.WithLabelValues("to_agent").Add(float64(len(m.Bytes)))
 		if h.cfg.OnRelay != nil {
 			h.cfg.OnRelay(true, m.Bytes)
 		}
 		m.Channel = r.agentCh
 	case *wire.Ack:
+		if m.Stream != wire.TunnelDown {
+			h.mu.Unlock()
+			return true
+		}
+		m.Limit = min(m.Limit, min(m.Offset, r.downSent)+r.downWin)
+		r.downLimit = max(r.downLimit, m.Limit)
 		m.Channel = r.agentCh
 	case *wire.Fin:
 		h.dropLocked(r)

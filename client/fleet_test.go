@@ -15,6 +15,7 @@ import (
 
 	"github.com/zpipes/zp/broker"
 	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/tunnel"
 	"github.com/zpipes/zp/internal/wire"
 )
 
@@ -424,4 +425,51 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// The hub relays a tunnel's octets only within the credit the receiver
+// granted: a client that sends past the agent's window gets 422 and the
+// tunnel ends; a window over 4 MiB is refused.
+func TestFleetTunnelCredit(t *testing.T) {
+	f := newTestFleet(t, "alpha")
+	s := f.dialHub(t, f.client)
+	fl, err := NewFleet(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	fl.TunnelWindow = 8 << 20
+	if _, err := fl.Tunnel(ctx, "alpha", wire.PortControl); !isCode(err, wire.CodeTooLarge) {
+		t.Fatalf("an 8 MiB window: %v", err)
+	}
+	fl.TunnelWindow = 0
+	c, err := fl.Tunnel(ctx, "alpha", wire.PortControl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := c.(*tunnel.Conn)
+	s.fleet.mu.Lock()
+	var id uint32
+	for k, v := range s.fleet.open {
+		if v == tc {
+			id = k
+		}
+	}
+	s.fleet.mu.Unlock()
+	// The agent granted 1 MiB; this ends 100 octets past it.
+	if err := s.send(&wire.Data{Channel: id, Stream: wire.TunnelUp, Offset: 1<<20 - 50, Bytes: make([]byte, 150)}); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	for {
+		_, err := c.Read(buf)
+		if err == nil {
+			continue // the agent's greeting
+		}
+		if !isCode(err, wire.CodeFlowControl) {
+			t.Fatalf("after sending past the credit: %v", err)
+		}
+		break
+	}
 }

@@ -127,6 +127,9 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 		return withCode(ExitFailure, fmt.Errorf("client key: %w", err))
 	}
 	user := t.remoteUser()
+	// What the hub may hold for this command, at most a window per
+	// tunnel: 64 MiB in all, between 64 KiB and 1 MiB per agent.
+	fl.TunnelWindow = min(1<<20, max(64<<10, (64<<20)/len(agents)))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
