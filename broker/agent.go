@@ -350,15 +350,15 @@ func (a *agentRunner) dialError(ctx context.Context, err error, key curve.Public
 	if errors.As(err, &pe) {
 		return refused("the hub refused this agent's key %s (%s): add the key that 'zpd --print-key' shows here to the hub's --fleet-keys", a.cfg.Key.Public.Fingerprint(), pe.Reason)
 	}
-	if he.Reason == zmtp.ReasonCrypto || he.Reason == zmtp.ReasonProtocol {
-		if k, qerr := zmtp.QueryServerKey(ctx, a.cfg.Hub, a.b.cfg.timeout()); qerr == nil {
-			if now, perr := curve.ParsePublicKey(k); perr == nil && now != key {
-				where := "--hub-key"
-				if pinned {
-					where = filepath.Join(a.b.cfg.StateDir, hubKnownHosts)
-				}
-				return refused("HUB KEY CHANGED: %s announces %s, but %s pins %s; someone may be impersonating the hub. If the change is expected, fix %s", a.cfg.Hub, now.Fingerprint(), where, key.Fingerprint(), where)
+	// The handshake failed against the key we expect: does the hub now
+	// announce another one?
+	if k, qerr := zmtp.QueryServerKey(ctx, a.cfg.Hub, a.b.cfg.timeout()); qerr == nil {
+		if now, perr := curve.ParsePublicKey(k); perr == nil && now != key {
+			where := "--hub-key"
+			if pinned {
+				where = filepath.Join(a.b.cfg.StateDir, hubKnownHosts)
 			}
+			return refused("HUB KEY CHANGED: %s announces %s, but %s pins %s; someone may be impersonating the hub. If the change is expected, fix %s", a.cfg.Hub, now.Fingerprint(), where, key.Fingerprint(), where)
 		}
 	}
 	return he

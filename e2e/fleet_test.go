@@ -359,6 +359,22 @@ func TestFleetFailures(t *testing.T) {
 		}
 	})
 
+	t.Run("hub key changed", func(t *testing.T) {
+		// An agent that pinned another key for this hub refuses it loudly.
+		st := f.agentState["dup"]
+		other := keygen(t, t.TempDir())
+		os.WriteFile(filepath.Join(st, "hub_known_hosts"), []byte("tcp://"+f.hub.Addr+" "+other+" added 2026-01-01\n"), 0o600)
+		d := startZPDAt(t, st, "127.0.0.1:0", "--join", f.hub.Addr, "--name", "dup")
+		eventually(t, 10*time.Second, "the refusal in the agent's log", func() bool {
+			return strings.Contains(d.Log(), "HUB KEY CHANGED") && strings.Contains(d.Log(), "level=ERROR")
+		})
+		d.Stop()
+		os.Remove(filepath.Join(st, "hub_known_hosts"))
+		if _, ok := f.list()["dup"]; ok {
+			t.Fatal("the agent joined a hub whose key changed")
+		}
+	})
+
 	t.Run("client not in --fleet-clients", func(t *testing.T) {
 		// A key the hub authorises for its own user, but not a fleet client.
 		other := t.TempDir()
