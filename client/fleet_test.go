@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/zpipes/zp/broker"
 	"github.com/zpipes/zp/internal/curve"
 	"github.com/zpipes/zp/internal/tunnel"
@@ -174,7 +176,23 @@ func (f *testFleet) dialHub(t *testing.T, key curve.KeyPair) *Session {
 	return s
 }
 
+// noLeaks checks, after every cleanup of the test, that no goroutine of
+// the hub, the agents or the client is left.
+func noLeaks(t *testing.T) {
+	t.Cleanup(func() {
+		goleak.VerifyNone(t,
+			goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*qreader).listen"),
+			goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*socket).connReaper"),
+			goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*routerQReader).listen"),
+			goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*pubQReader).listen"),
+			goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*pubMWriter).run"),
+			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+		)
+	})
+}
+
 func TestFleetListAndExec(t *testing.T) {
+	noLeaks(t)
 	f := newTestFleet(t, "alpha", "beta", "gamma")
 	fl, err := NewFleet(f.dialHub(t, f.client))
 	if err != nil {
@@ -332,6 +350,7 @@ func TestFleetUsers(t *testing.T) {
 // (409, and its log says why); the first keeps the name. When an agent
 // stops, it is listed lost and its tunnels fail with 503.
 func TestFleetNameTakenAndLost(t *testing.T) {
+	noLeaks(t)
 	f := newTestFleet(t, "alpha")
 	var logBuf syncBuf
 	_, stop := runBroker(t, broker.Config{
