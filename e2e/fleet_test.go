@@ -226,6 +226,11 @@ func TestFleetExec(t *testing.T) {
 		if r.Code != 127 || !strings.Contains(r.Stderr, "db1 (exit 127)") || strings.Contains(r.Stderr, "web") {
 			t.Fatalf("selected by label: %+v", r)
 		}
+		// A remote command named like one of zp's subcommands is still remote.
+		r = f.zp("--fleet", f.hub.Addr, "--hosts", "db1", "version")
+		if r.Code != 127 || r.Stdout != "" || !strings.Contains(r.Stderr, "db1 (exit 127)") {
+			t.Fatalf("zp --fleet HUB version: %+v", r)
+		}
 		r = f.zp("--fleet", f.hub.Addr, "--hosts", "nomatch*", "true")
 		if r.Code != 255 || !strings.Contains(r.Stderr, "no agent of "+f.hub.Addr+" matches --hosts nomatch*") {
 			t.Fatalf("nothing selected: %+v", r)

@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/zpipes/zp/client"
 	"github.com/zpipes/zp/internal/curve"
@@ -620,4 +621,42 @@ func (s *spillBuffer) Close() {
 		s.f.Close()
 		s.f = nil
 	}
+}
+
+// fleetFirst reports whether zp's arguments give --fleet before the first
+// positional argument: then that argument is the remote command, even if
+// it is also the name of one of zp's subcommands (zp --fleet hub version).
+func fleetFirst(root *cobra.Command, args []string) bool {
+	lookup := func(name string, short bool) *pflag.Flag {
+		for _, fs := range []*pflag.FlagSet{root.Flags(), root.PersistentFlags()} {
+			if short {
+				if f := fs.ShorthandLookup(name); f != nil {
+					return f
+				}
+			} else if f := fs.Lookup(name); f != nil {
+				return f
+			}
+		}
+		return nil
+	}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" || !strings.HasPrefix(a, "-") || a == "-" {
+			return false
+		}
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		short := !strings.HasPrefix(a, "--")
+		if short && len(name) > 1 {
+			// -lalice or a group of booleans (-nq): the last letter decides.
+			hasValue = hasValue || lookup(name[:1], true) != nil && lookup(name[:1], true).Value.Type() != "bool"
+			name = name[len(name)-1:]
+		}
+		if !short && name == "fleet" {
+			return true
+		}
+		if f := lookup(name, short); f != nil && f.Value.Type() != "bool" && !hasValue {
+			i++ // its value
+		}
+	}
+	return false
 }

@@ -156,3 +156,25 @@ func TestZPDFleetFlags(t *testing.T) {
 		t.Fatalf("%+v %+v", cfg.Agent, cfg.Hub)
 	}
 }
+
+func TestFleetFirst(t *testing.T) {
+	root := NewZPCmd(&IO{Getenv: func(string) string { return "" }})
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"--fleet", "hub", "version"}, true},
+		{[]string{"--fleet=hub", "jobs"}, true},
+		{[]string{"-l", "alice", "--fleet", "hub", "keygen"}, true},
+		{[]string{"-q", "--hosts", "web*", "--fleet", "hub", "version"}, true},
+		{[]string{"-lalice", "--fleet", "hub", "version"}, true},
+		{[]string{"host", "grep", "--fleet", "x"}, false},
+		{[]string{"-l", "--fleet", "host", "cmd"}, false}, // --fleet is -l's value
+		{[]string{"jobs", "host"}, false},
+		{[]string{"--", "--fleet"}, false},
+	} {
+		if got := fleetFirst(root, c.args); got != c.want {
+			t.Errorf("%q: %v", c.args, got)
+		}
+	}
+}

@@ -196,6 +196,9 @@ Background jobs: zp --async host cmd prints a job id and exits; then
 func MainZP(ctx context.Context, args []string, io *IO) int {
 	defer startProfile(io, "zp")()
 	root := NewZPCmd(io)
+	if fleetFirst(root, args) {
+		root.ResetCommands() // the first positional is the remote command
+	}
 	root.SetArgs(args)
 	root.SetIn(io.In)
 	root.SetOut(io.Out)
