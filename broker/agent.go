@@ -140,14 +140,14 @@ func (a *agentRunner) run(ctx context.Context) {
 		wait := backoff
 		var re *errJoinRefused
 		switch {
-		case joined:
-			lg.Warn("lost hub", "err", err)
-			backoff, lastErr = joinBackoffMin, ""
-			wait = backoff
 		case errors.As(err, &re):
 			// An operator must act; say so every time, slowly.
 			lg.Error("hub refused this agent", "agent", a.cfg.Name, "err", err)
 			wait = joinRefusedIvl
+		case joined:
+			lg.Warn("lost hub", "err", err)
+			backoff, lastErr = joinBackoffMin, ""
+			wait = backoff
 		default:
 			if msg := err.Error(); msg != lastErr {
 				lg.Warn("cannot join hub; retrying", "err", err)
@@ -244,6 +244,8 @@ type agentLink struct {
 	dead    chan struct{} // closed when the connection closes
 	dieOnce sync.Once
 	recv    atomic.Int64 // unix nanoseconds of the last message
+	joined  atomic.Bool
+	hubErr  atomic.Pointer[wire.Error] // an ERROR on channel 0 after JOIN_OK
 
 	mu      sync.Mutex
 	tunnels map[uint32]*tunnel.Conn
@@ -332,6 +334,7 @@ func (a *agentRunner) once(ctx context.Context, lg *slog.Logger) (joined bool, e
 	case <-ctx.Done():
 		return false, ctx.Err()
 	}
+	l.joined.Store(true)
 	ivl := durOr(time.Duration(ok.Heartbeat)*time.Millisecond, a.b.cfg.heartbeat())
 	timeout := durOr(time.Duration(ok.Timeout)*time.Millisecond, a.b.cfg.timeout())
 	lg.Info("joined hub", "agent", a.cfg.Name, "hub_name", ok.Hub, "fingerprint", key.Fingerprint())
@@ -407,12 +410,18 @@ func (l *agentLink) receive(replies chan<- wire.Message) {
 			l.deliver(id, m)
 		case *wire.Error:
 			if m.Channel == 0 {
-				select {
-				case replies <- m:
-				default:
-					log.Warn("hub reported an error", "code", int(m.Code), "reason", m.Reason)
+				if !l.joined.Load() {
+					select {
+					case replies <- m:
+					default:
+					}
+					continue
 				}
-				continue
+				// The hub ends the link (replaced by another link of
+				// this agent's key): heartbeat reports why.
+				l.hubErr.Store(m)
+				l.die()
+				return
 			}
 			l.deliver(m.Channel, m)
 		default:
@@ -517,6 +526,12 @@ func (l *agentLink) heartbeat(ctx context.Context, ivl, timeout time.Duration) e
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-l.dead:
+			if e := l.hubErr.Load(); e != nil {
+				if e.Code == wire.CodeConflict {
+					return refused("the hub ended the link: %s (another zpd with this key and name? each agent needs its own state directory)", e.Reason)
+				}
+				return fmt.Errorf("the hub ended the link: %w", e)
+			}
 			return errors.New("connection closed")
 		case <-t.C:
 		}

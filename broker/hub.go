@@ -256,6 +256,8 @@ func (h *hub) join(c *connInfo, m *wire.Join) {
 		// a lost one's name taken over: the old link goes.
 		out = append(out, h.failRelaysLocked(old, "the agent joined again")...)
 		closeOld = old.link
+		delete(h.links, string(old.link.id))
+		old.link = nil
 		h.m.AgentsReplaced.Inc()
 	}
 	a := &hubAgent{
@@ -272,7 +274,11 @@ func (h *hub) join(c *connInfo, m *wire.Join) {
 	h.b.mu.Unlock()
 	h.flush(out)
 	if closeOld != nil {
-		closeOld.close()
+		// Tell the old link why, then close it: an agent that is still
+		// there (a clone with the same key and name) backs off instead of
+		// taking the name back at once; a dead one's link goes anyway.
+		h.b.reply(closeOld.id, wire.Errorf(0, wire.CodeConflict, "replaced: an agent with this key joined as %s from %s", m.Name, c.remote))
+		time.AfterFunc(time.Second, closeOld.close)
 	}
 	h.m.Joins.WithLabelValues("ok").Inc()
 	h.b.log.Info("agent joined", "agent", m.Name, "peer", c.remote, "key", keyFingerprint(c.key), "software", m.Software, "rejoined", old != nil)

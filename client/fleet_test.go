@@ -25,6 +25,7 @@ import (
 // 127.0.0.1 with CURVE, and a client key admitted to the fleet.
 type testFleet struct {
 	hub       *broker.Broker
+	hubLog    syncBuf
 	relayed   [2]syncBuf // what the hub relayed: to clients, to agents
 	hubKey    curve.KeyPair
 	client    curve.KeyPair // a fleet client that every agent authorises
@@ -93,7 +94,7 @@ func newTestFleet(t *testing.T, names ...string) *testFleet {
 	agents := &broker.KeyList{Path: writeKeys(t, agentPubs...)}
 	clients := &broker.KeyList{Path: writeKeys(t, f.client.Public, f.stranger.Public)}
 	f.hub, _ = runBroker(t, broker.Config{
-		Endpoint: "tcp://127.0.0.1:0", StateDir: t.TempDir(),
+		Endpoint: "tcp://127.0.0.1:0", StateDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(&f.hubLog, nil)),
 		Mechanism: &curve.Server{Key: f.hubKey, Authorize: func(k curve.PublicKey) error {
 			if agents.Contains(k[:]) || clients.Contains(k[:]) || k == f.hubUser.Public {
 				return nil
@@ -491,4 +492,35 @@ func TestFleetTunnelCredit(t *testing.T) {
 		}
 		break
 	}
+}
+
+// Two zpds with one key and one name (a cloned state directory): the
+// newer link replaces the older, whose agent is told why and backs off
+// instead of taking the name back at once.
+func TestFleetClonedAgent(t *testing.T) {
+	f := newTestFleet(t, "alpha")
+	var logBuf syncBuf
+	runBroker(t, broker.Config{
+		Endpoint: "tcp://127.0.0.1:0", StateDir: t.TempDir(),
+		Mechanism: &curve.Server{Key: f.agentKeys["alpha"], Authorize: curve.AllowKeys(f.client.Public)},
+		Logger:    slog.New(slog.NewTextHandler(&logBuf, nil)),
+		Agent: &broker.AgentConfig{Hub: "tcp://" + f.hub.Addr().String(), HubKey: f.hubKey.Public.String(),
+			Key: f.agentKeys["alpha"], Name: "alpha"},
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(f.hubLog.String(), `msg="agent joined" agent=alpha`) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the clone did not join:\n%s", f.hubLog.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second)
+	if n := strings.Count(f.hubLog.String(), `msg="agent joined" agent=alpha`); n != 2 {
+		t.Fatalf("alpha joined %d times: the two links flap", n)
+	}
+	fl, err := NewFleet(f.dialHub(t, f.client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.waitUp(t, fl, "alpha")
 }
