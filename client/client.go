@@ -247,6 +247,7 @@ func (s *Session) connect(ctx context.Context, resume bool) error {
 	}()
 	open := &wire.Open{Version: wire.Version, User: s.cfg.User, Client: s.cfg.ClientName}
 	if resume {
+		open.Version = s.info.Version
 		open.Session, open.Token = s.info.Session, s.info.Token
 		// Armed before anything can arrive on the new link: the server's
 		// ACK then triggers the resend, and nothing new from us overtakes
@@ -257,33 +258,47 @@ func (s *Session) connect(ctx context.Context, resume bool) error {
 		}
 		s.mu.Unlock()
 	}
-	if err := l.send(open); err != nil {
-		l.close()
-		return err
-	}
 	timer := time.NewTimer(s.cfg.connectTimeout())
 	defer timer.Stop()
-	var reply wire.Message
-	select {
-	case reply = <-opened:
-	case <-l.dead:
-		err = errors.New("connection closed during OPEN")
-	case <-timer.C:
-		err = fmt.Errorf("no answer to OPEN within %v", s.cfg.connectTimeout())
-	case <-ctx.Done():
-		err = ctx.Err()
-	case <-s.done:
-		err = s.err
-	}
-	if err == nil {
-		switch m := reply.(type) {
-		case *wire.OpenOK:
-			if !resume {
-				s.info = m
-			}
-		case *wire.Error:
-			err = m
+	for {
+		if err := l.send(open); err != nil {
+			l.close()
+			return err
 		}
+		var reply wire.Message
+		select {
+		case reply = <-opened:
+		case <-l.dead:
+			err = errors.New("connection closed during OPEN")
+		case <-timer.C:
+			err = fmt.Errorf("no answer to OPEN within %v", s.cfg.connectTimeout())
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-s.done:
+			err = s.err
+		}
+		if err == nil {
+			switch m := reply.(type) {
+			case *wire.OpenOK:
+				if !resume {
+					s.info = m
+				}
+			case *wire.Error:
+				err = m
+				// A zpd that predates the fleet speaks version 1 only
+				// (docs/PROTOCOL.md §12): ask again in its version.
+				if m.Code == wire.CodeVersion && open.Version > wire.MinVersion && !resume {
+					open.Version--
+					err = nil
+					opened = make(chan wire.Message, 1)
+					s.mu.Lock()
+					s.opening = opened
+					s.mu.Unlock()
+					continue
+				}
+			}
+		}
+		break
 	}
 	if err != nil {
 		l.close()
@@ -406,9 +421,10 @@ func (s *Session) recvLoop(l *link) {
 			}
 		case *wire.Error:
 			if m.Channel == 0 {
-				if !s.opened(m) {
-					s.fail(m)
+				if s.opened(m) {
+					continue // connect decides (it may ask again in version 1)
 				}
+				s.fail(m)
 				return
 			}
 		}
