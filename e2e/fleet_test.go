@@ -257,6 +257,23 @@ func TestFleetExec(t *testing.T) {
 		}
 	})
 
+	t.Run("no-op latency", func(t *testing.T) {
+		var fleet, direct []string
+		for range 3 {
+			r := f.zp("-q", "--fleet", f.hub.Addr, "true")
+			if r.Code != 0 {
+				t.Fatalf("%+v", r)
+			}
+			fleet = append(fleet, r.Elapsed.Round(time.Millisecond).String())
+			r = f.zp("-q", f.agents["web1"].Addr, "true")
+			if r.Code != 0 {
+				t.Fatalf("%+v", r)
+			}
+			direct = append(direct, r.Elapsed.Round(time.Millisecond).String())
+		}
+		t.Logf("zp --fleet (3 agents) true: %v; zp AGENT true (direct): %v", fleet, direct)
+	})
+
 	t.Run("hub sees no plaintext", func(t *testing.T) {
 		marker := "MARKER-7d2c1f"
 		r := f.zp("--fleet", f.hub.Addr, "sh", "-c", "echo "+marker+"-out", marker+"-argv")
@@ -461,7 +478,7 @@ func TestFleet50(t *testing.T) {
 	}
 	f := newTestFleet(t, names)
 	for _, n := range names {
-		f.startAgent(n, "--memory-limit", "64000000")
+		f.startAgent(n)
 	}
 	f.waitStates(60*time.Second, "up", names...)
 

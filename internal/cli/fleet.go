@@ -302,10 +302,15 @@ func (conn *connFlags) agentKeys(io *IO, hub string, agents []client.Agent) (map
 		var err error
 		ok, err = confirmAgents(hub, unknown, unknownKeys)
 		if err != nil {
-			for _, a := range unknown {
-				fails[a.Name] = fmt.Errorf("the key of %s@%s is not known (CURVE %s); rerun with --accept-new to pin the keys the hub lists", a.Name, hub, a.Fingerprint)
+			names := make([]string, 0, 5)
+			for i, a := range unknown {
+				if i == 4 {
+					names = append(names, "…")
+					break
+				}
+				names = append(names, a.Name+" "+a.Fingerprint)
 			}
-			return keys, fails, nil
+			return nil, nil, fmt.Errorf("the keys of %d agent(s) of %s are not known yet (%s); check them against 'zpd --print-key' on the agents, then rerun with --accept-new to pin the keys the hub lists", len(unknown), hub, strings.Join(names, ", "))
 		}
 	}
 	for i, a := range unknown {

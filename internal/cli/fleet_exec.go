@@ -129,8 +129,12 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	}
 	user := t.remoteUser()
 	// What the hub may hold for this command, at most a window per
-	// tunnel: 64 MiB in all, between 64 KiB and 1 MiB per agent.
-	fl.TunnelWindow = min(1<<20, max(64<<10, (64<<20)/len(agents)))
+	// tunnel: 16 MiB in all, between 64 KiB and 1 MiB per agent. Every
+	// tunnel shares zp's one connection to the hub, so this is also how
+	// far a message (an OPEN_OK, a PONG) may queue behind other agents'
+	// output: 32 MiB took over 5 s to drain on a starved 2-core machine
+	// (TestFleet50 saw an agent's OPEN_OK time out).
+	fl.TunnelWindow = min(1<<20, max(64<<10, (16<<20)/len(agents)))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
