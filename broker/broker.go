@@ -542,7 +542,7 @@ func (b *Broker) open(c *connInfo, m *wire.Open) {
 	}
 	fleetOnly := false
 	if err != nil && b.hub.admitsClient(c.key, m.Version) {
-		acct, err, fleetOnly = fleetOnlyAccount(user), nil, true
+		acct, err, fleetOnly = fleetOnlyAccount(c.key), nil, true
 	}
 	if err == nil && c.tunneled && !b.agent.userAllowed(user) {
 		err = fmt.Errorf("user %s may not be reached through the fleet on this host (--fleet-users)", user)

@@ -494,7 +494,7 @@ func (h *hub) session(s *session, m wire.Message) bool {
 	}
 	if s.fleetOnly {
 		id, _ := wire.ChannelOf(m)
-		s.sendErr(wire.Errorf(id, wire.CodeUnauthorised, "key %s may only use the fleet on this hub (not authorised for user %s here)", keyFingerprint(s.key), s.acct.Name))
+		s.sendErr(wire.Errorf(id, wire.CodeUnauthorised, "key %s may only use the fleet on this hub (it is not authorised for that user here)", keyFingerprint(s.key)))
 		return true
 	}
 	return false
@@ -676,9 +676,11 @@ func (h *hub) relayFromClient(s *session, m wire.Message) bool {
 	return true
 }
 
-// fleetOnlyAccount stands for the user a fleet-only session named: it
-// runs nothing on the hub (hub.session refuses every such request), and
-// if it ever did, it would be as nobody.
-func fleetOnlyAccount(user string) *Account {
-	return &Account{Name: user, UID: 65534, GID: 65534, Home: "/nonexistent", Shell: "/usr/sbin/nologin"}
+// fleetOnlyAccount is the account of a fleet-only session: it runs
+// nothing on the hub (hub.session refuses every such request; if it ever
+// did, it would be as nobody), and its name, "fleet:" and the key's
+// fingerprint, keeps such sessions in a session-limit bucket of their
+// own per key, not in that of the user they named.
+func fleetOnlyAccount(key []byte) *Account {
+	return &Account{Name: "fleet:" + keyFingerprint(key), UID: 65534, GID: 65534, Home: "/nonexistent", Shell: "/usr/sbin/nologin"}
 }

@@ -95,6 +95,7 @@ func newTestFleet(t *testing.T, names ...string) *testFleet {
 	clients := &broker.KeyList{Path: writeKeys(t, f.client.Public, f.stranger.Public)}
 	f.hub, _ = runBroker(t, broker.Config{
 		Endpoint: "tcp://127.0.0.1:0", StateDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(&f.hubLog, nil)),
+		MaxSessionsPerUser: 2,
 		Mechanism: &curve.Server{Key: f.hubKey, Authorize: func(k curve.PublicKey) error {
 			if agents.Contains(k[:]) || clients.Contains(k[:]) || k == f.hubUser.Public {
 				return nil
@@ -311,6 +312,14 @@ func TestFleetAuthorisation(t *testing.T) {
 	}
 	if _, err := hs.Tunnel(ctx, "alpha", wire.PortControl); !isCode(err, wire.CodeUnauthorised) {
 		t.Errorf("TUNNEL by a key that is not a fleet client: %v", err)
+	}
+	// Fleet-only sessions naming a user do not use up that user's
+	// sessions on the hub (the limit is 2 per user here).
+	f.dialHub(t, f.client)
+	f.dialHub(t, f.stranger)
+	if _, err := Dial(ctx, Config{Endpoint: "tcp://" + f.hub.Addr().String(),
+		Mechanism: &curve.Client{Key: f.hubUser, ServerKey: f.hubKey.Public}, User: "anyone"}); err != nil {
+		t.Errorf("the user's second session, beside fleet-only ones naming it: %v", err)
 	}
 	// A fleet client that no agent knows: the tunnel opens, the agent
 	// refuses the handshake.
