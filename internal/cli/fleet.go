@@ -72,7 +72,13 @@ func (conn *connFlags) dialHub(ctx context.Context, io *IO, hubArg string) (*cli
 		t.User = conn.login
 	}
 	t.fleetHub = true
-	s, t, err := conn.dialTarget(ctx, io, t)
+	s, t, err := conn.dialTarget(ctx, io, t, func(c *client.Config) {
+		if conn.timeout == 0 {
+			// The hub's answers queue behind the agents' output on
+			// this one connection (see fleetPatience).
+			c.Timeout = fleetPatience
+		}
+	})
 	if err != nil {
 		return nil, nil, t, err
 	}
@@ -83,6 +89,16 @@ func (conn *connFlags) dialHub(ctx context.Context, io *IO, hubArg string) (*cli
 	}
 	return s, fl, t, nil
 }
+
+// fleetPatience is how long zp --fleet waits for a silent hub or agent
+// session, and for an agent's session to open, unless --timeout or
+// --connect-timeout say otherwise. Every tunnel shares zp's one
+// connection to the hub, so a message (a PONG, an OPEN_OK) may queue
+// behind up to the tunnels' windows of other agents' output: on a
+// starved machine that took more than the usual 5 s (TestFleet50). A
+// dead or stopped agent is still reported after the hub's timeout (5 s):
+// the hub fails its tunnels.
+const fleetPatience = 30 * time.Second
 
 // fleetError maps a failed fleet request to a message.
 func fleetError(t Target, err error) error {

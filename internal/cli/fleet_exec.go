@@ -33,6 +33,9 @@ type fleetExecOptions struct {
 	sel    fleetSelect
 	group  bool
 	asJSON bool
+	// connectTimeoutSet: --connect-timeout was given (else agents get
+	// fleetPatience).
+	connectTimeoutSet bool
 }
 
 // fleetDials bounds the agents zp dials at once (each dial is a tunnel
@@ -50,6 +53,7 @@ func (o *fleetExecOptions) register(c *cobra.Command, conn *connFlags) {
 }
 
 func (o *fleetExecOptions) check(c *cobra.Command) error {
+	o.connectTimeoutSet = c.Flags().Changed("connect-timeout")
 	if o.hub != "" {
 		if o.group && o.asJSON {
 			return withCode(ExitUsage, errors.New("--group or --json, not both"))
@@ -129,12 +133,19 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	}
 	user := t.remoteUser()
 	// What the hub may hold for this command, at most a window per
-	// tunnel: 16 MiB in all, between 64 KiB and 1 MiB per agent. Every
+	// tunnel: 8 MiB in all, between 16 KiB and 1 MiB per agent. Every
 	// tunnel shares zp's one connection to the hub, so this is also how
 	// far a message (an OPEN_OK, a PONG) may queue behind other agents'
 	// output: 32 MiB took over 5 s to drain on a starved 2-core machine
 	// (TestFleet50 saw an agent's OPEN_OK time out).
-	fl.TunnelWindow = min(1<<20, max(64<<10, (16<<20)/len(agents)))
+	fl.TunnelWindow = min(1<<20, max(16<<10, (8<<20)/len(agents)))
+	agentTimeout, agentConnect := conn.timeout, conn.connectTimeout
+	if agentTimeout == 0 {
+		agentTimeout = fleetPatience
+	}
+	if !fo.connectTimeoutSet {
+		agentConnect = fleetPatience
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -164,7 +175,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 			sem <- struct{}{}
 			sess, err := fl.DialAgent(ctx, a, client.Config{
 				User: user, Mechanism: &curve.Client{Key: kp, ServerKey: keys[a.Name]},
-				ConnectTimeout: conn.connectTimeout, Timeout: conn.timeout,
+				ConnectTimeout: agentConnect, Timeout: agentTimeout,
 				ClientName: "zp/" + wire.SoftwareVersion,
 			})
 			<-sem
