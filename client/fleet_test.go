@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,12 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-zeromq/zmq4"
 	"go.uber.org/goleak"
 
 	"github.com/zpipes/zp/broker"
 	"github.com/zpipes/zp/internal/curve"
 	"github.com/zpipes/zp/internal/tunnel"
 	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/internal/zmtp"
 )
 
 // testFleet is a hub and its agents in this process, over tcp on
@@ -34,6 +37,7 @@ type testFleet struct {
 	spare     curve.KeyPair // an admitted agent key that no agent uses yet
 	agentKeys map[string]curve.KeyPair
 	stopAgent map[string]func()
+	agents    map[string]*broker.Broker
 	self      *broker.Account
 }
 
@@ -84,7 +88,7 @@ func newTestFleet(t *testing.T, names ...string) *testFleet {
 		t.Fatal(err)
 	}
 	f := &testFleet{hubKey: mustKeyPair(t), client: mustKeyPair(t), stranger: mustKeyPair(t), hubUser: mustKeyPair(t),
-		spare: mustKeyPair(t), agentKeys: map[string]curve.KeyPair{}, stopAgent: map[string]func(){}, self: self}
+		spare: mustKeyPair(t), agentKeys: map[string]curve.KeyPair{}, stopAgent: map[string]func(){}, agents: map[string]*broker.Broker{}, self: self}
 	agentPubs := []curve.PublicKey{f.spare.Public}
 	for _, n := range names {
 		k := mustKeyPair(t)
@@ -153,7 +157,7 @@ func newTestFleet(t *testing.T, names ...string) *testFleet {
 
 func (f *testFleet) startAgent(t *testing.T, name string, key curve.KeyPair, users []string) func() {
 	t.Helper()
-	_, stop := runBroker(t, broker.Config{
+	b, stop := runBroker(t, broker.Config{
 		Endpoint: "tcp://127.0.0.1:0", StateDir: t.TempDir(),
 		Mechanism: &curve.Server{Key: key, Authorize: curve.AllowKeys(f.client.Public)},
 		Authorize: func([]byte, string) (*broker.Account, error) { return f.self, nil },
@@ -161,6 +165,7 @@ func (f *testFleet) startAgent(t *testing.T, name string, key curve.KeyPair, use
 		Agent: &broker.AgentConfig{Hub: "tcp://" + f.hub.Addr().String(), HubKey: f.hubKey.Public.String(),
 			Key: key, Name: name, Labels: map[string]string{"role": name[:1]}, Metrics: ":9100", Users: users},
 	})
+	f.agents[name] = b
 	return stop
 }
 
@@ -532,4 +537,56 @@ func TestFleetClonedAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.waitUp(t, fl, "alpha")
+}
+
+// A tunnel to port 1 reaches the agent's XPUB: a SUB through the hub
+// receives what is published on the agent (CURVE with the agent's key).
+func TestFleetTunnelToPublish(t *testing.T) {
+	noLeaks(t)
+	f := newTestFleet(t, "alpha")
+	fl, err := NewFleet(f.dialHub(t, f.client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sub := zmq4.NewSub(zmtp.WithConfig(ctx, &zmtp.Config{SocketType: "SUB", OnFull: zmtp.Block,
+		Mechanism: &curve.Client{Key: f.client, ServerKey: f.agentKeys["alpha"].Public},
+		Dial:      func(ctx context.Context) (net.Conn, error) { return fl.Tunnel(ctx, "alpha", wire.PortPublish) }}),
+		zmq4.WithDialerMaxRetries(0))
+	defer sub.Close()
+	if err := sub.Dial(zmtp.SchemeDial + "://alpha"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SetOption(zmq4.OptionSubscribe, "p/test"); err != nil {
+		t.Fatal(err)
+	}
+	pub := zmq4.NewPub(zmtp.WithConfig(ctx, &zmtp.Config{SocketType: "PUB", OnFull: zmtp.Block,
+		Mechanism: &curve.Client{Key: f.client, ServerKey: f.agentKeys["alpha"].Public}}), zmq4.WithDialerMaxRetries(0))
+	defer pub.Close()
+	if err := pub.Dial(zmtp.SchemeTCP + "://" + f.agents["alpha"].SubscribeAddr().String()); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		m, err := sub.Recv()
+		if err == nil {
+			got <- string(m.Frames[1])
+		}
+	}()
+	deadline := time.After(10 * time.Second)
+	for {
+		// Subscriptions propagate asynchronously: publish until one arrives.
+		pub.Send(zmq4.NewMsgFrom([]byte("p/test"), []byte("hello through the hub")))
+		select {
+		case m := <-got:
+			if m != "hello through the hub" {
+				t.Fatalf("got %q", m)
+			}
+			return
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("nothing arrived through the tunnel to the XPUB")
+		}
+	}
 }
