@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 FUZZTIME ?= 10s
 
-.PHONY: all build deps run test vet unit e2e fuzz bench clean
+.PHONY: all build deps run test vet unit e2e fuzz bench clean fleet-up fleet-down
 
 all: build
 
@@ -39,6 +39,14 @@ test: deps vet unit e2e fuzz
 
 bench: build
 	@bash bench/bench.sh
+
+# The compose fleet (docker-compose.yml): a hub, three agents, Prometheus and a
+# client, images built FROM scratch (needs a running Docker engine).
+fleet-up:
+	@bash scripts/fleet-up.sh
+
+fleet-down:
+	docker-compose down -v --remove-orphans
 
 clean:
 	rm -rf $(BIN)

@@ -21,8 +21,10 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/etc/default" "$root/lib/systemd"
 # The units zpd.service refers to (network.target, multi-user.target, …).
 cp -a /lib/systemd/system "$root/lib/systemd/"
-# ExecStart must name an executable: the real zpd when built, else a stand-in.
-if [ -x bin/zpd ]; then cp bin/zpd "$root/usr/local/bin/zpd"; else printf '#!/bin/sh\n' >"$root/usr/local/bin/zpd"; chmod 755 "$root/usr/local/bin/zpd"; fi
+# ExecStart must name an executable: the real zpd ($ZPD, default bin/zpd) when
+# built, else a stand-in.
+zpd=${ZPD:-bin/zpd}
+if [ -x "$zpd" ]; then cp "$zpd" "$root/usr/local/bin/zpd"; else printf '#!/bin/sh\n' >"$root/usr/local/bin/zpd"; chmod 755 "$root/usr/local/bin/zpd"; fi
 cp deploy/zpd.service "$root/etc/systemd/system/zpd.service"
 cp deploy/zpd.default "$root/etc/default/zpd"
 check() {

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The compose fleet, end to end (e2e.TestCompose runs it; so does `make test`):
+# builds the images (own tags), starts docker-compose.yml under a project name
+# of its own, and checks, with real containers on a private network:
+#   1. direct zp, zpc and a background job on each agent (a full zpd still);
+#   2. `zp fleet hub` lists the three agents up; `zp --fleet hub hostname`
+#      prints each, prefixed;
+#   3. an agent killed (docker kill) mid-command: reported unreachable, the
+#      others finish their command, exit 255; started again, it rejoins;
+#   4. an agent cut off the network for 10 s (docker network disconnect):
+#      listed lost, then up again after reconnecting, by itself;
+#   5. Prometheus (fed by zp fleet --prometheus-sd) has up = 1 for the hub and
+#      every agent, and a zp_ series from each.
+# Everything it made (containers, network, volumes, images, temp files) is
+# removed on any exit; every wait has a deadline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'compose-fleet: %s\n' "$*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+
+if ! docker info >/dev/null 2>&1 || ! docker-compose version >/dev/null 2>&1; then
+  [ -z "${CI:-}" ] || fail "docker and docker-compose are expected on CI"
+  log "skipped: no docker engine or docker-compose"; exit 0
+fi
+
+project=zpfleet$$
+export ZP_IMAGE=zp:fleet-test-$$ PROM_IMAGE=zp-prometheus:fleet-test-$$
+tmp=$(mktemp -d)
+PIDS=()
+dc() { timeout 180 docker-compose -p "$project" "$@"; }
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if ((rc != 0)); then
+    log "logs of the failed run (last lines per service):"
+    dc logs --no-color --tail 25 2>&1 | sed 's/^/  /' >&2 || true
+  fi
+  dc down -v --remove-orphans >/dev/null 2>&1 || true
+  docker rmi "$ZP_IMAGE" "$PROM_IMAGE" >/dev/null 2>&1 || true
+  rm -rf "$tmp"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# x CMD…: runs CMD in the client container (no tty, bounded).
+x() { timeout 120 docker-compose -p "$project" exec -T client "$@"; }
+cid() { dc ps -q "$1"; }
+# fleet_json: `zp fleet hub --json`, one agent per line as "NAME STATE JOINED".
+fleet_states() {
+  x zp fleet hub --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+for a in json.load(sys.stdin):
+    print(a["name"], a["state"], a["joined"])'
+}
+# state_of NAME: the agent's state in the hub's listing (or "absent").
+state_of() { fleet_states | awk -v n="$1" '$1 == n { print $2; f = 1 } END { if (!f) print "absent" }'; }
+# wait_for SECONDS DESCRIPTION CMD…: polls CMD until it succeeds.
+wait_for() {
+  local secs=$1 what=$2 end; shift 2
+  end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < end)) || fail "$what: not after ${secs}s"
+    sleep 0.5
+  done
+}
+
+log "building images"
+bash scripts/docker-build.sh >&2
+log "starting project $project"
+dc up -d >/dev/null 2>&1 || { dc up -d; fail "docker-compose up"; }
+
+# ---- 1. each agent is still a zpd of its own (what scripts/compose-test.sh checked);
+# the keys service pinned every key in the client's known_hosts: no --accept-new
+wait_for 30 "agent1 answers directly" x zp -q agent1 true
+for h in agent1 agent2 agent3; do
+  got=$(x zp -q "$h" hostname)
+  [ "$got" = "$h" ] || fail "zp $h hostname: got '$got'"
+done
+echo hello | x zp agent2 tr a-z A-Z | grep -qx HELLO || fail "stdin through zp agent2"
+x sh -c 'head -c 3000000 /dev/urandom > /tmp/blob && zpc /tmp/blob agent2:/tmp/blob && zp agent2 sha256sum /tmp/blob > /tmp/remote && sha256sum /tmp/blob > /tmp/local && cmp /tmp/local /tmp/remote' ||
+  fail "zpc to agent2"
+id=$(x zp --async agent3 sh -c 'echo job on $(hostname); exit 7')
+rc=0; out=$(x zp job follow agent3 "$id") || rc=$?
+[ "$out" = "job on agent3" ] && [ $rc = 7 ] || fail "job follow: '$out' rc=$rc"
+log "1. direct zp, zpc and a job on the agents: OK"
+
+# ---- 2. the fleet
+all_up() { [ "$(fleet_states | awk '$2 == "up"' | wc -l)" = 3 ]; }
+wait_for 60 "three agents up in zp fleet hub" all_up
+x zp fleet hub >&2
+out=$(x zp --fleet hub hostname 2>"$tmp/err") || fail "zp --fleet hub hostname: exit $?: $(cat "$tmp/err")"
+want=$'agent1: agent1\nagent2: agent2\nagent3: agent3'
+[ "$(sort <<<"$out")" = "$want" ] || fail "zp --fleet hub hostname printed: $out"
+out=$(x zp --fleet hub --label role=web hostname 2>/dev/null) || fail "zp --fleet --label role=web: exit $?"
+[ "$(sort <<<"$out")" = $'agent1: agent1\nagent2: agent2' ] || fail "--label role=web selected: $out"
+log "2. zp --fleet hub hostname on the three agents: OK"
+
+# ---- 3. an agent killed mid-command
+victim=agent2
+x zp --fleet hub sh -c 'echo started; sleep 6; echo finished' </dev/null >"$tmp/out" 2>"$tmp/err" &
+fleetpid=$!; PIDS+=("$fleetpid")
+started() { [ "$(grep -c ': started$' "$tmp/out")" = 3 ]; }
+wait_for 30 "the fleet command started on the three agents" started
+t0=$SECONDS
+docker kill "$(cid $victim)" >/dev/null
+rc=0; wait "$fleetpid" || rc=$?
+took=$((SECONDS - t0))
+cat "$tmp/out" "$tmp/err" | sed 's/^/  /' >&2
+[ $rc = 255 ] || fail "fleet command with $victim killed: exit $rc, want 255"
+for h in agent1 agent3; do grep -qx "$h: finished" "$tmp/out" || fail "$h did not finish its command"; done
+! grep -qx "$victim: finished" "$tmp/out" || fail "$victim finished although killed"
+grep -q "^zp: 2 ok, 1 failed: $victim (" "$tmp/err" || fail "the summary does not say 2 ok, 1 failed: $victim"
+((took <= 30)) || fail "the fleet command took ${took}s after the kill"
+log "3. $victim killed mid-command: the others finished, exit 255, reported in ${took}s: OK"
+killed_at=$(date -u +%Y-%m-%dT%H:%M:%S)
+docker start "$(cid $victim)" >/dev/null
+rejoined() { fleet_states | awk -v n=$victim -v t="$killed_at" '$1 == n && $2 == "up" && substr($3, 1, 19) >= t' | grep -q .; }
+wait_for 60 "$victim rejoins after docker start" rejoined
+out=$(x zp --fleet hub hostname 2>/dev/null) || fail "zp --fleet after $victim restarted: exit $?"
+[ "$(sort <<<"$out")" = "$want" ] || fail "after $victim restarted: $out"
+log "3. $victim started again: rejoined by itself: OK"
+
+# ---- 4. an agent cut off the network for 10 s
+victim=agent3
+c=$(cid $victim)
+net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$c" | awk '{print $1}')
+docker network disconnect "$net" "$c"
+cut=$SECONDS
+is_lost() { [ "$(state_of $victim)" = lost ]; }
+wait_for 15 "$victim listed lost after the cut" is_lost
+log "4. $victim listed lost $((SECONDS - cut))s after the cut"
+while ((SECONDS < cut + 10)); do sleep 0.5; done
+docker network connect --alias "$victim" "$net" "$c"
+back=$SECONDS
+is_up() { [ "$(state_of $victim)" = up ]; }
+wait_for 60 "$victim up again after reconnecting" is_up
+log "4. $victim up again $((SECONDS - back))s after reconnecting: OK"
+out=$(x zp --fleet hub hostname 2>/dev/null) || fail "zp --fleet after the cut: exit $?"
+[ "$(sort <<<"$out")" = "$want" ] || fail "after the cut: $out"
+
+# ---- 5. Prometheus scrapes every zpd
+# promq QUERY: the instant query's result as "INSTANCE VALUE WHO" lines, WHO being the zp_agent
+# label of the target (zp fleet --prometheus-sd sets it), or "hub" for zp_role="hub".
+promq() {
+  local q
+  q=$(/usr/bin/python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$1")
+  x wget -qO- "http://prometheus:9090/api/v1/query?query=$q" | /usr/bin/python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+assert r["status"] == "success", r
+for s in r["data"]["result"]:
+    m = s["metric"]
+    who = m.get("zp_agent") or (m.get("zp_role") == "hub" and "hub") or "?"
+    print(m.get("instance", "?"), s["value"][1], who)'
+}
+# targets: the hub and the three agents, each once, each up = 1 and with zp_ series.
+targets() {
+  promq up >"$tmp/up" && promq 'count by (instance, zp_agent, zp_role) ({__name__=~"zp_.+"})' >"$tmp/zp" || return 1
+  [ "$(awk '$2 == "1" { print $3 }' "$tmp/up" | sort | tr '\n' ' ')" = "agent1 agent2 agent3 hub " ] || return 1
+  [ "$(awk '{ print $3 }' "$tmp/zp" | sort | tr '\n' ' ')" = "agent1 agent2 agent3 hub " ]
+}
+end=$((SECONDS + 90))
+until targets 2>/dev/null; do
+  ((SECONDS < end)) || { sed 's/^/  up: /' "$tmp/up" >&2; sed 's/^/  zp_ series: /' "$tmp/zp" >&2; fail "Prometheus: not up = 1 and zp_ series for the hub and agent1..3 after 90s"; }
+  sleep 1
+done
+sed 's/^/  up /' "$tmp/up" >&2
+log "5. Prometheus scrapes the hub and the three agents (up = 1, zp_ series from each): OK"
+echo "compose fleet: 3 agents direct and through the hub; kill, restart, network cut survived; Prometheus scrapes 4 zpds"
