@@ -22,6 +22,9 @@
 #   rows_fanout       one job's ~100 MiB of output to 100 concurrent `zp job follow` watchers (own table)
 #   rows_lossy        zpc vs scp upload through a network namespace with 5% loss, 50 ms delay each way
 #                     (bench/lossy, a Go program; root + iproute2, else skipped with a note; own table)
+#   rows_fleet        a no-op on FLEET_SIZES hosts at once (10 and 50): `zp --fleet HUB true` through a hub
+#                     to that many agent zpds vs `pdsh -R ssh` and a shell loop of parallel `ssh` to as
+#                     many ssh host aliases of the private sshd (own table; CURVE only)
 # To add one: write rows_NAME that prepares its data and calls, per comparison,
 #   row WORK REPS BYTES ZP_CMD OTHER_CMD [RESET]              (zp vs ssh table)
 #   copy_row WORK BYTES ZPC_RESET ZPC_CMD SCP_RESET SCP_CMD RSYNC_RESET RSYNC_CMD   (copy table)
@@ -35,7 +38,7 @@
 # column of `row` is headed "ssh": name the tool in WORK when it is scp or rsync. copy_row's SCP_CMD
 # may be n/a. Then add rows_NAME to that default list.
 # More knobs: FAN_N (watchers, 100), FAN_MIB (job output, 100), LOSSY_MIB (64), LOSSY_LOSS (5%),
-# LOSSY_DELAY (50ms).
+# LOSSY_DELAY (50ms), FLEET_SIZES (hosts per fleet row, "10 50"), FLEET_FANOUT (pdsh -f, 64).
 set -euo pipefail
 
 RUNS=${1:-${RUNS:-3}}
@@ -49,7 +52,9 @@ FAN_MIB=${FAN_MIB:-100}
 LOSSY_MIB=${LOSSY_MIB:-64}
 LOSSY_LOSS=${LOSSY_LOSS:-5%}
 LOSSY_DELAY=${LOSSY_DELAY:-50ms}
-read -ra ROW_GROUPS <<<"${GROUPS_TO_RUN:-rows_latency rows_pipe_down rows_pipe_up rows_copy_file rows_copy_tree rows_copy_noop rows_copy_resume rows_fanout rows_lossy}"
+FLEET_SIZES=${FLEET_SIZES:-10 50}
+FLEET_FANOUT=${FLEET_FANOUT:-64}
+read -ra ROW_GROUPS <<<"${GROUPS_TO_RUN:-rows_latency rows_pipe_down rows_pipe_up rows_copy_file rows_copy_tree rows_copy_noop rows_copy_resume rows_fanout rows_lossy rows_fleet}"
 
 case $RUNS in '' | *[!0-9]* | 0) echo "usage: bash bench/bench.sh [RUNS>0]" >&2; exit 2 ;; esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -91,6 +96,7 @@ setup_packages() {
   command -v bc >/dev/null 2>&1 || need+=(bc)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v make >/dev/null 2>&1 || need+=(make)
+  if [[ " ${ROW_GROUPS[*]} " == *" rows_fleet "* ]]; then command -v pdsh >/dev/null 2>&1 || need+=(pdsh); fi
   # ip netns for rows_lossy (root only: without root that group is skipped anyway)
   if [[ " ${ROW_GROUPS[*]} " == *" rows_lossy "* ]] && [ "$(id -u)" = 0 ] && ! command -v ip >/dev/null 2>&1 &&
     [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then need+=(iproute2); fi
@@ -136,6 +142,7 @@ StrictModes no
 UsePAM no
 Subsystem sftp internal-sftp
 AcceptEnv SHLVL
+MaxStartups 200:30:400
 EOF
   mkdir -p /run/sshd
   : >"$DIR/sshd.log"; CLEAN+=("$DIR/sshd.pid")
@@ -692,6 +699,109 @@ rows_lossy() {
   rm -f "$DIR/lossy.out" "$DIR/lossy-bench"
 }
 
+# ---------------------------------------------------------------- fleet: one no-op on N hosts
+FLEET_ROWS=() FLEET_NOTES=() FLEET_AGENTS=0 FLEET_HUB='' FLEET_HUB_KEY=''
+FLEET_STATES=()
+
+# fleet_setup: the ssh host aliases, a state dir and key for every agent, and the hub (CURVE, on
+# 127.0.0.1:0) that admits those keys and the bench's client key. Returns 1 (with a note) when
+# the fleet cannot be measured.
+fleet_setup() {
+  local i max=0 n k
+  for n in $FLEET_SIZES; do
+    case $n in '' | *[!0-9]* | 0) die "FLEET_SIZES: '$n' is not a host count" ;; esac
+    ((n <= 99)) || die "FLEET_SIZES: at most 99 hosts (two-digit names), not $n"
+    ((n > max)) && max=$n
+  done
+  # ssh: every fhNN is the private sshd, with the options the other rows use
+  cat >"$DIR/fleet_ssh_config" <<EOF
+Host fh*
+  HostName 127.0.0.1
+  Port $SSH_PORT
+  IdentityFile $DIR/key
+  IdentitiesOnly yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  BatchMode yes
+  LogLevel QUIET
+  SetEnv SHLVL=1
+EOF
+  CLEAN+=("$DIR/fleet_ssh_config")
+  if [[ " ${MODES[*]} " != *"zp CURVE"* ]]; then FLEET_NOTES+=("zp rows skipped: the fleet needs CURVE (ZP_CURVE=0 or no CURVE in this build)."); return 1; fi
+  if ! "$ZPD_BIN" --help 2>&1 | grep -q -- '--join'; then FLEET_NOTES+=("zp rows skipped: this zpd has no --join (no fleet)."); return 1; fi
+  : >"$DIR/fleet-keys"; CLEAN+=("$DIR/fleet-keys")
+  for ((i = 1; i <= max; i++)); do
+    FLEET_STATES[i]=$(mktemp -d "$DIR/zpd-fleet-a$i-state.XXXXXX"); CLEAN+=("${FLEET_STATES[i]}")
+    k=$("$ZPD_BIN" --print-key --state "${FLEET_STATES[i]}" | sed -n 1p)
+    [ ${#k} = 40 ] || { FLEET_NOTES+=("zp rows skipped: \`zpd --print-key\` gave no key for agent $i."); return 1; }
+    printf '# fh%02d\n%s\n' "$i" "$k" >>"$DIR/fleet-keys"
+  done
+  start_zpd fleet-hub --fleet-keys "$DIR/fleet-keys" --fleet-clients "$DIR/zp-authorized-keys" ||
+    { FLEET_NOTES+=("zp rows skipped: the hub did not start: $(tail -1 "$DIR/zpd-fleet-hub.log")"); return 1; }
+  FLEET_HUB=127.0.0.1:$ZPD_PORT
+  FLEET_HUB_KEY=$("$ZPD_BIN" --print-key --state "$ZPD_STATE" | sed -n 1p)
+  [ ${#FLEET_HUB_KEY} = 40 ] || { FLEET_NOTES+=("zp rows skipped: \`zpd --print-key\` gave no key for the hub."); return 1; }
+}
+
+# fleet_up N: starts agents until N have joined the hub (each a zpd on 127.0.0.1:0 with its own
+# --state, --name fhNN), waits until the hub lists N up, and pins their keys (--accept-new).
+fleet_up() {
+  local n=$1 i up=0 logf
+  for ((i = FLEET_AGENTS + 1; i <= n; i++)); do
+    logf=$DIR/zpd-fleet-a$i.log; : >"$logf"; LOGS+=("$logf")
+    REUSE_STATE=${FLEET_STATES[i]} start_zpd "fleet-a$i" --join "$FLEET_HUB" --hub-key "$FLEET_HUB_KEY" \
+      --name "$(printf 'fh%02d' "$i")" --authorized-keys "$DIR/zp-authorized-keys" || return 1
+    FLEET_AGENTS=$i
+  done
+  for i in $(seq 1 300); do
+    up=$("$ZP_BIN" --accept-new fleet "$FLEET_HUB" --json 2>>"$DIR/zp-setup.log" | grep -o '"state": *"up"' | wc -l || true)
+    ((up == n)) && break
+    sleep 0.1
+  done
+  ((up == n)) || { log "fleet: only $up of $n agents joined the hub"; return 1; }
+  "$ZP_BIN" --accept-new --fleet "$FLEET_HUB" true </dev/null >/dev/null 2>>"$DIR/zp-setup.log" ||
+    { log "fleet: zp --accept-new --fleet failed: $(tail -2 "$DIR/zp-setup.log")"; return 1; }
+}
+
+rows_fleet() {
+  local zp_ok=1 n r v
+  fleet_setup || zp_ok=0
+  local -a names=("ssh loop" "pdsh -R ssh" "zp --fleet")
+  for n in $FLEET_SIZES; do
+    if ((zp_ok)) && ! fleet_up "$n"; then
+      zp_ok=0; FLEET_NOTES+=("zp cells skipped from the $n-host row on: the agents did not all join ($(tail -1 "$DIR/zp-setup.log"))")
+    fi
+    local last; last=$(printf '%02d' "$n")
+    local -a cmds=(
+      "pids=(); for h in \$(seq -w 01 $last); do ssh -F \"\$DIR/fleet_ssh_config\" fh\$h true & pids+=(\$!); done; rc=0; for p in \"\${pids[@]}\"; do wait \$p || rc=1; done; exit \$rc"
+      "PDSH_SSH_ARGS_APPEND=\"-F \$DIR/fleet_ssh_config\" pdsh -S -R ssh -f $FLEET_FANOUT -w 'fh[01-$last]' true"
+      "\"\$ZP_BIN\" --fleet $FLEET_HUB true")
+    local -a times=() failed=()
+    for ((r = 1; r <= RUNS; r++)); do
+      for ((v = 0; v < 3; v++)); do
+        ((v < 2 || zp_ok)) && [ -z "${failed[v]:-}" ] || continue
+        log "fleet: no-op on $n hosts, ${names[v]}, run $r/$RUNS"
+        if timeit "${cmds[v]}"; then times[v]+="$T_US "
+        else failed[v]=1; FAILURES+=("fleet, $n hosts, ${names[v]}, run $r: \`${cmds[v]}\` $T_ERR; last stderr: $(tail -2 "$ERRLOG" | tr '\n' ' ')"); fi
+      done
+    done
+    local -a med=() cells=()
+    for ((v = 0; v < 3; v++)); do
+      local m='' b=''
+      if ((v == 2 && !zp_ok)); then cells[v]="skipped"; med[v]=''; continue; fi
+      [ -n "${failed[v]:-}" ] || read -r m b < <(stats ${times[v]})
+      med[v]=$m; cells[v]=$(fleet_cell "$m" "$b")
+    done
+    FLEET_ROWS+=("| $n | ${cells[2]} | ${cells[1]} | ${cells[0]} | $(ratio "${med[2]}" "${med[1]}") | $(ratio "${med[2]}" "${med[0]}") |")
+  done
+}
+
+# fleet_cell MEDIAN_US BEST_US: "123 ms (best 110)"
+fleet_cell() {
+  [ -n "$1" ] || { echo failed; return; }
+  printf '%.0f ms (best %.0f)' "$(echo "scale=3; $1 / 1000" | bc)" "$(echo "scale=3; $2 / 1000" | bc)"
+}
+
 # ---------------------------------------------------------------- main
 machine() {
   local cpu ram cipher
@@ -772,6 +882,17 @@ main() {
     echo "### Lossy link: zpc vs scp through a network namespace ($LOSSY_LOSS loss, $LOSSY_DELAY delay each way)"
     echo
     if [ -n "$LOSSY_OUT" ]; then echo "$LOSSY_OUT"; else echo "$LOSSY_NOTE"; fi
+  fi
+  if [ ${#FLEET_ROWS[@]} -gt 0 ]; then
+    echo
+    echo "### Fleet: one no-op on N hosts at once"
+    echo
+    echo "Wall time of one command that runs \`true\` on N hosts and returns when all have finished (median over the runs, best in parentheses; the three interleaved run by run). zp: \`zp --fleet HUB true\`, one hub zpd and N agent zpds on 127.0.0.1, each a process with its own \`--state\` and key, joined to the hub; the client lists the agents, then opens a CURVE session to each through a tunnel of its one hub connection. pdsh: \`pdsh -S -R ssh -f $FLEET_FANOUT -w fh[01-N] true\`. ssh loop: N \`ssh fhNN true &\` at once, then \`wait\` for each. Both ssh tools reach the private sshd under N host aliases (\`Host fh*\` → 127.0.0.1:$SSH_PORT, \`MaxStartups 200:30:400\` so that none is refused), a fresh TCP connection, key exchange and login per host, as to N machines; the zp agents are N separate daemons, as N machines. Below 1 in a ratio column means zp is faster."
+    echo
+    echo "| hosts | zp --fleet | pdsh -R ssh | ssh loop | zp/pdsh time | zp/ssh loop time |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${FLEET_ROWS[@]}"
+    for n in "${FLEET_NOTES[@]}"; do echo; echo "Note: $n"; done
   fi
   for n in "${NOTES[@]}"; do echo; echo "Note: $n"; done
   if [ ${#FAILURES[@]} -gt 0 ]; then
