@@ -49,7 +49,7 @@ trap 'exit 143' TERM
 # x CMD…: runs CMD in the client container (no tty, bounded).
 x() { timeout 120 docker-compose -p "$project" exec -T client "$@"; }
 cid() { dc ps -q "$1"; }
-# fleet_json: `zp fleet hub --json`, one agent per line as "NAME STATE JOINED".
+# fleet_states: `zp fleet hub --json` as one "NAME STATE JOINED" line per agent.
 fleet_states() {
   x zp fleet hub --json 2>/dev/null | /usr/bin/python3 -c '
 import json, sys
