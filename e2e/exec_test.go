@@ -303,7 +303,12 @@ func TestConcurrentSessions(t *testing.T) {
 			defer wg.Done()
 			// Each session gets its own input and must see only its own output.
 			in := strings.Repeat(fmt.Sprintf("session %d\n", i), 1000)
-			r := d.zp(t, strings.NewReader(in), "sh", "-c", fmt.Sprintf("sleep 0.5; cat; echo end %d >&2; exit %d", i, i%7))
+			// 200 clients start at once on a machine that may be busy with
+			// other tests: the claim here is isolation, not connect latency,
+			// so allow longer than the default 5 s to connect.
+			args := append(d.clientArgs(), "--connect-timeout", "60s", d.Addr,
+				"sh", "-c", fmt.Sprintf("sleep 0.5; cat; echo end %d >&2; exit %d", i, i%7))
+			r := run(t, strings.NewReader(in), d.env(), "zp", args...)
 			if r.Stdout != in || r.Stderr != fmt.Sprintf("end %d\n", i) || r.Code != i%7 {
 				errs <- fmt.Sprintf("session %d: exit %d, %d octets out, stderr %q", i, r.Code, len(r.Stdout), r.Stderr)
 			}
