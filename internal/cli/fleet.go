@@ -239,10 +239,14 @@ type sdTarget struct {
 
 var promLabelBad = regexp.MustCompile(`[^a-zA-Z0-9_]`)
 
-// promLabel makes a label key a valid Prometheus label name.
+// promLabel makes an agent's label key a valid Prometheus label name that
+// cannot stand for another target: an agent chooses its own labels, so
+// "job", "instance" and the zp_ labels this output sets itself are
+// renamed, not trusted.
 func promLabel(k string) string {
 	k = promLabelBad.ReplaceAllString(k, "_")
-	if k == "" || (k[0] >= '0' && k[0] <= '9') || strings.HasPrefix(k, "__") {
+	if k == "" || (k[0] >= '0' && k[0] <= '9') || strings.HasPrefix(k, "__") ||
+		k == "job" || k == "instance" || strings.HasPrefix(k, "zp_") {
 		k = "label_" + k
 	}
 	return k

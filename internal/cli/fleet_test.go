@@ -108,7 +108,8 @@ func TestFleetGroups(t *testing.T) {
 }
 
 func TestPromLabel(t *testing.T) {
-	for in, want := range map[string]string{"role": "role", "k8s.io-zone": "k8s_io_zone", "9x": "label_9x", "__x": "label___x"} {
+	for in, want := range map[string]string{"role": "role", "k8s.io-zone": "k8s_io_zone", "9x": "label_9x", "__x": "label___x",
+		"job": "label_job", "instance": "label_instance", "zp_agent": "label_zp_agent", "jobs": "jobs"} {
 		if got := promLabel(in); got != want {
 			t.Errorf("%q: %q, want %q", in, got, want)
 		}
