@@ -82,6 +82,9 @@ type agentRunner struct {
 	b   *Broker
 	cfg AgentConfig
 	ep  string // zmtp endpoint of the hub
+
+	cur  atomic.Pointer[agentLink] // the joined link, if any
+	live liveRoutes                // shared stdin readers by topic
 }
 
 func newAgent(b *Broker, cfg *AgentConfig) (*agentRunner, error) {
@@ -247,8 +250,13 @@ type agentLink struct {
 	joined  atomic.Bool
 	hubErr  atomic.Pointer[wire.Error] // an ERROR on channel 0 after JOIN_OK
 
-	mu      sync.Mutex
-	tunnels map[uint32]*tunnel.Conn
+	mu        sync.Mutex
+	tunnels   map[uint32]*tunnel.Conn
+	fetches   map[uint32]*pendingFetch // PUB_FETCH channels (pubChannelBit set)
+	nextFetch uint32
+
+	subMu sync.Mutex
+	sub   zmq4.Socket // on the hub's XPUB; nil until dialled
 }
 
 func (l *agentLink) die() { l.dieOnce.Do(func() { close(l.dead) }) }
@@ -273,7 +281,7 @@ func (a *agentRunner) once(ctx context.Context, lg *slog.Logger) (joined bool, e
 	if err != nil {
 		return false, err
 	}
-	l := &agentLink{a: a, dead: make(chan struct{}), tunnels: make(map[uint32]*tunnel.Conn)}
+	l := &agentLink{a: a, dead: make(chan struct{}), tunnels: make(map[uint32]*tunnel.Conn), fetches: make(map[uint32]*pendingFetch)}
 	zcfg := &zmtp.Config{
 		Mechanism:        &curve.Client{Key: a.cfg.Key, ServerKey: key},
 		SocketType:       string(zmq4.Dealer),
@@ -339,6 +347,13 @@ func (a *agentRunner) once(ctx context.Context, lg *slog.Logger) (joined bool, e
 	timeout := durOr(time.Duration(ok.Timeout)*time.Millisecond, a.b.cfg.timeout())
 	lg.Info("joined hub", "agent", a.cfg.Name, "hub_name", ok.Hub, "fingerprint", key.Fingerprint())
 	defer l.failTunnels()
+	a.cur.Store(l)
+	defer a.cur.CompareAndSwap(l, nil)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l.runSub(lctx, ok.Publish, key)
+	}()
 	return true, l.heartbeat(ctx, ivl, timeout)
 }
 
@@ -405,9 +420,11 @@ func (l *agentLink) receive(replies chan<- wire.Message) {
 		case *wire.Pong:
 		case *wire.Tunnel:
 			l.openTunnel(m)
-		case *wire.Data, *wire.Ack, *wire.Fin:
+		case *wire.Data, *wire.Ack, *wire.Fin, *wire.PubFetchOK:
 			id, _ := wire.ChannelOf(m)
-			l.deliver(id, m)
+			if !l.routeFetch(id, m) {
+				l.deliver(id, m)
+			}
 		case *wire.Error:
 			if m.Channel == 0 {
 				if !l.joined.Load() {
@@ -423,7 +440,9 @@ func (l *agentLink) receive(replies chan<- wire.Message) {
 				l.die()
 				return
 			}
-			l.deliver(m.Channel, m)
+			if !l.routeFetch(m.Channel, m) {
+				l.deliver(m.Channel, m)
+			}
 		default:
 			log.Debug("unexpected message from the hub", "msg", m.ID().String())
 		}

@@ -103,7 +103,8 @@ func (ch *execChan) run(m *wire.Exec) {
 	cmd := &exec.Cmd{Path: path, Args: m.Argv, Env: env, Dir: dir,
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Credential: acct.credential()}}
 	var stdinW *os.File
-	if ch.in != nil {
+	shared := m.Flags&wire.ExecSharedStdin != 0
+	if ch.in != nil || shared {
 		r, w, err := os.Pipe()
 		if err != nil {
 			ch.fail(zpdFailure(ch.id, "make the command's stdin pipe", err))
@@ -185,7 +186,10 @@ func (ch *execChan) run(m *wire.Exec) {
 			ch.pump(st, outR[st])
 		})
 	}
-	if stdinW != nil {
+	switch {
+	case stdinW != nil && shared:
+		b.spawn(func() { ch.feedShared(stdinW, m) })
+	case stdinW != nil:
 		b.spawn(func() { ch.writeStdin(stdinW) })
 	}
 	if err := waitExited(b.ctx, cmd.Process.Pid); err != nil {

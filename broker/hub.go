@@ -53,6 +53,8 @@ type hub struct {
 	links   map[string]*hubAgent           // by the link's routing identity
 	clients map[*session]map[uint32]*relay // tunnels by client session and channel
 	tunnels int                            // open relays
+	pubs    map[string]*publication        // by topic
+	pubsOf  map[*session]map[uint32]*publication
 }
 
 // hubAgent is an agent as the hub knows it.
@@ -66,6 +68,7 @@ type hubAgent struct {
 	relays                           map[uint32]*relay
 	nextCh                           uint32
 	seq                              uint64
+	fetches                          int // PUB_FETCH being answered
 }
 
 // relay joins a client's tunnel channel to a channel on an agent's link.
@@ -109,6 +112,8 @@ func newHub(b *Broker, cfg *HubConfig) *hub {
 		agents:  make(map[string]*hubAgent),
 		links:   make(map[string]*hubAgent),
 		clients: make(map[*session]map[uint32]*relay),
+		pubs:    make(map[string]*publication),
+		pubsOf:  make(map[*session]map[uint32]*publication),
 	}
 }
 
@@ -192,6 +197,8 @@ func (h *hub) link(c *connInfo, m wire.Message) bool {
 			m.Channel = r.clientCh
 			out = append(out, outMsg{sess: r.sess, m: m})
 		}
+	case *wire.PubFetch:
+		out = append(out, h.pubFetchLocked(a, c, m)...)
 	case *wire.Fin:
 		if r := a.relays[m.Channel]; r != nil {
 			h.dropLocked(r)
@@ -405,7 +412,7 @@ func (h *hub) closed(c *connInfo, s *session) {
 }
 
 // sessionGone ends the tunnels of a session that ended or lost its
-// connection: FIN to each agent.
+// connection (FIN to each agent) and deletes its publications.
 func (h *hub) sessionGone(s *session) {
 	if h == nil {
 		return
@@ -420,6 +427,7 @@ func (h *hub) sessionGone(s *session) {
 	}
 	h.mu.Unlock()
 	h.flush(out)
+	h.pubsGone(s)
 }
 
 // tick runs the hub's heartbeats: ping every agent, mark the silent ones
@@ -486,7 +494,7 @@ func (h *hub) session(s *session, m wire.Message) bool {
 		}
 		return true
 	case *wire.Data, *wire.Ack, *wire.Fin:
-		if h != nil && h.relayFromClient(s, m) {
+		if h != nil && (h.relayFromClient(s, m) || h.pubFromClient(s, m)) {
 			return true
 		}
 	case *wire.Ping, *wire.Pong, *wire.Close:
@@ -511,6 +519,8 @@ func (h *hub) request(s *session, m wire.Message) {
 		s.send(&wire.FleetList{Channel: m.Channel, Agents: agents, Metrics: h.cfg.Metrics})
 	case *wire.Tunnel:
 		h.openTunnel(s, m)
+	case *wire.Publish:
+		h.publish(s, m)
 	default:
 		id, _ := wire.ChannelOf(m)
 		s.sendErr(wire.Errorf(id, wire.CodeBadRequest, "%s is not supported by this hub yet", m.ID()))
@@ -586,7 +596,7 @@ func (h *hub) openTunnel(s *session, m *wire.Tunnel) {
 		h.m.TunnelsOpened.WithLabelValues(result).Inc()
 		s.sendErr(e)
 	}
-	if m.Channel == 0 || s.channel(m.Channel) != nil {
+	if m.Channel == 0 || s.channel(m.Channel) != nil || h.channelInUse(s, m.Channel) {
 		fail("bad_request", wire.Errorf(m.Channel, wire.CodeConflict, "channel %d is in use", m.Channel))
 		return
 	}
@@ -611,7 +621,7 @@ func (h *hub) openTunnel(s *session, m *wire.Tunnel) {
 	default:
 		ch := a.nextCh
 		for {
-			ch++
+			ch = (ch + 1) &^ pubChannelBit // the agent's own channels have it
 			if ch != 0 && a.relays[ch] == nil {
 				break
 			}

@@ -301,6 +301,11 @@ func (s *session) exec(m *wire.Exec) {
 		s.sendErr(wire.Errorf(m.Channel, wire.CodeTooMany, "more than %d channels", s.b.cfg.maxChannels()))
 		return
 	}
+	if m.Flags&wire.ExecSharedStdin != 0 && s.b.agent == nil {
+		s.mu.Unlock()
+		s.sendErr(wire.Errorf(m.Channel, wire.CodeNotFound, "shared stdin: this zpd is not a fleet agent"))
+		return
+	}
 	if e := s.b.limits.acquire(limCommands, s.acct.Name); e != nil {
 		s.mu.Unlock()
 		e.Channel = m.Channel

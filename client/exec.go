@@ -21,6 +21,9 @@ type ExecRequest struct {
 	// read that blocks after the command ended is left behind (a terminal
 	// stdin): close the reader to release it.
 	Stdin io.Reader
+	// Shared, instead of Stdin, feeds the command's stdin from a
+	// publication on the hub the session's agent belongs to (Fleet.Publish).
+	Shared *SharedStdin
 	// Stdout and Stderr receive the command's output; nil discards it.
 	Stdout, Stderr io.Writer
 	// Signals forwards signal names ("INT", "TERM", …) to the command's
@@ -64,10 +67,17 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error
 	defer s.closeChannel(id)
 	window := s.cfg.window()
 	flags := uint8(0)
+	if req.Stdin != nil && req.Shared != nil {
+		return nil, errors.New("client: Stdin or Shared, not both")
+	}
 	if req.Stdin != nil {
 		flags |= wire.ExecStdin
 	}
 	execMsg := &wire.Exec{Channel: id, Flags: flags, Window: uint32(window), Argv: req.Argv, Env: req.Env, Dir: req.Dir}
+	if sh := req.Shared; sh != nil {
+		execMsg.Flags |= wire.ExecSharedStdin
+		execMsg.Topic, execMsg.Key, execMsg.Record = sh.Topic, append([]byte(nil), sh.Key[:]...), uint32(sh.Record)
+	}
 	if err := s.send(execMsg); err != nil {
 		return nil, err
 	}

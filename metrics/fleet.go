@@ -11,6 +11,10 @@ type Fleet struct {
 	RelayedBytes   *prometheus.CounterVec // direction: to_agent, to_client
 	Joins          *prometheus.CounterVec // result: ok, unauthorised, conflict
 	AgentsReplaced prometheus.Counter
+	Publications   prometheus.Gauge   // publications stored (shared stdin)
+	PublishedBytes prometheus.Counter // octets clients published
+	PubFetchBytes  prometheus.Counter // octets agents fetched back
+	FleetJobs      prometheus.Gauge   // fleet job records kept
 }
 
 // NewFleet creates the hub's collectors and registers them with reg.
@@ -34,10 +38,23 @@ func NewFleet(reg prometheus.Registerer) *Fleet {
 		AgentsReplaced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "zp_fleet_links_replaced_total", Help: "Agent links closed because the same agent joined again.",
 		}),
+		Publications: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "zp_fleet_publications", Help: "Publications (a fleet command's shared stdin) the hub stores.",
+		}),
+		PublishedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "zp_fleet_published_bytes_total", Help: "Octets clients published to the fleet, each stored and published once.",
+		}),
+		PubFetchBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "zp_fleet_publication_fetched_bytes_total", Help: "Octets of publications agents fetched to repair what they missed.",
+		}),
+		FleetJobs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "zp_fleet_jobs", Help: "Fleet job records the hub keeps.",
+		}),
 	}
 	for _, s := range []string{"up", "lost"} {
 		m.Agents.WithLabelValues(s)
 	}
-	reg.MustRegister(m.Agents, m.Tunnels, m.TunnelsOpened, m.RelayedBytes, m.Joins, m.AgentsReplaced)
+	reg.MustRegister(m.Agents, m.Tunnels, m.TunnelsOpened, m.RelayedBytes, m.Joins, m.AgentsReplaced,
+		m.Publications, m.PublishedBytes, m.PubFetchBytes, m.FleetJobs)
 	return m
 }

@@ -1,0 +1,427 @@
+package broker
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+	"golang.org/x/crypto/nacl/secretbox"
+
+	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/internal/zmtp"
+)
+
+// The agent's side of shared stdin (docs/PROTOCOL.md §13.5): a command
+// whose EXEC has the shared-stdin flag reads a publication of the hub. The
+// agent subscribes to its topic on the hub's XPUB (one SUB per link, for
+// every reader) and takes what arrives in order; what it missed (a
+// publication dropped because it was slow, or sent before it subscribed)
+// it fetches with PUB_FETCH on its link. It holds at most one message and
+// one record per command: a command that reads slowly makes its reader
+// drop publications and fetch them later, and slows nobody else.
+
+// pubIdle is how long a reader waits for a publication before it fetches.
+const pubIdle = 250 * time.Millisecond
+
+// pubLive is a reader's queue of live publications (dropped when full).
+const pubLive = 8
+
+// liveRoutes are the topics the agent's readers follow, across links.
+type liveRoutes struct {
+	mu     sync.Mutex
+	topics map[string]map[chan *wire.PubData]struct{}
+}
+
+func (a *agentRunner) addLive(topic string) chan *wire.PubData {
+	c := make(chan *wire.PubData, pubLive)
+	a.live.mu.Lock()
+	if a.live.topics == nil {
+		a.live.topics = make(map[string]map[chan *wire.PubData]struct{})
+	}
+	first := a.live.topics[topic] == nil
+	if first {
+		a.live.topics[topic] = make(map[chan *wire.PubData]struct{})
+	}
+	a.live.topics[topic][c] = struct{}{}
+	a.live.mu.Unlock()
+	if first {
+		if l := a.cur.Load(); l != nil {
+			l.subscribe(topic, true)
+		}
+	}
+	return c
+}
+
+func (a *agentRunner) dropLive(topic string, c chan *wire.PubData) {
+	a.live.mu.Lock()
+	m := a.live.topics[topic]
+	delete(m, c)
+	last := m != nil && len(m) == 0
+	if last {
+		delete(a.live.topics, topic)
+	}
+	a.live.mu.Unlock()
+	if last {
+		if l := a.cur.Load(); l != nil {
+			l.subscribe(topic, false)
+		}
+	}
+}
+
+// routeLive hands a publication to its readers without blocking.
+func (a *agentRunner) routeLive(topic string, m *wire.PubData) {
+	a.live.mu.Lock()
+	defer a.live.mu.Unlock()
+	for c := range a.live.topics[topic] {
+		select {
+		case c <- m:
+		default: // the reader is behind: it fetches this later
+		}
+	}
+}
+
+func (a *agentRunner) liveTopics() []string {
+	a.live.mu.Lock()
+	defer a.live.mu.Unlock()
+	out := make([]string, 0, len(a.live.topics))
+	for t := range a.live.topics {
+		out = append(out, t)
+	}
+	return out
+}
+
+// subscribe dials the hub's XPUB for a link (publish as JOIN_OK says),
+// subscribes to every followed topic and routes what arrives until the
+// link dies. Without it readers still work, by fetching.
+func (l *agentLink) runSub(ctx context.Context, publish string, hubKey curve.PublicKey) {
+	a := l.a
+	ep := publish
+	if strings.HasPrefix(publish, ":") {
+		host, _, err := net.SplitHostPort(strings.TrimPrefix(a.ep, zmtp.SchemeTCP+"://"))
+		if err != nil {
+			a.b.log.Warn("hub's publish endpoint unusable; shared stdin will be fetched", "publish", publish, "err", err)
+			return
+		}
+		ep = zmtp.SchemeTCP + "://" + net.JoinHostPort(host, publish[1:])
+	}
+	zep, err := zmtp.Endpoint(ep)
+	if err != nil {
+		a.b.log.Warn("hub's publish endpoint unusable; shared stdin will be fetched", "publish", publish, "err", err)
+		return
+	}
+	zcfg := &zmtp.Config{Mechanism: &curve.Client{Key: a.cfg.Key, ServerKey: hubKey}, SocketType: string(zmq4.Sub),
+		HandshakeTimeout: a.b.cfg.timeout(), OnFull: zmtp.Block,
+		MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 256, MaxFrames: 3}
+	sctx, cancel := context.WithCancel(zmtp.WithConfig(ctx, zcfg))
+	defer cancel()
+	sub := zmq4.NewSub(sctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(a.b.cfg.timeout()),
+		zmq4.WithLogger(log.New(io.Discard, "", 0)))
+	if err := sub.Dial(zep); err != nil {
+		sub.Close()
+		a.b.log.Warn("cannot subscribe to the hub's publications; shared stdin will be fetched", "publish", ep, "err", err)
+		return
+	}
+	l.subMu.Lock()
+	l.sub = sub
+	l.subMu.Unlock()
+	for _, t := range a.liveTopics() {
+		l.subscribe(t, true)
+	}
+	go func() {
+		select {
+		case <-l.dead:
+		case <-ctx.Done():
+		}
+		l.subMu.Lock()
+		l.sub = nil
+		l.subMu.Unlock()
+		sub.Close()
+	}()
+	for {
+		msg, err := sub.Recv()
+		if err != nil {
+			return
+		}
+		if len(msg.Frames) != 3 {
+			continue
+		}
+		m, err := wire.Decode(msg.Frames[1:])
+		if err != nil {
+			continue
+		}
+		if pd, ok := m.(*wire.PubData); ok {
+			a.routeLive(string(msg.Frames[0]), pd)
+		}
+	}
+}
+
+// subscribe adds or removes a topic on the link's SUB, if it has one.
+func (l *agentLink) subscribe(topic string, on bool) {
+	l.subMu.Lock()
+	defer l.subMu.Unlock()
+	if l.sub == nil {
+		return
+	}
+	opt := zmq4.OptionSubscribe
+	if !on {
+		opt = zmq4.OptionUnsubscribe
+	}
+	_ = l.sub.SetOption(opt, topic)
+}
+
+// fetchAnswer is what the hub sent for one PUB_FETCH.
+type fetchAnswer struct {
+	data []byte
+	ok   *wire.PubFetchOK
+	err  error
+}
+
+// routeFetch hands a fetch its answer (receive loop: never blocks); false
+// if the channel is not a fetch.
+func (l *agentLink) routeFetch(id uint32, m wire.Message) bool {
+	if id&pubChannelBit == 0 {
+		return false
+	}
+	l.mu.Lock()
+	f := l.fetches[id]
+	l.mu.Unlock()
+	if f == nil {
+		return true // a fetch that gave up
+	}
+	switch m := m.(type) {
+	case *wire.Data:
+		if f.data == nil {
+			f.data = m.Bytes
+		}
+	case *wire.PubFetchOK:
+		f.ok = m
+		select {
+		case f.done <- struct{}{}:
+		default:
+		}
+	case *wire.Error:
+		f.err = m
+		select {
+		case f.done <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// pendingFetch collects an answer; done is signalled once it is complete.
+type pendingFetch struct {
+	fetchAnswer
+	done chan struct{}
+}
+
+// errNoLink: the agent has no link to its hub just now.
+var errNoLink = errors.New("no link to the hub")
+
+// fetch asks the hub for [off, off+n) of a publication over the current
+// link and waits for the answer.
+func (a *agentRunner) fetch(ctx context.Context, topic string, off uint64, n uint32) (fetchAnswer, error) {
+	l := a.cur.Load()
+	if l == nil {
+		return fetchAnswer{}, errNoLink
+	}
+	f := &pendingFetch{done: make(chan struct{}, 1)}
+	l.mu.Lock()
+	l.nextFetch++
+	id := l.nextFetch | pubChannelBit
+	l.fetches[id] = f
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		delete(l.fetches, id)
+		l.mu.Unlock()
+	}()
+	if err := l.send(&wire.PubFetch{Channel: id, Topic: topic, Offset: off, Length: n}); err != nil {
+		return fetchAnswer{}, err
+	}
+	t := time.NewTimer(a.b.cfg.timeout())
+	defer t.Stop()
+	select {
+	case <-f.done:
+		l.mu.Lock() // the receive loop wrote f before signalling
+		ans := f.fetchAnswer
+		l.mu.Unlock()
+		return ans, ans.err
+	case <-l.dead:
+		return fetchAnswer{}, errNoLink
+	case <-t.C:
+		return fetchAnswer{}, errors.New("the hub did not answer PUB_FETCH")
+	case <-ctx.Done():
+		return fetchAnswer{}, ctx.Err()
+	}
+}
+
+// recordReader decrypts a shared stdin's records (docs/PROTOCOL.md §13.5)
+// and writes the plaintext to w in order. It holds at most one record.
+type recordReader struct {
+	key   [32]byte
+	max   int // plaintext octets per record, at most
+	i     uint64
+	buf   []byte
+	plain []byte
+	done  bool // the final record was read
+	w     io.Writer
+	werr  error // the command stopped reading: the rest is discarded
+}
+
+// errRecord is a record that does not decrypt, or a malformed stream.
+type errRecord struct{ msg string }
+
+func (e *errRecord) Error() string { return e.msg }
+
+// recordNonce is "zp-stdin-record" ‖ final ‖ i (big-endian).
+func recordNonce(final bool, i uint64) *[24]byte {
+	var n [24]byte
+	copy(n[:], "zp-stdin-record")
+	if final {
+		n[15] = 1
+	}
+	binary.BigEndian.PutUint64(n[16:], i)
+	return &n
+}
+
+// feed takes the next octets of the publication.
+func (r *recordReader) feed(p []byte) error {
+	if r.done {
+		if len(p) > 0 {
+			return &errRecord{"octets after the final record"}
+		}
+		return nil
+	}
+	r.buf = append(r.buf, p...)
+	for len(r.buf) >= 4 && !r.done {
+		n := int(binary.BigEndian.Uint32(r.buf))
+		if n < secretbox.Overhead || n > r.max+secretbox.Overhead {
+			return &errRecord{fmt.Sprintf("record %d: length %d out of range", r.i, n)}
+		}
+		if len(r.buf) < 4+n {
+			break
+		}
+		final := n == secretbox.Overhead
+		out, ok := secretbox.Open(r.plain[:0], r.buf[4:4+n], recordNonce(final, r.i), &r.key)
+		if !ok {
+			return &errRecord{fmt.Sprintf("record %d does not decrypt: altered, or not for this key", r.i)}
+		}
+		r.plain = out
+		if len(out) > 0 && r.werr == nil {
+			if _, err := r.w.Write(out); err != nil {
+				r.werr = err
+			}
+		}
+		r.i++
+		r.done = final
+		r.buf = r.buf[4+n:]
+	}
+	if r.done && len(r.buf) > 0 {
+		return &errRecord{"octets after the final record"}
+	}
+	// Keep the partial record at the start of a buffer of bounded size.
+	if cap(r.buf) > 2*(r.max+secretbox.Overhead+4)+wire.MaxData {
+		r.buf = append([]byte(nil), r.buf...)
+	}
+	return nil
+}
+
+// feedShared feeds a command's stdin (w) from the publication named in
+// its EXEC, and closes w at the end. A stream that does not decrypt, or
+// ends without its final record, ends the channel with ERROR 422; a
+// publication the hub does not know (or not for this agent), 404.
+func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
+	defer w.Close()
+	a := ch.s.b.agent
+	r := &recordReader{max: int(m.Record), w: w, plain: make([]byte, 0, int(m.Record))}
+	copy(r.key[:], m.Key)
+	live := a.addLive(m.Topic)
+	defer a.dropLive(m.Topic, live)
+	fail := func(e *wire.Error) {
+		ch.s.b.log.Warn("shared stdin failed", "session", ch.s.id, "channel", ch.id, "code", int(e.Code), "err", e.Reason)
+		ch.send(e)
+		ch.s.release(ch.id, ch)
+	}
+	var want uint64 // the next octet of the publication
+	feed := func(p []byte) bool {
+		if err := r.feed(p); err != nil {
+			fail(wire.Errorf(ch.id, wire.CodeFlowControl, "shared stdin: %v", err))
+			return false
+		}
+		want += uint64(len(p))
+		ch.s.b.m.Bytes.WithLabelValues("in", "exec").Add(float64(len(p)))
+		return true
+	}
+	needFetch := true // first fetch what was published before we subscribed
+	idle := time.NewTimer(pubIdle)
+	defer idle.Stop()
+	for !r.done && r.werr == nil {
+		if needFetch {
+			ans, err := a.fetch(ch.ctx, m.Topic, want, maxPubFetch)
+			var we *wire.Error
+			switch {
+			case ch.ctx.Err() != nil:
+				return
+			case errors.As(err, &we) && we.Code == wire.CodeNotFound:
+				fail(wire.Errorf(ch.id, wire.CodeNotFound, "shared stdin: %s", we.Reason))
+				return
+			case err != nil:
+				// No link just now, or the hub is busy: try again soon.
+				select {
+				case <-ch.ctx.Done():
+					return
+				case <-time.After(pubIdle):
+				}
+				continue
+			}
+			if len(ans.data) > 0 && ans.ok.Next == want+uint64(len(ans.data)) {
+				if !feed(ans.data) {
+					return
+				}
+			}
+			if ans.ok.Final && want >= ans.ok.Size && !r.done {
+				fail(wire.Errorf(ch.id, wire.CodeFlowControl, "shared stdin: the publication ended without its final record"))
+				return
+			}
+			needFetch = want < ans.ok.Size
+			continue
+		}
+		if !idle.Stop() {
+			select {
+			case <-idle.C:
+			default:
+			}
+		}
+		idle.Reset(pubIdle)
+		select {
+		case <-ch.ctx.Done():
+			return
+		case pd := <-live:
+			end := pd.Offset + uint64(len(pd.Bytes))
+			switch {
+			case pd.Offset > want:
+				needFetch = true // we missed something
+			case end > want:
+				if !feed(pd.Bytes[want-pd.Offset:]) {
+					return
+				}
+			}
+			if pd.EOF() && end <= want && !r.done {
+				fail(wire.Errorf(ch.id, wire.CodeFlowControl, "shared stdin: the publication ended without its final record"))
+				return
+			}
+		case <-idle.C:
+			needFetch = true
+		}
+	}
+}
