@@ -49,7 +49,7 @@ const (
 	pubWindow         = 1 << 20
 	// maxPubFetch is the most a PUB_FETCH is answered with, and
 	// maxPubFetches the fetches one agent may have answered at once.
-	maxPubFetch   = 1 << 20
+	maxPubFetch   = 256 << 10
 	maxPubFetches = 2
 	// pubChannelBit marks the channels an agent chooses on its link (for
 	// PUB_FETCH); the hub's TUNNEL channels never have it.

@@ -2,8 +2,13 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,7 +121,28 @@ func (f *testFleet) restartHub() {
 // zp runs zp as the fleet client.
 func (f *testFleet) zp(args ...string) result {
 	f.t.Helper()
-	return run(f.t, nil, []string{"ZP_CONFIG=" + f.home}, "zp", append([]string{"--accept-new"}, args...)...)
+	return f.zpIn(nil, args...)
+}
+
+// zpIn runs zp as the fleet client with stdin.
+func (f *testFleet) zpIn(stdin io.Reader, args ...string) result {
+	f.t.Helper()
+	return run(f.t, stdin, []string{"ZP_CONFIG=" + f.home}, "zp", append([]string{"--accept-new"}, args...)...)
+}
+
+// textInput is n octets of random lowercase hex in lines of 64.
+func textInput(t *testing.T, n int) []byte {
+	t.Helper()
+	raw := make([]byte, n/2)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	b := []byte(hex.EncodeToString(raw))
+	for i := 64; i < len(b); i += 65 {
+		b[i] = '\n'
+	}
+	b[len(b)-1] = '\n'
+	return b
 }
 
 type listedAgent struct {
@@ -255,6 +281,42 @@ func TestFleetExec(t *testing.T) {
 			hosts[0].StdoutB64 != "Yf9i" || hosts[0].Stderr != "e\n" || hosts[0].ExitCode == nil || *hosts[0].ExitCode != 2 || hosts[0].Duration <= 0 {
 			t.Fatalf("--json: %v %+v", err, r)
 		}
+	})
+
+	t.Run("stdin", func(t *testing.T) {
+		// Published once, read whole by every command; -n gives /dev/null.
+		in := textInput(t, 3<<20)
+		sum := sha256.Sum256(in)
+		want := hex.EncodeToString(sum[:]) + "  -"
+		r := f.zpIn(bytes.NewReader(in), "--fleet", f.hub.Addr, "sha256sum")
+		out := prefixed(r.Stdout)
+		for _, n := range names {
+			if strings.Join(out[n], "|") != want {
+				t.Errorf("%s: %q, want %q", n, out[n], want)
+			}
+		}
+		if r.Code != 0 {
+			t.Fatalf("%+v", r)
+		}
+		r = f.zpIn(bytes.NewReader(in), "-n", "--fleet", f.hub.Addr, "wc", "-c")
+		for _, n := range names {
+			if strings.Join(prefixed(r.Stdout)[n], "|") != "0" {
+				t.Errorf("-n: %s: %q", n, r.Stdout)
+			}
+		}
+		// A command that does not read its stdin ends all the same.
+		r = f.zpIn(bytes.NewReader(in), "--fleet", f.hub.Addr, "--hosts", "web*", "true")
+		if r.Code != 0 || !strings.Contains(r.Stderr, "zp: 2 ok") {
+			t.Fatalf("true: %+v", r)
+		}
+		if strings.Contains(f.hub.Log(), string(in[:64])) {
+			t.Fatal("the hub logged the input")
+		}
+		// The hub deleted the publications (its state dir keeps nothing).
+		eventually(t, 5*time.Second, "publications deleted", func() bool {
+			m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
+			return m != nil && metric(t, m[1], `zp_fleet_publications`) == 0 && metric(t, m[1], `zp_fleet_published_bytes_total`) > 3<<20
+		})
 	})
 
 	t.Run("no-op latency", func(t *testing.T) {
@@ -490,51 +552,67 @@ func TestFleet50(t *testing.T) {
 	r = f.zp("--fleet", f.hub.Addr, "true")
 	t.Logf("no-op on 50 agents: %v, %v", noop.Round(time.Millisecond), r.Elapsed.Round(time.Millisecond))
 
-	big := `head -c 1048576 /dev/zero | tr '\0' x; echo`
-	r = f.zp("--fleet", f.hub.Addr, "sh", "-c", big)
-	counts := map[string]int{}
-	for n, lines := range prefixed(r.Stdout) {
-		for _, l := range lines {
-			counts[n] += strings.Count(l, "x")
-		}
+	// 1 MiB of stdin to every agent, 1 MiB of output back from each:
+	// the input is published once, each command copies it out.
+	in := textInput(t, 1<<20)
+	sum := sha256.Sum256(in)
+	sumLine := hex.EncodeToString(sum[:])
+	echo := `tee /dev/stderr | sha256sum` // the input back on stderr, its digest on stdout
+	type hostJSON struct {
+		Host     string  `json:"host"`
+		Stdout   string  `json:"stdout"`
+		Stderr   string  `json:"stderr"`
+		Error    string  `json:"error"`
+		Duration float64 `json:"duration_seconds"`
 	}
-	for _, n := range names {
-		if counts[n] != 1<<20 {
-			t.Errorf("%s: %d octets of output", n, counts[n])
+	check := func(r result, skip string) (slowest float64, byHost map[string]hostJSON) {
+		t.Helper()
+		var hosts []hostJSON
+		if err := json.Unmarshal([]byte(r.Stdout), &hosts); err != nil || len(hosts) != 50 {
+			t.Fatalf("--json: %v, %d hosts; stderr %s", err, len(hosts), r.Stderr)
 		}
+		byHost = map[string]hostJSON{}
+		for _, h := range hosts {
+			byHost[h.Host] = h
+			if h.Host == skip {
+				continue
+			}
+			if h.Stderr != string(in) || h.Stdout != sumLine+"  -\n" || h.Error != "" {
+				t.Errorf("%s: %d octets of %d back, stdout %q, error %q", h.Host, len(h.Stderr), len(in), h.Stdout, h.Error)
+			}
+			slowest = max(slowest, h.Duration)
+		}
+		return slowest, byHost
 	}
+	r = f.zpIn(bytes.NewReader(in), "--fleet", f.hub.Addr, "--json", "sh", "-c", echo)
 	if r.Code != 0 {
-		t.Fatalf("1 MiB each: exit %d %s", r.Code, r.Stderr)
+		t.Fatalf("1 MiB each way: exit %d %s", r.Code, r.Stderr)
 	}
+	check(r, "")
 	allUp := r.Elapsed
-	t.Logf("1 MiB of output from each of 50 agents: %v", allUp.Round(time.Millisecond))
+	t.Logf("1 MiB of stdin to each of 50 agents and 1 MiB back from each: %v", allUp.Round(time.Millisecond))
+
+	// A command that reads its stdin 3 s late slows nobody else: the
+	// publication waits on the hub, and its agent fetches it then.
+	late := agentNameCmd + `; [ "$name" = n05 ] && sleep 3; ` + echo
+	r = f.zpIn(bytes.NewReader(in), "--fleet", f.hub.Addr, "--json", "sh", "-c", late)
+	slowest, byHost := check(r, "n05")
+	if h := byHost["n05"]; r.Code != 0 || h.Stderr != string(in) || h.Duration < 3 {
+		t.Fatalf("the late reader: exit %d, %d octets, %.2fs; %s", r.Code, len(h.Stderr), h.Duration, r.Stderr)
+	}
+	t.Logf("with n05 reading 3 s late: zp took %v; the slowest of the other 49 took %.2fs", r.Elapsed.Round(time.Millisecond), slowest)
+	if limit := max(1.5*allUp.Seconds(), allUp.Seconds()+2); slowest > limit {
+		t.Errorf("a late reader slowed the others: the slowest took %.2fs, all 50 took %v", slowest, allUp)
+	}
 
 	// One agent stopped just before: still listed up, it answers nothing.
 	stopped := f.agents["n17"].cmd.Process
 	stopped.Signal(syscall.SIGSTOP)
 	t.Cleanup(func() { stopped.Signal(syscall.SIGCONT) })
-	r = f.zp("--fleet", f.hub.Addr, "--json", "sh", "-c", big)
-	var hosts []struct {
-		Host     string  `json:"host"`
-		Stdout   string  `json:"stdout"`
-		Error    string  `json:"error"`
-		Duration float64 `json:"duration_seconds"`
-	}
-	if err := json.Unmarshal([]byte(r.Stdout), &hosts); err != nil || len(hosts) != 50 {
-		t.Fatalf("--json: %v, %d hosts; stderr %s", err, len(hosts), r.Stderr)
-	}
-	slowest := 0.0
-	for _, h := range hosts {
-		if h.Host == "n17" {
-			if h.Error == "" || h.Duration < 2 {
-				t.Errorf("the stopped agent: %+v", h)
-			}
-			continue
-		}
-		if len(h.Stdout) != 1<<20+1 || h.Error != "" {
-			t.Errorf("%s: %d octets, error %q", h.Host, len(h.Stdout), h.Error)
-		}
-		slowest = max(slowest, h.Duration)
+	r = f.zpIn(bytes.NewReader(in), "--fleet", f.hub.Addr, "--json", "sh", "-c", echo)
+	slowest, byHost = check(r, "n17")
+	if h := byHost["n17"]; h.Error == "" || h.Duration < 2 {
+		t.Errorf("the stopped agent: %+v", h)
 	}
 	t.Logf("with n17 stopped: zp took %v; the slowest of the other 49 took %.2fs", r.Elapsed.Round(time.Millisecond), slowest)
 	if r.Code != 255 || !strings.Contains(r.Stderr, "49 ok, 1 failed: n17 (unreachable)") {

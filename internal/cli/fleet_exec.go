@@ -75,7 +75,8 @@ its own tunnel (CURVE end to end with the agent; the agent's authorized_keys
 decide as which user, from [user@]HUB, -l or --user). Output lines are prefixed
 with the agent's name (stdout to stdout, stderr to stderr); a summary goes to
 stderr. Exit status: 0 when every host succeeded, else the largest exit code,
-255 when a host could not be reached. The command gets no stdin yet (as -n).
+255 when a host could not be reached. Stdin (unless -n) is published once to the
+hub, encrypted with a key only the agents get, and every command reads all of it.
   zp fleet HUB      lists the agents (--json, --prometheus-sd)`
 
 // hostResult is how the command went on one agent.
@@ -149,6 +150,37 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Stdin is published once to the hub, encrypted with a key that goes
+	// to each agent inside its tunnel, and only to the agents we run on.
+	var shared *client.SharedStdin
+	if !opts.noStdin && !isDevNull(io.InFile) {
+		var names []string
+		for _, a := range agents {
+			if untrusted[a.Name] == nil && a.State == client.AgentUp {
+				names = append(names, a.Name)
+			}
+		}
+		if len(names) > 0 {
+			if io.InFile != nil {
+				growPipe(io.InFile)
+			}
+			pub, err := fl.Publish(ctx, names, io.In)
+			if err != nil {
+				var we *wire.Error
+				if errors.As(err, &we) && we.Code == wire.CodeBadRequest {
+					return withCode(ExitFailure, fmt.Errorf("%s cannot pass stdin to the fleet (%s): use -n, or upgrade its zpd", t.Host, we.Reason))
+				}
+				return fleetError(t, err)
+			}
+			defer pub.Close()
+			shared = &pub.Shared
+			defer func() {
+				if n, eof := pub.Sent(); !eof && pub.Err() != nil && !conn.quiet {
+					fmt.Fprintf(io.Err, "zp: stdin: published %d octets, then: %v\n", n, pub.Err())
+				}
+			}()
+		}
+	}
 	sigs := forwardSignals(ctx, cancel, io, conn.quiet)
 	pr := newFleetPrinter(io, fo, len(agents))
 	results := make([]*hostResult, len(agents))
@@ -186,7 +218,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 			}
 			defer sess.Close()
 			stdout, stderr := pr.writers(r)
-			st, err := sess.Exec(ctx, client.ExecRequest{Argv: argv, Env: env, Stdout: stdout, Stderr: stderr, Signals: sigs.add()})
+			st, err := sess.Exec(ctx, client.ExecRequest{Argv: argv, Env: env, Stdout: stdout, Stderr: stderr, Signals: sigs.add(), Shared: shared})
 			pr.flush(r)
 			switch {
 			case err != nil:
@@ -210,6 +242,19 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 		return withCode(ExitFailure, err)
 	}
 	return fleetSummary(io, conn.quiet, results)
+}
+
+// isDevNull reports whether f is /dev/null: nothing to publish.
+func isDevNull(f *os.File) bool {
+	if f == nil {
+		return false
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	null, err := os.Stat(os.DevNull)
+	return err == nil && os.SameFile(st, null)
 }
 
 // dialFailure names why an agent could not be reached, for the summary.
