@@ -111,7 +111,7 @@ func (l *agentLink) runSub(ctx context.Context, publish string, hubKey curve.Pub
 			a.b.log.Warn("hub's publish endpoint unusable; shared stdin will be fetched", "publish", publish, "err", err)
 			return
 		}
-		ep = zmtp.SchemeTCP + "://" + net.JoinHostPort(host, publish[1:])
+		ep = "tcp://" + net.JoinHostPort(host, publish[1:])
 	}
 	zep, err := zmtp.Endpoint(ep)
 	if err != nil {

@@ -615,6 +615,9 @@ func (b *Broker) reaper(ctx context.Context) {
 		if now.Sub(lastExpire) > min(time.Minute, b.cfg.jobRetention()/4) {
 			lastExpire = now
 			b.jobs.expire(b.cfg.jobRetention())
+			if b.hub != nil {
+				b.hub.expireFleetJobs(now)
+			}
 		}
 		var kick []*connInfo
 		var expired []*session

@@ -55,6 +55,8 @@ type hub struct {
 	tunnels int                            // open relays
 	pubs    map[string]*publication        // by topic
 	pubsOf  map[*session]map[uint32]*publication
+	// fleetJobs are the fleet job records, by id (fleetjobs.go).
+	fleetJobs map[string]*fleetJob
 }
 
 // hubAgent is an agent as the hub knows it.
@@ -106,7 +108,7 @@ func newHub(b *Broker, cfg *HubConfig) *hub {
 		return nil
 	}
 	host, _ := os.Hostname()
-	return &hub{
+	h := &hub{
 		b: b, cfg: *cfg, m: metrics.NewFleet(b.cfg.Registerer),
 		name:    host + " zpd/" + wire.SoftwareVersion,
 		agents:  make(map[string]*hubAgent),
@@ -114,7 +116,13 @@ func newHub(b *Broker, cfg *HubConfig) *hub {
 		clients: make(map[*session]map[uint32]*relay),
 		pubs:    make(map[string]*publication),
 		pubsOf:  make(map[*session]map[uint32]*publication),
+
+		fleetJobs: make(map[string]*fleetJob),
 	}
+	if err := h.loadFleetJobs(); err != nil {
+		b.log.Error("could not read the fleet job records", "dir", h.fleetJobDir(), "err", err)
+	}
+	return h
 }
 
 func (h *hub) maxTunnels() int { return intOr(h.cfg.MaxTunnels, 10000) }
@@ -521,6 +529,10 @@ func (h *hub) request(s *session, m wire.Message) {
 		h.openTunnel(s, m)
 	case *wire.Publish:
 		h.publish(s, m)
+	case *wire.FleetJob:
+		h.recordFleetJob(s, m)
+	case *wire.FleetJobs:
+		h.listFleetJobs(s, m)
 	default:
 		id, _ := wire.ChannelOf(m)
 		s.sendErr(wire.Errorf(id, wire.CodeBadRequest, "%s is not supported by this hub yet", m.ID()))

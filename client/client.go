@@ -54,6 +54,10 @@ type Config struct {
 	// (Endpoint then only names the peer): Fleet.DialAgent reaches an
 	// agent through a hub's tunnel this way.
 	Dial func(ctx context.Context) (net.Conn, error)
+	// DialPublish, if set, makes the connection to the server's XPUB
+	// for following jobs (a tunnel through a hub); else FOLLOW_OK's
+	// publish endpoint is dialled.
+	DialPublish func(ctx context.Context) (net.Conn, error)
 }
 
 func (c *Config) connectTimeout() time.Duration {

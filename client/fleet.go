@@ -193,6 +193,11 @@ func (f *Fleet) DialAgent(ctx context.Context, a Agent, cfg Config) (*Session, e
 		defer cancel()
 		return f.Tunnel(ctx, a.Name, wire.PortControl)
 	}
+	cfg.DialPublish = func(ctx context.Context) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return f.Tunnel(ctx, a.Name, wire.PortPublish)
+	}
 	return Dial(ctx, cfg)
 }
 
@@ -313,4 +318,70 @@ func (r *tunnelRoutes) fail(err error) {
 	for id, c := range open {
 		_ = c.Deliver(wire.Errorf(id, wire.CodeUnavailable, "the session with the hub ended: %v", err))
 	}
+}
+
+// FleetJob is a hub's record of a background job started on several
+// agents (docs/PROTOCOL.md §13.6).
+type FleetJob struct {
+	ID      string
+	Command string
+	Started time.Time
+	Jobs    map[string]string // agent name → job id on that agent
+}
+
+// RecordJob records jobs started on agents (name → job id there) as one
+// fleet job on the hub and returns its id.
+func (f *Fleet) RecordJob(ctx context.Context, command string, jobs map[string]string) (string, error) {
+	m, err := f.s.request(ctx, func(ch uint32) wire.Message {
+		return &wire.FleetJob{Channel: ch, Command: command, Jobs: jobs}
+	})
+	if err != nil {
+		return "", err
+	}
+	ok, isOK := m.(*wire.FleetJobOK)
+	if !isOK {
+		return "", fmt.Errorf("unexpected %s", m.ID())
+	}
+	return ok.Job, nil
+}
+
+// Jobs lists the caller's fleet jobs, oldest first, or (id != "") the one
+// with that id: an id that is not the caller's is *wire.Error 404.
+func (f *Fleet) Jobs(ctx context.Context, id string) ([]FleetJob, error) {
+	m, err := f.s.request(ctx, func(ch uint32) wire.Message {
+		return &wire.FleetJobs{Channel: ch, Job: id}
+	})
+	if err != nil {
+		return nil, err
+	}
+	l, ok := m.(*wire.FleetJobList)
+	if !ok {
+		return nil, fmt.Errorf("unexpected %s", m.ID())
+	}
+	out := make([]FleetJob, 0, len(l.Jobs))
+	for _, d := range l.Jobs {
+		j := FleetJob{ID: d["id"], Command: d["command_line"], Jobs: map[string]string{}}
+		j.Started, _ = time.Parse(time.RFC3339, d["started"])
+		for k, v := range d {
+			if name, ok := strings.CutPrefix(k, "job."); ok {
+				j.Jobs[name] = v
+			}
+		}
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+// IsFleetJobID reports whether id names a fleet job ("F-" and 20
+// letters or digits) rather than a job on one zpd.
+func IsFleetJobID(id string) bool {
+	if len(id) != 22 || !strings.HasPrefix(id, "F-") {
+		return false
+	}
+	for _, c := range id[2:] {
+		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z') {
+			return false
+		}
+	}
+	return true
 }

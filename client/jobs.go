@@ -513,20 +513,24 @@ func (s *Session) fetchRange(ctx context.Context, job string, st wire.Stream, st
 // security and subscribes to the streams' topics.
 func (s *Session) subscribe(ctx context.Context, publish, topic string, streams []wire.Stream) (zmq4.Socket, error) {
 	ep := publish
-	if strings.HasPrefix(publish, ":") {
+	if strings.HasPrefix(publish, ":") && s.cfg.DialPublish == nil {
 		host, _, err := net.SplitHostPort(strings.TrimPrefix(s.cfg.Endpoint, "tcp://"))
 		if err != nil {
 			return nil, fmt.Errorf("publish endpoint: %w", err)
 		}
 		ep = "tcp://" + net.JoinHostPort(host, publish[1:])
 	}
-	zep, err := zmtp.Endpoint(ep)
-	if err != nil {
-		return nil, err
+	zep := zmtp.SchemeDial + "://publish" // DialPublish: a tunnel
+	if s.cfg.DialPublish == nil {
+		var err error
+		if zep, err = zmtp.Endpoint(ep); err != nil {
+			return nil, err
+		}
 	}
 	zcfg := &zmtp.Config{Mechanism: s.cfg.Mechanism, SocketType: string(zmq4.Sub),
 		HandshakeTimeout: s.cfg.connectTimeout(), OnFull: zmtp.Block,
-		MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 256, MaxFrames: 3}
+		MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 256, MaxFrames: 3,
+		Dial: s.cfg.DialPublish}
 	sub := zmq4.NewSub(zmtp.WithConfig(ctx, zcfg), zmq4.WithDialerMaxRetries(0),
 		zmq4.WithDialerTimeout(s.cfg.connectTimeout()), zmq4.WithLogger(log.New(io.Discard, "", 0)))
 	topics := []string{topic + "x"}

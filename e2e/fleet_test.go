@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/zpipes/zp/client"
 )
 
 // testFleet is a hub and its agents, each a zpd process with CURVE, and
@@ -628,5 +630,118 @@ func TestFleet50(t *testing.T) {
 	t.Logf("hub peak RSS %d MiB", kb>>10)
 	if kb > 150<<10 && os.Getenv("ZP_E2E_RACE") == "" {
 		t.Errorf("hub peak RSS %d KiB, want < 150 MiB", kb)
+	}
+}
+
+// TestFleetJobs: zp --fleet --async starts a job on every agent and
+// records one fleet job on the hub; zp jobs, zp job status|follow|wait|kill
+// fan out to the agents; another key gets 404; records expire with
+// --job-retention.
+func TestFleetJobs(t *testing.T) {
+	names := []string{"web1", "web2", "db1"}
+	f := newTestFleet(t, names, "--job-retention", "1h")
+	for _, n := range names {
+		f.startAgent(n)
+	}
+	f.waitStates(15*time.Second, "up", names...)
+
+	// A job's parent is zpd's job shim, whose stdout is the job's log
+	// under the agent's state directory (state-NAME).
+	jobAgentNameCmd := `name=$(readlink /proc/$PPID/fd/1 | sed 's#.*/state-\([^/]*\)/.*#\1#')`
+	r := f.zp("--fleet", f.hub.Addr, "--async", "sh", "-c", jobAgentNameCmd+`; echo "start $name"; sleep 1; echo "err $name" >&2; echo "done $name"; case $name in db1) exit 3;; esac`)
+	id := strings.TrimSpace(r.Stdout)
+	if r.Code != 0 || !regexp.MustCompile(`^F-[0-9A-Za-z]{20}$`).MatchString(id) || !strings.Contains(r.Stderr, "zp: 3 ok") {
+		t.Fatalf("--async: %+v", r)
+	}
+	r = f.zp("jobs", f.hub.Addr)
+	if r.Code != 0 || !strings.Contains(r.Stdout, id+"  fleet") || !strings.Contains(r.Stdout, "3 hosts") || !strings.Contains(r.Stdout, "sh -c") {
+		t.Fatalf("zp jobs: %+v", r)
+	}
+	r = f.zp("job", "follow", f.hub.Addr, id)
+	out, errs := prefixed(r.Stdout), prefixed(r.Stderr)
+	for _, n := range names {
+		if strings.Join(out[n], "|") != "start "+n+"|done "+n || strings.Join(errs[n], "|") != "err "+n {
+			t.Errorf("follow %s: stdout %q stderr %q", n, out[n], errs[n])
+		}
+	}
+	if r.Code != 3 || !strings.Contains(r.Stderr, "zp: 2 ok, 1 failed: db1 (exit 3)") {
+		t.Fatalf("follow: %+v", r)
+	}
+	r = f.zp("job", "status", f.hub.Addr, id)
+	if r.Code != 0 || !regexp.MustCompile(`(?m)^db1\s+\S+\s+exited\s+exit 3$`).MatchString(r.Stdout) ||
+		!regexp.MustCompile(`(?m)^web2\s+\S+\s+exited\s+exit 0$`).MatchString(r.Stdout) {
+		t.Fatalf("status: %+v", r)
+	}
+	r = f.zp("job", "wait", f.hub.Addr, id)
+	if r.Code != 3 || r.Stdout != "" {
+		t.Fatalf("wait: %+v", r)
+	}
+
+	// Kill: a long job on web*, killed everywhere at once.
+	r = f.zp("--fleet", f.hub.Addr, "--hosts", "web*", "--async", "sleep", "300")
+	long := strings.TrimSpace(r.Stdout)
+	if r.Code != 0 || !client.IsFleetJobID(long) {
+		t.Fatalf("--async sleep: %+v", r)
+	}
+	if r = f.zp("job", "kill", f.hub.Addr, long); r.Code != 0 {
+		t.Fatalf("kill: %+v", r)
+	}
+	r = f.zp("job", "wait", f.hub.Addr, long)
+	if r.Code != 143 || !strings.Contains(r.Stderr, "web1 (exit 143)") || !strings.Contains(r.Stderr, "web2 (exit 143)") {
+		t.Fatalf("wait after kill: %+v", r)
+	}
+
+	// Records belong to the key that made them: another fleet client,
+	// authorised on every agent too, sees none of them.
+	other := t.TempDir()
+	otherKey := keygen(t, other)
+	clients := filepath.Join(f.dir, "fleet_clients")
+	b, _ := os.ReadFile(clients)
+	os.WriteFile(clients, append(b, []byte(otherKey+"\n")...), 0o600)
+	ak, _ := os.ReadFile(f.agentAK)
+	os.WriteFile(f.agentAK, append(ak, []byte(otherKey+"\n")...), 0o600)
+	zpOther := func(args ...string) result {
+		return run(t, nil, []string{"ZP_CONFIG=" + other}, "zp", append([]string{"--accept-new"}, args...)...)
+	}
+	eventually(t, 10*time.Second, "the other key admitted", func() bool {
+		return zpOther("fleet", f.hub.Addr).Code == 0
+	})
+	for _, args := range [][]string{{"status"}, {"follow"}, {"kill"}, {"rm"}} {
+		r = zpOther(append(append([]string{"job"}, args...), f.hub.Addr, id)...)
+		if r.Code != 2 || !strings.Contains(r.Stderr, "no fleet job "+id) {
+			t.Errorf("job %s by another key: %+v", args[0], r)
+		}
+	}
+	if r = zpOther("jobs", f.hub.Addr); r.Code != 0 || strings.Contains(r.Stdout, "F-") {
+		t.Errorf("jobs by another key: %+v", r)
+	}
+
+	// The record survives a hub restart.
+	f.restartHub()
+	f.waitStates(30*time.Second, "up", names...)
+	if r = f.zp("jobs", f.hub.Addr); !strings.Contains(r.Stdout, id) || !strings.Contains(r.Stdout, long) {
+		t.Fatalf("after a hub restart: %+v", r)
+	}
+}
+
+// A hub forgets fleet job records --job-retention after they were made.
+func TestFleetJobsRetention(t *testing.T) {
+	f := newTestFleet(t, []string{"a1"}, "--job-retention", "2s")
+	f.startAgent("a1")
+	f.waitStates(15*time.Second, "up", "a1")
+	r := f.zp("--fleet", f.hub.Addr, "--async", "true")
+	id := strings.TrimSpace(r.Stdout)
+	if r.Code != 0 || !client.IsFleetJobID(id) {
+		t.Fatalf("%+v", r)
+	}
+	if r = f.zp("job", "status", f.hub.Addr, id); r.Code != 0 {
+		t.Fatalf("status: %+v", r)
+	}
+	eventually(t, 10*time.Second, "the record expired", func() bool {
+		return f.zp("job", "status", f.hub.Addr, id).Code == 2
+	})
+	ents, _ := os.ReadDir(filepath.Join(f.hub.State, "fleetjobs"))
+	if len(ents) != 0 {
+		t.Fatalf("files left: %v", ents)
 	}
 }

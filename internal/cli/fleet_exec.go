@@ -77,6 +77,10 @@ with the agent's name (stdout to stdout, stderr to stderr); a summary goes to
 stderr. Exit status: 0 when every host succeeded, else the largest exit code,
 255 when a host could not be reached. Stdin (unless -n) is published once to the
 hub, encrypted with a key only the agents get, and every command reads all of it.
+With --async, the command starts as a background job on every agent (stdin
+/dev/null) and zp prints one fleet job id, for
+  zp jobs HUB | zp job status|follow|wait|kill|rm HUB FLEETJOB
+(follow prefixes each agent's output with its name and exits as zp --fleet).
   zp fleet HUB      lists the agents (--json, --prometheus-sd)`
 
 // hostResult is how the command went on one agent.
@@ -96,11 +100,8 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	if len(argv) == 0 {
 		return withCode(ExitUsage, errors.New("usage: zp --fleet HUB [flags] command [args...]"))
 	}
-	if opts.async {
-		return withCode(ExitUsage, errors.New("--async with --fleet is not supported yet"))
-	}
 	if opts.stdinFile != "" {
-		return withCode(ExitUsage, errors.New("--stdin-file goes with --async"))
+		return withCode(ExitUsage, errors.New("--stdin-file does not go with --fleet (--fleet --async jobs read /dev/null)"))
 	}
 	env, err := localEnv(io.Getenv, opts.env)
 	if err != nil {
@@ -123,29 +124,13 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	if len(agents) == 0 {
 		return withCode(ExitFailure, fmt.Errorf("no agent of %s%s", t.Host, fo.sel.describe()))
 	}
-	keys, untrusted, err := conn.agentKeys(io, t.Host, agents)
+	ad, err := conn.agentDialer(io, t, fl, agents, fo.connectTimeoutSet)
 	if err != nil {
-		return withCode(ExitFailure, err)
+		return err
 	}
-	secret, _ := identityPaths(configDir(io.Getenv))
-	kp, err := curve.LoadKeyPair(secret)
-	if err != nil {
-		return withCode(ExitFailure, fmt.Errorf("client key: %w", err))
-	}
-	user := t.remoteUser()
-	// What the hub may hold for this command, at most a window per
-	// tunnel: 8 MiB in all, between 16 KiB and 1 MiB per agent. Every
-	// tunnel shares zp's one connection to the hub, so this is also how
-	// far a message (an OPEN_OK, a PONG) may queue behind other agents'
-	// output: 32 MiB took over 5 s to drain on a starved 2-core machine
-	// (TestFleet50 saw an agent's OPEN_OK time out).
-	fl.TunnelWindow = min(1<<20, max(16<<10, (8<<20)/len(agents)))
-	agentTimeout, agentConnect := conn.timeout, conn.connectTimeout
-	if agentTimeout == 0 {
-		agentTimeout = fleetPatience
-	}
-	if !fo.connectTimeoutSet {
-		agentConnect = fleetPatience
+	untrusted, user := ad.untrusted, ad.user
+	if opts.async {
+		return fleetAsyncRun(ctx, opts, fl, ad, agents, argv, env)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -205,11 +190,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 			start := time.Now()
 			defer func() { r.dur = time.Since(start) }()
 			sem <- struct{}{}
-			sess, err := fl.DialAgent(ctx, a, client.Config{
-				User: user, Mechanism: &curve.Client{Key: kp, ServerKey: keys[a.Name]},
-				ConnectTimeout: agentConnect, Timeout: agentTimeout,
-				ClientName: "zp/" + wire.SoftwareVersion,
-			})
+			sess, err := ad.dial(ctx, a)
 			<-sem
 			if err != nil {
 				r.err, r.why = describeConnectError(Target{Host: a.Name, User: user}, err), dialFailure(err)
@@ -242,6 +223,54 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 		return withCode(ExitFailure, err)
 	}
 	return fleetSummary(io, conn.quiet, results)
+}
+
+// agentDialer opens sessions with a hub's agents through tunnels.
+type agentDialer struct {
+	fl        *client.Fleet
+	keys      map[string]curve.PublicKey
+	untrusted map[string]error // agents whose key cannot be trusted
+	kp        curve.KeyPair
+	user      string
+	timeout   time.Duration
+	connect   time.Duration
+}
+
+// agentDialer pins the agents' keys, loads ours, and sizes the tunnels.
+func (conn *connFlags) agentDialer(io *IO, t Target, fl *client.Fleet, agents []client.Agent, connectTimeoutSet bool) (*agentDialer, error) {
+	keys, untrusted, err := conn.agentKeys(io, t.Host, agents)
+	if err != nil {
+		return nil, withCode(ExitFailure, err)
+	}
+	secret, _ := identityPaths(configDir(io.Getenv))
+	kp, err := curve.LoadKeyPair(secret)
+	if err != nil {
+		return nil, withCode(ExitFailure, fmt.Errorf("client key: %w", err))
+	}
+	// What the hub may hold for this command, at most a window per
+	// tunnel: 8 MiB in all, between 16 KiB and 1 MiB per agent. Every
+	// tunnel shares zp's one connection to the hub, so this is also how
+	// far a message (an OPEN_OK, a PONG) may queue behind other agents'
+	// output: 32 MiB took over 5 s to drain on a starved 2-core machine
+	// (TestFleet50 saw an agent's OPEN_OK time out).
+	fl.TunnelWindow = min(1<<20, max(16<<10, (8<<20)/max(len(agents), 1)))
+	ad := &agentDialer{fl: fl, keys: keys, untrusted: untrusted, kp: kp, user: t.remoteUser(),
+		timeout: conn.timeout, connect: conn.connectTimeout}
+	if ad.timeout == 0 {
+		ad.timeout = fleetPatience
+	}
+	if !connectTimeoutSet {
+		ad.connect = fleetPatience
+	}
+	return ad, nil
+}
+
+func (ad *agentDialer) dial(ctx context.Context, a client.Agent) (*client.Session, error) {
+	return ad.fl.DialAgent(ctx, a, client.Config{
+		User: ad.user, Mechanism: &curve.Client{Key: ad.kp, ServerKey: ad.keys[a.Name]},
+		ConnectTimeout: ad.connect, Timeout: ad.timeout,
+		ClientName: "zp/" + wire.SoftwareVersion,
+	})
 }
 
 // isDevNull reports whether f is /dev/null: nothing to publish.

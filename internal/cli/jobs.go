@@ -66,16 +66,39 @@ func newJobsCmd(io *IO, conn *connFlags) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "jobs [flags] [user@]host",
-		Short: "list your background jobs on a host",
+		Short: "list your background jobs on a host (and your fleet jobs on a hub)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			var jobs []map[string]string
+			var fleetJobs []client.FleetJob
 			err := conn.withSession(c.Context(), io, args[0], "", func(s *client.Session) (err error) {
 				jobs, err = s.Jobs(c.Context())
-				return err
+				var we *wire.Error
+				fleetOnly := errors.As(err, &we) && we.Code == wire.CodeUnauthorised
+				if err != nil && !fleetOnly {
+					return err
+				}
+				// A hub also lists the fleet jobs recorded by this key.
+				fj, ferr := fleetJobsList(c.Context(), s)
+				if ferr != nil {
+					return ferr
+				}
+				fleetJobs = fj
+				if fleetOnly && fj == nil {
+					return err
+				}
+				return nil
 			})
 			if err != nil {
 				return err
+			}
+			for _, fj := range fleetJobs {
+				d := map[string]string{"id": fj.ID, "status": "fleet", "command_line": fj.Command,
+					"started": fj.Started.Format(time.RFC3339), "hosts": strconv.Itoa(len(fj.Jobs))}
+				for n, id := range fj.Jobs {
+					d["job."+n] = id
+				}
+				jobs = append(jobs, d)
 			}
 			if asJSON {
 				if jobs == nil {
@@ -86,6 +109,10 @@ func newJobsCmd(io *IO, conn *connFlags) *cobra.Command {
 			w := tabwriter.NewWriter(io.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "ID\tSTATE\tUSER\tSTARTED\tELAPSED/EXIT\tCOMMAND")
 			for _, j := range jobs {
+				if j["status"] == "fleet" {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", j["id"], "fleet", "-", j["started"], j["hosts"]+" hosts", j["command_line"])
+					continue
+				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", j["id"], j["status"], j["user"], j["started"], elapsedOrExit(j), j["command_line"])
 			}
 			return w.Flush()
@@ -126,6 +153,9 @@ func newJobStatusCmd(io *IO, conn *connFlags) *cobra.Command {
 		Short: "describe a job (key = value lines, or --json)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
+			if client.IsFleetJobID(args[1]) {
+				return fleetJobStatus(c.Context(), io, conn, args[0], args[1], asJSON)
+			}
 			var info map[string]string
 			err := conn.withSession(c.Context(), io, args[0], args[1], func(s *client.Session) (err error) {
 				info, err = s.JobStatus(c.Context(), args[1])
@@ -216,6 +246,9 @@ watch one job; a slow one never slows the job or the others.`,
 			if o.stderr || o.all {
 				fo.Stderr = io.Err
 			}
+			if client.IsFleetJobID(args[1]) {
+				return fleetJobFollow(c.Context(), io, conn, args[0], args[1], fo, true)
+			}
 			return followRun(c.Context(), io, conn, args[0], args[1], fo)
 		},
 	}
@@ -233,6 +266,9 @@ func newJobWaitCmd(io *IO, conn *connFlags) *cobra.Command {
 		Short: "wait for a job to end and exit with its exit code",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
+			if client.IsFleetJobID(args[1]) {
+				return fleetJobFollow(c.Context(), io, conn, args[0], args[1], client.FollowOptions{}, false)
+			}
 			return followRun(c.Context(), io, conn, args[0], args[1], client.FollowOptions{})
 		},
 	}
@@ -312,8 +348,14 @@ func newJobKillCmd(io *IO, conn *connFlags) *cobra.Command {
 		Short: "send a signal to a job's process group",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
+			name := strings.TrimPrefix(strings.ToUpper(sig), "SIG")
+			if client.IsFleetJobID(args[1]) {
+				return fleetJobEach(c.Context(), io, conn, args[0], args[1], func(ctx context.Context, s *client.Session, job string) error {
+					return s.KillJob(ctx, job, name)
+				})
+			}
 			return conn.withSession(c.Context(), io, args[0], args[1], func(s *client.Session) error {
-				return s.KillJob(c.Context(), args[1], strings.TrimPrefix(strings.ToUpper(sig), "SIG"))
+				return s.KillJob(c.Context(), args[1], name)
 			})
 		},
 	}
@@ -327,6 +369,11 @@ func newJobRmCmd(io *IO, conn *connFlags) *cobra.Command {
 		Short: "forget a finished job and delete its output",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
+			if client.IsFleetJobID(args[1]) {
+				return fleetJobEach(c.Context(), io, conn, args[0], args[1], func(ctx context.Context, s *client.Session, job string) error {
+					return s.RemoveJob(ctx, job)
+				})
+			}
 			return conn.withSession(c.Context(), io, args[0], args[1], func(s *client.Session) error {
 				return s.RemoveJob(c.Context(), args[1])
 			})

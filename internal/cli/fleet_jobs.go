@@ -1,0 +1,323 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/signal"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/wire"
+)
+
+// fleetAsyncRun starts argv as a background job on every selected agent
+// (each through its own tunnel), records them on the hub as one fleet job
+// and prints its id. Jobs read /dev/null, as zp --async without
+// --stdin-file.
+func fleetAsyncRun(ctx context.Context, opts *zpOptions, fl *client.Fleet, ad *agentDialer, agents []client.Agent, argv []string, env map[string]string) error {
+	io := opts.io
+	pr := newFleetPrinter(io, &opts.fleet, len(agents))
+	results := make([]*hostResult, len(agents))
+	ids := make([]string, len(agents))
+	sem := make(chan struct{}, fleetDials)
+	var wg sync.WaitGroup
+	for i, a := range agents {
+		r := &hostResult{name: a.Name}
+		results[i] = r
+		if err := ad.untrusted[a.Name]; err != nil {
+			r.err, r.why = err, "untrusted key"
+			pr.failed(r)
+			continue
+		}
+		if a.State != client.AgentUp {
+			r.err, r.why = fmt.Errorf("lost by the hub (last seen %s)", ago(a.LastSeen)), "unreachable"
+			pr.failed(r)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			sess, err := ad.dial(ctx, a)
+			<-sem
+			if err != nil {
+				r.err, r.why = describeConnectError(Target{Host: a.Name, User: ad.user}, err), dialFailure(err)
+				pr.failed(r)
+				return
+			}
+			defer sess.Close()
+			id, exit, err := sess.StartJob(ctx, client.ExecRequest{Argv: argv, Env: env})
+			if err != nil {
+				r.err, r.why = err, "unreachable"
+				pr.failed(r)
+				return
+			}
+			ids[i] = id
+			if exit != nil { // recorded as failed to start
+				r.code, r.exitNote = exit.ExitCode(), exit.Message
+			}
+		}()
+	}
+	wg.Wait()
+	jobs := map[string]string{}
+	for i, id := range ids {
+		if id != "" {
+			jobs[agents[i].Name] = id
+		}
+	}
+	if len(jobs) > 0 {
+		id, err := fl.RecordJob(ctx, quoteArgs(argv), jobs)
+		if err != nil {
+			var b strings.Builder
+			for _, a := range agents {
+				if jobs[a.Name] != "" {
+					fmt.Fprintf(&b, " %s=%s", a.Name, jobs[a.Name])
+				}
+			}
+			return withCode(ExitFailure, fmt.Errorf("the jobs started, but the hub could not record them (%v); their ids:%s", err, b.String()))
+		}
+		fmt.Fprintln(io.Out, id)
+	}
+	if err := pr.finish(results); err != nil {
+		return withCode(ExitFailure, err)
+	}
+	return fleetSummary(io, opts.conn.quiet, results)
+}
+
+// quoteArgs shell-quotes argv for listings.
+func quoteArgs(argv []string) string {
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		if a != "" && strings.IndexFunc(a, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=:,+@%", r))
+		}) < 0 {
+			q[i] = a
+		} else {
+			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(q, " ")
+}
+
+// fleetJobAction does a job command on one agent's part of a fleet job;
+// it sets r.code (or returns an error) and writes to out and errw.
+type fleetJobAction func(ctx context.Context, s *client.Session, job string, r *hostResult, out, errw io.Writer) error
+
+// fleetJobFanout runs action on every agent of the fleet job id, at once,
+// each through its own tunnel; output is prefixed with the agent's name
+// (as pdsh). Agents the hub no longer lists, or lost, are failures.
+func fleetJobFanout(ctx context.Context, io *IO, conn *connFlags, hubArg, id string, action fleetJobAction) ([]*hostResult, error) {
+	s, fl, t, err := conn.dialHub(ctx, io, hubArg)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	fjs, err := fl.Jobs(ctx, id)
+	var we *wire.Error
+	switch {
+	case errors.As(err, &we) && we.Code == wire.CodeNotFound:
+		return nil, withCode(ExitNoJob, fmt.Errorf("%s: no fleet job %s", t.Host, id))
+	case err != nil:
+		return nil, fleetError(t, err)
+	case len(fjs) != 1:
+		return nil, withCode(ExitFailure, fmt.Errorf("%s: %d records for fleet job %s", t.Host, len(fjs), id))
+	}
+	fj := fjs[0]
+	names := make([]string, 0, len(fj.Jobs))
+	for n := range fj.Jobs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	listed, err := fl.Agents(ctx, client.Selector{Hosts: names})
+	if err != nil {
+		return nil, fleetError(t, err)
+	}
+	byName := map[string]client.Agent{}
+	for _, a := range listed {
+		byName[a.Name] = a
+	}
+	ad, err := conn.agentDialer(io, t, fl, listed, false)
+	if err != nil {
+		return nil, err
+	}
+	pr := newFleetPrinter(io, &fleetExecOptions{}, len(names))
+	results := make([]*hostResult, len(names))
+	sem := make(chan struct{}, fleetDials)
+	var wg sync.WaitGroup
+	for i, name := range names {
+		r := &hostResult{name: name}
+		results[i] = r
+		a, ok := byName[name]
+		switch {
+		case !ok:
+			r.err, r.why = errors.New("the hub no longer lists this agent"), "unreachable"
+		case ad.untrusted[name] != nil:
+			r.err, r.why = ad.untrusted[name], "untrusted key"
+		case a.State != client.AgentUp:
+			r.err, r.why = fmt.Errorf("lost by the hub (last seen %s)", ago(a.LastSeen)), "unreachable"
+		}
+		if r.err != nil {
+			pr.failed(r)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			sess, err := ad.dial(ctx, a)
+			<-sem
+			if err != nil {
+				r.err, r.why = describeConnectError(Target{Host: name, User: ad.user}, err), dialFailure(err)
+				pr.failed(r)
+				return
+			}
+			defer sess.Close()
+			out, errw := pr.writers(r)
+			err = action(ctx, sess, fj.Jobs[name], r, out, errw)
+			pr.flush(r)
+			if err != nil {
+				r.err, r.why = err, "failed"
+				var we *wire.Error
+				if errors.As(err, &we) && we.Code == wire.CodeNotFound {
+					r.err, r.why = fmt.Errorf("no job %s there (removed, or expired)", fj.Jobs[name]), "no job"
+				}
+				pr.failed(r)
+			}
+		}()
+	}
+	wg.Wait()
+	return results, pr.finish(results)
+}
+
+// fleetJobStatus prints each agent's part of a fleet job, a line per agent.
+func fleetJobStatus(ctx context.Context, ios *IO, conn *connFlags, hubArg, id string, asJSON bool) error {
+	var mu sync.Mutex
+	infos := map[string]map[string]string{}
+	results, err := fleetJobFanout(ctx, ios, conn, hubArg, id, func(ctx context.Context, s *client.Session, job string, r *hostResult, _, _ io.Writer) error {
+		info, err := s.JobStatus(ctx, job)
+		if err == nil {
+			mu.Lock()
+			infos[r.name] = info
+			mu.Unlock()
+		}
+		return err
+	})
+	if results == nil {
+		return err
+	}
+	if asJSON {
+		var l []map[string]string
+		for _, r := range results {
+			d := map[string]string{}
+			for k, v := range infos[r.name] {
+				d[k] = v
+			}
+			d["host"] = r.name
+			if r.err != nil {
+				d["error"] = r.err.Error()
+			}
+			l = append(l, d)
+		}
+		if err := writeJSON(ios, l); err != nil {
+			return err
+		}
+	} else {
+		w := tabwriter.NewWriter(ios.Out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "HOST\tJOB\tSTATE\tELAPSED/EXIT")
+		for _, r := range results {
+			if info := infos[r.name]; info != nil {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.name, info["id"], info["status"], elapsedOrExit(info))
+			} else {
+				fmt.Fprintf(w, "%s\t-\t%s\t-\n", r.name, r.why)
+			}
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	if err != nil {
+		return withCode(ExitFailure, err)
+	}
+	for _, r := range results {
+		if r.err != nil {
+			return withCode(ExitFailure, nil)
+		}
+	}
+	return nil
+}
+
+// fleetJobFollow follows (or, without streams, waits for) every agent's
+// part of a fleet job, output prefixed per agent; the exit status is as
+// zp --fleet's: the largest exit code, 255 when an agent was unreachable.
+func fleetJobFollow(ctx context.Context, ios *IO, conn *connFlags, hubArg, id string, fo client.FollowOptions, streams bool) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	wantOut, wantErr := fo.Stdout != nil, fo.Stderr != nil
+	results, err := fleetJobFanout(ctx, ios, conn, hubArg, id, func(ctx context.Context, s *client.Session, job string, r *hostResult, out, errw io.Writer) error {
+		o := fo
+		o.Stdout, o.Stderr = nil, nil
+		if streams && wantOut {
+			o.Stdout = out
+		}
+		if streams && wantErr {
+			o.Stderr = errw
+		}
+		res, err := s.Follow(ctx, job, o)
+		if err != nil {
+			return err
+		}
+		r.code = jobExitCode(res.Info)
+		return nil
+	})
+	if results == nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return withCode(130, nil) // detached; the jobs go on
+	}
+	if err != nil {
+		return withCode(ExitFailure, err)
+	}
+	return fleetSummary(ios, conn.quiet, results)
+}
+
+// fleetJobEach runs a request (kill, rm) on every agent's part.
+func fleetJobEach(ctx context.Context, ios *IO, conn *connFlags, hubArg, id string, do func(ctx context.Context, s *client.Session, job string) error) error {
+	results, err := fleetJobFanout(ctx, ios, conn, hubArg, id, func(ctx context.Context, s *client.Session, job string, r *hostResult, _, _ io.Writer) error {
+		err := do(ctx, s, job)
+		var we *wire.Error
+		if errors.As(err, &we) && we.Code == wire.CodeConflict {
+			r.code, r.exitNote = 1, we.Reason // not running, or still running
+			return nil
+		}
+		return err
+	})
+	if results == nil {
+		return err
+	}
+	if err != nil {
+		return withCode(ExitFailure, err)
+	}
+	return fleetSummary(ios, conn.quiet, results)
+}
+
+// fleetJobsList lists the caller's fleet jobs on a hub; nil, nil when the
+// hub is no hub or the key no fleet client.
+func fleetJobsList(ctx context.Context, s *client.Session) ([]client.FleetJob, error) {
+	fl, err := client.NewFleet(s)
+	if err != nil {
+		return nil, nil
+	}
+	jobs, err := fl.Jobs(ctx, "")
+	var we *wire.Error
+	if errors.As(err, &we) && (we.Code == wire.CodeBadRequest || we.Code == wire.CodeUnauthorised) {
+		return nil, nil
+	}
+	return jobs, err
+}
