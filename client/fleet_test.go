@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/zpipes/zp/broker"
@@ -39,6 +40,7 @@ type testFleet struct {
 	stopAgent map[string]func()
 	agents    map[string]*broker.Broker
 	self      *broker.Account
+	reg       *prometheus.Registry // the hub's metrics
 }
 
 func runBroker(t *testing.T, cfg broker.Config) (*broker.Broker, func()) {
@@ -87,7 +89,7 @@ func newTestFleet(t *testing.T, names ...string) *testFleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &testFleet{hubKey: mustKeyPair(t), client: mustKeyPair(t), stranger: mustKeyPair(t), hubUser: mustKeyPair(t),
+	f := &testFleet{reg: prometheus.NewRegistry(), hubKey: mustKeyPair(t), client: mustKeyPair(t), stranger: mustKeyPair(t), hubUser: mustKeyPair(t),
 		spare: mustKeyPair(t), agentKeys: map[string]curve.KeyPair{}, stopAgent: map[string]func(){}, agents: map[string]*broker.Broker{}, self: self}
 	agentPubs := []curve.PublicKey{f.spare.Public}
 	for _, n := range names {
@@ -99,7 +101,7 @@ func newTestFleet(t *testing.T, names ...string) *testFleet {
 	clients := &broker.KeyList{Path: writeKeys(t, f.client.Public, f.stranger.Public)}
 	f.hub, _ = runBroker(t, broker.Config{
 		Endpoint: "tcp://127.0.0.1:0", StateDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(&f.hubLog, nil)),
-		MaxSessionsPerUser: 2,
+		MaxSessionsPerUser: 2, Registerer: f.reg,
 		Mechanism: &curve.Server{Key: f.hubKey, Authorize: func(k curve.PublicKey) error {
 			if agents.Contains(k[:]) || clients.Contains(k[:]) || k == f.hubUser.Public {
 				return nil

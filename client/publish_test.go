@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/nacl/secretbox"
 
 	"github.com/zpipes/zp/internal/curve"
@@ -239,4 +240,58 @@ func TestFleetPublicationSubscribers(t *testing.T) {
 		default:
 		}
 	}
+}
+
+// A stdin that trickles in reaches a command that is already reading
+// through the hub's XPUB, not by fetching it back.
+func TestFleetSharedStdinLive(t *testing.T) {
+	f := newTestFleet(t, "alpha")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fl, err := NewFleet(f.dialHub(t, f.client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := f.waitUp(t, fl, "alpha")
+	pr, pw := io.Pipe()
+	pub, err := fl.Publish(ctx, []string{"alpha"}, pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	var want strings.Builder
+	go func() {
+		defer pw.Close()
+		for i := range 40 {
+			line := fmt.Sprintf("line %d %s\n", i, strings.Repeat("x", 1000))
+			want.WriteString(line)
+			pw.Write([]byte(line))
+			time.Sleep(25 * time.Millisecond)
+		}
+	}()
+	out, st, err := sharedExec(ctx, t, f, fl, a, &pub.Shared, "cat")
+	if err != nil || st.ExitCode() != 0 || out != want.String() {
+		t.Fatalf("%v %+v: %d octets, want %d", err, st, len(out), want.Len())
+	}
+	published := counter(t, f.reg, "zp_fleet_published_bytes_total")
+	fetched := counter(t, f.reg, "zp_fleet_publication_fetched_bytes_total")
+	t.Logf("published %.0f octets, fetched back %.0f", published, fetched)
+	if published < float64(want.Len()) || fetched > published/2 {
+		t.Fatalf("published %.0f octets, fetched back %.0f: the XPUB carried too little", published, fetched)
+	}
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

@@ -540,7 +540,7 @@ func TestFleet50(t *testing.T) {
 	for i := range 50 {
 		names = append(names, fmt.Sprintf("n%02d", i))
 	}
-	f := newTestFleet(t, names)
+	f := newTestFleet(t, names, "--metrics", "127.0.0.1:0")
 	for _, n := range names {
 		f.startAgent(n)
 	}
@@ -622,6 +622,10 @@ func TestFleet50(t *testing.T) {
 	}
 	if limit := max(1.5*allUp.Seconds(), allUp.Seconds()+2); slowest > limit {
 		t.Errorf("the stopped agent slowed the others: the slowest took %.2fs, all 50 up took %v", slowest, allUp)
+	}
+	if m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log()); m != nil {
+		t.Logf("stdin published to the hub: %.0f octets; fetched back by agents: %.0f octets (the rest arrived on the XPUB)",
+			metric(t, m[1], "zp_fleet_published_bytes_total"), metric(t, m[1], "zp_fleet_publication_fetched_bytes_total"))
 	}
 	kb, err := rssKB(f.hub.PID())
 	if err != nil {
