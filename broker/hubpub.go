@@ -34,7 +34,7 @@ type publication struct {
 	q     chan stdinItem
 	done  chan struct{} // closed by close
 
-	mu     sync.RWMutex // the file is closed under the write lock
+	mu     sync.RWMutex // guards the fields below; never held across file I/O
 	f      *os.File
 	size   uint64
 	final  bool // the EOF arrived: size will not change
@@ -146,11 +146,13 @@ func (p *publication) run() {
 		return
 	}
 	p.f = f
-	p.mu.Unlock()
+	// Granted under the lock (grants' is a leaf): close, which revokes,
+	// cannot come in between and leave a grant behind.
 	for k := range p.keys {
 		h.b.grants.grant([]byte(k), p.topic)
 	}
 	h.m.Publications.Inc()
+	p.mu.Unlock()
 	h.b.log.Debug("publication", "topic_len", len(p.topic), "agents", len(p.keys), "key", keyFingerprint(p.sess.key))
 	p.sess.send(&wire.PublishOK{Channel: p.ch, Topic: p.topic, Window: pubWindow})
 	topic := []byte(p.topic)
@@ -161,18 +163,25 @@ func (p *publication) run() {
 			return
 		case it = <-p.q:
 		}
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
+		// Only this goroutine writes and moves size; no lock is held
+		// across the write (a close meanwhile makes it fail harmlessly).
+		p.mu.RLock()
+		f, off, closed := p.f, p.size, p.closed
+		p.mu.RUnlock()
+		if closed {
 			return
 		}
-		off := p.size
-		_, err := p.f.WriteAt(it.data, int64(off))
-		if err == nil {
+		_, err := f.WriteAt(it.data, int64(off))
+		p.mu.Lock()
+		closed = p.closed
+		if err == nil && !closed {
 			p.size += uint64(len(it.data))
 			p.final = it.eof
 		}
 		p.mu.Unlock()
+		if closed {
+			return
+		}
 		if err != nil {
 			h.dropPub(p)
 			p.sess.sendErr(zpdFailure(p.ch, "store a publication", err))
@@ -318,14 +327,16 @@ func (h *hub) pubFetchLocked(a *hubAgent, c *connInfo, m *wire.PubFetch) []outMs
 	return nil
 }
 
-// fetch reads [offset, min(offset+length, size)) of the publication.
+// fetch reads [offset, min(offset+length, size)) of the publication. No
+// lock is held across the read: a publication closed meanwhile fails it.
 func (p *publication) fetch(m *wire.PubFetch) []wire.Message {
 	p.mu.RLock()
-	defer p.mu.RUnlock()
-	if p.closed || p.f == nil {
-		return []wire.Message{wire.Errorf(m.Channel, wire.CodeNotFound, "publication %s has ended", m.Topic)}
+	f, size, final, closed := p.f, p.size, p.final, p.closed
+	p.mu.RUnlock()
+	ended := wire.Errorf(m.Channel, wire.CodeNotFound, "publication %s has ended", m.Topic)
+	if closed || f == nil {
+		return []wire.Message{ended}
 	}
-	size, final := p.size, p.final
 	if m.Offset > size {
 		return []wire.Message{wire.Errorf(m.Channel, wire.CodeBadRequest, "offset %d beyond the %d octets stored", m.Offset, size)}
 	}
@@ -333,7 +344,13 @@ func (p *publication) fetch(m *wire.PubFetch) []wire.Message {
 	var out []wire.Message
 	if n > 0 {
 		buf := make([]byte, n)
-		if _, err := p.f.ReadAt(buf, int64(m.Offset)); err != nil && !errors.Is(err, io.EOF) {
+		if _, err := f.ReadAt(buf, int64(m.Offset)); err != nil && !errors.Is(err, io.EOF) {
+			p.mu.RLock()
+			closed = p.closed
+			p.mu.RUnlock()
+			if closed {
+				return []wire.Message{ended}
+			}
 			return []wire.Message{wire.Errorf(m.Channel, wire.CodeInternal, "reading the publication: %v", err)}
 		}
 		out = append(out, &wire.Data{Channel: m.Channel, Stream: wire.Stdin, Offset: m.Offset, Bytes: buf})

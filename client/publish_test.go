@@ -295,3 +295,56 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no metric %s", name)
 	return 0
 }
+
+// A publication is deleted when its session ends, FIN or not.
+func TestFleetPublicationSessionEnd(t *testing.T) {
+	f := newTestFleet(t, "alpha")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fl, err := NewFleet(f.dialHub(t, f.client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := f.waitUp(t, fl, "alpha")
+	s2 := f.dialHub(t, f.client)
+	fl2, err := NewFleet(s2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := fl2.Publish(ctx, []string{"alpha"}, strings.NewReader("hello\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := gauge(t, f.reg, "zp_fleet_publications"); n != 1 {
+		t.Fatalf("%v publications", n)
+	}
+	if _, err := fl2.Publish(ctx, []string{"nobody"}, strings.NewReader("")); !isCode(err, wire.CodeNotFound) {
+		t.Fatalf("an unknown agent: %v", err)
+	}
+	s2.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for gauge(t, f.reg, "zp_fleet_publications") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the publication outlived its session")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, _, err := sharedExec(ctx, t, f, fl, a, &pub.Shared, "cat"); !isCode(err, wire.CodeNotFound) {
+		t.Fatalf("after the session ended: %v", err)
+	}
+}
+
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
