@@ -57,8 +57,8 @@ func newFleetJobID() string {
 	return b.String()
 }
 
-// IsFleetJobID reports whether id has the form of a fleet job id.
-func IsFleetJobID(id string) bool {
+// isFleetJobID reports whether id has the form of a fleet job id.
+func isFleetJobID(id string) bool {
 	if len(id) != 22 || !strings.HasPrefix(id, "F-") {
 		return false
 	}
@@ -82,7 +82,7 @@ func (h *hub) loadFleetJobs() error {
 		return err
 	}
 	for _, e := range ents {
-		if !strings.HasSuffix(e.Name(), ".json") || !IsFleetJobID(strings.TrimSuffix(e.Name(), ".json")) {
+		if !strings.HasSuffix(e.Name(), ".json") || !isFleetJobID(strings.TrimSuffix(e.Name(), ".json")) {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(h.fleetJobDir(), e.Name()))

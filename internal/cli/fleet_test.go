@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/zpipes/zp/broker"
+	"github.com/zpipes/zp/client"
 	"github.com/zpipes/zp/internal/curve"
 )
 
@@ -177,5 +178,35 @@ func TestFleetFirst(t *testing.T) {
 		if got := fleetFirst(root, c.args); got != c.want {
 			t.Errorf("%q: %v", c.args, got)
 		}
+	}
+}
+
+func TestQuoteArgsAndFleetJobIDs(t *testing.T) {
+	if got := quoteArgs([]string{"sh", "-c", "echo 'a b'", ""}); got != `sh -c 'echo '\''a b'\''' ''` {
+		t.Errorf("quoteArgs: %s", got)
+	}
+	for id, want := range map[string]bool{
+		"F-0123456789abcdefghij": true, "F-0123456789abcdefghi": false, "F_0123456789abcdefghij": false,
+		"F-0123456789abcdefgh/j": false, "kxKzcVZy1VMeBMHzbktarE": false, "": false,
+	} {
+		if client.IsFleetJobID(id) != want {
+			t.Errorf("IsFleetJobID(%q) != %v", id, want)
+		}
+	}
+}
+
+func TestIsDevNull(t *testing.T) {
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	other, err := os.CreateTemp(t.TempDir(), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if !isDevNull(null) || isDevNull(other) || isDevNull(nil) {
+		t.Error("isDevNull")
 	}
 }
