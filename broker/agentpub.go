@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
-	"golang.org/x/crypto/nacl/secretbox"
 
 	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/secretbox"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
 )

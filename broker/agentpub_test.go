@@ -6,7 +6,7 @@ import (
 	"errors"
 	"testing"
 
-	"golang.org/x/crypto/nacl/secretbox"
+	"github.com/zpipes/zp/internal/secretbox"
 )
 
 // fuzzKey is the records' key in the fuzz corpus.

@@ -9,8 +9,7 @@ import (
 	"io"
 	"sync"
 
-	"golang.org/x/crypto/nacl/secretbox"
-
+	"github.com/zpipes/zp/internal/secretbox"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 )

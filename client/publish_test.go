@@ -16,9 +16,9 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/crypto/nacl/secretbox"
 
 	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/secretbox"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
 )
