@@ -343,7 +343,7 @@ func (r *recordReader) feed(p []byte) error {
 func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 	defer w.Close()
 	a := ch.s.b.agent
-	r := &recordReader{max: int(m.Record), w: w, plain: make([]byte, 0, int(m.Record))}
+	r := &recordReader{max: int(m.Record), w: w}
 	copy(r.key[:], m.Key)
 	live := a.addLive(m.Topic)
 	defer a.dropLive(m.Topic, live)
