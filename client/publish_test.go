@@ -321,6 +321,25 @@ func TestFleetPublicationSessionEnd(t *testing.T) {
 	if _, err := fl2.Publish(ctx, []string{"nobody"}, strings.NewReader("")); !isCode(err, wire.CodeNotFound) {
 		t.Fatalf("an unknown agent: %v", err)
 	}
+	if _, err := fl2.Publish(ctx, nil, strings.NewReader("")); !isCode(err, wire.CodeBadRequest) {
+		t.Fatalf("no agent: %v", err)
+	}
+	// At most 16 publications per session.
+	for i := 1; ; i++ {
+		_, err := fl2.Publish(ctx, []string{"alpha"}, strings.NewReader(""))
+		if i <= 15 && err != nil {
+			t.Fatalf("publication %d: %v", i+1, err)
+		}
+		if i == 16 {
+			if !isCode(err, wire.CodeTooMany) {
+				t.Fatalf("publication 17: %v", err)
+			}
+			break
+		}
+	}
+	if n := gauge(t, f.reg, "zp_fleet_publications"); n != 16 {
+		t.Fatalf("%v publications", n)
+	}
 	s2.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for gauge(t, f.reg, "zp_fleet_publications") != 0 {
