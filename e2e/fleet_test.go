@@ -92,7 +92,10 @@ func newTestFleet(t *testing.T, admitted []string, hubArgs ...string) *testFleet
 	f.fleetKeys = filepath.Join(f.dir, "fleet_keys")
 	os.WriteFile(f.fleetKeys, []byte(keys.String()), 0o600)
 	f.hubArgs = append([]string{"--fleet-keys", f.fleetKeys, "--fleet-clients", clients}, hubArgs...)
-	f.hub = startZPDAt(t, filepath.Join(f.dir, "hub"), "127.0.0.1:0", f.hubArgs...)
+	// A port triple of our own: restartHub needs P, P+1 and P+2 again (with
+	// port 0 the XPUB and XSUB get ports of their own, which P+1 and P+2
+	// need not be free at a restart).
+	f.hub = startZPDAt(t, filepath.Join(f.dir, "hub"), fmt.Sprintf("127.0.0.1:%d", freePorts(t)), f.hubArgs...)
 	return f
 }
 
@@ -720,11 +723,44 @@ func TestFleetJobs(t *testing.T) {
 		t.Errorf("jobs by another key: %+v", r)
 	}
 
-	// The record survives a hub restart.
+	// The record survives a hub restart, and a follower reconnects
+	// through the new hub and continues where it stopped.
+	r = f.zp("--fleet", f.hub.Addr, "--async", "sh", "-c", `echo before; sleep 4; echo after`)
+	slow := strings.TrimSpace(r.Stdout)
+	if r.Code != 0 {
+		t.Fatalf("--async: %+v", r)
+	}
+	follow := exec.Command(bin("zp"), "job", "follow", f.hub.Addr, slow)
+	follow.Env = append(os.Environ(), "ZP_CONFIG="+f.home)
+	fout, ferr := &syncBuffer{}, &syncBuffer{}
+	follow.Stdout, follow.Stderr = fout, ferr
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- follow.Wait() }()
+	t.Cleanup(func() { follow.Process.Kill() })
+	eventually(t, 10*time.Second, "the follower's first lines", func() bool {
+		return strings.Count(fout.String(), "before") == 3
+	})
 	f.restartHub()
 	f.waitStates(30*time.Second, "up", names...)
 	if r = f.zp("jobs", f.hub.Addr); !strings.Contains(r.Stdout, id) || !strings.Contains(r.Stdout, long) {
 		t.Fatalf("after a hub restart: %+v", r)
+	}
+	select {
+	case err := <-done:
+		out := prefixed(fout.String())
+		for _, n := range names {
+			if strings.Join(out[n], "|") != "before|after" {
+				t.Errorf("%s: %q", n, out[n])
+			}
+		}
+		if err != nil || !strings.Contains(ferr.String(), "following again") {
+			t.Fatalf("follow across a hub restart: %v\nstdout %s\nstderr %s", err, fout.String(), ferr.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the follower did not finish: stdout %s\nstderr %s", fout.String(), ferr.String())
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/zpipes/zp/client"
 	"github.com/zpipes/zp/internal/wire"
@@ -113,6 +114,17 @@ type fleetJobAction func(ctx context.Context, s *client.Session, job string, r *
 // each through its own tunnel; output is prefixed with the agent's name
 // (as pdsh). Agents the hub no longer lists, or lost, are failures.
 func fleetJobFanout(ctx context.Context, io *IO, conn *connFlags, hubArg, id string, action fleetJobAction) ([]*hostResult, error) {
+	return fleetJobFanoutSome(ctx, io, conn, hubArg, id, fanoutOpts{}, action)
+}
+
+// fanoutOpts narrows a fan-out: only these agents (nil: all), and
+// failures that retry says will be retried are not reported.
+type fanoutOpts struct {
+	only  map[string]bool
+	retry func(r *hostResult) bool
+}
+
+func fleetJobFanoutSome(ctx context.Context, io *IO, conn *connFlags, hubArg, id string, o fanoutOpts, action fleetJobAction) ([]*hostResult, error) {
 	s, fl, t, err := conn.dialHub(ctx, io, hubArg)
 	if err != nil {
 		return nil, err
@@ -131,7 +143,9 @@ func fleetJobFanout(ctx context.Context, io *IO, conn *connFlags, hubArg, id str
 	fj := fjs[0]
 	names := make([]string, 0, len(fj.Jobs))
 	for n := range fj.Jobs {
-		names = append(names, n)
+		if o.only == nil || o.only[n] {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	listed, err := fl.Agents(ctx, client.Selector{Hosts: names})
@@ -147,6 +161,11 @@ func fleetJobFanout(ctx context.Context, io *IO, conn *connFlags, hubArg, id str
 		return nil, err
 	}
 	pr := newFleetPrinter(io, &fleetExecOptions{}, len(names))
+	failed := func(r *hostResult) {
+		if o.retry == nil || !o.retry(r) {
+			pr.failed(r)
+		}
+	}
 	results := make([]*hostResult, len(names))
 	sem := make(chan struct{}, fleetDials)
 	var wg sync.WaitGroup
@@ -163,7 +182,7 @@ func fleetJobFanout(ctx context.Context, io *IO, conn *connFlags, hubArg, id str
 			r.err, r.why = fmt.Errorf("lost by the hub (last seen %s)", ago(a.LastSeen)), "unreachable"
 		}
 		if r.err != nil {
-			pr.failed(r)
+			failed(r)
 			continue
 		}
 		wg.Add(1)
@@ -174,7 +193,7 @@ func fleetJobFanout(ctx context.Context, io *IO, conn *connFlags, hubArg, id str
 			<-sem
 			if err != nil {
 				r.err, r.why = describeConnectError(Target{Host: name, User: ad.user}, err), dialFailure(err)
-				pr.failed(r)
+				failed(r)
 				return
 			}
 			defer sess.Close()
@@ -187,7 +206,7 @@ func fleetJobFanout(ctx context.Context, io *IO, conn *connFlags, hubArg, id str
 				if errors.As(err, &we) && we.Code == wire.CodeNotFound {
 					r.err, r.why = fmt.Errorf("no job %s there (removed, or expired)", fj.Jobs[name]), "no job"
 				}
-				pr.failed(r)
+				failed(r)
 			}
 		}()
 	}
@@ -255,36 +274,121 @@ func fleetJobStatus(ctx context.Context, ios *IO, conn *connFlags, hubArg, id st
 // fleetJobFollow follows (or, without streams, waits for) every agent's
 // part of a fleet job, output prefixed per agent; the exit status is as
 // zp --fleet's: the largest exit code, 255 when an agent was unreachable.
+// A host whose follow lost its connection (the hub restarted, the agent
+// rejoined) is followed again from where it stopped, for --reconnect-for
+// after output last moved.
 func fleetJobFollow(ctx context.Context, ios *IO, conn *connFlags, hubArg, id string, fo client.FollowOptions, streams bool) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	wantOut, wantErr := fo.Stdout != nil, fo.Stderr != nil
-	results, err := fleetJobFanout(ctx, ios, conn, hubArg, id, func(ctx context.Context, s *client.Session, job string, r *hostResult, out, errw io.Writer) error {
-		o := fo
-		o.Stdout, o.Stderr = nil, nil
-		if streams && wantOut {
-			o.Stdout = out
-		}
-		if streams && wantErr {
-			o.Stderr = errw
-		}
-		res, err := s.Follow(ctx, job, o)
-		if err != nil {
-			return err
-		}
-		r.code = jobExitCode(res.Info)
-		return nil
-	})
-	if results == nil {
-		return err
+	var mu sync.Mutex
+	starts := map[string][3]uint64{}
+	final := map[string]*hostResult{}
+	var only map[string]bool // nil: the first round, every agent
+	var lostSince time.Time
+	backoff := 200 * time.Millisecond
+	retry := func(r *hostResult) bool {
+		return ctx.Err() == nil && retryableFollow(r) && (lostSince.IsZero() || time.Since(lostSince) < conn.reconnectFor())
 	}
-	if ctx.Err() != nil {
-		return withCode(130, nil) // detached; the jobs go on
+	for round := 0; ; round++ {
+		progress := false
+		results, err := fleetJobFanoutSome(ctx, ios, conn, hubArg, id, fanoutOpts{only: only, retry: retry},
+			func(ctx context.Context, s *client.Session, job string, r *hostResult, out, errw io.Writer) error {
+				o := fo
+				o.Stdout, o.Stderr = nil, nil
+				if streams && wantOut {
+					o.Stdout = out
+				}
+				if streams && wantErr {
+					o.Stderr = errw
+				}
+				mu.Lock()
+				start, again := starts[r.name]
+				mu.Unlock()
+				if again {
+					o.Start, o.NoHistory, o.Tail = start, false, 0
+				}
+				res, err := s.Follow(ctx, job, o)
+				mu.Lock()
+				if res != nil {
+					if res.Next != start {
+						progress = true
+					}
+					starts[r.name] = res.Next
+				}
+				mu.Unlock()
+				if err != nil {
+					return err
+				}
+				r.code = jobExitCode(res.Info)
+				return nil
+			})
+		if ctx.Err() != nil {
+			return withCode(130, nil) // detached; the jobs go on
+		}
+		if results == nil {
+			var ce *exitError
+			if round == 0 || errors.As(err, &ce) && ce.code == ExitNoJob || time.Since(lostSince) > conn.reconnectFor() {
+				return err
+			}
+		}
+		var lost []string
+		for _, r := range results {
+			if r.err != nil && retry(r) {
+				lost = append(lost, r.name)
+				continue
+			}
+			final[r.name] = r
+		}
+		if results != nil && len(lost) == 0 {
+			break
+		}
+		if progress || lostSince.IsZero() {
+			lostSince, backoff = time.Now(), 200*time.Millisecond
+		}
+		if results != nil {
+			only = map[string]bool{}
+			for _, n := range lost {
+				only[n] = true
+			}
+			if !conn.quiet {
+				fmt.Fprintf(ios.Err, "zp: lost contact with %s; following again from where they stopped\n", strings.Join(lost, ", "))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return withCode(130, nil)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
-	if err != nil {
-		return withCode(ExitFailure, err)
+	names := make([]string, 0, len(final))
+	for n := range final {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	results := make([]*hostResult, 0, len(names))
+	for _, n := range names {
+		results = append(results, final[n])
 	}
 	return fleetSummary(ios, conn.quiet, results)
+}
+
+// retryableFollow reports whether a host's follow failed for a lost
+// connection (to the hub, or of the hub to the agent), not for good.
+func retryableFollow(r *hostResult) bool {
+	if r.why != "unreachable" && r.why != "failed" {
+		return false // untrusted, unauthorised, no such job
+	}
+	var we *wire.Error
+	var oe *client.OutputError
+	switch {
+	case errors.As(r.err, &oe):
+		return false
+	case errors.As(r.err, &we):
+		return we.Code == wire.CodeUnavailable
+	}
+	return true
 }
 
 // fleetJobEach runs a request (kill, rm) on every agent's part.
