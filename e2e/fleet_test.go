@@ -309,6 +309,17 @@ func TestFleetExec(t *testing.T) {
 				t.Errorf("-n: %s: %q", n, r.Stdout)
 			}
 		}
+		// An empty stdin (a pipe, not /dev/null) is published too: EOF at once.
+		r = f.zpIn(strings.NewReader(""), "--fleet", f.hub.Addr, "wc", "-c")
+		for _, n := range names {
+			if strings.Join(prefixed(r.Stdout)[n], "|") != "0" || r.Code != 0 {
+				t.Errorf("empty stdin: %s: %+v", n, r)
+			}
+		}
+		r = f.zp("--fleet", f.hub.Addr, "--stdin-file", "/etc/hostname", "true")
+		if r.Code != 255 || !strings.Contains(r.Stderr, "--stdin-file does not go with --fleet") {
+			t.Errorf("--stdin-file: %+v", r)
+		}
 		// A command that does not read its stdin ends all the same.
 		r = f.zpIn(bytes.NewReader(in), "--fleet", f.hub.Addr, "--hosts", "web*", "true")
 		if r.Code != 0 || !strings.Contains(r.Stderr, "zp: 2 ok") {
