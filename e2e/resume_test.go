@@ -321,8 +321,12 @@ func TestResumeNetns(t *testing.T) {
 		sent, _ := strconv.Atoi(m[1])
 		t.Logf("zpc %d MiB over 5%% loss, 50 ms delay each way: %v (%.2f MB/s), bytes_sent %d, zpc peak RSS %d KiB; %s",
 			size>>20, el.Round(time.Millisecond), float64(size)/el.Seconds()/1e6, sent, zpcRSS(), strings.TrimSpace(errb.String()))
-		if sent > size+8<<20 {
-			t.Fatalf("sent %d octets for %d: more than a window resent", sent, size)
+		// A resume resends at most what was in flight: one transfer window
+		// (zpd's default, 16 MiB) per reconnection. The link may drop more
+		// than once under loss on a busy machine.
+		const window = 16 << 20
+		if n := max(1, strings.Count(errb.String(), "reconnected to")); sent > size+n*window {
+			t.Fatalf("sent %d octets for %d with %d reconnections: more than a window resent per reconnection", sent, size, n)
 		}
 		if kb := zpcRSS(); int(kb) > rssLimitKB() {
 			t.Fatalf("zpc peak RSS %d KiB", kb)
