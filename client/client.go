@@ -1,6 +1,16 @@
-// Package client is the Go library behind zp and zpc: it opens a session
-// with a zpd, runs commands with flow-controlled streams, and reports how
-// they ended. Other programs embed it the same way.
+// Package client is zp's public Go API, the library behind zp, zpc and
+// libzp: it opens a CURVE-encrypted session with a zpd, runs commands with
+// flow-controlled streams (io.Reader and io.Writers), starts, follows and
+// kills background jobs, and copies files with progress reports.
+//
+// Connect does what zp does (identity and known_hosts in $ZP_CONFIG or
+// ~/.config/zp, "[user@]host[:port]" targets); Dial takes every setting
+// explicitly. Nothing in this package's API is an internal type: keys
+// (KeyPair, PublicKey), known_hosts (KnownHosts), results (ExitStatus,
+// JobInfo, TransferStats, ServerInfo) and errors (*Error with the
+// protocol's stable Code, *HandshakeError, *UnknownHostError,
+// *HostKeyChangedError, *ConnectError, *ProtocolError) are its own.
+// A Session is safe for concurrent use.
 package client
 
 import (
@@ -17,6 +27,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/zpipes/zp/internal/curve"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
 	"github.com/zpipes/zp/publisher"
@@ -26,10 +37,32 @@ import (
 type Config struct {
 	// Endpoint is tcp://HOST:PORT or ipc:///PATH.
 	Endpoint string
-	// User is the remote account; empty lets the server use its own.
+	// User is the remote account; empty lets the server choose (zpd
+	// takes the account the key is authorised for). Connect fills in the
+	// local user name, as ssh does.
 	User string
-	// Mechanism secures the connection; nil is NULL (insecure).
-	Mechanism zmtp.Mechanism
+
+	// Security: CURVE unless Insecure. Key is the client's identity
+	// (LoadIdentity, LoadKeyPair). The server must prove it holds
+	// ServerKey or, when that is zero, the key pinned for HostName in
+	// KnownHosts. On first contact (nothing pinned) the server's
+	// announced key is passed to AcceptHost: if it returns nil, the key is
+	// pinned and used; if AcceptHost is nil or refuses, Dial fails with an
+	// *UnknownHostError. A pinned key that no longer matches fails with a
+	// *HostKeyChangedError.
+	Key        *KeyPair
+	ServerKey  PublicKey
+	KnownHosts *KnownHosts
+	// HostName names the server in KnownHosts and messages (default: the
+	// Endpoint's HOST:PORT, or the ipc:// endpoint).
+	HostName string
+	// AcceptHost decides on an unknown host key (first contact); it may
+	// ask the user. It runs on the caller's goroutine, inside Dial.
+	AcceptHost func(host string, key PublicKey) error
+	// Insecure connects without encryption or authentication (ZMTP NULL),
+	// only to a zpd started with --insecure.
+	Insecure bool
+
 	// ConnectTimeout bounds connecting, the handshake and OPEN (5s).
 	ConnectTimeout time.Duration
 	// Timeout is the silence after which the server is presumed dead; zero
@@ -58,6 +91,9 @@ type Config struct {
 	// for following jobs (a tunnel through a hub); else FOLLOW_OK's
 	// publish endpoint is dialled.
 	DialPublish func(ctx context.Context) (net.Conn, error)
+
+	// mech, when set (tests in this package), replaces the security above.
+	mech zmtp.Mechanism
 }
 
 func (c *Config) connectTimeout() time.Duration {
@@ -183,10 +219,22 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	var pinned PublicKey
+	var pinnedLine int
+	if cfg.mech == nil && !cfg.Insecure {
+		if cfg.Key == nil {
+			return nil, errors.New("client: Config needs Key (the client's identity) or Insecure")
+		}
+		pinned, pinnedLine, err = resolveServerKey(ctx, &cfg)
+		if err != nil {
+			return nil, public(err)
+		}
+		cfg.mech = &curve.Client{Key: cfg.Key.curve(), ServerKey: curve.PublicKey(pinned)}
+	}
 	s := &Session{
 		cfg: cfg, log: cfg.Logger, ep: ep,
 		zcfg: &zmtp.Config{
-			Mechanism:        cfg.Mechanism,
+			Mechanism:        cfg.mech,
 			SocketType:       string(zmq4.Dealer),
 			HandshakeTimeout: cfg.connectTimeout(),
 			OnFull:           zmtp.Block,
@@ -207,9 +255,12 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 		s.wg.Wait()
 		var we *wire.Error
 		if errors.As(err, &we) {
-			return nil, err
+			return nil, public(err)
 		}
-		return nil, &ConnectError{Endpoint: cfg.Endpoint, Err: err}
+		if changed := hostChanged(ctx, &cfg, pinned, pinnedLine, err); changed != nil {
+			return nil, changed
+		}
+		return nil, &ConnectError{Endpoint: cfg.Endpoint, Err: public(err)}
 	}
 	s.wg.Add(1)
 	go func() {
@@ -354,8 +405,12 @@ func unwrapDial(err error) error {
 	}
 }
 
-// Info returns the server's OPEN_OK.
-func (s *Session) Info() *wire.OpenOK { return s.info }
+// Info returns what the server said when the session opened.
+func (s *Session) Info() ServerInfo {
+	ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }
+	return ServerInfo{Protocol: int(s.info.Version), Session: s.info.Session, Server: s.info.Server,
+		Heartbeat: ms(s.info.Heartbeat), Timeout: ms(s.info.Timeout), Grace: ms(s.info.Grace)}
+}
 
 // send delivers m on the current link; while the session reconnects it
 // waits. A message on a link that breaks may be lost: streams resend from
@@ -632,7 +687,7 @@ func (s *Session) Err() error {
 
 func (s *Session) fail(err error) {
 	s.doneOnce.Do(func() {
-		s.err = err
+		s.err = public(err)
 		close(s.done)
 		s.mu.Lock()
 		l := s.link

@@ -1,10 +1,13 @@
 package client_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,7 +28,83 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == broker.ShimArg {
 		os.Exit(broker.RunShim(os.Args[2:]))
 	}
-	os.Exit(m.Run())
+	if len(os.Args) > 3 && os.Args[1] == exampleZPDArg {
+		os.Exit(exampleZPD(os.Args[2:]))
+	}
+	stop := exampleMain()
+	code := m.Run()
+	stop()
+	os.Exit(code)
+}
+
+// exampleMain starts a zpd for the examples in a child process (this test
+// binary, so that its goroutines do not meet the leak checks), with CURVE,
+// and a $ZP_CONFIG holding a client identity that it authorises.
+func exampleMain() func() {
+	dir, err := os.MkdirTemp("", "zp-example-config-")
+	if err != nil {
+		panic(err)
+	}
+	secret, public := client.IdentityPaths(dir)
+	ck, _ := client.GenerateKeyPair()
+	if err := client.WriteKeyFiles(secret, public, ck, false); err != nil {
+		panic(err)
+	}
+	os.Setenv("ZP_CONFIG", dir)
+	cmd := exec.Command(os.Args[0], exampleZPDArg, ck.Public.String(), dir)
+	cmd.Stderr = os.Stderr
+	in, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		panic(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		panic(fmt.Sprintf("example zpd: %v", err))
+	}
+	target = strings.TrimSpace(line)
+	return func() {
+		in.Close() // it stops when its stdin closes
+		cmd.Wait()
+		os.RemoveAll(dir)
+	}
+}
+
+const exampleZPDArg = "example-zpd"
+
+// exampleZPD runs the examples' zpd until stdin closes: it authorises the
+// client key args[0], keeps its state under args[1] and prints its address.
+func exampleZPD(args []string) int {
+	clientKey, err := curve.ParsePublicKey(args[0])
+	if err != nil {
+		panic(err)
+	}
+	serverKey, _ := curve.GenerateKeyPair()
+	self, err := broker.CurrentAccount()
+	if err != nil {
+		panic(err)
+	}
+	b, err := broker.New(broker.Config{
+		Endpoint:    "tcp://127.0.0.1:0",
+		StateDir:    filepath.Join(args[1], "state"),
+		Mechanism:   &curve.Server{Key: serverKey, Authorize: curve.AllowKeys(clientKey)},
+		AnnounceKey: serverKey.Public.String(), // first contact, as zpd
+		Authorize:   func(key []byte, user string) (*broker.Account, error) { return self, nil },
+	})
+	if err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	fmt.Println(b.Addr().String())
+	if err := b.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
 }
 
 // The library as another program embeds it: a broker and a client in one
@@ -42,7 +121,7 @@ func TestLibrary(t *testing.T) {
 		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
 	)
 	serverKey, _ := curve.GenerateKeyPair()
-	clientKey, _ := curve.GenerateKeyPair()
+	clientKey, _ := client.GenerateKeyPair()
 	self, err := broker.CurrentAccount()
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +129,7 @@ func TestLibrary(t *testing.T) {
 	b, err := broker.New(broker.Config{
 		Endpoint:  "tcp://127.0.0.1:0",
 		StateDir:  t.TempDir(),
-		Mechanism: &curve.Server{Key: serverKey, Authorize: curve.AllowKeys(clientKey.Public)},
+		Mechanism: &curve.Server{Key: serverKey, Authorize: curve.AllowKeys(curve.PublicKey(clientKey.Public))},
 		Authorize: func(key []byte, user string) (*broker.Account, error) { return self, nil },
 	})
 	if err != nil {
@@ -65,8 +144,8 @@ func TestLibrary(t *testing.T) {
 	}()
 
 	s, err := client.Dial(context.Background(), client.Config{
-		Endpoint:  "tcp://" + b.Addr().String(),
-		Mechanism: &curve.Client{Key: clientKey, ServerKey: serverKey.Public},
+		Endpoint: "tcp://" + b.Addr().String(),
+		Key:      &clientKey, ServerKey: client.PublicKey(serverKey.Public),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +169,7 @@ func TestLibrary(t *testing.T) {
 	fctx, fcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer fcancel()
 	res, err := s.Follow(fctx, id, client.FollowOptions{Stdout: &out})
-	if err != nil || out.String() != "from a job\n" || res.Info["exit_code"] != "2" {
+	if err != nil || out.String() != "from a job\n" || res.Info.ExitCode != 2 {
 		t.Fatalf("follow: %v %q %v", err, out.String(), res)
 	}
 
@@ -130,7 +209,7 @@ func TestRunOwnsItsGoroutines(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.Run(ctx) }()
-	s, err := client.Dial(context.Background(), client.Config{Endpoint: "tcp://" + b.Addr().String()})
+	s, err := client.Dial(context.Background(), client.Config{Endpoint: "tcp://" + b.Addr().String(), Insecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,29 +31,10 @@ type ExecRequest struct {
 	Signals <-chan string
 }
 
-// ExitStatus is how a remote command ended.
-type ExitStatus struct {
-	Status  wire.ExitStatus
-	Code    int    // exit code, or signal number when Status is Signaled
-	Message string // detail from the server (e.g. command not found)
-}
-
-// ExitCode maps the status to a shell-style exit code: the command's own
-// code, 128+N for signal N, 127/126 when it could not start.
-func (e *ExitStatus) ExitCode() int {
-	switch e.Status {
-	case wire.Signaled:
-		return 128 + e.Code
-	case wire.Lost:
-		return 255
-	}
-	return e.Code
-}
-
 // OutputError is a failure to write the command's output locally (a closed
 // pipe, a full disk). The remote command was hung up.
 type OutputError struct {
-	Stream wire.Stream
+	Stream Stream
 	Err    error
 }
 
@@ -62,7 +43,8 @@ func (e *OutputError) Unwrap() error { return e.Err }
 
 // Exec runs a command and returns when it has ended and all its output was
 // written. Cancelling ctx abandons the command (the server hangs it up).
-func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error) {
+func (s *Session) Exec(ctx context.Context, req ExecRequest) (_ *ExitStatus, err error) {
+	defer func() { err = public(err) }()
 	id, inbox := s.openChannel()
 	defer s.closeChannel(id)
 	window := s.cfg.window()
@@ -99,7 +81,7 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error
 	defer ackTicker.Stop()
 
 	for {
-		if exit != nil && (exit.Status == wire.FailedToStart || (out[wire.Stdout].EOF() && out[wire.Stderr].EOF())) {
+		if exit != nil && (exit.Status == FailedToStart || (out[wire.Stdout].EOF() && out[wire.Stderr].EOF())) {
 			release()
 			return exit, nil
 		}
@@ -161,7 +143,7 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error
 			if len(fresh) > 0 {
 				if _, err := writers[m.Stream].Write(fresh); err != nil {
 					release()
-					return nil, &OutputError{Stream: m.Stream, Err: err}
+					return nil, &OutputError{Stream: Stream(m.Stream), Err: err}
 				}
 			}
 			if due, off, lim := out[m.Stream].Consumed(len(fresh)); due {
@@ -182,7 +164,7 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (*ExitStatus, error
 				}
 			}
 		case *wire.Exit:
-			exit = &ExitStatus{Status: m.Status, Code: int(m.Code), Message: m.Message}
+			exit = exitFrom(m)
 			stopPump()
 		case *wire.Error:
 			release()

@@ -110,7 +110,8 @@ func protocolError(err error) error {
 // Upload copies local sources to dest on the server, as zpc does
 // (rsync's rules for "dir" and "dir/"). Per-file failures are in the
 // stats; the error is for the whole transfer.
-func (s *Session) Upload(ctx context.Context, sources []string, dest string, opts TransferOptions) (*TransferStats, error) {
+func (s *Session) Upload(ctx context.Context, sources []string, dest string, opts TransferOptions) (_ *TransferStats, err error) {
+	defer func() { err = public(err) }()
 	start := time.Now()
 	single := false
 	if len(sources) == 1 {
@@ -218,7 +219,8 @@ func umask() uint32 {
 // Download copies sources from the server to the local dest. Files and
 // directories get the source's permission bits less the process's umask,
 // or, with Preserve, the source's whole mode (setuid, setgid, sticky).
-func (s *Session) Download(ctx context.Context, sources []string, dest string, opts TransferOptions) (*TransferStats, error) {
+func (s *Session) Download(ctx context.Context, sources []string, dest string, opts TransferOptions) (_ *TransferStats, err error) {
+	defer func() { err = public(err) }()
 	start := time.Now()
 	st, err := os.Stat(dest)
 	destIsDir := err == nil && st.IsDir()

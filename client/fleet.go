@@ -68,7 +68,7 @@ type Fleet struct {
 
 // NewFleet returns the fleet API of s, a session with a hub.
 func NewFleet(s *Session) (*Fleet, error) {
-	if s.Info().Version < 2 {
+	if s.info.Version < 2 {
 		return nil, ErrNotHub
 	}
 	return &Fleet{s: s}, nil
@@ -87,7 +87,7 @@ func (f *Fleet) List(ctx context.Context, sel Selector) (*Listing, error) {
 		return &wire.Fleet{Channel: ch, Hosts: sel.Hosts, Labels: sel.Labels}
 	})
 	if err != nil {
-		return nil, err
+		return nil, public(err)
 	}
 	l, ok := m.(*wire.FleetList)
 	if !ok {
@@ -122,11 +122,18 @@ func agentFrom(d map[string]string) Agent {
 	return a
 }
 
-// Tunnel opens a tunnel to an agent's socket (wire.PortControl: its
-// ROUTER; wire.PortPublish: its XPUB): a byte stream through the hub, which
+// Ports of an agent that Tunnel reaches.
+const (
+	PortControl uint8 = 0 // the agent's ROUTER (sessions)
+	PortPublish uint8 = 1 // the agent's XPUB (job output)
+)
+
+// Tunnel opens a tunnel to an agent's socket (PortControl: its
+// ROUTER; PortPublish: its XPUB): a byte stream through the hub, which
 // relays it without reading. Whatever runs over it must authenticate the
 // agent itself (DialAgent runs CURVE with the agent's key).
-func (f *Fleet) Tunnel(ctx context.Context, agent string, port uint8) (net.Conn, error) {
+func (f *Fleet) Tunnel(ctx context.Context, agent string, port uint8) (_ net.Conn, err error) {
+	defer func() { err = public(err) }()
 	s := f.s
 	s.mu.Lock()
 	s.nextChan++
@@ -171,20 +178,26 @@ func (f *Fleet) Tunnel(ctx context.Context, agent string, port uint8) (net.Conn,
 // DialAgent opens a session with an agent through the hub: an ordinary
 // session (exec, jobs, copies) over a tunnel, CURVE end to end with the
 // agent's key, authorised by the agent's own keyring for cfg.User.
-// cfg.Endpoint and cfg.Dial are set here. When cfg.Mechanism is a
-// *curve.Client without a server key, the key the hub listed (a.Key) is
-// used: the caller is responsible for trusting it (zp pins it in
-// known_hosts as NAME@HUB). Each reconnection (cfg.Resume) opens a new
-// tunnel.
+// cfg.Endpoint and cfg.Dial are set here. When cfg has neither ServerKey
+// nor KnownHosts, the key the hub listed (a.Key) is used: the caller is
+// responsible for trusting it (zp pins it in known_hosts as NAME@HUB).
+// Each reconnection (cfg.Resume) opens a new tunnel.
 func (f *Fleet) DialAgent(ctx context.Context, a Agent, cfg Config) (*Session, error) {
-	if c, ok := cfg.Mechanism.(*curve.Client); ok && c.ServerKey == (curve.PublicKey{}) {
+	if c, ok := cfg.mech.(*curve.Client); ok && c.ServerKey == (curve.PublicKey{}) {
 		key, err := curve.ParsePublicKey(a.Key)
 		if err != nil {
 			return nil, fmt.Errorf("agent %s: %w", a.Name, err)
 		}
 		cc := *c
 		cc.ServerKey = key
-		cfg.Mechanism = &cc
+		cfg.mech = &cc
+	}
+	if cfg.mech == nil && !cfg.Insecure && cfg.ServerKey.IsZero() && cfg.KnownHosts == nil {
+		key, err := ParsePublicKey(a.Key)
+		if err != nil {
+			return nil, fmt.Errorf("agent %s: %w", a.Name, err)
+		}
+		cfg.ServerKey = key
 	}
 	cfg.Endpoint = a.Name
 	timeout := cfg.connectTimeout()
@@ -336,27 +349,28 @@ func (f *Fleet) RecordJob(ctx context.Context, command string, jobs map[string]s
 		return &wire.FleetJob{Channel: ch, Command: command, Jobs: jobs}
 	})
 	if err != nil {
-		return "", err
+		return "", public(err)
 	}
 	ok, isOK := m.(*wire.FleetJobOK)
 	if !isOK {
-		return "", fmt.Errorf("unexpected %s", m.ID())
+		return "", &ProtocolError{fmt.Errorf("%s in answer to FLEET_JOB", m.ID())}
 	}
 	return ok.Job, nil
 }
 
 // Jobs lists the caller's fleet jobs, oldest first, or (id != "") the one
-// with that id: an id that is not the caller's is *wire.Error 404.
+// with that id: an id that is not the caller's is an *Error with
+// CodeNotFound.
 func (f *Fleet) Jobs(ctx context.Context, id string) ([]FleetJob, error) {
 	m, err := f.s.request(ctx, func(ch uint32) wire.Message {
 		return &wire.FleetJobs{Channel: ch, Job: id}
 	})
 	if err != nil {
-		return nil, err
+		return nil, public(err)
 	}
 	l, ok := m.(*wire.FleetJobList)
 	if !ok {
-		return nil, fmt.Errorf("unexpected %s", m.ID())
+		return nil, &ProtocolError{fmt.Errorf("%s in answer to FLEET_JOBS", m.ID())}
 	}
 	out := make([]FleetJob, 0, len(l.Jobs))
 	for _, d := range l.Jobs {

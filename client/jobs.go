@@ -41,7 +41,8 @@ func (s *Session) request(ctx context.Context, mk func(ch uint32) wire.Message) 
 // cannot start still gets an id (its job is recorded as failed-to-start)
 // and a non-nil ExitStatus saying why. With req.Stdin, its content is
 // uploaded first and becomes the job's stdin.
-func (s *Session) StartJob(ctx context.Context, req ExecRequest) (string, *ExitStatus, error) {
+func (s *Session) StartJob(ctx context.Context, req ExecRequest) (_ string, _ *ExitStatus, err error) {
+	defer func() { err = public(err) }()
 	id, inbox := s.openChannel()
 	defer s.closeChannel(id)
 	defer func() { _ = s.send(&wire.Fin{Channel: id}) }()
@@ -73,7 +74,7 @@ func (s *Session) StartJob(ctx context.Context, req ExecRequest) (string, *ExitS
 				select {
 				case next := <-inbox:
 					if e, ok := next.(*wire.Exit); ok {
-						return job, &ExitStatus{Status: e.Status, Code: int(e.Code), Message: e.Message}, nil
+						return job, exitFrom(e), nil
 					}
 				case <-time.After(50 * time.Millisecond):
 				}
@@ -90,7 +91,7 @@ func (s *Session) StartJob(ctx context.Context, req ExecRequest) (string, *ExitS
 				}
 			}
 		case *wire.Exit:
-			return job, &ExitStatus{Status: m.Status, Code: int(m.Code), Message: m.Message}, nil
+			return job, exitFrom(m), nil
 		case *wire.Error:
 			return "", nil, m
 		}
@@ -98,47 +99,61 @@ func (s *Session) StartJob(ctx context.Context, req ExecRequest) (string, *ExitS
 }
 
 // Jobs lists this key's jobs on the server, oldest first.
-func (s *Session) Jobs(ctx context.Context) ([]map[string]string, error) {
+func (s *Session) Jobs(ctx context.Context) ([]*JobInfo, error) {
 	m, err := s.request(ctx, func(ch uint32) wire.Message { return &wire.Jobs{Channel: ch} })
 	if err != nil {
-		return nil, err
+		return nil, public(err)
 	}
 	l, ok := m.(*wire.JobList)
 	if !ok {
-		return nil, fmt.Errorf("unexpected %s", m.ID())
+		return nil, &ProtocolError{fmt.Errorf("%s in answer to JOBS", m.ID())}
 	}
-	return l.Jobs, nil
+	out := make([]*JobInfo, 0, len(l.Jobs))
+	for _, j := range l.Jobs {
+		out = append(out, jobFrom(j))
+	}
+	return out, nil
 }
 
-// JobStatus describes one job (keys in docs/PROTOCOL.md).
-func (s *Session) JobStatus(ctx context.Context, job string) (map[string]string, error) {
+// JobStatus describes one job; an unknown id is an *Error with
+// CodeNotFound.
+func (s *Session) JobStatus(ctx context.Context, job string) (*JobInfo, error) {
+	info, err := s.jobStatus(ctx, job)
+	if err != nil {
+		return nil, public(err)
+	}
+	return jobFrom(info), nil
+}
+
+func (s *Session) jobStatus(ctx context.Context, job string) (map[string]string, error) {
 	m, err := s.request(ctx, func(ch uint32) wire.Message { return &wire.JobStatus{Channel: ch, Job: job} })
 	if err != nil {
 		return nil, err
 	}
 	info, ok := m.(*wire.JobInfo)
 	if !ok {
-		return nil, fmt.Errorf("unexpected %s", m.ID())
+		return nil, &ProtocolError{fmt.Errorf("%s in answer to JOB_STATUS", m.ID())}
 	}
 	return info.Info, nil
 }
 
-// KillJob signals a job's process group.
+// KillJob signals a job's process group ("TERM", "KILL", "INT", …).
 func (s *Session) KillJob(ctx context.Context, job, signal string) error {
 	_, err := s.request(ctx, func(ch uint32) wire.Message { return &wire.JobKill{Channel: ch, Job: job, Signal: signal} })
-	return err
+	return public(err)
 }
 
-// RemoveJob forgets a finished job and deletes its output.
+// RemoveJob forgets a finished job and deletes its output (a running job
+// is an *Error with CodeConflict).
 func (s *Session) RemoveJob(ctx context.Context, job string) error {
 	_, err := s.request(ctx, func(ch uint32) wire.Message { return &wire.JobRm{Channel: ch, Job: job} })
-	return err
+	return public(err)
 }
 
 // FollowOptions says what Follow writes and from where.
 type FollowOptions struct {
 	Stdout, Stderr io.Writer // nil: that stream is not followed
-	// Start is where each stream starts ([wire.Stdout], [wire.Stderr]);
+	// Start is where each stream starts ([Stdout], [Stderr]);
 	// used to continue after a reconnect. Ignored with NoHistory or Tail.
 	Start [3]uint64
 	// NoHistory starts at the current end of the output.
@@ -149,9 +164,9 @@ type FollowOptions struct {
 
 // FollowResult is where a Follow stopped.
 type FollowResult struct {
-	Info map[string]string // the job's final description (when Done)
-	Next [3]uint64         // offsets reached per stream
-	Done bool              // the job ended and every followed stream was delivered
+	Info *JobInfo  // the job's final description (when Done)
+	Next [3]uint64 // offsets reached per stream
+	Done bool      // the job ended and every followed stream was delivered
 	// History counts octets fetched that existed when Follow started;
 	// Missed those published after, which the live path did not deliver
 	// (a slow follower, a gap) and that were fetched over the ROUTER.
@@ -169,7 +184,8 @@ const fetchLength = 1 << 20
 // other followers. It returns the job's final description; on a lost
 // connection it returns the offsets reached with the error, so the caller
 // can continue with opts.Start.
-func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*FollowResult, error) {
+func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (_ *FollowResult, err error) {
+	defer func() { err = public(err) }()
 	res := &FollowResult{}
 	id, inbox := s.openChannel()
 	defer s.closeChannel(id)
@@ -257,7 +273,7 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*
 		}
 		data = data[next[st]-off:]
 		if _, err := writers[st].Write(data); err != nil {
-			return 0, &OutputError{Stream: st, Err: err}
+			return 0, &OutputError{Stream: Stream(st), Err: err}
 		}
 		next[st] += uint64(len(data))
 		return uint64(len(data)), nil
@@ -388,7 +404,7 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*
 				}
 			}
 			if len(followed) == 0 {
-				if st, err := s.JobStatus(ctx, job); err == nil && st["done"] == "true" {
+				if st, err := s.jobStatus(ctx, job); err == nil && st["done"] == "true" {
 					ended, info = true, st
 				}
 			}
@@ -402,10 +418,10 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (*
 	}
 	res.Next = next
 	res.Done = true
-	if st, err := s.JobStatus(ctx, job); err == nil {
+	if st, err := s.jobStatus(ctx, job); err == nil {
 		info = st
 	}
-	res.Info = info
+	res.Info = jobFrom(info)
 	return res, nil
 }
 
@@ -527,7 +543,7 @@ func (s *Session) subscribe(ctx context.Context, publish, topic string, streams 
 			return nil, err
 		}
 	}
-	zcfg := &zmtp.Config{Mechanism: s.cfg.Mechanism, SocketType: string(zmq4.Sub),
+	zcfg := &zmtp.Config{Mechanism: s.cfg.mech, SocketType: string(zmq4.Sub),
 		HandshakeTimeout: s.cfg.connectTimeout(), OnFull: zmtp.Block,
 		MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 256, MaxFrames: 3,
 		Dial: s.cfg.DialPublish}

@@ -52,7 +52,8 @@ type Publication struct {
 // sends it there, encrypted, as the hub grants credit. It returns once the
 // hub has accepted the publication; the content follows in the background
 // until r's EOF.
-func (f *Fleet) Publish(ctx context.Context, agents []string, r io.Reader) (*Publication, error) {
+func (f *Fleet) Publish(ctx context.Context, agents []string, r io.Reader) (_ *Publication, err error) {
+	defer func() { err = public(err) }()
 	s := f.s
 	id, inbox := s.openChannel()
 	if err := s.send(&wire.Publish{Channel: id, Agents: agents}); err != nil {
@@ -70,7 +71,7 @@ func (f *Fleet) Publish(ctx context.Context, agents []string, r io.Reader) (*Pub
 			return nil, m
 		default:
 			s.closeChannel(id)
-			return nil, fmt.Errorf("hub answered PUBLISH with %s", m.ID())
+			return nil, &ProtocolError{fmt.Errorf("hub answered PUBLISH with %s", m.ID())}
 		}
 	case <-s.done:
 		s.closeChannel(id)
@@ -126,12 +127,12 @@ func (p *Publication) setErr(err error) {
 	p.ps.Close(err)
 }
 
-// Err is what ended the publication early (the hub refused more, the
-// session ended, reading the input failed), or nil.
+// Err is what ended the publication early (the hub refused more: an
+// *Error; the session ended; reading the input failed), or nil.
 func (p *Publication) Err() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.err
+	return public(p.err)
 }
 
 // pump reads r into records, encrypts and sends them within the credit.

@@ -26,7 +26,7 @@ import (
 // sharedExec runs argv on agent a with a shared stdin and returns stdout.
 func sharedExec(ctx context.Context, t *testing.T, f *testFleet, fl *Fleet, a Agent, sh *SharedStdin, argv ...string) (string, *ExitStatus, error) {
 	t.Helper()
-	s, err := fl.DialAgent(ctx, a, Config{Mechanism: &curve.Client{Key: f.client}})
+	s, err := fl.DialAgent(ctx, a, Config{mech: &curve.Client{Key: f.client}})
 	if err != nil {
 		return "", nil, err
 	}

@@ -52,11 +52,11 @@ func (zeroishReader) Read(p []byte) (int, error) {
 
 func benchSession(b *testing.B, chunk, window int) (*client.Session, func()) {
 	serverKey, _ := curve.GenerateKeyPair()
-	clientKey, _ := curve.GenerateKeyPair()
+	clientKey, _ := client.GenerateKeyPair()
 	self, _ := broker.CurrentAccount()
 	br, err := broker.New(broker.Config{
 		Endpoint: "tcp://127.0.0.1:0", StateDir: b.TempDir(), Window: window, Chunk: chunk,
-		Mechanism: &curve.Server{Key: serverKey, Authorize: curve.AllowKeys(clientKey.Public)},
+		Mechanism: &curve.Server{Key: serverKey, Authorize: curve.AllowKeys(curve.PublicKey(clientKey.Public))},
 		Authorize: func([]byte, string) (*broker.Account, error) { return self, nil },
 	})
 	if err != nil {
@@ -67,7 +67,7 @@ func benchSession(b *testing.B, chunk, window int) (*client.Session, func()) {
 	go func() { done <- br.Run(ctx) }()
 	s, err := client.Dial(context.Background(), client.Config{
 		Endpoint: "tcp://" + br.Addr().String(), Chunk: chunk, Window: window,
-		Mechanism: &curve.Client{Key: clientKey, ServerKey: serverKey.Public},
+		Key: &clientKey, ServerKey: client.PublicKey(serverKey.Public),
 	})
 	if err != nil {
 		b.Fatal(err)

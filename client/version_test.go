@@ -43,13 +43,13 @@ func TestOpenFallsBackToVersion1(t *testing.T) {
 			router.Send(zmq4.NewMsgFrom(append([][]byte{msg.Frames[0]}, wire.Frames(reply)...)...))
 		}
 	}()
-	s, err := Dial(ctx, Config{Endpoint: "tcp://" + router.Addr().String()})
+	s, err := Dial(ctx, Config{Endpoint: "tcp://" + router.Addr().String(), Insecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.Info().Version != 1 || <-versions != 2 || <-versions != 1 {
-		t.Fatalf("negotiated version %d", s.Info().Version)
+	if s.Info().Protocol != 1 || <-versions != 2 || <-versions != 1 {
+		t.Fatalf("negotiated version %d", s.Info().Protocol)
 	}
 	if _, err := NewFleet(s); err != ErrNotHub {
 		t.Fatalf("fleet on a version 1 zpd: %v", err)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,14 +15,8 @@ import (
 
 	"github.com/zpipes/zp/client"
 	"github.com/zpipes/zp/internal/curve"
-	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
 )
-
-func isWireCode(err error, code wire.Code) bool {
-	var we *wire.Error
-	return errors.As(err, &we) && we.Code == code
-}
 
 // TestFleetPublicationDenial, against zpd processes: a publication is
 // for the agents it names only (another agent's fetch gets 404, its key
@@ -48,8 +41,12 @@ func TestFleetPublicationDenial(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ckp, err := client.LoadKeyPair(filepath.Join(f.home, "id_curve"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	s, err := client.Dial(ctx, client.Config{Endpoint: "tcp://" + f.hub.Addr, User: "anyone",
-		Mechanism: &curve.Client{Key: kp, ServerKey: hubKey}})
+		Key: &ckp, ServerKey: client.PublicKey(hubKey)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +60,7 @@ func TestFleetPublicationDenial(t *testing.T) {
 		t.Fatalf("agents: %v %v", err, agents)
 	}
 	execShared := func(a client.Agent, sh *client.SharedStdin) (string, error) {
-		as, err := fl.DialAgent(ctx, a, client.Config{Mechanism: &curve.Client{Key: kp}})
+		as, err := fl.DialAgent(ctx, a, client.Config{Key: &ckp})
 		if err != nil {
 			return "", err
 		}
@@ -142,7 +139,7 @@ func TestFleetPublicationDenial(t *testing.T) {
 		}
 	}
 	// a2 was not named: the hub does not let it fetch (404).
-	if out, err := execShared(agents[1], &pub.Shared); !isWireCode(err, wire.CodeNotFound) || out != "" {
+	if out, err := execShared(agents[1], &pub.Shared); !client.IsCode(err, client.CodeNotFound) || out != "" {
 		t.Errorf("a2 read a publication not meant for it: %q %v", out, err)
 	}
 
@@ -174,7 +171,7 @@ func TestFleetPublicationDenial(t *testing.T) {
 	w.Close()
 	pw.Close() // EOF: the final record
 	out, err := execShared(agents[0], &pub.Shared)
-	if !isWireCode(err, wire.CodeFlowControl) || out != "" {
+	if !client.IsCode(err, client.CodeFlowControl) || out != "" {
 		t.Fatalf("an altered record: %q %v", out, err)
 	}
 	t.Logf("altered record: %v", err)

@@ -19,8 +19,6 @@ import (
 	"time"
 
 	"github.com/zpipes/zp/client"
-	"github.com/zpipes/zp/internal/curve"
-	"github.com/zpipes/zp/internal/wire"
 )
 
 // needRoot skips a test that needs root (CI runs as root and must run it).
@@ -210,19 +208,19 @@ func TestStopLeavesJobsRunning(t *testing.T) {
 // through the client library, as user (empty: zpd's own).
 func dialAs(t *testing.T, d *zpd, keyDir, user string) (*client.Session, error) {
 	t.Helper()
-	kp, err := curve.LoadKeyPair(filepath.Join(keyDir, "id_curve"))
+	kp, err := client.LoadKeyPair(filepath.Join(keyDir, "id_curve"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := run(t, nil, nil, "zpd", "--print-key", "--state", d.State).Stdout
-	sk, err := curve.ParsePublicKey(strings.Fields(out)[0])
+	sk, err := client.ParsePublicKey(strings.Fields(out)[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return client.Dial(ctx, client.Config{Endpoint: "tcp://" + d.Addr, User: user,
-		Mechanism: &curve.Client{Key: kp, ServerKey: sk}, ConnectTimeout: 10 * time.Second})
+		Key: &kp, ServerKey: sk, ConnectTimeout: 10 * time.Second})
 }
 
 // procThreads is the number of threads of process pid.
@@ -418,7 +416,7 @@ func TestOutOfDescriptorsIsZpdsError(t *testing.T) {
 	})
 	// Sleeping commands with their output closed hold a descriptor each
 	// in zpd (the pidfd it waits on), until the limit is reached.
-	var werr *wire.Error
+	var werr *client.Error
 	for i := 0; i < 120 && werr == nil; i++ {
 		res := make(chan error, 1)
 		go func() {
@@ -440,7 +438,7 @@ func TestOutOfDescriptorsIsZpdsError(t *testing.T) {
 		t.Fatal("120 commands ran with 64 descriptors")
 	}
 	t.Logf("ERROR %d: %s", werr.Code, werr.Reason)
-	if werr.Code != wire.CodeUnavailable || !strings.Contains(werr.Reason, "too many open files") {
+	if werr.Code != client.CodeUnavailable || !strings.Contains(werr.Reason, "too many open files") {
 		t.Fatalf("got ERROR %d %q", werr.Code, werr.Reason)
 	}
 	// zp says so and exits 255, as ssh does for its own failures.

@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -20,8 +19,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/zpipes/zp/client"
-	"github.com/zpipes/zp/internal/curve"
-	"github.com/zpipes/zp/internal/wire"
 )
 
 // fleetSelect are the flags that choose agents.
@@ -102,8 +99,8 @@ const fleetPatience = 30 * time.Second
 
 // fleetError maps a failed fleet request to a message.
 func fleetError(t Target, err error) error {
-	var we *wire.Error
-	if errors.As(err, &we) && we.Code == wire.CodeUnauthorised {
+	var we *client.Error
+	if errors.As(err, &we) && we.Code == client.CodeUnauthorised {
 		return withCode(ExitFailure, fmt.Errorf("%s: %s: add your key (zp keygen's id_curve.pub) to the hub's --fleet-clients", t.Host, we.Reason))
 	}
 	return withCode(ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
@@ -287,29 +284,29 @@ func writePrometheusSD(io *IO, t Target, l *client.Listing) error {
 // (trust on first use, as for hosts: asked on a terminal, or
 // --accept-new) and returns the key to expect from each; an agent whose
 // key is not trusted gets an error instead.
-func (conn *connFlags) agentKeys(io *IO, hub string, agents []client.Agent) (map[string]curve.PublicKey, map[string]error, error) {
-	kh := knownHosts{path: filepath.Join(configDir(io.Getenv), "known_hosts")}
-	keys := map[string]curve.PublicKey{}
+func (conn *connFlags) agentKeys(io *IO, hub string, agents []client.Agent) (map[string]client.PublicKey, map[string]error, error) {
+	kh := &client.KnownHosts{Path: knownHostsPath(io.Getenv)}
+	keys := map[string]client.PublicKey{}
 	fails := map[string]error{}
 	var unknown []client.Agent
-	var unknownKeys []curve.PublicKey
+	var unknownKeys []client.PublicKey
 	for _, a := range agents {
-		listed, err := curve.ParsePublicKey(a.Key)
+		listed, err := client.ParsePublicKey(a.Key)
 		if err != nil {
 			fails[a.Name] = fmt.Errorf("the hub lists a malformed key: %v", err)
 			continue
 		}
 		name := a.Name + "@" + hub
-		e, err := kh.lookup(name)
+		pinned, line, found, err := kh.Lookup(name)
 		if err != nil {
 			return nil, nil, err
 		}
 		switch {
-		case e == nil:
+		case !found:
 			unknown = append(unknown, a)
 			unknownKeys = append(unknownKeys, listed)
-		case e.key != listed:
-			fails[a.Name] = fmt.Errorf("AGENT KEY CHANGED: %s is pinned as %s, the hub lists %s; the hub or the agent may be an impostor. If the change is expected, remove line %d of %s", name, e.key.Fingerprint(), listed.Fingerprint(), e.line, kh.path)
+		case pinned != listed:
+			fails[a.Name] = fmt.Errorf("AGENT KEY CHANGED: %s is pinned as %s, the hub lists %s; the hub or the agent may be an impostor. If the change is expected, remove line %d of %s", name, pinned.Fingerprint(), listed.Fingerprint(), line, kh.Path)
 		default:
 			keys[a.Name] = listed
 		}
@@ -338,20 +335,20 @@ func (conn *connFlags) agentKeys(io *IO, hub string, agents []client.Agent) (map
 			fails[a.Name] = fmt.Errorf("key of %s@%s not accepted", a.Name, hub)
 			continue
 		}
-		if err := kh.add(a.Name+"@"+hub, unknownKeys[i]); err != nil {
+		if err := kh.Add(a.Name+"@"+hub, unknownKeys[i]); err != nil {
 			return nil, nil, fmt.Errorf("pinning agent keys: %w", err)
 		}
 		keys[a.Name] = unknownKeys[i]
 	}
 	if ok && !conn.quiet {
-		fmt.Fprintf(io.Err, "zp: permanently added %d agent key(s) listed by %s to %s\n", len(unknown), hub, kh.path)
+		fmt.Fprintf(io.Err, "zp: permanently added %d agent key(s) listed by %s to %s\n", len(unknown), hub, kh.Path)
 	}
 	return keys, fails, nil
 }
 
 // confirmAgents asks once, on the terminal, whether to pin the keys the
 // hub lists for agents not seen before; without a terminal it fails.
-func confirmAgents(hub string, agents []client.Agent, keys []curve.PublicKey) (bool, error) {
+func confirmAgents(hub string, agents []client.Agent, keys []client.PublicKey) (bool, error) {
 	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
 	if err != nil || !term.IsTerminal(int(tty.Fd())) {
 		if tty != nil {

@@ -22,9 +22,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/zpipes/zp/client"
-	"github.com/zpipes/zp/internal/curve"
-	"github.com/zpipes/zp/internal/wire"
-	"github.com/zpipes/zp/internal/zmtp"
 )
 
 // fleetExecOptions are zp's flags for running a command on a fleet.
@@ -151,9 +148,9 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 			}
 			pub, err := fl.Publish(ctx, names, io.In)
 			if err != nil {
-				var we *wire.Error
-				if errors.As(err, &we) && we.Code == wire.CodeBadRequest {
-					return withCode(ExitFailure, fmt.Errorf("%s cannot pass stdin to the fleet (%s): use -n, or upgrade its zpd", t.Host, we.Reason))
+				var ce *client.Error
+				if errors.As(err, &ce) && ce.Code == client.CodeBadRequest {
+					return withCode(ExitFailure, fmt.Errorf("%s cannot pass stdin to the fleet (%s): use -n, or upgrade its zpd", t.Host, ce.Reason))
 				}
 				return fleetError(t, err)
 			}
@@ -193,7 +190,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 			sess, err := ad.dial(ctx, a)
 			<-sem
 			if err != nil {
-				r.err, r.why = describeConnectError(Target{Host: a.Name, User: user}, err), dialFailure(err)
+				r.err, r.why = describeConnectError(Target{Target: client.Target{Host: a.Name, User: user}}, err), dialFailure(err)
 				pr.failed(r)
 				return
 			}
@@ -211,7 +208,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 				pr.failed(r)
 			default:
 				r.code = st.ExitCode()
-				if st.Status == wire.FailedToStart {
+				if st.Status == client.FailedToStart {
 					r.exitNote = st.Message
 				}
 			}
@@ -228,9 +225,9 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 // agentDialer opens sessions with a hub's agents through tunnels.
 type agentDialer struct {
 	fl        *client.Fleet
-	keys      map[string]curve.PublicKey
+	keys      map[string]client.PublicKey
 	untrusted map[string]error // agents whose key cannot be trusted
-	kp        curve.KeyPair
+	kp        client.KeyPair
 	user      string
 	timeout   time.Duration
 	connect   time.Duration
@@ -242,8 +239,7 @@ func (conn *connFlags) agentDialer(io *IO, t Target, fl *client.Fleet, agents []
 	if err != nil {
 		return nil, withCode(ExitFailure, err)
 	}
-	secret, _ := identityPaths(configDir(io.Getenv))
-	kp, err := curve.LoadKeyPair(secret)
+	kp, err := client.LoadIdentity(configDir(io.Getenv))
 	if err != nil {
 		return nil, withCode(ExitFailure, fmt.Errorf("client key: %w", err))
 	}
@@ -267,9 +263,9 @@ func (conn *connFlags) agentDialer(io *IO, t Target, fl *client.Fleet, agents []
 
 func (ad *agentDialer) dial(ctx context.Context, a client.Agent) (*client.Session, error) {
 	return ad.fl.DialAgent(ctx, a, client.Config{
-		User: ad.user, Mechanism: &curve.Client{Key: ad.kp, ServerKey: ad.keys[a.Name]},
+		User: ad.user, Key: &ad.kp, ServerKey: ad.keys[a.Name],
 		ConnectTimeout: ad.connect, Timeout: ad.timeout,
-		ClientName: "zp/" + wire.SoftwareVersion,
+		ClientName: "zp/" + client.Version,
 	})
 }
 
@@ -288,9 +284,8 @@ func isDevNull(f *os.File) bool {
 
 // dialFailure names why an agent could not be reached, for the summary.
 func dialFailure(err error) string {
-	var we *wire.Error
-	var pe *zmtp.PeerError
-	if (errors.As(err, &we) && we.Code == wire.CodeUnauthorised) || errors.As(err, &pe) {
+	var he *client.HandshakeError
+	if client.IsCode(err, client.CodeUnauthorised) || (errors.As(err, &he) && he.Refused != "") {
 		return "unauthorised"
 	}
 	return "unreachable"

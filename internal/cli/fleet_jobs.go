@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/zpipes/zp/client"
-	"github.com/zpipes/zp/internal/wire"
 )
 
 // fleetAsyncRun starts argv as a background job on every selected agent
@@ -48,7 +47,7 @@ func fleetAsyncRun(ctx context.Context, opts *zpOptions, fl *client.Fleet, ad *a
 			sess, err := ad.dial(ctx, a)
 			<-sem
 			if err != nil {
-				r.err, r.why = describeConnectError(Target{Host: a.Name, User: ad.user}, err), dialFailure(err)
+				r.err, r.why = describeConnectError(Target{Target: client.Target{Host: a.Name, User: ad.user}}, err), dialFailure(err)
 				pr.failed(r)
 				return
 			}
@@ -131,9 +130,8 @@ func fleetJobFanoutSome(ctx context.Context, io *IO, conn *connFlags, hubArg, id
 	}
 	defer s.Close()
 	fjs, err := fl.Jobs(ctx, id)
-	var we *wire.Error
 	switch {
-	case errors.As(err, &we) && we.Code == wire.CodeNotFound:
+	case client.IsCode(err, client.CodeNotFound):
 		return nil, withCode(ExitNoJob, fmt.Errorf("%s: no fleet job %s", t.Host, id))
 	case err != nil:
 		return nil, fleetError(t, err)
@@ -192,7 +190,7 @@ func fleetJobFanoutSome(ctx context.Context, io *IO, conn *connFlags, hubArg, id
 			sess, err := ad.dial(ctx, a)
 			<-sem
 			if err != nil {
-				r.err, r.why = describeConnectError(Target{Host: name, User: ad.user}, err), dialFailure(err)
+				r.err, r.why = describeConnectError(Target{Target: client.Target{Host: name, User: ad.user}}, err), dialFailure(err)
 				failed(r)
 				return
 			}
@@ -202,8 +200,7 @@ func fleetJobFanoutSome(ctx context.Context, io *IO, conn *connFlags, hubArg, id
 			pr.flush(r)
 			if err != nil {
 				r.err, r.why = err, "failed"
-				var we *wire.Error
-				if errors.As(err, &we) && we.Code == wire.CodeNotFound {
+				if client.IsCode(err, client.CodeNotFound) {
 					r.err, r.why = fmt.Errorf("no job %s there (removed, or expired)", fj.Jobs[name]), "no job"
 				}
 				failed(r)
@@ -222,7 +219,7 @@ func fleetJobStatus(ctx context.Context, ios *IO, conn *connFlags, hubArg, id st
 		info, err := s.JobStatus(ctx, job)
 		if err == nil {
 			mu.Lock()
-			infos[r.name] = info
+			infos[r.name] = info.Fields()
 			mu.Unlock()
 		}
 		return err
@@ -320,7 +317,7 @@ func fleetJobFollow(ctx context.Context, ios *IO, conn *connFlags, hubArg, id st
 				if err != nil {
 					return err
 				}
-				r.code = jobExitCode(res.Info)
+				r.code = res.Info.ExitCode
 				return nil
 			})
 		if ctx.Err() != nil {
@@ -380,13 +377,13 @@ func retryableFollow(r *hostResult) bool {
 	if r.why != "unreachable" && r.why != "failed" {
 		return false // untrusted, unauthorised, no such job
 	}
-	var we *wire.Error
+	var ce *client.Error
 	var oe *client.OutputError
 	switch {
 	case errors.As(r.err, &oe):
 		return false
-	case errors.As(r.err, &we):
-		return we.Code == wire.CodeUnavailable
+	case errors.As(r.err, &ce):
+		return ce.Code == client.CodeUnavailable
 	}
 	return true
 }
@@ -395,9 +392,9 @@ func retryableFollow(r *hostResult) bool {
 func fleetJobEach(ctx context.Context, ios *IO, conn *connFlags, hubArg, id string, do func(ctx context.Context, s *client.Session, job string) error) error {
 	results, err := fleetJobFanout(ctx, ios, conn, hubArg, id, func(ctx context.Context, s *client.Session, job string, r *hostResult, _, _ io.Writer) error {
 		err := do(ctx, s, job)
-		var we *wire.Error
-		if errors.As(err, &we) && we.Code == wire.CodeConflict {
-			r.code, r.exitNote = 1, we.Reason // not running, or still running
+		var ce *client.Error
+		if errors.As(err, &ce) && ce.Code == client.CodeConflict {
+			r.code, r.exitNote = 1, ce.Reason // not running, or still running
 			return nil
 		}
 		return err
@@ -419,8 +416,7 @@ func fleetJobsList(ctx context.Context, s *client.Session) ([]client.FleetJob, e
 		return nil, nil
 	}
 	jobs, err := fl.Jobs(ctx, "")
-	var we *wire.Error
-	if errors.As(err, &we) && (we.Code == wire.CodeBadRequest || we.Code == wire.CodeUnauthorised) {
+	if client.IsCode(err, client.CodeBadRequest) || client.IsCode(err, client.CodeUnauthorised) {
 		return nil, nil
 	}
 	return jobs, err

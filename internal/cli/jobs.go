@@ -16,7 +16,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/zpipes/zp/client"
-	"github.com/zpipes/zp/internal/wire"
 )
 
 // ExitNoJob is the exit code for an unknown job id.
@@ -24,12 +23,12 @@ const ExitNoJob = 2
 
 // jobError maps a failure of a job command to an exit code.
 func jobError(t Target, id string, err error) error {
-	var we *wire.Error
+	var we *client.Error
 	if errors.As(err, &we) {
 		switch we.Code {
-		case wire.CodeNotFound:
+		case client.CodeNotFound:
 			return withCode(ExitNoJob, fmt.Errorf("%s: no job %s", t.Host, id))
-		case wire.CodeConflict:
+		case client.CodeConflict:
 			return withCode(1, fmt.Errorf("%s: %s", t.Host, we.Reason))
 		}
 		return withCode(ExitFailure, fmt.Errorf("%s: %s", t.Host, we.Reason))
@@ -54,14 +53,6 @@ func (conn *connFlags) withSession(ctx context.Context, io *IO, host, id string,
 	return nil
 }
 
-// jobExitCode is the exit code a finished job's description implies.
-func jobExitCode(info map[string]string) int {
-	if c, err := strconv.Atoi(info["exit_code"]); err == nil {
-		return c
-	}
-	return 0
-}
-
 func newJobsCmd(io *IO, conn *connFlags) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
@@ -72,9 +63,11 @@ func newJobsCmd(io *IO, conn *connFlags) *cobra.Command {
 			var jobs []map[string]string
 			var fleetJobs []client.FleetJob
 			err := conn.withSession(c.Context(), io, args[0], "", func(s *client.Session) (err error) {
-				jobs, err = s.Jobs(c.Context())
-				var we *wire.Error
-				fleetOnly := errors.As(err, &we) && we.Code == wire.CodeUnauthorised
+				list, err := s.Jobs(c.Context())
+				for _, j := range list {
+					jobs = append(jobs, j.Fields())
+				}
+				fleetOnly := client.IsCode(err, client.CodeUnauthorised)
 				if err != nil && !fleetOnly {
 					return err
 				}
@@ -158,7 +151,10 @@ func newJobStatusCmd(io *IO, conn *connFlags) *cobra.Command {
 			}
 			var info map[string]string
 			err := conn.withSession(c.Context(), io, args[0], args[1], func(s *client.Session) (err error) {
-				info, err = s.JobStatus(c.Context(), args[1])
+				j, err := s.JobStatus(c.Context(), args[1])
+				if err == nil {
+					info = j.Fields()
+				}
 				return err
 			})
 			if err != nil {
@@ -307,12 +303,12 @@ func followRun(ctx context.Context, io *IO, conn *connFlags, hostArg, id string,
 			if os.Getenv("ZP_FOLLOW_STATS") != "" {
 				fmt.Fprintf(io.Err, "zp: follow stats: history=%d live=%d missed=%d\n", res.History, res.Live, res.Missed)
 			}
-			return exitStatusCode(jobExitCode(res.Info))
+			return exitStatusCode(res.Info.ExitCode)
 		}
 		if ctx.Err() != nil {
 			return withCode(130, nil) // detached; the job goes on
 		}
-		var we *wire.Error
+		var we *client.Error
 		var oe *client.OutputError
 		if errors.As(err, &we) || errors.As(err, &oe) {
 			return jobError(t, id, err)

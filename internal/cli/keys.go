@@ -2,35 +2,26 @@ package cli
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/zpipes/zp/internal/curve"
-	"github.com/zpipes/zp/internal/zmtp"
+	"github.com/zpipes/zp/client"
 )
 
 // configDir is $ZP_CONFIG, else ~/.config/zp.
-func configDir(getenv func(string) string) string {
-	if d := getenv("ZP_CONFIG"); d != "" {
-		return d
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".config", "zp")
-	}
-	return ".zp"
-}
+func configDir(getenv func(string) string) string { return client.ConfigDir(getenv) }
 
-func identityPaths(dir string) (secret, public string) {
-	return filepath.Join(dir, "id_curve"), filepath.Join(dir, "id_curve.pub")
+func identityPaths(dir string) (secret, public string) { return client.IdentityPaths(dir) }
+
+func knownHostsPath(getenv func(string) string) string {
+	return filepath.Join(configDir(getenv), "known_hosts")
 }
 
 type keygenOptions struct {
@@ -60,11 +51,11 @@ func keygenRun(opts *keygenOptions) error {
 		return withCode(ExitFailure, err)
 	}
 	secret, public := identityPaths(dir)
-	kp, err := curve.GenerateKeyPair()
+	kp, err := client.GenerateKeyPair()
 	if err != nil {
 		return withCode(ExitFailure, err)
 	}
-	if err := curve.WriteKeyFiles(secret, public, kp, opts.force); err != nil {
+	if err := client.WriteKeyFiles(secret, public, kp, opts.force); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return withCode(ExitFailure, fmt.Errorf("%s already exists; use --force to replace it (clients using it will lose access)", secret))
 		}
@@ -76,114 +67,43 @@ func keygenRun(opts *keygenOptions) error {
 	return nil
 }
 
-// knownHosts is $ZP_CONFIG/known_hosts: "HOST Z85KEY [comment]" lines.
-type knownHosts struct {
-	path string
-}
-
-type khEntry struct {
-	line int
-	key  curve.PublicKey
-}
-
-func (k knownHosts) lookup(host string) (*khEntry, error) {
-	f, err := os.Open(k.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	n := 0
-	for sc.Scan() {
-		n++
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		fields := strings.Fields(line)
-		if len(fields) < 2 || fields[0] != host {
-			continue
-		}
-		key, err := curve.ParsePublicKey(fields[1])
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", k.path, n, err)
-		}
-		return &khEntry{line: n, key: key}, nil
-	}
-	return nil, sc.Err()
-}
-
-func (k knownHosts) add(host string, key curve.PublicKey) error {
-	if err := os.MkdirAll(filepath.Dir(k.path), 0o700); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(k.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(f, "%s %s added %s\n", host, key.String(), time.Now().Format("2006-01-02"))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// curveClient resolves the mechanism for connecting to t: our identity,
-// and the host key from known_hosts — learning and pinning it on first
-// contact when the user agrees (or --accept-new).
-func (f *connFlags) curveClient(ctx context.Context, io *IO, t Target) (*curve.Client, *khEntry, error) {
+// secure sets cfg's CURVE security for t: our identity, and the host key
+// from known_hosts, learnt and pinned on first contact when the user
+// agrees (or --accept-new).
+func (f *connFlags) secure(io *IO, t Target, cfg *client.Config) error {
 	dir := configDir(io.Getenv)
-	secret, _ := identityPaths(dir)
-	kp, err := curve.LoadKeyPair(secret)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, fmt.Errorf("no client key at %s: run 'zp keygen' first (or --insecure for a zpd started with --insecure)", secret)
+	kp, err := client.LoadIdentity(dir)
+	if errors.Is(err, client.ErrNoIdentity) {
+		secret, _ := identityPaths(dir)
+		return fmt.Errorf("no client key at %s: run 'zp keygen' first (or --insecure for a zpd started with --insecure)", secret)
 	}
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	kh := knownHosts{path: filepath.Join(dir, "known_hosts")}
-	entry, err := kh.lookup(t.Host)
-	if err != nil {
-		return nil, nil, err
-	}
-	if entry != nil {
-		return &curve.Client{Key: kp, ServerKey: entry.key}, entry, nil
-	}
-	announced, err := zmtp.QueryServerKey(ctx, t.Endpoint, f.connectTimeout)
-	if errors.Is(err, zmtp.ErrServerInsecure) {
-		return nil, nil, fmt.Errorf("%s runs without encryption (zpd --insecure): connect with --insecure", t.Host)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("cannot connect to %s: %w", t.Host, err)
-	}
-	key, err := curve.ParsePublicKey(announced)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s announced a malformed key: %v", t.Host, err)
-	}
-	if !f.acceptNew {
-		ok, err := confirmHost(io, t.Host, key)
-		if err != nil {
-			return nil, nil, err
+	cfg.Key = &kp
+	cfg.KnownHosts = &client.KnownHosts{Path: knownHostsPath(io.Getenv)}
+	cfg.HostName = t.Host
+	cfg.AcceptHost = func(host string, key client.PublicKey) error {
+		if !f.acceptNew {
+			ok, err := confirmHost(io, host, key)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("host key for %s not accepted", host)
+			}
 		}
-		if !ok {
-			return nil, nil, fmt.Errorf("host key for %s not accepted", t.Host)
+		if !f.quiet {
+			fmt.Fprintf(io.Err, "zp: permanently added %s (CURVE %s) to %s\n", host, key.Fingerprint(), cfg.KnownHosts.Path)
 		}
+		return nil
 	}
-	if err := kh.add(t.Host, key); err != nil {
-		return nil, nil, fmt.Errorf("pinning host key: %w", err)
-	}
-	if !f.quiet {
-		fmt.Fprintf(io.Err, "zp: permanently added %s (CURVE %s) to %s\n", t.Host, key.Fingerprint(), kh.path)
-	}
-	return &curve.Client{Key: kp, ServerKey: key}, nil, nil
+	return nil
 }
 
 // confirmHost asks on the terminal, as ssh does; without a terminal it
 // refuses and tells the user what to do.
-func confirmHost(io *IO, host string, key curve.PublicKey) (bool, error) {
+func confirmHost(io *IO, host string, key client.PublicKey) (bool, error) {
 	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
 	if err != nil || !term.IsTerminal(int(tty.Fd())) {
 		if tty != nil {
@@ -200,7 +120,7 @@ func confirmHost(io *IO, host string, key curve.PublicKey) (bool, error) {
 
 // hostKeyChanged builds the loud refusal for a pinned key that no longer
 // matches what the host announces.
-func hostKeyChanged(path string, host string, e *khEntry, now curve.PublicKey) error {
+func hostKeyChanged(e *client.HostKeyChangedError) error {
 	return fmt.Errorf(`@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
 @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
 @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
@@ -210,5 +130,5 @@ pinned:    %s
 announced: %s
 If the change is expected, remove line %d of %s:
   sed -i '%dd' %s
-Connection refused`, host, e.key.Fingerprint(), now.Fingerprint(), e.line, path, e.line, path)
+Connection refused`, e.Host, e.Pinned.Fingerprint(), e.Announced.Fingerprint(), e.Line, e.Path, e.Line, e.Path)
 }

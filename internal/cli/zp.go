@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -15,9 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/zpipes/zp/client"
-	"github.com/zpipes/zp/internal/curve"
-	"github.com/zpipes/zp/internal/wire"
-	"github.com/zpipes/zp/internal/zmtp"
 )
 
 // connFlags are the flags every zp/zpc command shares to reach a zpd.
@@ -69,31 +65,18 @@ func (f *connFlags) dialTarget(ctx context.Context, io *IO, t Target, opts ...fu
 		User:           t.remoteUser(),
 		ConnectTimeout: f.connectTimeout,
 		Timeout:        f.timeout,
-		ClientName:     "zp/" + wire.SoftwareVersion,
+		ClientName:     "zp/" + client.Version,
 	}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	var pinned *khEntry
-	if !f.insecure {
-		mech, entry, err := f.curveClient(ctx, io, t)
-		if err != nil {
-			return nil, t, withCode(ExitFailure, err)
-		}
-		cfg.Mechanism, pinned = mech, entry
+	if f.insecure {
+		cfg.Insecure = true
+	} else if err := f.secure(io, t, &cfg); err != nil {
+		return nil, t, withCode(ExitFailure, err)
 	}
 	s, err := client.Dial(ctx, cfg)
 	if err != nil {
-		var he *zmtp.HandshakeError
-		if pinned != nil && errors.As(err, &he) && he.Reason != zmtp.ReasonRejected {
-			// The handshake failed against a pinned key: find out whether
-			// the host now announces another one.
-			if k, qerr := zmtp.QueryServerKey(ctx, t.Endpoint, f.connectTimeout); qerr == nil {
-				if now, perr := curve.ParsePublicKey(k); perr == nil && now != pinned.key {
-					return nil, t, withCode(ExitFailure, hostKeyChanged(filepath.Join(configDir(io.Getenv), "known_hosts"), t.Host, pinned, now))
-				}
-			}
-		}
 		return nil, t, withCode(ExitFailure, describeConnectError(t, err))
 	}
 	return s, t, nil
@@ -101,27 +84,37 @@ func (f *connFlags) dialTarget(ctx context.Context, io *IO, t Target, opts ...fu
 
 // describeConnectError turns a dial failure into a sentence for users.
 func describeConnectError(t Target, err error) error {
-	var we *wire.Error
+	var hc *client.HostKeyChangedError
+	if errors.As(err, &hc) {
+		return hostKeyChanged(hc)
+	}
+	var uh *client.UnknownHostError
+	if errors.As(err, &uh) && uh.Err != nil {
+		return uh.Err // our own refusal (confirmHost)
+	}
+	if errors.Is(err, client.ErrServerInsecure) {
+		return fmt.Errorf("%s runs without encryption (zpd --insecure): connect with --insecure", t.Host)
+	}
+	var we *client.Error
 	if errors.As(err, &we) {
 		switch we.Code {
-		case wire.CodeUnauthorised:
+		case client.CodeUnauthorised:
 			return fmt.Errorf("%s refused: %s", t.Host, we.Reason)
 		}
 		return fmt.Errorf("%s: %s", t.Host, we.Reason)
 	}
-	var he *zmtp.HandshakeError
+	var he *client.HandshakeError
 	if errors.As(err, &he) {
-		var pe *zmtp.PeerError
 		switch {
-		case he.Reason == zmtp.ReasonMechanism && strings.Contains(he.Error(), "server-key="):
+		case he.Reason == client.HandshakeMechanism && strings.Contains(he.Error(), "server-key="):
 			return fmt.Errorf("cannot connect to %s: security mismatch: it requires CURVE encryption; drop --insecure", t.Host)
-		case errors.As(err, &pe) && t.fleetHub:
-			return fmt.Errorf("%s refused our key (%s): add the output of 'zp keygen' (id_curve.pub) to the hub's --fleet-clients", t.Host, pe.Reason)
-		case errors.As(err, &pe):
-			return fmt.Errorf("%s refused our key (%s): add %s to ~%s/.config/zp/authorized_keys there", t.Host, pe.Reason, "the output of 'zp keygen' (id_curve.pub)", t.remoteUser())
-		case he.Reason == zmtp.ReasonMechanism:
+		case he.Refused != "" && t.fleetHub:
+			return fmt.Errorf("%s refused our key (%s): add the output of 'zp keygen' (id_curve.pub) to the hub's --fleet-clients", t.Host, he.Refused)
+		case he.Refused != "":
+			return fmt.Errorf("%s refused our key (%s): add %s to ~%s/.config/zp/authorized_keys there", t.Host, he.Refused, "the output of 'zp keygen' (id_curve.pub)", t.remoteUser())
+		case he.Reason == client.HandshakeMechanism:
 			return fmt.Errorf("cannot connect to %s: security mismatch (%v); is zpd running with --insecure, or are you?", t.Host, he.Err)
-		case he.Reason == zmtp.ReasonTimeout:
+		case he.Reason == client.HandshakeTimeout:
 			return fmt.Errorf("cannot connect to %s: handshake timeout", t.Host)
 		}
 		return fmt.Errorf("cannot connect to %s: handshake failed (%s): %v", t.Host, he.Reason, he.Err)
@@ -185,7 +178,7 @@ Background jobs: zp --async host cmd prints a job id and exits; then
 	root.AddCommand(&cobra.Command{
 		Use: "version", Short: "print zp's version", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			fmt.Fprintln(io.Out, "zp", wire.SoftwareVersion)
+			fmt.Fprintln(io.Out, "zp", client.Version)
 			return nil
 		},
 	})
@@ -308,7 +301,7 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 	st, err := s.Exec(ctx, req)
 	if err != nil {
 		var oe *client.OutputError
-		var we *wire.Error
+		var we *client.Error
 		switch {
 		case errors.As(err, &oe) && errors.Is(oe.Err, syscall.EPIPE):
 			return withCode(128+int(syscall.SIGPIPE), nil)
@@ -323,7 +316,7 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 		}
 		return withCode(ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
 	}
-	if st.Status == wire.FailedToStart && st.Message != "" {
+	if st.Status == client.FailedToStart && st.Message != "" {
 		fmt.Fprintf(io.Err, "zp: %s\n", st.Message)
 	}
 	return exitStatus(st)

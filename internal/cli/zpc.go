@@ -17,7 +17,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/zpipes/zp/client"
-	"github.com/zpipes/zp/internal/wire"
 )
 
 // remoteSpec is [user@]host[:port]:PATH.
@@ -234,11 +233,11 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 			prog.finish()
 			return withCode(ExitFailure, fmt.Errorf("%s broke the protocol (%s); not retrying", t.Host, printable(pe.Err.Error())))
 		}
-		var we *wire.Error
+		var we *client.Error
 		if errors.As(err, &we) {
 			prog.finish()
 			code := ExitFailure // the session refused (channel 0)
-			if we.Channel != 0 {
+			if !we.Session {
 				code = 1 // the server refused this transfer (its destination), not the connection
 			}
 			return withCode(code, fmt.Errorf("%s: %s", t.Host, printable(we.Reason)))
