@@ -4,12 +4,19 @@ GO      ?= go
 BIN     := bin
 FUZZTIME ?= 10s
 
-.PHONY: all build deps run test vet unit e2e fuzz bench clean fleet-up fleet-down
+.PHONY: all build libzp deps run test vet unit e2e fuzz bench clean fleet-up fleet-down
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+
+# libzp, the C library (include/zp.h): lib/libzp.so and lib/libzp.a.
+LIB := lib
+libzp:
+	$(GO) build -buildmode=c-shared -o $(LIB)/libzp.so ./libzp
+	$(GO) build -buildmode=c-archive -o $(LIB)/libzp.a ./libzp
+	@rm -f $(LIB)/libzp.h # cgo's; include/zp.h is the documented header
 
 # System packages the tests use (libzmq for interop, iproute2 for network
 # namespaces, sshd/rsync for benchmarks); installed only when missing.
@@ -49,4 +56,4 @@ fleet-down:
 	docker-compose down -v --remove-orphans
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(LIB)

@@ -10,6 +10,9 @@ command -v tc >/dev/null 2>&1 || need+=(iproute2)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v bc >/dev/null 2>&1 || need+=(bc)
+command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)       # cgo: libzp, and its C test
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)        # e2e.TestLibzpC
+/usr/bin/python3 -c 'import pytest' 2>/dev/null || need+=(python3-pytest) # python/ tests
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # systemd-analyze verify of deploy/zpd.service; not started
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" = 0 ]; then
