@@ -829,3 +829,9 @@ func zp_copy_down(s C.int, sources **C.char, dest *C.char, flags C.int, progress
 	defer guard(s, &ret)
 	return copyFiles(s, false, sources, dest, flags, progress, user, stats)
 }
+
+// panicking is an export's shape around a panic (TestPanicRecovered).
+func panicking() (ret C.int) {
+	defer guard(0, &ret)
+	panic("boom")
+}
