@@ -17,6 +17,7 @@ libzp:
 	$(GO) build -buildmode=c-shared -o $(LIB)/libzp.so ./libzp
 	$(GO) build -buildmode=c-archive -o $(LIB)/libzp.a ./libzp
 	@rm -f $(LIB)/libzp.h # cgo's; include/zp.h is the documented header
+	cp $(LIB)/libzp.so python/zp/libzp.so # bundled by pip install ./python
 
 # System packages the tests use (libzmq for interop, iproute2 for network
 # namespaces, sshd/rsync for benchmarks); installed only when missing.

@@ -75,7 +75,9 @@ int zp_errmsg(int handle, char *buf, size_t len);
 
 /* Connection options; zero (or a NULL pointer) means the default. */
 typedef struct zp_options {
-    const char *config_dir;  /* identity and known_hosts dir: default $ZP_CONFIG, else ~/.config/zp */
+    const char *config_dir;  /* identity and known_hosts dir: default $ZP_CONFIG, else ~/.config/zp
+                                (the environment as it was when libzp was loaded: the Go runtime
+                                copies it at start, and later setenv() calls are not seen) */
     const char *identity;    /* secret key file (zcert): default CONFIG_DIR/id_curve */
     const char *known_hosts; /* pinned host keys: default CONFIG_DIR/known_hosts */
     const char *server_key;  /* the server's public key, Z85 (40 chars): skips known_hosts */
