@@ -60,7 +60,7 @@ func TestReadmeExamples(t *testing.T) {
 		cmd := exec.Command("/usr/bin/python3", src, d.Addr)
 		cmd.Env = append(env, "PYTHONPATH="+py, "ZP_LIBZP="+filepath.Join(lib, "libzp.so"), "PYTHONDONTWRITEBYTECODE=1")
 		out, err := cmd.CombinedOutput()
-		want := "0 HELLO FROM PYTHON\njob done\njob 3\ncopied 1 file\ngone: 404\n"
+		want := "0 HELLO FROM PYTHON\njob done\njob 3\nin place: 1 file\ngone: 404\n"
 		if err != nil || string(out) != want {
 			t.Fatalf("hello.py: %v\n%s\nwant:\n%s", err, out, want)
 		}
