@@ -1,4 +1,6 @@
-// Command zp runs commands on remote hosts through zpd: see internal/cli.
+// Command zp runs commands on remote hosts through zpd. Its cobra tree is
+// in this directory (zp.go, jobs.go, fleet*.go, keygen.go), on the public
+// client API; internal/cli holds what it shares with zpc and zpd.
 package main
 
 import (
@@ -10,6 +12,6 @@ import (
 
 func main() {
 	// No signal context: zp forwards INT, TERM and HUP to the remote
-	// command instead of dying of them (internal/cli/zp.go).
-	os.Exit(cli.MainZP(context.Background(), os.Args[1:], cli.System()))
+	// command instead of dying of them (zp.go).
+	os.Exit(MainZP(context.Background(), os.Args[1:], cli.System()))
 }

@@ -1,4 +1,6 @@
-// Command zpc copies files to and from hosts through zpd: see internal/cli.
+// Command zpc copies files to and from hosts through zpd. Its cobra tree
+// is zpc.go, on the public client API; internal/cli holds what it shares
+// with zp and zpd.
 package main
 
 import (
@@ -10,5 +12,5 @@ import (
 
 func main() {
 	// zpc handles INT, TERM and HUP itself (a clean stop that resumes).
-	os.Exit(cli.MainZPC(context.Background(), os.Args[1:], cli.System()))
+	os.Exit(MainZPC(context.Background(), os.Args[1:], cli.System()))
 }

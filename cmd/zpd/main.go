@@ -1,4 +1,6 @@
-// Command zpd: see internal/cli.
+// Command zpd is zp's daemon (package broker). Its cobra tree is in this
+// directory (zpd.go, zpd_fleet.go, signals.go); internal/cli holds what it
+// shares with zp and zpc.
 package main
 
 import (
@@ -12,7 +14,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := cli.MainZPD(ctx, os.Args[1:], cli.System())
+	code := MainZPD(ctx, os.Args[1:], cli.System())
 	stop()
 	os.Exit(code)
 }

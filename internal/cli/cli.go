@@ -1,5 +1,8 @@
-// Package cli holds the command trees of zp, zpd and zpc: flags, I/O
-// streams, and the one place where errors become exit codes.
+// Package cli holds what the command trees of zp, zpc and zpd (each in its
+// cmd/ directory) share: I/O streams, the one place where errors become
+// exit codes, the root command's settings, the log handler, and (conn.go,
+// keys.go) the flags and host-key prompts with which zp and zpc reach a
+// zpd through the public client API.
 package cli
 
 import (
@@ -50,12 +53,21 @@ func (e *exitError) Error() string {
 
 func (e *exitError) Unwrap() error { return e.err }
 
-// withCode makes err exit with code.
-func withCode(code int, err error) error { return &exitError{code: code, err: err} }
+// WithCode makes err exit with code.
+func WithCode(code int, err error) error { return &exitError{code: code, err: err} }
 
-// exitCode maps an error from a command tree to the process exit code and
+// CodeOf returns the exit code WithCode gave err (or an error it wraps).
+func CodeOf(err error) (int, bool) {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code, true
+	}
+	return 0, false
+}
+
+// ExitCode maps an error from a command tree to the process exit code and
 // prints it, prefixed with the program name.
-func exitCode(prog string, errw io.Writer, err error, fallback int) int {
+func ExitCode(prog string, errw io.Writer, err error, fallback int) int {
 	if err == nil {
 		return 0
 	}
@@ -75,8 +87,8 @@ func exitCode(prog string, errw io.Writer, err error, fallback int) int {
 	return code
 }
 
-// newRoot builds a root command with the settings every tree shares.
-func newRoot(use, short string) *cobra.Command {
+// NewRoot builds a root command with the settings every tree shares.
+func NewRoot(use, short string) *cobra.Command {
 	c := &cobra.Command{
 		Use:           use,
 		Short:         short,
@@ -84,14 +96,14 @@ func newRoot(use, short string) *cobra.Command {
 		SilenceErrors: true,
 	}
 	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return withCode(ExitUsage, fmt.Errorf("%v (see %s --help)", err, c.CommandPath()))
+		return WithCode(ExitUsage, fmt.Errorf("%v (see %s --help)", err, c.CommandPath()))
 	})
 	c.CompletionOptions.DisableDefaultCmd = true
 	return c
 }
 
-// newLogger makes the process's slog handler.
-func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+// NewLogger makes the process's slog handler.
+func NewLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)

@@ -4,87 +4,44 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
-	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
 	"github.com/zpipes/zp/client"
 )
 
-// configDir is $ZP_CONFIG, else ~/.config/zp.
-func configDir(getenv func(string) string) string { return client.ConfigDir(getenv) }
+// ConfigDir is $ZP_CONFIG, else ~/.config/zp.
+func ConfigDir(getenv func(string) string) string { return client.ConfigDir(getenv) }
 
-func identityPaths(dir string) (secret, public string) { return client.IdentityPaths(dir) }
+// IdentityPaths are the client's key files in dir.
+func IdentityPaths(dir string) (secret, public string) { return client.IdentityPaths(dir) }
 
-func knownHostsPath(getenv func(string) string) string {
-	return filepath.Join(configDir(getenv), "known_hosts")
-}
-
-type keygenOptions struct {
-	force bool
-	io    *IO
-}
-
-func newKeygenCmd(io *IO) *cobra.Command {
-	opts := &keygenOptions{io: io}
-	c := &cobra.Command{
-		Use:   "keygen",
-		Short: "create this client's CURVE key pair ($ZP_CONFIG/id_curve)",
-		Long: `keygen creates the client identity: id_curve (secret, mode 0600) and id_curve.pub in
-$ZP_CONFIG (default ~/.config/zp). It refuses to overwrite an existing key unless --force.
-Add the printed public key to ~USER/.config/zp/authorized_keys on the hosts you want to reach
-(or to the file given to zpd --authorized-keys).`,
-		Args: cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error { return keygenRun(opts) },
-	}
-	c.Flags().BoolVar(&opts.force, "force", false, "overwrite an existing key pair")
-	return c
-}
-
-func keygenRun(opts *keygenOptions) error {
-	dir := configDir(opts.io.Getenv)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return withCode(ExitFailure, err)
-	}
-	secret, public := identityPaths(dir)
-	kp, err := client.GenerateKeyPair()
-	if err != nil {
-		return withCode(ExitFailure, err)
-	}
-	if err := client.WriteKeyFiles(secret, public, kp, opts.force); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return withCode(ExitFailure, fmt.Errorf("%s already exists; use --force to replace it (clients using it will lose access)", secret))
-		}
-		return withCode(ExitFailure, err)
-	}
-	fmt.Fprintf(opts.io.Err, "zp: wrote %s and %s\n", secret, public)
-	fmt.Fprintln(opts.io.Out, kp.Public.String())
-	fmt.Fprintln(opts.io.Err, "fingerprint:", kp.Public.Fingerprint())
-	return nil
+// KnownHostsPath is the known_hosts file zp and zpc pin host keys in.
+func KnownHostsPath(getenv func(string) string) string {
+	return filepath.Join(ConfigDir(getenv), "known_hosts")
 }
 
 // secure sets cfg's CURVE security for t: our identity, and the host key
 // from known_hosts, learnt and pinned on first contact when the user
 // agrees (or --accept-new).
-func (f *connFlags) secure(io *IO, t Target, cfg *client.Config) error {
-	dir := configDir(io.Getenv)
+func (f *ConnFlags) secure(io *IO, t Target, cfg *client.Config) error {
+	dir := ConfigDir(io.Getenv)
 	kp, err := client.LoadIdentity(dir)
 	if errors.Is(err, client.ErrNoIdentity) {
-		secret, _ := identityPaths(dir)
+		secret, _ := IdentityPaths(dir)
 		return fmt.Errorf("no client key at %s: run 'zp keygen' first (or --insecure for a zpd started with --insecure)", secret)
 	}
 	if err != nil {
 		return err
 	}
 	cfg.Key = &kp
-	cfg.KnownHosts = &client.KnownHosts{Path: knownHostsPath(io.Getenv)}
+	cfg.KnownHosts = &client.KnownHosts{Path: KnownHostsPath(io.Getenv)}
 	cfg.HostName = t.Host
 	cfg.AcceptHost = func(host string, key client.PublicKey) error {
-		if !f.acceptNew {
+		if !f.AcceptNew {
 			ok, err := confirmHost(io, host, key)
 			if err != nil {
 				return err
@@ -93,7 +50,7 @@ func (f *connFlags) secure(io *IO, t Target, cfg *client.Config) error {
 				return fmt.Errorf("host key for %s not accepted", host)
 			}
 		}
-		if !f.quiet {
+		if !f.Quiet {
 			fmt.Fprintf(io.Err, "zp: permanently added %s (CURVE %s) to %s\n", host, key.Fingerprint(), cfg.KnownHosts.Path)
 		}
 		return nil

@@ -6,10 +6,10 @@ import (
 	"runtime/pprof"
 )
 
-// startProfile writes a CPU profile to $ZP_CPUPROFILE.PROG.PID when that
+// StartProfile writes a CPU profile to $ZP_CPUPROFILE.PROG.PID when that
 // variable is set (for developers measuring zp; see bench/README.md).
 // The returned function stops it.
-func startProfile(io *IO, prog string) func() {
+func StartProfile(io *IO, prog string) func() {
 	base := io.Getenv("ZP_CPUPROFILE")
 	if base == "" {
 		return func() {}

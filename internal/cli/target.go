@@ -8,7 +8,7 @@ const DefaultPort = client.DefaultPort
 // Target is where a command goes: a zpd endpoint and the remote user.
 type Target struct {
 	client.Target
-	fleetHub bool // a fleet hub: messages name --fleet-clients
+	FleetHub bool // a fleet hub: messages name --fleet-clients
 }
 
 // ParseTarget parses [user@]host[:port], [user@]tcp://host:port or
@@ -17,7 +17,3 @@ func ParseTarget(s string, port int) (Target, error) {
 	t, err := client.ParseTarget(s, port)
 	return Target{Target: t}, err
 }
-
-// remoteUser returns the user to act as: the explicit one, else the local
-// user name (as ssh does).
-func (t Target) remoteUser() string { return t.RemoteUser() }

@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"context"
@@ -17,11 +17,12 @@ import (
 	"golang.org/x/term"
 
 	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/cli"
 )
 
 // remoteSpec is [user@]host[:port]:PATH.
 type remoteSpec struct {
-	host string // what ParseTarget takes
+	host string // what cli.ParseTarget takes
 	path string
 }
 
@@ -86,19 +87,19 @@ func parseRemote(arg string) (remoteSpec, bool) {
 }
 
 type zpcOptions struct {
-	conn      connFlags
+	conn      cli.ConnFlags
 	recursive bool
 	preserve  bool
 	verbose   bool
 	checksum  bool
 	asJSON    bool
-	io        *IO
+	io        *cli.IO
 }
 
 // NewZPCCmd builds the zpc command.
-func NewZPCCmd(io *IO) *cobra.Command {
+func NewZPCCmd(io *cli.IO) *cobra.Command {
 	opts := &zpcOptions{io: io}
-	root := newRoot("zpc [flags] SRC... [user@]host[:port]:DEST  |  zpc [flags] [user@]host[:port]:SRC... DEST", "copy files to or from a host through its zpd, reliably")
+	root := cli.NewRoot("zpc [flags] SRC... [user@]host[:port]:DEST  |  zpc [flags] [user@]host[:port]:SRC... DEST", "copy files to or from a host through its zpd, reliably")
 	root.Long = `zpc copies files like scp and rsync, in chunks that are acknowledged, so that an
 interrupted copy resumes where it stopped, identical files are skipped, and no reader ever
 sees a half-written file.
@@ -122,7 +123,7 @@ that it exits 255 and running the same command again resumes from where it stopp
 Exit status: 0 everything copied; 1 some files failed (each named on stderr, the rest were
 copied); 255 connection, authentication, protocol or usage failure.`
 	root.Args = cobra.MinimumNArgs(2)
-	opts.conn.register(root, "P")
+	opts.conn.Register(root, "P")
 	fs := root.Flags()
 	fs.BoolVarP(&opts.recursive, "recursive", "r", false, "copy directories recursively")
 	fs.BoolVarP(&opts.preserve, "preserve", "p", false, "keep whole modes (setuid, setgid, sticky; no umask) and owners (when the receiver runs as root)")
@@ -134,13 +135,13 @@ copied); 255 connection, authentication, protocol or usage failure.`
 }
 
 // MainZPC runs zpc and returns the process exit code.
-func MainZPC(ctx context.Context, args []string, io *IO) int {
-	defer startProfile(io, "zpc")()
+func MainZPC(ctx context.Context, args []string, io *cli.IO) int {
+	defer cli.StartProfile(io, "zpc")()
 	root := NewZPCCmd(io)
 	root.SetArgs(args)
 	root.SetOut(io.Out)
 	root.SetErr(io.Err)
-	return exitCode("zpc", io.Err, root.ExecuteContext(ctx), ExitFailure)
+	return cli.ExitCode("zpc", io.Err, root.ExecuteContext(ctx), cli.ExitFailure)
 }
 
 func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
@@ -163,14 +164,14 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 		hostArg = remoteSrcs[0].host
 		for _, r := range remoteSrcs {
 			if r.host != hostArg {
-				return withCode(ExitUsage, errors.New("all remote sources must be on the same host"))
+				return cli.WithCode(cli.ExitUsage, errors.New("all remote sources must be on the same host"))
 			}
 			paths = append(paths, r.path)
 		}
 	case dstRemote:
-		return withCode(ExitUsage, errors.New("copying between two remote hosts is not supported; copy through this machine"))
+		return cli.WithCode(cli.ExitUsage, errors.New("copying between two remote hosts is not supported; copy through this machine"))
 	default:
-		return withCode(ExitUsage, errors.New("no remote host: write the remote side as [user@]host:PATH"))
+		return cli.WithCode(cli.ExitUsage, errors.New("no remote host: write the remote side as [user@]host:PATH"))
 	}
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -189,19 +190,19 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 	var lostSince time.Time // first loss since the copy last moved: bounds the retries
 	var lostAt time.Time    // latest loss
 	for attempt := 0; ; attempt++ {
-		s, t, err := opts.conn.dial(ctx, io, hostArg)
+		s, t, err := opts.conn.Dial(ctx, io, hostArg)
 		if err == nil && !lostAt.IsZero() {
 			prog.warn(fmt.Sprintf("reconnected to %s after %v", t.Host, time.Since(lostAt).Round(time.Millisecond)))
 			lostAt = time.Time{}
 		}
 		if err != nil {
-			if !lostSince.IsZero() && time.Since(lostSince) < opts.conn.reconnectFor() && ctx.Err() == nil && retryable(err) {
+			if !lostSince.IsZero() && time.Since(lostSince) < opts.conn.ReconnectFor() && ctx.Err() == nil && retryable(err) {
 				time.Sleep(backoff)
 				backoff = min(2*backoff, 5*time.Second)
 				continue
 			}
 			if !lostSince.IsZero() {
-				return withCode(ExitFailure, fmt.Errorf("%v; gave up after %v: run the same command again to resume", err, opts.conn.reconnectFor()))
+				return cli.WithCode(cli.ExitFailure, fmt.Errorf("%v; gave up after %v: run the same command again to resume", err, opts.conn.ReconnectFor()))
 			}
 			return err
 		}
@@ -220,7 +221,7 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 		}
 		if ctx.Err() != nil {
 			prog.finish()
-			return withCode(130, errors.New("interrupted; run the same command again to resume"))
+			return cli.WithCode(130, errors.New("interrupted; run the same command again to resume"))
 		}
 		var le *client.LocalError
 		if errors.As(err, &le) {
@@ -231,16 +232,16 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 			// A broken or hostile server, not the network: the same
 			// server would break it again.
 			prog.finish()
-			return withCode(ExitFailure, fmt.Errorf("%s broke the protocol (%s); not retrying", t.Host, printable(pe.Err.Error())))
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s broke the protocol (%s); not retrying", t.Host, printable(pe.Err.Error())))
 		}
 		var we *client.Error
 		if errors.As(err, &we) {
 			prog.finish()
-			code := ExitFailure // the session refused (channel 0)
+			code := cli.ExitFailure // the session refused (channel 0)
 			if !we.Session {
 				code = 1 // the server refused this transfer (its destination), not the connection
 			}
-			return withCode(code, fmt.Errorf("%s: %s", t.Host, printable(we.Reason)))
+			return cli.WithCode(code, fmt.Errorf("%s: %s", t.Host, printable(we.Reason)))
 		}
 		// The connection broke: reconnect, skip what arrived, resume the rest.
 		if st != nil && (st.Files+st.Skipped+st.Dirs+st.Links > 0 || st.BytesSent > 0) {
@@ -251,9 +252,9 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 			lostSince = time.Now()
 		}
 		lostAt = time.Now()
-		if time.Since(lostSince) > opts.conn.reconnectFor() {
+		if time.Since(lostSince) > opts.conn.ReconnectFor() {
 			prog.finish()
-			return withCode(ExitFailure, fmt.Errorf("connection to %s lost (%v); gave up after %v: run the same command again to resume", t.Host, err, opts.conn.reconnectFor()))
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("connection to %s lost (%v); gave up after %v: run the same command again to resume", t.Host, err, opts.conn.ReconnectFor()))
 		}
 		prog.warn(fmt.Sprintf("connection to %s lost (%v); reconnecting to resume", t.Host, err))
 		time.Sleep(backoff)
@@ -267,7 +268,7 @@ func zpcRun(ctx context.Context, opts *zpcOptions, args []string) error {
 		_ = enc.Encode(total)
 	}
 	if len(total.Failures) > 0 {
-		return withCode(1, fmt.Errorf("%d of %d entries failed", len(total.Failures), total.Files+total.Skipped+total.Dirs+total.Links+len(total.Failures)))
+		return cli.WithCode(1, fmt.Errorf("%d of %d entries failed", len(total.Failures), total.Files+total.Skipped+total.Dirs+total.Links+len(total.Failures)))
 	}
 	return nil
 }
@@ -298,7 +299,7 @@ func accumulate(total, st *client.TransferStats, retry bool) {
 // progress shows one line on a terminal (current file, octets, rate) and
 // nothing elsewhere unless -v, which names each file.
 type progress struct {
-	io      *IO
+	io      *cli.IO
 	tty     bool
 	verbose bool
 
@@ -313,7 +314,7 @@ type progress struct {
 	lastLen int
 }
 
-func newProgress(io *IO, verbose bool) *progress {
+func newProgress(io *cli.IO, verbose bool) *progress {
 	tty := io.ErrFile != nil && term.IsTerminal(int(io.ErrFile.Fd()))
 	return &progress{io: io, tty: tty, verbose: verbose, start: time.Now()}
 }

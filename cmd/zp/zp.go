@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"context"
@@ -14,128 +14,23 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/cli"
 )
 
-// connFlags are the flags every zp/zpc command shares to reach a zpd.
-type connFlags struct {
-	insecure       bool
-	port           int
-	login          string
-	timeout        time.Duration
-	connectTimeout time.Duration
-	quiet          bool
-	acceptNew      bool
-	reconnect      time.Duration
-}
-
-// reconnectFor is how long a command that can continue after a lost
-// connection keeps trying.
-func (f *connFlags) reconnectFor() time.Duration { return f.reconnect }
-
-// register adds the flags to c; portShort is the port's one-letter form
-// ("p" for zp as ssh, "P" for zpc as scp, whose -p preserves).
-func (f *connFlags) register(c *cobra.Command, portShort string) {
-	fs := c.PersistentFlags()
-	fs.BoolVar(&f.insecure, "insecure", false, "connect without CURVE encryption (only to a zpd started with --insecure)")
-	fs.IntVarP(&f.port, "port", portShort, 0, "zpd port (default 5750)")
-	fs.StringVarP(&f.login, "login", "l", "", "remote user (as user@host)")
-	fs.DurationVar(&f.timeout, "timeout", 0, "give up when the server is silent this long (default: the server's, 5s)")
-	fs.DurationVar(&f.connectTimeout, "connect-timeout", 5*time.Second, "give up connecting after this long")
-	fs.BoolVarP(&f.quiet, "quiet", "q", false, "print no diagnostics of zp's own")
-	fs.DurationVar(&f.reconnect, "reconnect-for", time.Minute, "keep trying this long to reconnect after the connection is lost")
-	fs.BoolVar(&f.acceptNew, "accept-new", false, "pin an unknown host's key without asking (scripts); a changed key is still refused")
-}
-
-// dial opens a session with the target.
-func (f *connFlags) dial(ctx context.Context, io *IO, hostArg string, opts ...func(*client.Config)) (*client.Session, Target, error) {
-	t, err := ParseTarget(hostArg, f.port)
-	if err != nil {
-		return nil, t, withCode(ExitFailure, err)
-	}
-	if f.login != "" {
-		t.User = f.login
-	}
-	return f.dialTarget(ctx, io, t, opts...)
-}
-
-// dialTarget opens a session with a parsed target.
-func (f *connFlags) dialTarget(ctx context.Context, io *IO, t Target, opts ...func(*client.Config)) (*client.Session, Target, error) {
-	cfg := client.Config{
-		Endpoint:       t.Endpoint,
-		User:           t.remoteUser(),
-		ConnectTimeout: f.connectTimeout,
-		Timeout:        f.timeout,
-		ClientName:     "zp/" + client.Version,
-	}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	if f.insecure {
-		cfg.Insecure = true
-	} else if err := f.secure(io, t, &cfg); err != nil {
-		return nil, t, withCode(ExitFailure, err)
-	}
-	s, err := client.Dial(ctx, cfg)
-	if err != nil {
-		return nil, t, withCode(ExitFailure, describeConnectError(t, err))
-	}
-	return s, t, nil
-}
-
-// describeConnectError turns a dial failure into a sentence for users.
-func describeConnectError(t Target, err error) error {
-	var hc *client.HostKeyChangedError
-	if errors.As(err, &hc) {
-		return hostKeyChanged(hc)
-	}
-	var uh *client.UnknownHostError
-	if errors.As(err, &uh) && uh.Err != nil {
-		return uh.Err // our own refusal (confirmHost)
-	}
-	if errors.Is(err, client.ErrServerInsecure) {
-		return fmt.Errorf("%s runs without encryption (zpd --insecure): connect with --insecure", t.Host)
-	}
-	var we *client.Error
-	if errors.As(err, &we) {
-		switch we.Code {
-		case client.CodeUnauthorised:
-			return fmt.Errorf("%s refused: %s", t.Host, we.Reason)
-		}
-		return fmt.Errorf("%s: %s", t.Host, we.Reason)
-	}
-	var he *client.HandshakeError
-	if errors.As(err, &he) {
-		switch {
-		case he.Reason == client.HandshakeMechanism && strings.Contains(he.Error(), "server-key="):
-			return fmt.Errorf("cannot connect to %s: security mismatch: it requires CURVE encryption; drop --insecure", t.Host)
-		case he.Refused != "" && t.fleetHub:
-			return fmt.Errorf("%s refused our key (%s): add the output of 'zp keygen' (id_curve.pub) to the hub's --fleet-clients", t.Host, he.Refused)
-		case he.Refused != "":
-			return fmt.Errorf("%s refused our key (%s): add %s to ~%s/.config/zp/authorized_keys there", t.Host, he.Refused, "the output of 'zp keygen' (id_curve.pub)", t.remoteUser())
-		case he.Reason == client.HandshakeMechanism:
-			return fmt.Errorf("cannot connect to %s: security mismatch (%v); is zpd running with --insecure, or are you?", t.Host, he.Err)
-		case he.Reason == client.HandshakeTimeout:
-			return fmt.Errorf("cannot connect to %s: handshake timeout", t.Host)
-		}
-		return fmt.Errorf("cannot connect to %s: handshake failed (%s): %v", t.Host, he.Reason, he.Err)
-	}
-	return err
-}
-
 type zpOptions struct {
-	conn      connFlags
+	conn      cli.ConnFlags
 	noStdin   bool
 	env       []string
 	async     bool
 	stdinFile string
 	fleet     fleetExecOptions
-	io        *IO
+	io        *cli.IO
 }
 
 // NewZPCmd builds the zp command tree.
-func NewZPCmd(io *IO) *cobra.Command {
+func NewZPCmd(io *cli.IO) *cobra.Command {
 	opts := &zpOptions{io: io}
-	root := newRoot("zp [flags] [user@]host[:port] command [args...]", "run commands on remote hosts through zpd")
+	root := cli.NewRoot("zp [flags] [user@]host[:port] command [args...]", "run commands on remote hosts through zpd")
 	root.Long = `zp runs a command on a remote host through its zpd, like ssh: local stdin goes to
 the command, its stdout and stderr come back separately, and zp exits with its exit code.
 
@@ -156,7 +51,7 @@ Background jobs: zp --async host cmd prints a job id and exits; then
 ` + fleetHelp
 	root.Args = cobra.ArbitraryArgs
 	root.Flags().SetInterspersed(false)
-	opts.conn.register(root, "p")
+	opts.conn.Register(root, "p")
 	root.Flags().BoolVarP(&opts.noStdin, "no-stdin", "n", false, "do not send stdin (the command reads /dev/null)")
 	root.Flags().StringArrayVarP(&opts.env, "env", "e", nil, "set NAME=VALUE in the command's environment (repeatable)")
 	root.Flags().BoolVar(&opts.async, "async", false, "start the command as a background job, print its id and exit")
@@ -170,7 +65,7 @@ Background jobs: zp --async host cmd prints a job id and exits; then
 			return fleetExecRun(c.Context(), opts, args)
 		}
 		if len(args) < 2 {
-			return withCode(ExitUsage, fmt.Errorf("usage: %s", c.Use))
+			return cli.WithCode(cli.ExitUsage, fmt.Errorf("usage: %s", c.Use))
 		}
 		return zpRun(c.Context(), opts, args[0], args[1:])
 	}
@@ -186,8 +81,8 @@ Background jobs: zp --async host cmd prints a job id and exits; then
 }
 
 // MainZP runs zp with args and returns the process exit code.
-func MainZP(ctx context.Context, args []string, io *IO) int {
-	defer startProfile(io, "zp")()
+func MainZP(ctx context.Context, args []string, io *cli.IO) int {
+	defer cli.StartProfile(io, "zp")()
 	root := NewZPCmd(io)
 	if fleetFirst(root, args) {
 		root.ResetCommands() // the first positional is the remote command
@@ -197,7 +92,7 @@ func MainZP(ctx context.Context, args []string, io *IO) int {
 	root.SetOut(io.Out)
 	root.SetErr(io.Err)
 	err := root.ExecuteContext(ctx)
-	return exitCode("zp", io.Err, err, ExitFailure)
+	return cli.ExitCode("zp", io.Err, err, cli.ExitFailure)
 }
 
 // localEnv is what zp sends along by default, as ssh's SendEnv LANG LC_*.
@@ -222,13 +117,13 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 	io := opts.io
 	env, err := localEnv(io.Getenv, opts.env)
 	if err != nil {
-		return withCode(ExitUsage, err)
+		return cli.WithCode(cli.ExitUsage, err)
 	}
 	if opts.async {
 		return asyncRun(ctx, opts, hostArg, argv, env)
 	}
 	if opts.stdinFile != "" {
-		return withCode(ExitUsage, errors.New("--stdin-file goes with --async (otherwise redirect stdin: zp host cmd < FILE)"))
+		return cli.WithCode(cli.ExitUsage, errors.New("--stdin-file goes with --async (otherwise redirect stdin: zp host cmd < FILE)"))
 	}
 	// Forward signals; SIGPIPE is caught so that a closed stdout becomes an
 	// error we handle (hang up the command) rather than sudden death.
@@ -238,14 +133,14 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 	defer signal.Stop(sigc)
 
 	host := hostArg
-	if t, err := ParseTarget(hostArg, opts.conn.port); err == nil {
+	if t, err := cli.ParseTarget(hostArg, opts.conn.Port); err == nil {
 		host = t.Host
 	}
-	s, t, err := opts.conn.dial(ctx, io, hostArg, func(c *client.Config) {
+	s, t, err := opts.conn.Dial(ctx, io, hostArg, func(c *client.Config) {
 		// Survive a broken link: reconnect and resume the session.
 		c.Resume = true
-		c.ReconnectFor = opts.conn.reconnectFor()
-		if opts.conn.quiet {
+		c.ReconnectFor = opts.conn.ReconnectFor()
+		if opts.conn.Quiet {
 			return
 		}
 		c.OnLinkLost = func(cause error) {
@@ -276,7 +171,7 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 				if sig == syscall.SIGINT {
 					ints++
 					if ints >= 3 {
-						if !opts.conn.quiet {
+						if !opts.conn.Quiet {
 							fmt.Fprintln(io.Err, "zp: interrupted three times; hanging up the remote command")
 						}
 						cancel()
@@ -304,17 +199,17 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 		var we *client.Error
 		switch {
 		case errors.As(err, &oe) && errors.Is(oe.Err, syscall.EPIPE):
-			return withCode(128+int(syscall.SIGPIPE), nil)
+			return cli.WithCode(128+int(syscall.SIGPIPE), nil)
 		case errors.Is(err, context.Canceled):
-			return withCode(128+int(syscall.SIGINT), nil)
+			return cli.WithCode(128+int(syscall.SIGINT), nil)
 		case errors.As(err, &we):
-			return withCode(ExitFailure, fmt.Errorf("%s: %s", t.Host, we.Reason))
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s: %s", t.Host, we.Reason))
 		case errors.Is(err, client.ErrSessionGone):
-			return withCode(ExitFailure, fmt.Errorf("%s: %v; the remote command was hung up", t.Host, err))
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s: %v; the remote command was hung up", t.Host, err))
 		case errors.Is(err, client.ErrTimeout), strings.Contains(err.Error(), "gave up reconnecting"):
-			return withCode(ExitFailure, fmt.Errorf("lost contact with %s: %v; the remote command gets SIGHUP when zpd's grace period ends", t.Host, err))
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("lost contact with %s: %v; the remote command gets SIGHUP when zpd's grace period ends", t.Host, err))
 		}
-		return withCode(ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
 	}
 	if st.Status == client.FailedToStart && st.Message != "" {
 		fmt.Fprintf(io.Err, "zp: %s\n", st.Message)
@@ -325,7 +220,7 @@ func zpRun(ctx context.Context, opts *zpOptions, hostArg string, argv []string) 
 // exitStatus turns a remote exit into zp's exit.
 func exitStatus(st *client.ExitStatus) error {
 	if code := st.ExitCode(); code != 0 {
-		return withCode(code, nil)
+		return cli.WithCode(code, nil)
 	}
 	return nil
 }

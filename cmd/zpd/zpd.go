@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/zpipes/zp/broker"
+	"github.com/zpipes/zp/internal/cli"
 	"github.com/zpipes/zp/internal/curve"
 )
 
@@ -47,13 +48,13 @@ type zpdOptions struct {
 	maxTransfersPerUser int
 	printKey            bool
 	fleet               zpdFleetOptions
-	io                  *IO
+	io                  *cli.IO
 }
 
 // NewZPDCmd builds the zpd command.
-func NewZPDCmd(io *IO) *cobra.Command {
+func NewZPDCmd(io *cli.IO) *cobra.Command {
 	opts := &zpdOptions{io: io}
-	root := newRoot("zpd [flags]", "the zp daemon: runs commands, jobs and copies for authorised clients")
+	root := cli.NewRoot("zpd [flags]", "the zp daemon: runs commands, jobs and copies for authorised clients")
 	root.Args = cobra.NoArgs
 	fs := root.Flags()
 	fs.StringVar(&opts.listen, "listen", "0.0.0.0:5750", "HOST:PORT (or tcp://HOST:PORT, ipc:///PATH) of the control socket")
@@ -91,17 +92,17 @@ func NewZPDCmd(io *IO) *cobra.Command {
 }
 
 // MainZPD runs zpd and returns the process exit code.
-func MainZPD(ctx context.Context, args []string, io *IO) int {
+func MainZPD(ctx context.Context, args []string, io *cli.IO) int {
 	if len(args) > 0 && args[0] == broker.ShimArg {
 		return broker.RunShim(args[1:])
 	}
 	cleanInheritedSignals()
-	defer startProfile(io, "zpd")()
+	defer cli.StartProfile(io, "zpd")()
 	root := NewZPDCmd(io)
 	root.SetArgs(args)
 	root.SetOut(io.Out)
 	root.SetErr(io.Err)
-	return exitCode("zpd", io.Err, root.ExecuteContext(ctx), 1)
+	return cli.ExitCode("zpd", io.Err, root.ExecuteContext(ctx), 1)
 }
 
 func defaultStateDir() string {
@@ -147,13 +148,13 @@ func isLoopback(ep string) bool {
 
 func zpdRun(ctx context.Context, opts *zpdOptions) error {
 	io := opts.io
-	log, err := newLogger(io.Err, opts.logFormat, opts.logLevel)
+	log, err := cli.NewLogger(io.Err, opts.logFormat, opts.logLevel)
 	if err != nil {
-		return withCode(2, err)
+		return cli.WithCode(2, err)
 	}
 	ep, err := listenEndpoint(opts.listen)
 	if err != nil {
-		return withCode(2, err)
+		return cli.WithCode(2, err)
 	}
 	if err := os.MkdirAll(opts.state, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
@@ -184,14 +185,14 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 		"max-commands": opts.maxCommands, "max-commands-per-user": opts.maxCommandsPerUser,
 		"max-transfers": opts.maxTransfers, "max-transfers-per-user": opts.maxTransfersPerUser} {
 		if v < 1 {
-			return withCode(2, fmt.Errorf("--%s %d: want at least 1", name, v))
+			return cli.WithCode(2, fmt.Errorf("--%s %d: want at least 1", name, v))
 		}
 	}
 	if opts.jobRetention == 0 {
 		cfg.JobRetention = -1
 	}
 	if opts.insecure && (opts.fleet.hub() || opts.fleet.agent()) {
-		return withCode(2, errors.New("a fleet hub or agent needs CURVE: drop --insecure"))
+		return cli.WithCode(2, errors.New("a fleet hub or agent needs CURVE: drop --insecure"))
 	}
 	// Bound before the broker so that a hub or an agent can tell others
 	// where its /metrics are.
@@ -204,13 +205,13 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 	}
 	if opts.insecure {
 		if !isLoopback(ep) && !opts.insecureAllowRemote {
-			return withCode(2, fmt.Errorf("--insecure on %s would let anyone on the network run commands as %s; listen on 127.0.0.1 or add --insecure-allow-remote", opts.listen, currentUserName()))
+			return cli.WithCode(2, fmt.Errorf("--insecure on %s would let anyone on the network run commands as %s; listen on 127.0.0.1 or add --insecure-allow-remote", opts.listen, currentUserName()))
 		}
 		// Without CURVE nobody is authenticated: every client acts as
 		// zpd's own user. On tcp, that is every local user at least.
 		if os.Geteuid() == 0 && !strings.HasPrefix(ep, "ipc://") {
 			if !opts.insecureAnyoneRoot {
-				return withCode(2, fmt.Errorf("--insecure as root on %s would let every local user (and anyone who can reach the port) run commands as root; use CURVE (drop --insecure), listen on ipc:///PATH (its file mode decides who may connect), or add --insecure-anyone-is-root", opts.listen))
+				return cli.WithCode(2, fmt.Errorf("--insecure as root on %s would let every local user (and anyone who can reach the port) run commands as root; use CURVE (drop --insecure), listen on ipc:///PATH (its file mode decides who may connect), or add --insecure-anyone-is-root", opts.listen))
 			}
 			log.Warn("--insecure-anyone-is-root: every client of this port runs commands as root, unauthenticated", "listen", ep)
 		}
@@ -229,7 +230,7 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 		}
 		if opts.authorizedKeys != "" {
 			if _, err := os.Stat(opts.authorizedKeys); err != nil {
-				return withCode(2, fmt.Errorf("--authorized-keys: %w", err))
+				return cli.WithCode(2, fmt.Errorf("--authorized-keys: %w", err))
 			}
 		}
 		ring := &broker.Keyring{Global: opts.authorizedKeys, Self: self, Log: log}
@@ -239,7 +240,7 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 		}
 		fleetAgents, fleetClients, err := opts.fleet.configure(&cfg, kp, metricsAddr)
 		if err != nil {
-			return withCode(2, err)
+			return cli.WithCode(2, err)
 		}
 		cfg.Mechanism = &curve.Server{Key: kp, Authorize: func(k curve.PublicKey) error {
 			// A hub also admits its agents and fleet clients (nil lists

@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/cli"
 )
 
 // fleetAsyncRun starts argv as a background job on every selected agent
@@ -47,7 +48,7 @@ func fleetAsyncRun(ctx context.Context, opts *zpOptions, fl *client.Fleet, ad *a
 			sess, err := ad.dial(ctx, a)
 			<-sem
 			if err != nil {
-				r.err, r.why = describeConnectError(Target{Target: client.Target{Host: a.Name, User: ad.user}}, err), dialFailure(err)
+				r.err, r.why = cli.DescribeConnectError(cli.Target{Target: client.Target{Host: a.Name, User: ad.user}}, err), dialFailure(err)
 				pr.failed(r)
 				return
 			}
@@ -80,14 +81,14 @@ func fleetAsyncRun(ctx context.Context, opts *zpOptions, fl *client.Fleet, ad *a
 					fmt.Fprintf(&b, " %s=%s", a.Name, jobs[a.Name])
 				}
 			}
-			return withCode(ExitFailure, fmt.Errorf("the jobs started, but the hub could not record them (%v); their ids:%s", err, b.String()))
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("the jobs started, but the hub could not record them (%v); their ids:%s", err, b.String()))
 		}
 		fmt.Fprintln(io.Out, id)
 	}
 	if err := pr.finish(results); err != nil {
-		return withCode(ExitFailure, err)
+		return cli.WithCode(cli.ExitFailure, err)
 	}
-	return fleetSummary(io, opts.conn.quiet, results)
+	return fleetSummary(io, opts.conn.Quiet, results)
 }
 
 // quoteArgs shell-quotes argv for listings.
@@ -112,7 +113,7 @@ type fleetJobAction func(ctx context.Context, s *client.Session, job string, r *
 // fleetJobFanout runs action on every agent of the fleet job id, at once,
 // each through its own tunnel; output is prefixed with the agent's name
 // (as pdsh). Agents the hub no longer lists, or lost, are failures.
-func fleetJobFanout(ctx context.Context, io *IO, conn *connFlags, hubArg, id string, action fleetJobAction) ([]*hostResult, error) {
+func fleetJobFanout(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hubArg, id string, action fleetJobAction) ([]*hostResult, error) {
 	return fleetJobFanoutSome(ctx, io, conn, hubArg, id, fanoutOpts{}, action)
 }
 
@@ -123,8 +124,8 @@ type fanoutOpts struct {
 	retry func(r *hostResult) bool
 }
 
-func fleetJobFanoutSome(ctx context.Context, io *IO, conn *connFlags, hubArg, id string, o fanoutOpts, action fleetJobAction) ([]*hostResult, error) {
-	s, fl, t, err := conn.dialHub(ctx, io, hubArg)
+func fleetJobFanoutSome(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hubArg, id string, o fanoutOpts, action fleetJobAction) ([]*hostResult, error) {
+	s, fl, t, err := dialHub(ctx, conn, io, hubArg)
 	if err != nil {
 		return nil, err
 	}
@@ -132,11 +133,11 @@ func fleetJobFanoutSome(ctx context.Context, io *IO, conn *connFlags, hubArg, id
 	fjs, err := fl.Jobs(ctx, id)
 	switch {
 	case client.IsCode(err, client.CodeNotFound):
-		return nil, withCode(ExitNoJob, fmt.Errorf("%s: no fleet job %s", t.Host, id))
+		return nil, cli.WithCode(ExitNoJob, fmt.Errorf("%s: no fleet job %s", t.Host, id))
 	case err != nil:
 		return nil, fleetError(t, err)
 	case len(fjs) != 1:
-		return nil, withCode(ExitFailure, fmt.Errorf("%s: %d records for fleet job %s", t.Host, len(fjs), id))
+		return nil, cli.WithCode(cli.ExitFailure, fmt.Errorf("%s: %d records for fleet job %s", t.Host, len(fjs), id))
 	}
 	fj := fjs[0]
 	names := make([]string, 0, len(fj.Jobs))
@@ -154,7 +155,7 @@ func fleetJobFanoutSome(ctx context.Context, io *IO, conn *connFlags, hubArg, id
 	for _, a := range listed {
 		byName[a.Name] = a
 	}
-	ad, err := conn.agentDialer(io, t, fl, listed, false)
+	ad, err := newAgentDialer(conn, io, t, fl, listed, false)
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +191,7 @@ func fleetJobFanoutSome(ctx context.Context, io *IO, conn *connFlags, hubArg, id
 			sess, err := ad.dial(ctx, a)
 			<-sem
 			if err != nil {
-				r.err, r.why = describeConnectError(Target{Target: client.Target{Host: name, User: ad.user}}, err), dialFailure(err)
+				r.err, r.why = cli.DescribeConnectError(cli.Target{Target: client.Target{Host: name, User: ad.user}}, err), dialFailure(err)
 				failed(r)
 				return
 			}
@@ -212,7 +213,7 @@ func fleetJobFanoutSome(ctx context.Context, io *IO, conn *connFlags, hubArg, id
 }
 
 // fleetJobStatus prints each agent's part of a fleet job, a line per agent.
-func fleetJobStatus(ctx context.Context, ios *IO, conn *connFlags, hubArg, id string, asJSON bool) error {
+func fleetJobStatus(ctx context.Context, ios *cli.IO, conn *cli.ConnFlags, hubArg, id string, asJSON bool) error {
 	var mu sync.Mutex
 	infos := map[string]map[string]string{}
 	results, err := fleetJobFanout(ctx, ios, conn, hubArg, id, func(ctx context.Context, s *client.Session, job string, r *hostResult, _, _ io.Writer) error {
@@ -258,11 +259,11 @@ func fleetJobStatus(ctx context.Context, ios *IO, conn *connFlags, hubArg, id st
 		}
 	}
 	if err != nil {
-		return withCode(ExitFailure, err)
+		return cli.WithCode(cli.ExitFailure, err)
 	}
 	for _, r := range results {
 		if r.err != nil {
-			return withCode(ExitFailure, nil)
+			return cli.WithCode(cli.ExitFailure, nil)
 		}
 	}
 	return nil
@@ -274,7 +275,7 @@ func fleetJobStatus(ctx context.Context, ios *IO, conn *connFlags, hubArg, id st
 // A host whose follow lost its connection (the hub restarted, the agent
 // rejoined) is followed again from where it stopped, for --reconnect-for
 // after output last moved.
-func fleetJobFollow(ctx context.Context, ios *IO, conn *connFlags, hubArg, id string, fo client.FollowOptions, streams bool) error {
+func fleetJobFollow(ctx context.Context, ios *cli.IO, conn *cli.ConnFlags, hubArg, id string, fo client.FollowOptions, streams bool) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	wantOut, wantErr := fo.Stdout != nil, fo.Stderr != nil
@@ -285,7 +286,7 @@ func fleetJobFollow(ctx context.Context, ios *IO, conn *connFlags, hubArg, id st
 	var lostSince time.Time
 	backoff := 200 * time.Millisecond
 	retry := func(r *hostResult) bool {
-		return ctx.Err() == nil && retryableFollow(r) && (lostSince.IsZero() || time.Since(lostSince) < conn.reconnectFor())
+		return ctx.Err() == nil && retryableFollow(r) && (lostSince.IsZero() || time.Since(lostSince) < conn.ReconnectFor())
 	}
 	for round := 0; ; round++ {
 		progress := false
@@ -321,11 +322,10 @@ func fleetJobFollow(ctx context.Context, ios *IO, conn *connFlags, hubArg, id st
 				return nil
 			})
 		if ctx.Err() != nil {
-			return withCode(130, nil) // detached; the jobs go on
+			return cli.WithCode(130, nil) // detached; the jobs go on
 		}
 		if results == nil {
-			var ce *exitError
-			if round == 0 || errors.As(err, &ce) && ce.code == ExitNoJob || time.Since(lostSince) > conn.reconnectFor() {
+			if code, ok := cli.CodeOf(err); round == 0 || ok && code == ExitNoJob || time.Since(lostSince) > conn.ReconnectFor() {
 				return err
 			}
 		}
@@ -348,13 +348,13 @@ func fleetJobFollow(ctx context.Context, ios *IO, conn *connFlags, hubArg, id st
 			for _, n := range lost {
 				only[n] = true
 			}
-			if !conn.quiet {
+			if !conn.Quiet {
 				fmt.Fprintf(ios.Err, "zp: lost contact with %s; following again from where they stopped\n", strings.Join(lost, ", "))
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return withCode(130, nil)
+			return cli.WithCode(130, nil)
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
@@ -368,7 +368,7 @@ func fleetJobFollow(ctx context.Context, ios *IO, conn *connFlags, hubArg, id st
 	for _, n := range names {
 		results = append(results, final[n])
 	}
-	return fleetSummary(ios, conn.quiet, results)
+	return fleetSummary(ios, conn.Quiet, results)
 }
 
 // retryableFollow reports whether a host's follow failed for a lost
@@ -389,7 +389,7 @@ func retryableFollow(r *hostResult) bool {
 }
 
 // fleetJobEach runs a request (kill, rm) on every agent's part.
-func fleetJobEach(ctx context.Context, ios *IO, conn *connFlags, hubArg, id string, do func(ctx context.Context, s *client.Session, job string) error) error {
+func fleetJobEach(ctx context.Context, ios *cli.IO, conn *cli.ConnFlags, hubArg, id string, do func(ctx context.Context, s *client.Session, job string) error) error {
 	results, err := fleetJobFanout(ctx, ios, conn, hubArg, id, func(ctx context.Context, s *client.Session, job string, r *hostResult, _, _ io.Writer) error {
 		err := do(ctx, s, job)
 		var ce *client.Error
@@ -403,9 +403,9 @@ func fleetJobEach(ctx context.Context, ios *IO, conn *connFlags, hubArg, id stri
 		return err
 	}
 	if err != nil {
-		return withCode(ExitFailure, err)
+		return cli.WithCode(cli.ExitFailure, err)
 	}
-	return fleetSummary(ios, conn.quiet, results)
+	return fleetSummary(ios, conn.Quiet, results)
 }
 
 // fleetJobsList lists the caller's fleet jobs on a hub; nil, nil when the

@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"fmt"
@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/zpipes/zp/broker"
+	"github.com/zpipes/zp/internal/cli"
 	"github.com/zpipes/zp/internal/curve"
 	"github.com/zpipes/zp/internal/wire"
 )
@@ -70,7 +71,7 @@ func (o *zpdFleetOptions) configure(cfg *broker.Config, kp curve.KeyPair, metric
 		cfg.Hub = &broker.HubConfig{Agents: agents, Clients: clients, MaxTunnels: o.maxTunnels, Metrics: reportedMetrics(metricsAddr)}
 	}
 	if o.agent() {
-		t, err := ParseTarget(o.join, 0)
+		t, err := cli.ParseTarget(o.join, 0)
 		if err != nil {
 			return nil, nil, fmt.Errorf("--join %q: %v", o.join, err)
 		}

@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"bufio"
@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/cli"
 )
 
 // fleetSelect are the flags that choose agents.
@@ -57,20 +58,20 @@ func (f *fleetSelect) describe() string {
 }
 
 // dialHub opens a session with a hub and its fleet API.
-func (conn *connFlags) dialHub(ctx context.Context, io *IO, hubArg string) (*client.Session, *client.Fleet, Target, error) {
-	if conn.insecure {
-		return nil, nil, Target{}, withCode(ExitUsage, errors.New("the fleet needs CURVE: drop --insecure"))
+func dialHub(ctx context.Context, conn *cli.ConnFlags, io *cli.IO, hubArg string) (*client.Session, *client.Fleet, cli.Target, error) {
+	if conn.Insecure {
+		return nil, nil, cli.Target{}, cli.WithCode(cli.ExitUsage, errors.New("the fleet needs CURVE: drop --insecure"))
 	}
-	t, err := ParseTarget(hubArg, conn.port)
+	t, err := cli.ParseTarget(hubArg, conn.Port)
 	if err != nil {
-		return nil, nil, t, withCode(ExitUsage, err)
+		return nil, nil, t, cli.WithCode(cli.ExitUsage, err)
 	}
-	if conn.login != "" {
-		t.User = conn.login
+	if conn.Login != "" {
+		t.User = conn.Login
 	}
-	t.fleetHub = true
-	s, t, err := conn.dialTarget(ctx, io, t, func(c *client.Config) {
-		if conn.timeout == 0 {
+	t.FleetHub = true
+	s, t, err := conn.DialTarget(ctx, io, t, func(c *client.Config) {
+		if conn.Timeout == 0 {
 			// The hub's answers queue behind the agents' output on
 			// this one connection (see fleetPatience).
 			c.Timeout = fleetPatience
@@ -82,7 +83,7 @@ func (conn *connFlags) dialHub(ctx context.Context, io *IO, hubArg string) (*cli
 	fl, err := client.NewFleet(s)
 	if err != nil {
 		s.Close()
-		return nil, nil, t, withCode(ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
+		return nil, nil, t, cli.WithCode(cli.ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
 	}
 	return s, fl, t, nil
 }
@@ -98,24 +99,24 @@ func (conn *connFlags) dialHub(ctx context.Context, io *IO, hubArg string) (*cli
 const fleetPatience = 30 * time.Second
 
 // fleetError maps a failed fleet request to a message.
-func fleetError(t Target, err error) error {
+func fleetError(t cli.Target, err error) error {
 	var we *client.Error
 	if errors.As(err, &we) && we.Code == client.CodeUnauthorised {
-		return withCode(ExitFailure, fmt.Errorf("%s: %s: add your key (zp keygen's id_curve.pub) to the hub's --fleet-clients", t.Host, we.Reason))
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s: %s: add your key (zp keygen's id_curve.pub) to the hub's --fleet-clients", t.Host, we.Reason))
 	}
-	return withCode(ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
+	return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
 }
 
 type fleetListOptions struct {
-	conn    *connFlags
+	conn    *cli.ConnFlags
 	sel     fleetSelect
 	asJSON  bool
 	promSD  bool
-	io      *IO
+	io      *cli.IO
 	hostArg string
 }
 
-func newFleetCmd(io *IO, conn *connFlags) *cobra.Command {
+func newFleetCmd(io *cli.IO, conn *cli.ConnFlags) *cobra.Command {
 	opts := &fleetListOptions{conn: conn, io: io}
 	c := &cobra.Command{
 		Use:   "fleet [flags] HUB",
@@ -145,13 +146,13 @@ Your key must be in the hub's --fleet-clients.`,
 func fleetListRun(ctx context.Context, opts *fleetListOptions) error {
 	io := opts.io
 	if opts.asJSON && opts.promSD {
-		return withCode(ExitUsage, errors.New("--json or --prometheus-sd, not both"))
+		return cli.WithCode(cli.ExitUsage, errors.New("--json or --prometheus-sd, not both"))
 	}
 	sel, err := opts.sel.selector()
 	if err != nil {
-		return withCode(ExitUsage, err)
+		return cli.WithCode(cli.ExitUsage, err)
 	}
-	s, fl, t, err := opts.conn.dialHub(ctx, io, opts.hostArg)
+	s, fl, t, err := dialHub(ctx, opts.conn, io, opts.hostArg)
 	if err != nil {
 		return err
 	}
@@ -216,7 +217,7 @@ type fleetAgentJSON struct {
 	Metrics     string            `json:"metrics,omitempty"`
 }
 
-func writeFleetJSON(io *IO, agents []client.Agent) error {
+func writeFleetJSON(io *cli.IO, agents []client.Agent) error {
 	out := make([]fleetAgentJSON, 0, len(agents))
 	for _, a := range agents {
 		out = append(out, fleetAgentJSON{Name: a.Name, Key: a.Key, Fingerprint: a.Fingerprint, Address: a.Address,
@@ -249,7 +250,7 @@ func promLabel(k string) string {
 	return k
 }
 
-func writePrometheusSD(io *IO, t Target, l *client.Listing) error {
+func writePrometheusSD(io *cli.IO, t cli.Target, l *client.Listing) error {
 	out := []sdTarget{}
 	if l.HubMetrics != "" {
 		addr := l.HubMetrics
@@ -284,8 +285,8 @@ func writePrometheusSD(io *IO, t Target, l *client.Listing) error {
 // (trust on first use, as for hosts: asked on a terminal, or
 // --accept-new) and returns the key to expect from each; an agent whose
 // key is not trusted gets an error instead.
-func (conn *connFlags) agentKeys(io *IO, hub string, agents []client.Agent) (map[string]client.PublicKey, map[string]error, error) {
-	kh := &client.KnownHosts{Path: knownHostsPath(io.Getenv)}
+func agentKeys(conn *cli.ConnFlags, io *cli.IO, hub string, agents []client.Agent) (map[string]client.PublicKey, map[string]error, error) {
+	kh := &client.KnownHosts{Path: cli.KnownHostsPath(io.Getenv)}
 	keys := map[string]client.PublicKey{}
 	fails := map[string]error{}
 	var unknown []client.Agent
@@ -314,7 +315,7 @@ func (conn *connFlags) agentKeys(io *IO, hub string, agents []client.Agent) (map
 	if len(unknown) == 0 {
 		return keys, fails, nil
 	}
-	ok := conn.acceptNew
+	ok := conn.AcceptNew
 	if !ok {
 		var err error
 		ok, err = confirmAgents(hub, unknown, unknownKeys)
@@ -340,7 +341,7 @@ func (conn *connFlags) agentKeys(io *IO, hub string, agents []client.Agent) (map
 		}
 		keys[a.Name] = unknownKeys[i]
 	}
-	if ok && !conn.quiet {
+	if ok && !conn.Quiet {
 		fmt.Fprintf(io.Err, "zp: permanently added %d agent key(s) listed by %s to %s\n", len(unknown), hub, kh.Path)
 	}
 	return keys, fails, nil

@@ -1,17 +1,15 @@
-package cli
+package main
 
 import (
 	"bytes"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/zpipes/zp/broker"
 	"github.com/zpipes/zp/client"
-	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/cli"
 )
 
 func TestPrefixWriter(t *testing.T) {
@@ -80,8 +78,8 @@ func TestFleetSummary(t *testing.T) {
 		{[]*hostResult{{name: "a", code: 2}, {name: "db1", err: errors.New("x"), why: "unreachable"}}, 255, "zp: 0 ok, 2 failed: a (exit 2), db1 (unreachable)\n"},
 	} {
 		var errb bytes.Buffer
-		err := fleetSummary(&IO{Err: &errb}, false, c.results)
-		code := exitCode("zp", &bytes.Buffer{}, err, 255)
+		err := fleetSummary(&cli.IO{Err: &errb}, false, c.results)
+		code := cli.ExitCode("zp", &bytes.Buffer{}, err, 255)
 		if code != c.code || errb.String() != c.line {
 			t.Errorf("%d %q, want %d %q", code, errb.String(), c.code, c.line)
 		}
@@ -90,7 +88,7 @@ func TestFleetSummary(t *testing.T) {
 
 func TestFleetGroups(t *testing.T) {
 	var out, errb bytes.Buffer
-	p := newFleetPrinter(&IO{Out: &out, Err: &errb}, &fleetExecOptions{group: true}, 4)
+	p := newFleetPrinter(&cli.IO{Out: &out, Err: &errb}, &fleetExecOptions{group: true}, 4)
 	mk := func(name, o, e string) *hostResult {
 		r := &hostResult{name: name}
 		so, se := p.writers(r)
@@ -117,50 +115,8 @@ func TestPromLabel(t *testing.T) {
 	}
 }
 
-func TestReportedMetrics(t *testing.T) {
-	for in, want := range map[string]string{"": "", "0.0.0.0:9750": ":9750", "[::]:9750": ":9750", "127.0.0.1:9100": "127.0.0.1:9100"} {
-		if got := reportedMetrics(in); got != want {
-			t.Errorf("%q: %q, want %q", in, got, want)
-		}
-	}
-}
-
-func TestZPDFleetFlags(t *testing.T) {
-	kp, _ := curve.GenerateKeyPair()
-	keys := filepath.Join(t.TempDir(), "keys")
-	os.WriteFile(keys, nil, 0o600)
-	for _, c := range []struct {
-		o   zpdFleetOptions
-		err string
-	}{
-		{zpdFleetOptions{name: "x"}, "--name goes with --join"},
-		{zpdFleetOptions{join: "alice@hub"}, "no user@"},
-		{zpdFleetOptions{join: "hub", name: "-bad"}, "--name"},
-		{zpdFleetOptions{join: "hub", name: "ok", labels: []string{"role"}}, "want k=v"},
-		{zpdFleetOptions{join: "hub", name: "ok", labels: []string{"Role=x"}}, "--label"},
-		{zpdFleetOptions{join: "hub", name: "ok", hubKey: "short"}, "--hub-key"},
-		{zpdFleetOptions{fleetKeys: "/no/such/file", maxTunnels: 1}, "no such file"},
-		{zpdFleetOptions{fleetKeys: keys}, "--max-tunnels"},
-	} {
-		var cfg broker.Config
-		if _, _, err := c.o.configure(&cfg, kp, ""); err == nil || !strings.Contains(err.Error(), c.err) {
-			t.Errorf("%+v: %v, want %q", c.o, err, c.err)
-		}
-	}
-	var cfg broker.Config
-	o := zpdFleetOptions{join: "hub.example:6000", name: "web3", labels: []string{"role=web"}, fleetUsers: []string{"deploy"},
-		fleetKeys: keys, maxTunnels: 5}
-	if _, _, err := o.configure(&cfg, kp, "0.0.0.0:9750"); err != nil {
-		t.Fatal(err)
-	}
-	if a := cfg.Agent; a == nil || a.Hub != "tcp://hub.example:6000" || a.Name != "web3" || a.Labels["role"] != "web" ||
-		a.Metrics != ":9750" || a.Users[0] != "deploy" || cfg.Hub == nil || cfg.Hub.MaxTunnels != 5 || cfg.Hub.Metrics != ":9750" {
-		t.Fatalf("%+v %+v", cfg.Agent, cfg.Hub)
-	}
-}
-
 func TestFleetFirst(t *testing.T) {
-	root := NewZPCmd(&IO{Getenv: func(string) string { return "" }})
+	root := NewZPCmd(&cli.IO{Getenv: func(string) string { return "" }})
 	for _, c := range []struct {
 		args []string
 		want bool

@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/cli"
 )
 
 // fleetExecOptions are zp's flags for running a command on a fleet.
@@ -39,27 +40,27 @@ type fleetExecOptions struct {
 // and a CURVE handshake through the hub); commands then run all at once.
 const fleetDials = 64
 
-func (o *fleetExecOptions) register(c *cobra.Command, conn *connFlags) {
+func (o *fleetExecOptions) register(c *cobra.Command, conn *cli.ConnFlags) {
 	fs := c.Flags()
 	fs.StringVar(&o.hub, "fleet", "", "run the command on the agents of the hub HUB ([user@]host[:port]); see --hosts, --label, --group, --json")
 	fs.StringSliceVar(&o.sel.hosts, "hosts", nil, "with --fleet: only agents whose names match these shell patterns (comma-separated)")
 	fs.StringArrayVar(&o.sel.labels, "label", nil, "with --fleet: only agents with this label k=v (repeatable)")
 	fs.BoolVar(&o.group, "group", false, "with --fleet: print identical outputs once, under the list of their hosts (as dshbak -c)")
 	fs.BoolVar(&o.asJSON, "json", false, "with --fleet: print one JSON array: per host stdout, stderr, exit code, duration, error")
-	fs.StringVar(&conn.login, "user", "", "remote user (as user@host, or -l)")
+	fs.StringVar(&conn.Login, "user", "", "remote user (as user@host, or -l)")
 }
 
 func (o *fleetExecOptions) check(c *cobra.Command) error {
 	o.connectTimeoutSet = c.Flags().Changed("connect-timeout")
 	if o.hub != "" {
 		if o.group && o.asJSON {
-			return withCode(ExitUsage, errors.New("--group or --json, not both"))
+			return cli.WithCode(cli.ExitUsage, errors.New("--group or --json, not both"))
 		}
 		return nil
 	}
 	for _, f := range []string{"hosts", "label", "group", "json"} {
 		if c.Flags().Changed(f) {
-			return withCode(ExitUsage, fmt.Errorf("--%s goes with --fleet HUB", f))
+			return cli.WithCode(cli.ExitUsage, fmt.Errorf("--%s goes with --fleet HUB", f))
 		}
 	}
 	return nil
@@ -95,21 +96,21 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	io := opts.io
 	fo := &opts.fleet
 	if len(argv) == 0 {
-		return withCode(ExitUsage, errors.New("usage: zp --fleet HUB [flags] command [args...]"))
+		return cli.WithCode(cli.ExitUsage, errors.New("usage: zp --fleet HUB [flags] command [args...]"))
 	}
 	if opts.stdinFile != "" {
-		return withCode(ExitUsage, errors.New("--stdin-file does not go with --fleet (--fleet --async jobs read /dev/null)"))
+		return cli.WithCode(cli.ExitUsage, errors.New("--stdin-file does not go with --fleet (--fleet --async jobs read /dev/null)"))
 	}
 	env, err := localEnv(io.Getenv, opts.env)
 	if err != nil {
-		return withCode(ExitUsage, err)
+		return cli.WithCode(cli.ExitUsage, err)
 	}
 	sel, err := fo.sel.selector()
 	if err != nil {
-		return withCode(ExitUsage, err)
+		return cli.WithCode(cli.ExitUsage, err)
 	}
 	conn := &opts.conn
-	s, fl, t, err := conn.dialHub(ctx, io, fo.hub)
+	s, fl, t, err := dialHub(ctx, conn, io, fo.hub)
 	if err != nil {
 		return err
 	}
@@ -119,9 +120,9 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 		return fleetError(t, err)
 	}
 	if len(agents) == 0 {
-		return withCode(ExitFailure, fmt.Errorf("no agent of %s%s", t.Host, fo.sel.describe()))
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("no agent of %s%s", t.Host, fo.sel.describe()))
 	}
-	ad, err := conn.agentDialer(io, t, fl, agents, fo.connectTimeoutSet)
+	ad, err := newAgentDialer(conn, io, t, fl, agents, fo.connectTimeoutSet)
 	if err != nil {
 		return err
 	}
@@ -150,20 +151,20 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 			if err != nil {
 				var ce *client.Error
 				if errors.As(err, &ce) && ce.Code == client.CodeBadRequest {
-					return withCode(ExitFailure, fmt.Errorf("%s cannot pass stdin to the fleet (%s): use -n, or upgrade its zpd", t.Host, ce.Reason))
+					return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s cannot pass stdin to the fleet (%s): use -n, or upgrade its zpd", t.Host, ce.Reason))
 				}
 				return fleetError(t, err)
 			}
 			defer pub.Close()
 			shared = &pub.Shared
 			defer func() {
-				if n, eof := pub.Sent(); !eof && pub.Err() != nil && !conn.quiet {
+				if n, eof := pub.Sent(); !eof && pub.Err() != nil && !conn.Quiet {
 					fmt.Fprintf(io.Err, "zp: stdin: published %d octets, then: %v\n", n, pub.Err())
 				}
 			}()
 		}
 	}
-	sigs := forwardSignals(ctx, cancel, io, conn.quiet)
+	sigs := forwardSignals(ctx, cancel, io, conn.Quiet)
 	pr := newFleetPrinter(io, fo, len(agents))
 	results := make([]*hostResult, len(agents))
 	sem := make(chan struct{}, fleetDials)
@@ -190,7 +191,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 			sess, err := ad.dial(ctx, a)
 			<-sem
 			if err != nil {
-				r.err, r.why = describeConnectError(Target{Target: client.Target{Host: a.Name, User: user}}, err), dialFailure(err)
+				r.err, r.why = cli.DescribeConnectError(cli.Target{Target: client.Target{Host: a.Name, User: user}}, err), dialFailure(err)
 				pr.failed(r)
 				return
 			}
@@ -217,9 +218,9 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	wg.Wait()
 	sigs.stop()
 	if err := pr.finish(results); err != nil {
-		return withCode(ExitFailure, err)
+		return cli.WithCode(cli.ExitFailure, err)
 	}
-	return fleetSummary(io, conn.quiet, results)
+	return fleetSummary(io, conn.Quiet, results)
 }
 
 // agentDialer opens sessions with a hub's agents through tunnels.
@@ -233,15 +234,15 @@ type agentDialer struct {
 	connect   time.Duration
 }
 
-// agentDialer pins the agents' keys, loads ours, and sizes the tunnels.
-func (conn *connFlags) agentDialer(io *IO, t Target, fl *client.Fleet, agents []client.Agent, connectTimeoutSet bool) (*agentDialer, error) {
-	keys, untrusted, err := conn.agentKeys(io, t.Host, agents)
+// newAgentDialer pins the agents' keys, loads ours, and sizes the tunnels.
+func newAgentDialer(conn *cli.ConnFlags, io *cli.IO, t cli.Target, fl *client.Fleet, agents []client.Agent, connectTimeoutSet bool) (*agentDialer, error) {
+	keys, untrusted, err := agentKeys(conn, io, t.Host, agents)
 	if err != nil {
-		return nil, withCode(ExitFailure, err)
+		return nil, cli.WithCode(cli.ExitFailure, err)
 	}
-	kp, err := client.LoadIdentity(configDir(io.Getenv))
+	kp, err := client.LoadIdentity(cli.ConfigDir(io.Getenv))
 	if err != nil {
-		return nil, withCode(ExitFailure, fmt.Errorf("client key: %w", err))
+		return nil, cli.WithCode(cli.ExitFailure, fmt.Errorf("client key: %w", err))
 	}
 	// What the hub may hold for this command, at most a window per
 	// tunnel: 8 MiB in all, between 16 KiB and 1 MiB per agent. Every
@@ -250,8 +251,8 @@ func (conn *connFlags) agentDialer(io *IO, t Target, fl *client.Fleet, agents []
 	// output: 32 MiB took over 5 s to drain on a starved 2-core machine
 	// (TestFleet50 saw an agent's OPEN_OK time out).
 	fl.TunnelWindow = min(1<<20, max(16<<10, (8<<20)/max(len(agents), 1)))
-	ad := &agentDialer{fl: fl, keys: keys, untrusted: untrusted, kp: kp, user: t.remoteUser(),
-		timeout: conn.timeout, connect: conn.connectTimeout}
+	ad := &agentDialer{fl: fl, keys: keys, untrusted: untrusted, kp: kp, user: t.RemoteUser(),
+		timeout: conn.Timeout, connect: conn.ConnectTimeout}
 	if ad.timeout == 0 {
 		ad.timeout = fleetPatience
 	}
@@ -294,7 +295,7 @@ func dialFailure(err error) string {
 // fleetSummary prints "40 ok, 2 failed: web3 (exit 2), db1 (unreachable)"
 // and returns the exit status: 0, the largest exit code, or 255 when a
 // host could not be reached.
-func fleetSummary(io *IO, quiet bool, results []*hostResult) error {
+func fleetSummary(io *cli.IO, quiet bool, results []*hostResult) error {
 	ok, worst, unreached := 0, 0, false
 	var failed []string
 	for _, r := range results {
@@ -318,9 +319,9 @@ func fleetSummary(io *IO, quiet bool, results []*hostResult) error {
 	}
 	switch {
 	case unreached:
-		return withCode(ExitFailure, nil)
+		return cli.WithCode(cli.ExitFailure, nil)
 	case worst != 0:
-		return withCode(worst, nil)
+		return cli.WithCode(worst, nil)
 	}
 	return nil
 }
@@ -344,7 +345,7 @@ func (f *signalFan) add() <-chan string {
 
 func (f *signalFan) stop() { f.once.Do(func() { close(f.done) }) }
 
-func forwardSignals(ctx context.Context, cancel func(), io *IO, quiet bool) *signalFan {
+func forwardSignals(ctx context.Context, cancel func(), io *cli.IO, quiet bool) *signalFan {
 	f := &signalFan{done: make(chan struct{})}
 	sigc := make(chan os.Signal, 8)
 	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE)
@@ -388,7 +389,7 @@ func forwardSignals(ctx context.Context, cancel func(), io *IO, quiet bool) *sig
 // fleetPrinter writes the hosts' output: prefixed lines as they come, or
 // (--group, --json) collected per host and printed at the end.
 type fleetPrinter struct {
-	io      *IO
+	io      *cli.IO
 	opts    *fleetExecOptions
 	mu      sync.Mutex // one host's lines at a time
 	collect bool
@@ -396,7 +397,7 @@ type fleetPrinter struct {
 	pw      sync.Map
 }
 
-func newFleetPrinter(io *IO, opts *fleetExecOptions, hosts int) *fleetPrinter {
+func newFleetPrinter(io *cli.IO, opts *fleetExecOptions, hosts int) *fleetPrinter {
 	// Collected output stays in memory up to 64 MiB in all (at most 4 MiB
 	// and at least 64 KiB per host), then goes to temporary files.
 	mem := min(4<<20, max(64<<10, (64<<20)/max(hosts, 1)))

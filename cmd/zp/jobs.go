@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"context"
@@ -16,33 +16,34 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/cli"
 )
 
 // ExitNoJob is the exit code for an unknown job id.
 const ExitNoJob = 2
 
 // jobError maps a failure of a job command to an exit code.
-func jobError(t Target, id string, err error) error {
+func jobError(t cli.Target, id string, err error) error {
 	var we *client.Error
 	if errors.As(err, &we) {
 		switch we.Code {
 		case client.CodeNotFound:
-			return withCode(ExitNoJob, fmt.Errorf("%s: no job %s", t.Host, id))
+			return cli.WithCode(ExitNoJob, fmt.Errorf("%s: no job %s", t.Host, id))
 		case client.CodeConflict:
-			return withCode(1, fmt.Errorf("%s: %s", t.Host, we.Reason))
+			return cli.WithCode(1, fmt.Errorf("%s: %s", t.Host, we.Reason))
 		}
-		return withCode(ExitFailure, fmt.Errorf("%s: %s", t.Host, we.Reason))
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s: %s", t.Host, we.Reason))
 	}
 	if errors.Is(err, client.ErrTimeout) {
-		return withCode(ExitFailure, fmt.Errorf("lost contact with %s: %v", t.Host, err))
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("lost contact with %s: %v", t.Host, err))
 	}
-	return withCode(ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
+	return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s: %v", t.Host, err))
 }
 
 // withSession runs f on a session with host and maps its error as a job
 // command's.
-func (conn *connFlags) withSession(ctx context.Context, io *IO, host, id string, f func(*client.Session) error) error {
-	s, t, err := conn.dial(ctx, io, host)
+func withSession(ctx context.Context, conn *cli.ConnFlags, io *cli.IO, host, id string, f func(*client.Session) error) error {
+	s, t, err := conn.Dial(ctx, io, host)
 	if err != nil {
 		return err
 	}
@@ -53,7 +54,7 @@ func (conn *connFlags) withSession(ctx context.Context, io *IO, host, id string,
 	return nil
 }
 
-func newJobsCmd(io *IO, conn *connFlags) *cobra.Command {
+func newJobsCmd(io *cli.IO, conn *cli.ConnFlags) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "jobs [flags] [user@]host",
@@ -62,7 +63,7 @@ func newJobsCmd(io *IO, conn *connFlags) *cobra.Command {
 		RunE: func(c *cobra.Command, args []string) error {
 			var jobs []map[string]string
 			var fleetJobs []client.FleetJob
-			err := conn.withSession(c.Context(), io, args[0], "", func(s *client.Session) (err error) {
+			err := withSession(c.Context(), conn, io, args[0], "", func(s *client.Session) (err error) {
 				list, err := s.Jobs(c.Context())
 				for _, j := range list {
 					jobs = append(jobs, j.Fields())
@@ -132,14 +133,14 @@ func elapsedOrExit(j map[string]string) string {
 var statusKeys = []string{"id", "status", "command_line", "stdout", "stderr", "pid", "user", "started",
 	"ended", "exit_code", "signal", "message", "stdout_bytes", "stderr_bytes"}
 
-func newJobCmd(io *IO, conn *connFlags) *cobra.Command {
+func newJobCmd(io *cli.IO, conn *cli.ConnFlags) *cobra.Command {
 	c := &cobra.Command{Use: "job", Short: "inspect, follow, wait for, kill or remove a background job"}
 	c.AddCommand(newJobStatusCmd(io, conn), newJobFollowCmd(io, conn), newJobWaitCmd(io, conn),
 		newJobKillCmd(io, conn), newJobRmCmd(io, conn))
 	return c
 }
 
-func newJobStatusCmd(io *IO, conn *connFlags) *cobra.Command {
+func newJobStatusCmd(io *cli.IO, conn *cli.ConnFlags) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "status [flags] [user@]host ID",
@@ -150,7 +151,7 @@ func newJobStatusCmd(io *IO, conn *connFlags) *cobra.Command {
 				return fleetJobStatus(c.Context(), io, conn, args[0], args[1], asJSON)
 			}
 			var info map[string]string
-			err := conn.withSession(c.Context(), io, args[0], args[1], func(s *client.Session) (err error) {
+			err := withSession(c.Context(), conn, io, args[0], args[1], func(s *client.Session) (err error) {
 				j, err := s.JobStatus(c.Context(), args[1])
 				if err == nil {
 					info = j.Fields()
@@ -182,7 +183,7 @@ func newJobStatusCmd(io *IO, conn *connFlags) *cobra.Command {
 }
 
 // writeJSON prints job descriptions with numbers as numbers.
-func writeJSON(io *IO, v any) error {
+func writeJSON(io *cli.IO, v any) error {
 	typed := func(m map[string]string) map[string]any {
 		out := make(map[string]any, len(m))
 		for k, s := range m {
@@ -221,7 +222,7 @@ type followOpts struct {
 	noHistory           bool
 }
 
-func newJobFollowCmd(io *IO, conn *connFlags) *cobra.Command {
+func newJobFollowCmd(io *cli.IO, conn *cli.ConnFlags) *cobra.Command {
 	var o followOpts
 	c := &cobra.Command{
 		Use:   "follow [--stdout|--stderr|--all] [flags] [user@]host ID",
@@ -256,7 +257,7 @@ watch one job; a slow one never slows the job or the others.`,
 	return c
 }
 
-func newJobWaitCmd(io *IO, conn *connFlags) *cobra.Command {
+func newJobWaitCmd(io *cli.IO, conn *cli.ConnFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "wait [flags] [user@]host ID",
 		Short: "wait for a job to end and exit with its exit code",
@@ -272,25 +273,25 @@ func newJobWaitCmd(io *IO, conn *connFlags) *cobra.Command {
 
 // followRun follows (or, with no streams, waits for) a job; it reconnects
 // when the connection drops and continues where it stopped.
-func followRun(ctx context.Context, io *IO, conn *connFlags, hostArg, id string, fo client.FollowOptions) error {
+func followRun(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hostArg, id string, fo client.FollowOptions) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	backoff := 200 * time.Millisecond
 	var lostSince time.Time // first loss since output last moved: bounds the retries
 	var lostAt time.Time    // latest loss
 	for {
-		s, t, err := conn.dial(ctx, io, hostArg)
+		s, t, err := conn.Dial(ctx, io, hostArg)
 		if err == nil && !lostAt.IsZero() {
-			if !conn.quiet {
+			if !conn.Quiet {
 				fmt.Fprintf(io.Err, "zp: reconnected to %s after %v\n", t.Host, time.Since(lostAt).Round(time.Millisecond))
 			}
 			lostAt = time.Time{}
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return withCode(130, nil)
+				return cli.WithCode(130, nil)
 			}
-			if lostSince.IsZero() || time.Since(lostSince) > conn.reconnectFor() {
+			if lostSince.IsZero() || time.Since(lostSince) > conn.ReconnectFor() {
 				return err
 			}
 			time.Sleep(backoff)
@@ -306,7 +307,7 @@ func followRun(ctx context.Context, io *IO, conn *connFlags, hostArg, id string,
 			return exitStatusCode(res.Info.ExitCode)
 		}
 		if ctx.Err() != nil {
-			return withCode(130, nil) // detached; the job goes on
+			return cli.WithCode(130, nil) // detached; the job goes on
 		}
 		var we *client.Error
 		var oe *client.OutputError
@@ -314,7 +315,7 @@ func followRun(ctx context.Context, io *IO, conn *connFlags, hostArg, id string,
 			return jobError(t, id, err)
 		}
 		// The connection was lost: continue from where we are.
-		if !conn.quiet {
+		if !conn.Quiet {
 			fmt.Fprintf(io.Err, "zp: connection to %s lost (%v); reconnecting\n", t.Host, err)
 		}
 		if res.Next != fo.Start { // output moved: a later loss gets the whole time again
@@ -334,10 +335,10 @@ func exitStatusCode(code int) error {
 	if code == 0 {
 		return nil
 	}
-	return withCode(code, nil)
+	return cli.WithCode(code, nil)
 }
 
-func newJobKillCmd(io *IO, conn *connFlags) *cobra.Command {
+func newJobKillCmd(io *cli.IO, conn *cli.ConnFlags) *cobra.Command {
 	var sig string
 	c := &cobra.Command{
 		Use:   "kill [--signal TERM] [flags] [user@]host ID",
@@ -350,7 +351,7 @@ func newJobKillCmd(io *IO, conn *connFlags) *cobra.Command {
 					return s.KillJob(ctx, job, name)
 				})
 			}
-			return conn.withSession(c.Context(), io, args[0], args[1], func(s *client.Session) error {
+			return withSession(c.Context(), conn, io, args[0], args[1], func(s *client.Session) error {
 				return s.KillJob(c.Context(), args[1], name)
 			})
 		},
@@ -359,7 +360,7 @@ func newJobKillCmd(io *IO, conn *connFlags) *cobra.Command {
 	return c
 }
 
-func newJobRmCmd(io *IO, conn *connFlags) *cobra.Command {
+func newJobRmCmd(io *cli.IO, conn *cli.ConnFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "rm [flags] [user@]host ID",
 		Short: "forget a finished job and delete its output",
@@ -370,7 +371,7 @@ func newJobRmCmd(io *IO, conn *connFlags) *cobra.Command {
 					return s.RemoveJob(ctx, job)
 				})
 			}
-			return conn.withSession(c.Context(), io, args[0], args[1], func(s *client.Session) error {
+			return withSession(c.Context(), conn, io, args[0], args[1], func(s *client.Session) error {
 				return s.RemoveJob(c.Context(), args[1])
 			})
 		},
@@ -384,12 +385,12 @@ func asyncRun(ctx context.Context, opts *zpOptions, hostArg string, argv []strin
 	if opts.stdinFile != "" {
 		f, err := os.Open(opts.stdinFile)
 		if err != nil {
-			return withCode(ExitFailure, fmt.Errorf("--stdin-file: %w", err))
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("--stdin-file: %w", err))
 		}
 		defer f.Close()
 		req.Stdin = f
 	}
-	s, t, err := opts.conn.dial(ctx, io, hostArg)
+	s, t, err := opts.conn.Dial(ctx, io, hostArg)
 	if err != nil {
 		return err
 	}
