@@ -108,7 +108,8 @@ int zp_close(int handle);
  * and belong to the caller, who must close them: write the command's
  * stdin to stdin_fd (close it for EOF; -1 with ZP_NO_STDIN), read its
  * stdout and stderr from stdout_fd and stderr_fd until EOF.  They work
- * with read/write/poll/epoll and are blocking (set O_NONBLOCK yourself).
+ * with read/write/poll/epoll, are blocking (set O_NONBLOCK yourself) and
+ * close-on-exec (clear FD_CLOEXEC to hand one to a child process).
  * Read stdout and stderr while the command runs: output you do not read
  * stops it once the flow-control window (4 MiB) is full, as a pipe does. */
 typedef struct zp_process {
