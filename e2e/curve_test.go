@@ -226,18 +226,18 @@ func TestUserSwitching(t *testing.T) {
 	// The new key is authorised for alice only (not in zpd's global file).
 	authorize(t, alice, pub)
 
-	r := run(t, nil, d.env(), "zp", "--accept-new", "zpalice@"+d.Addr, "sh", "-c", `id -un; id -gn; pwd; echo "$HOME $USER $LOGNAME $SHELL"`)
-	want := fmt.Sprintf("zpalice\nzpalice\n%s\n%s zpalice zpalice /bin/sh\n", alice.home, alice.home)
+	r := run(t, nil, d.env(), "zp", "--accept-new", alice.name+"@"+d.Addr, "sh", "-c", `id -un; id -gn; pwd; echo "$HOME $USER $LOGNAME $SHELL"`)
+	want := fmt.Sprintf("%[1]s\n%[1]s\n%[2]s\n%[2]s %[1]s %[1]s /bin/sh\n", alice.name, alice.home)
 	if r.Code != 0 || r.Stdout != want {
 		t.Fatalf("as alice: got %q want %q (%s)", r.Stdout, want, r.Stderr)
 	}
 	// Supplementary groups come along.
-	r = run(t, nil, d.env(), "zp", "zpalice@"+d.Addr, "id", "-Gn")
-	if !strings.Contains(r.Stdout, "zpextra") {
+	r = run(t, nil, d.env(), "zp", alice.name+"@"+d.Addr, "id", "-Gn")
+	if !strings.Contains(r.Stdout, alice.group) {
 		t.Fatalf("groups %q", r.Stdout)
 	}
 	// Not authorised for bob, nor for root.
-	for _, u := range []string{"zpbob", "root"} {
+	for _, u := range []string{bob.name, "root"} {
 		r = run(t, nil, d.env(), "zp", u+"@"+d.Addr, "id", "-un")
 		if r.Code != 255 || r.Stdout != "" || !strings.Contains(r.Stderr, "not authorised") {
 			t.Fatalf("as %s: %+v", u, r)
@@ -247,49 +247,58 @@ func TestUserSwitching(t *testing.T) {
 	// A key file that others can write is ignored (sshd's StrictModes).
 	os.Chmod(filepath.Join(alice.home, ".config/zp/authorized_keys"), 0o666)
 	eventually(t, 10*time.Second, "a world-writable authorized_keys to be ignored", func() bool {
-		return run(t, nil, d.env(), "zp", "zpalice@"+d.Addr, "true").Code == 255
+		return run(t, nil, d.env(), "zp", alice.name+"@"+d.Addr, "true").Code == 255
 	})
 	os.Chmod(filepath.Join(alice.home, ".config/zp/authorized_keys"), 0o600)
 
 	// A zpd running as alice acts only as alice.
 	ad := startZPDAs(t, alice, d.Home)
-	r = run(t, nil, d.env(), "zp", "--accept-new", "zpalice@"+ad.Addr, "id", "-un")
-	if r.Code != 0 || r.Stdout != "zpalice\n" {
+	r = run(t, nil, d.env(), "zp", "--accept-new", alice.name+"@"+ad.Addr, "id", "-un")
+	if r.Code != 0 || r.Stdout != alice.name+"\n" {
 		t.Fatalf("non-root zpd as itself: %+v", r)
 	}
 	r = run(t, nil, d.env(), "zp", "root@"+ad.Addr, "id", "-un")
-	if r.Code != 255 || !strings.Contains(r.Stderr, "runs as zpalice") {
+	if r.Code != 255 || !strings.Contains(r.Stderr, "runs as "+alice.name) {
 		t.Fatalf("non-root zpd as another user: %+v", r)
 	}
 }
 
 type testUser struct {
 	name     string
+	group    string // a supplementary group
 	uid, gid int
 	home     string
 }
 
-// makeUser creates a user (and group zpextra as a supplementary group) and
-// removes both at cleanup.
+// makeUser creates a user named name plus this process's pid (so that two
+// runs on one machine never share or delete each other's users; a stale
+// home of that name is removed first), with a group of its own (the name
+// and "x") as a supplementary group, and removes both at cleanup.
 func makeUser(t *testing.T, name string) testUser {
 	t.Helper()
+	name = fmt.Sprintf("%s%d", name, os.Getpid())
+	group := name + "x"
 	exec.Command("userdel", "-r", name).Run()
-	if out, err := exec.Command("groupadd", "-f", "zpextra").CombinedOutput(); err != nil {
+	os.RemoveAll(filepath.Join("/home", name))
+	if out, err := exec.Command("groupadd", "-f", group).CombinedOutput(); err != nil {
 		t.Fatalf("groupadd: %v %s", err, out)
 	}
-	if out, err := exec.Command("useradd", "-m", "-s", "/bin/sh", "-G", "zpextra", name).CombinedOutput(); err != nil {
+	if out, err := exec.Command("useradd", "-m", "-s", "/bin/sh", "-G", group, name).CombinedOutput(); err != nil {
 		t.Fatalf("useradd: %v %s", err, out)
 	}
 	t.Cleanup(func() {
 		exec.Command("pkill", "-u", name).Run()
 		exec.Command("userdel", "-r", name).Run()
-		exec.Command("groupdel", "zpextra").Run()
+		exec.Command("groupdel", group).Run()
 	})
 	out, _ := exec.Command("sh", "-c", "id -u "+name+"; id -g "+name+"; getent passwd "+name+" | cut -d: -f6").Output()
 	f := strings.Fields(string(out))
+	if len(f) != 3 {
+		t.Fatalf("user %s: %q", name, out)
+	}
 	uid, _ := strconv.Atoi(f[0])
 	gid, _ := strconv.Atoi(f[1])
-	return testUser{name: name, uid: uid, gid: gid, home: f[2]}
+	return testUser{name: name, group: group, uid: uid, gid: gid, home: f[2]}
 }
 
 // authorize writes key into the user's authorized_keys, owned by them.

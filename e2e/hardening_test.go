@@ -354,20 +354,20 @@ func TestUserLimits(t *testing.T) {
 
 	// Another user has their own budget, within the global one.
 	if os.Geteuid() == 0 {
-		alice := makeUser(t, "zplimits") // not zpalice: other tests (and runs) use that one
+		alice := makeUser(t, "zplimits")
 		aliceHome := t.TempDir()
 		pub := strings.TrimSpace(run(t, nil, []string{"ZP_CONFIG=" + aliceHome}, "zp", "keygen").Stdout)
 		authorize(t, alice, pub)
 		zpAlice := func() result {
-			return run(t, nil, []string{"ZP_CONFIG=" + aliceHome}, "zp", "--accept-new", "-q", "zplimits@"+d.Addr, "id", "-un")
+			return run(t, nil, []string{"ZP_CONFIG=" + aliceHome}, "zp", "--accept-new", "-q", alice.name+"@"+d.Addr, "id", "-un")
 		}
 		// (The keyring sees the new key within a second.)
 		var r result
 		eventually(t, 5*time.Second, "alice served while root is at its limit", func() bool {
 			r = zpAlice()
-			return r.Code == 0 && r.Stdout == "zplimits\n"
+			return r.Code == 0 && r.Stdout == alice.name+"\n"
 		})
-		flood(t, d, aliceHome, "zplimits", 20)
+		flood(t, d, aliceHome, alice.name, 20)
 		eventually(t, 30*time.Second, "120 commands running", func() bool { return metric(t, murl, "zp_exec_running") >= 120 })
 		if r := zpAlice(); r.Code != 255 || !strings.Contains(r.Stderr, "too many running commands on this zpd: 120 (zpd --max-commands)") {
 			t.Fatalf("alice over the global limit: %+v", r)

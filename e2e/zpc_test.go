@@ -415,8 +415,8 @@ func testUserKey(t *testing.T, d *zpd, name string) testUser {
 		t.Fatal(err)
 	}
 	authorize(t, u, strings.Fields(string(b))[0])
-	eventually(t, 10*time.Second, "zpd to reread "+name+"'s authorized_keys", func() bool {
-		return run(t, nil, d.env(), "zp", append(d.clientArgs(), name+"@"+d.Addr, "true")...).Code == 0
+	eventually(t, 10*time.Second, "zpd to reread "+u.name+"'s authorized_keys", func() bool {
+		return run(t, nil, d.env(), "zp", append(d.clientArgs(), u.name+"@"+d.Addr, "true")...).Code == 0
 	})
 	return u
 }
@@ -555,7 +555,7 @@ func TestZpcNaming(t *testing.T) {
 	// host: alone is the remote user's home; relative paths are in it.
 	t.Run("home", func(t *testing.T) {
 		u := testUserKey(t, d, "zpcuser")
-		host := "zpcuser@" + d.Addr
+		host := u.name + "@" + d.Addr
 		ok(t, d.zpc(t, p("file"), host+":"))
 		ok(t, d.zpc(t, "-r", p("dir"), host+":rel/"))
 		st, err := os.Stat(filepath.Join(u.home, "file"))
