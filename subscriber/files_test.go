@@ -70,6 +70,21 @@ func transferWith(t *testing.T, src, dst string, flags uint8, umask uint32) (pub
 // gone once the transfer ends, also for files it skipped (a no-op sync of
 // a huge tree must not grow the receiver's memory).
 func TestReceiverTree(t *testing.T) {
+	// Both ways of making a batch durable (commit): one syncfs when
+	// little else is dirty, else one fdatasync per file.
+	for _, tc := range []struct {
+		name  string
+		dirty uint64
+	}{{"syncfs", 0}, {"per-file", 1 << 40}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dirtyProbe = func() (uint64, bool) { return tc.dirty, true }
+			t.Cleanup(func() { dirtyProbe = systemDirty })
+			testReceiverTree(t)
+		})
+	}
+}
+
+func testReceiverTree(t *testing.T) {
 	src, dst := t.TempDir(), t.TempDir()
 	const dirs, per = 20, 30
 	for d := range dirs {
