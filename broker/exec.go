@@ -68,11 +68,11 @@ func newExecChan(s *session, id uint32, window uint32, stdin bool) *execChan {
 	ch := &execChan{s: s, id: id, ctx: ctx, cancel: cancel}
 	// A window of 0 grants nothing until the client's first ACK; more
 	// than zpd allows is capped.
-	w := min(uint64(window), uint64(s.b.cfg.window()))
+	w := min(uint64(window), uint64(s.b.cfg.execWindow()))
 	ch.out[wire.Stdout] = publisher.New(w)
 	ch.out[wire.Stderr] = publisher.New(w)
 	if stdin {
-		ch.in = subscriber.New(uint64(s.b.cfg.window()))
+		ch.in = subscriber.New(uint64(s.b.cfg.execWindow()))
 		ch.stdinQ = make(chan stdinItem, publisher.MaxInflight+16)
 	}
 	return ch
@@ -170,7 +170,7 @@ func (ch *execChan) run(m *wire.Exec) {
 
 	var window uint32
 	if ch.in != nil {
-		window = uint32(b.cfg.window())
+		window = uint32(b.cfg.execWindow())
 	}
 	ok := &wire.ExecOK{Channel: ch.id, Job: "", PID: uint32(cmd.Process.Pid), Window: window}
 	ch.mu.Lock()
@@ -232,7 +232,7 @@ func (ch *execChan) pump(st wire.Stream, f *os.File) {
 	b := ch.s.b
 	var rd publisher.Reader
 	for {
-		n, err := ps.Credit(ch.ctx, b.cfg.chunk())
+		n, err := ps.Credit(ch.ctx, b.cfg.execChunk())
 		if err != nil {
 			return // abandoned: closing f gives the command EPIPE, as under ssh
 		}
@@ -359,7 +359,7 @@ func (ch *execChan) runAsync(m *wire.Exec) {
 		}
 		os.Remove(f.Name()) // the job gets the open file
 		defer f.Close()
-		ch.send(&wire.ExecOK{Channel: ch.id, Window: uint32(ch.s.b.cfg.window())})
+		ch.send(&wire.ExecOK{Channel: ch.id, Window: uint32(ch.s.b.cfg.execWindow())})
 		if ok, err := ch.copyStdin(f); !ok {
 			if err != nil { // the spool failed (disk full): no job
 				ch.fail(zpdFailure(ch.id, "spool the job's stdin", err))

@@ -68,9 +68,10 @@ type Config struct {
 	// Timeout is the silence after which the server is presumed dead; zero
 	// takes the server's value (5s by default).
 	Timeout time.Duration
-	// Window is the credit granted per output stream (4 MiB; a download
-	// grants four times as much); Chunk the largest DATA payload sent
-	// (256 KiB for stdin, 1 MiB for files).
+	// Window is the credit granted per output stream (16 MiB for a
+	// command's stdout and stderr; 4 MiB for job output; a download grants
+	// four times as much); Chunk the largest DATA payload sent (256 KiB
+	// for stdin, 1 MiB for files).
 	Window, Chunk int
 	// ClientName is sent in OPEN (free text).
 	ClientName string
@@ -115,6 +116,15 @@ func (c *Config) chunk() int {
 		return min(c.Chunk, wire.MaxData)
 	}
 	return 256 << 10
+}
+
+// execWindow is the credit granted per output stream of a command (16
+// MiB unless Window is set): see broker's execWindow for the measurement.
+func (c *Config) execWindow() int {
+	if c.Window > 0 {
+		return c.Window
+	}
+	return 16 << 20
 }
 
 // xferChunk is the DATA size for file transfers (1 MiB unless Chunk is

@@ -47,7 +47,7 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (_ *ExitStatus, err
 	defer func() { err = public(err) }()
 	id, inbox := s.openChannel()
 	defer s.closeChannel(id)
-	window := s.cfg.window()
+	window := s.cfg.execWindow()
 	flags := uint8(0)
 	if req.Stdin != nil && req.Shared != nil {
 		return nil, errors.New("client: Stdin or Shared, not both")

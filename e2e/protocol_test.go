@@ -190,9 +190,10 @@ func TestChannelErrorEndsChannel(t *testing.T) {
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidLine)))
 	// Contiguous stdin far past the credit (the command's output is not
-	// read, so zpd's consumption stops a few MiB in).
+	// read, so zpd's consumption stops a few MiB in; the stdin window is
+	// 16 MiB, broker execWindow).
 	chunk := make([]byte, wire.MaxData)
-	for off := 0; off < 16<<20; off += len(chunk) {
+	for off := 0; off < 48<<20; off += len(chunk) {
 		p.send(&wire.Data{Channel: 3, Stream: wire.Stdin, Offset: uint64(off), Bytes: chunk})
 	}
 	for {
