@@ -45,8 +45,9 @@ fuzz:
 
 test: deps vet unit e2e fuzz
 
+# Also writes the tables as JSON under bench/results/ (named by time and commit).
 bench: build
-	@bash bench/bench.sh
+	@RESULTS_DIR=$${RESULTS_DIR:-bench/results} bash bench/bench.sh
 
 # The compose fleet (docker-compose.yml): a hub, three agents, Prometheus and a
 # client, images built FROM scratch (needs a running Docker engine).

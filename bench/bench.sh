@@ -9,7 +9,9 @@
 # zpd on 127.0.0.1 on a free port with a throw-away --state dir, a private $ZP_CONFIG. All of it is
 # stopped/removed on exit, even on failure (KEEP_DATA=1 keeps the 1 GiB file and the 5000-file tree).
 # Knobs: NOOP_N (no-op commands per run, 20), BIG_MIB (test file size, 1024), CMD_TIMEOUT (s, 600),
-# GROUPS_TO_RUN (row groups, space-separated; default all), ZP_CURVE=0 (measure --insecure only).
+# GROUPS_TO_RUN (row groups, space-separated; default all), ZP_CURVE=0 (measure --insecure only),
+# RESULTS_DIR (also write the tables as JSON there, named by time and commit; `make bench` sets
+# bench/results).
 #
 # Row groups (each is a function rows_NAME; the default GROUPS_TO_RUN list below runs them in order):
 #   rows_latency      no-op command: zp HOST true vs ssh HOST true
@@ -76,6 +78,8 @@ cleanup() {
     kill -TERM -- "-$CHILD" "$CHILD" 2>/dev/null || true
     wait "$CHILD" 2>/dev/null || true # e.g. bench/lossy deletes its network namespace on TERM
   fi
+  # the ControlMaster of rows_latency (a background ssh of ours, ControlPersist)
+  [ -z "${CMO:-}" ] || ssh $SSHO $CMO -p "$SSH_PORT" -O exit 127.0.0.1 </dev/null >/dev/null 2>&1 || true
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   for p in "${CLEAN[@]}"; do rm -rf -- "$p"; done
@@ -96,6 +100,7 @@ setup_packages() {
   command -v bc >/dev/null 2>&1 || need+=(bc)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v make >/dev/null 2>&1 || need+=(make)
+  [ -z "${RESULTS_DIR:-}" ] || command -v python3 >/dev/null 2>&1 || need+=(python3) # results_json
   if [[ " ${ROW_GROUPS[*]} " == *" rows_fleet "* ]]; then command -v pdsh >/dev/null 2>&1 || need+=(pdsh); fi
   # ip netns for rows_lossy (root only: without root that group is skipped anyway)
   if [[ " ${ROW_GROUPS[*]} " == *" rows_lossy "* ]] && [ "$(id -u)" = 0 ] && ! command -v ip >/dev/null 2>&1 &&
@@ -373,6 +378,12 @@ mbs() {
 # ---------------------------------------------------------------- row groups
 rows_latency() {
   row "no-op \`true\` (${NOOP_N}×/run, per command)" "$NOOP_N" 0 '$ZP true' '$SSH true'
+  # ssh reusing one connection (ControlMaster): no key exchange or login per command. zp still
+  # makes a new connection per command. The reset (untimed) makes sure the master is up.
+  CMO="-o ControlMaster=auto -o ControlPath=$DIR/cm-%C -o ControlPersist=60"
+  export SSHCM="ssh $SSHO $CMO -p $SSH_PORT 127.0.0.1"
+  row "no-op \`true\` (${NOOP_N}×/run, per command) against ssh reusing a ControlMaster connection" "$NOOP_N" 0 \
+    '$ZP true' '$SSHCM true' '$SSHCM true'
 }
 rows_pipe_down() {
   row "pipe down $BIG_NAME (\`cat FILE\` > /dev/null)" 1 "$BIG_BYTES" '$ZP cat "$BIG" >/dev/null' '$SSH cat "$BIG" >/dev/null'
@@ -544,6 +555,20 @@ rows_copy_tree() {
     "$FRESH" '$SCP -r "$SMALL" "127.0.0.1:$DIR/dst"' \
     "$FRESH" 'rsync -a -e "$RSH" "$SMALL" "127.0.0.1:$DIR/dst"' \
     'diff -r "$SMALL" "$DIR/dst/small"'
+  # The same copy into tmpfs (/dev/shm): no disk, so what is left is the protocol, the file
+  # system calls and, for zpc, fdatasync's bookkeeping (free on tmpfs).
+  if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
+    export SHM=/dev/shm/zp-bench-$$
+    CLEAN+=("$SHM")
+    local fresh='rm -rf "$SHM" && mkdir "$SHM" && sync'
+    copy_row "upload 5000 × 4 KiB files in 50 dirs into tmpfs (\`zpc -r DIR host:/dev/shm/…\`)" $((5000 * 4096)) \
+      "$fresh" '$ZPC -r "$SMALL" "$ZP_HOST:$SHM"' \
+      "$fresh" '$SCP -r "$SMALL" "127.0.0.1:$SHM"' \
+      "$fresh" 'rsync -a -e "$RSH" "$SMALL" "127.0.0.1:$SHM"' \
+      'diff -r "$SMALL" "$SHM/small"'
+  else
+    NOTES+=("/dev/shm is not tmpfs here: the tmpfs-destination row was skipped.")
+  fi
 }
 
 # No-op re-sync: the reset makes a fresh copy with the same tool (untimed), then the same command
@@ -833,6 +858,67 @@ main() {
   LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
   for g in "${ROW_GROUPS[@]}"; do "$g"; done
 
+  report >"$DIR/report.md"
+  CLEAN+=("$DIR/report.md")
+  cat "$DIR/report.md"
+  [ -z "${RESULTS_DIR:-}" ] || results_json "$DIR/report.md"
+  [ ${#FAILURES[@]} -eq 0 ] || exit 1
+}
+
+# results_json REPORT: writes the report's tables as JSON to
+# $RESULTS_DIR/<UTC time>-<commit>.json, with the commit (and whether the working tree differed
+# from it), so that the next change can be compared run against run. Each table is a list of rows,
+# each row an object keyed by the table's column headers; a cell like "2.24 s (best 2.21)" becomes
+# {"median": 2.24, "best": 2.21, "unit": "s", "text": "…"}, a plain number a number.
+results_json() {
+  local commit dirty out
+  commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+  dirty=false; [ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ] || dirty=true
+  mkdir -p "$RESULTS_DIR"
+  out=$RESULTS_DIR/$(date -u +%Y%m%dT%H%M%SZ)-${commit:0:12}.json
+  python3 - "$1" "$commit" "$dirty" "$RUNS" >"$out" <<'PY' || { log "could not write $out"; rm -f "$out"; return 0; }
+import json, re, sys
+report, commit, dirty, runs = sys.argv[1], sys.argv[2], sys.argv[3] == "true", int(sys.argv[4])
+cell_re = re.compile(r"^(-?[0-9.]+) (s|ms|MiB|GiB)(?: \(best (-?[0-9.]+)\))?")
+def cell(t):
+    t = t.strip()
+    m = cell_re.match(t)
+    if m:
+        d = {"median": float(m.group(1)), "unit": m.group(2), "text": t}
+        if m.group(3) is not None:
+            d["best"] = float(m.group(3))
+        return d
+    try:
+        return float(t)
+    except ValueError:
+        return t
+res = {"commit": commit, "dirty_tree": dirty, "runs": runs, "header": [], "notes": [], "tables": []}
+title, cols, rows = "zp vs ssh", None, None
+for line in open(report, encoding="utf-8"):
+    line = line.rstrip("\n")
+    if line.startswith("### "):
+        title = line[4:]
+    elif line.startswith("|"):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cols is None:
+            cols, rows = cells, []
+            res["tables"].append({"title": title, "columns": cols, "rows": rows})
+        elif all(set(c) <= set("-:") for c in cells):
+            pass
+        else:
+            rows.append({k: cell(v) for k, v in zip(cols, cells)})
+        continue
+    elif line.startswith(("Machine:", "Date:", "Load average", "Runs:")):
+        res["header"].append(line)
+    elif line.startswith(("Note:", "Disk reference", "- ")):
+        res["notes"].append(line)
+    cols = None
+print(json.dumps(res, indent=1, ensure_ascii=False))
+PY
+  log "results written to $out"
+}
+
+report() {
   echo
   machine
   local n
@@ -897,7 +983,6 @@ main() {
   for n in "${NOTES[@]}"; do echo; echo "Note: $n"; done
   if [ ${#FAILURES[@]} -gt 0 ]; then
     echo; echo "Failures:"; for n in "${FAILURES[@]}"; do echo "- $n"; done
-    exit 1
   fi
 }
 
