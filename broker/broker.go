@@ -253,6 +253,17 @@ func sideEndpoint(ep string, offset int) (string, error) {
 	return zmtp.SchemeTCP + "://" + net.JoinHostPort(host, strconv.Itoa(p)), nil
 }
 
+// pubQueue is how many octets of publications zpd queues per XPUB
+// subscriber before it drops whole messages for that subscriber. A job
+// that writes in bursts (2 MiB at once in bench.sh's fan-out) overflowed
+// the 256 KiB it used to be at once: a watcher that kept up on average
+// still received only 10-13% live and fetched the rest again over the
+// ROUTER. The frames are the publication's own (NoCopy), shared by all
+// subscribers, so the queue costs memory only for what a subscriber that
+// stalls keeps referenced: at most pubQueue each, and only a key granted
+// the job's topic can subscribe.
+const pubQueue = 4 << 20
+
 // listenPublish binds the XPUB that publishes job output and the XSUB
 // through which authenticated publishers reach it (topics "p/…" only).
 func (b *Broker) listenPublish(ep string) error {
@@ -263,7 +274,7 @@ func (b *Broker) listenPublish(ep string) error {
 	}
 	pcfg := &zmtp.Config{
 		Mechanism: b.cfg.Mechanism, SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
-		OnFull: zmtp.DropMessage, SendQueue: 256 << 10, NoCopy: true,
+		OnFull: zmtp.DropMessage, SendQueue: pubQueue, NoCopy: true,
 		// Subscribers send only subscriptions: small frames, and only
 		// those their key was granted (grants), a few per connection.
 		MaxFrame: 1024, MaxMessage: 1024, MaxFrames: 1,
