@@ -43,24 +43,6 @@ func TestLookPath(t *testing.T) {
 	}
 }
 
-func TestQuoteArgv(t *testing.T) {
-	for _, c := range []struct {
-		argv []string
-		want string
-	}{
-		{[]string{"ls", "-l"}, "ls -l"},
-		{[]string{"echo", "a b"}, "echo 'a b'"},
-		{[]string{"sh", "-c", "it's"}, `sh -c 'it'\''s'`},
-		{[]string{"printf", ""}, "printf ''"},
-		{[]string{"x=1", "y/z:2,@%+."}, "x=1 y/z:2,@%+."},
-		{[]string{"a;b", "$HOME"}, "'a;b' '$HOME'"},
-	} {
-		if got := quoteArgv(c.argv); got != c.want {
-			t.Errorf("%q: %s, want %s", c.argv, got, c.want)
-		}
-	}
-}
-
 func TestSideEndpoint(t *testing.T) {
 	for _, c := range []struct{ in, pub, sub string }{
 		{"zptcp://127.0.0.1:5750", "zptcp://127.0.0.1:5751", "zptcp://127.0.0.1:5752"},

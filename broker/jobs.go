@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nuid"
 	"golang.org/x/sys/unix"
 
+	"github.com/zpipes/zp/internal/shellquote"
 	"github.com/zpipes/zp/internal/wire"
 )
 
@@ -638,7 +639,7 @@ func (j *job) infoLocked() map[string]string {
 		return "connected"
 	}
 	info := map[string]string{
-		"id": m.ID, "status": m.State, "command_line": quoteArgv(m.Argv), "user": m.User,
+		"id": m.ID, "status": m.State, "command_line": shellquote.Join(m.Argv), "user": m.User,
 		"started": m.Started.Format(time.RFC3339), "stdout": conn(wire.Stdout), "stderr": conn(wire.Stderr),
 		"stdout_bytes": strconv.FormatUint(j.sizes[wire.Stdout], 10),
 		"stderr_bytes": strconv.FormatUint(j.sizes[wire.Stderr], 10),
@@ -665,21 +666,6 @@ func (j *job) infoLocked() map[string]string {
 		info["message"] = msg
 	}
 	return info
-}
-
-// quoteArgv renders argv as a shell would need it typed.
-func quoteArgv(argv []string) string {
-	q := make([]string, len(argv))
-	for i, a := range argv {
-		if a != "" && strings.IndexFunc(a, func(r rune) bool {
-			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=:,+@%", r))
-		}) < 0 {
-			q[i] = a
-		} else {
-			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-	}
-	return strings.Join(q, " ")
 }
 
 func (jm *jobManager) updateGauge() {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/zpipes/zp/client"
 	"github.com/zpipes/zp/internal/cli"
+	"github.com/zpipes/zp/internal/shellquote"
 )
 
 // fleetAsyncRun starts argv as a background job on every selected agent
@@ -73,7 +74,7 @@ func fleetAsyncRun(ctx context.Context, opts *zpOptions, fl *client.Fleet, ad *a
 		}
 	}
 	if len(jobs) > 0 {
-		id, err := fl.RecordJob(ctx, quoteArgs(argv), jobs)
+		id, err := fl.RecordJob(ctx, shellquote.Join(argv), jobs)
 		if err != nil {
 			var b strings.Builder
 			for _, a := range agents {
@@ -89,21 +90,6 @@ func fleetAsyncRun(ctx context.Context, opts *zpOptions, fl *client.Fleet, ad *a
 		return cli.WithCode(cli.ExitFailure, err)
 	}
 	return fleetSummary(io, opts.conn.Quiet, results)
-}
-
-// quoteArgs shell-quotes argv for listings.
-func quoteArgs(argv []string) string {
-	q := make([]string, len(argv))
-	for i, a := range argv {
-		if a != "" && strings.IndexFunc(a, func(r rune) bool {
-			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=:,+@%", r))
-		}) < 0 {
-			q[i] = a
-		} else {
-			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-	}
-	return strings.Join(q, " ")
 }
 
 // fleetJobAction does a job command on one agent's part of a fleet job;

@@ -137,10 +137,7 @@ func TestFleetFirst(t *testing.T) {
 	}
 }
 
-func TestQuoteArgsAndFleetJobIDs(t *testing.T) {
-	if got := quoteArgs([]string{"sh", "-c", "echo 'a b'", ""}); got != `sh -c 'echo '\''a b'\''' ''` {
-		t.Errorf("quoteArgs: %s", got)
-	}
+func TestFleetJobIDs(t *testing.T) {
 	for id, want := range map[string]bool{
 		"F-0123456789abcdefghij": true, "F-0123456789abcdefghi": false, "F_0123456789abcdefghij": false,
 		"F-0123456789abcdefgh/j": false, "kxKzcVZy1VMeBMHzbktarE": false, "": false,
