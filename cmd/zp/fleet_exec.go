@@ -126,7 +126,6 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	if err != nil {
 		return err
 	}
-	untrusted, user := ad.untrusted, ad.user
 	if opts.async {
 		return fleetAsyncRun(ctx, opts, fl, ad, agents, argv, env)
 	}
@@ -139,7 +138,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	if !opts.noStdin && !isDevNull(io.InFile) {
 		var names []string
 		for _, a := range agents {
-			if untrusted[a.Name] == nil && a.State == client.AgentUp {
+			if _, err := ad.unusable(a); err == nil {
 				names = append(names, a.Name)
 			}
 		}
@@ -172,13 +171,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	for i, a := range agents {
 		r := &hostResult{name: a.Name}
 		results[i] = r
-		if err := untrusted[a.Name]; err != nil {
-			r.err, r.why = err, "untrusted key"
-			pr.failed(r)
-			continue
-		}
-		if a.State != client.AgentUp {
-			r.err, r.why = fmt.Errorf("lost by the hub (last seen %s)", ago(a.LastSeen)), "unreachable"
+		if r.why, r.err = ad.unusable(a); r.err != nil {
 			pr.failed(r)
 			continue
 		}
@@ -187,11 +180,9 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 			defer wg.Done()
 			start := time.Now()
 			defer func() { r.dur = time.Since(start) }()
-			sem <- struct{}{}
-			sess, err := ad.dial(ctx, a)
-			<-sem
+			sess, why, err := ad.open(ctx, a, sem)
 			if err != nil {
-				r.err, r.why = cli.DescribeConnectError(cli.Target{Target: client.Target{Host: a.Name, User: user}}, err), dialFailure(err)
+				r.err, r.why = err, why
 				pr.failed(r)
 				return
 			}
@@ -268,6 +259,30 @@ func (ad *agentDialer) dial(ctx context.Context, a client.Agent) (*client.Sessio
 		ConnectTimeout: ad.connect, Timeout: ad.timeout,
 		ClientName: "zp/" + client.Version,
 	})
+}
+
+// unusable says why agent a cannot be reached now (the hub lost it, or
+// its key is not trusted), as hostResult's why and err; "" when it can.
+func (ad *agentDialer) unusable(a client.Agent) (string, error) {
+	if err := ad.untrusted[a.Name]; err != nil {
+		return "untrusted key", err
+	}
+	if a.State != client.AgentUp {
+		return "unreachable", fmt.Errorf("lost by the hub (last seen %s)", ago(a.LastSeen))
+	}
+	return "", nil
+}
+
+// open dials a, at most cap(sem) agents at once, and says why it failed
+// as zp does for a host.
+func (ad *agentDialer) open(ctx context.Context, a client.Agent, sem chan struct{}) (*client.Session, string, error) {
+	sem <- struct{}{}
+	sess, err := ad.dial(ctx, a)
+	<-sem
+	if err != nil {
+		return nil, dialFailure(err), cli.DescribeConnectError(cli.Target{Target: client.Target{Host: a.Name, User: ad.user}}, err)
+	}
+	return sess, "", nil
 }
 
 // isDevNull reports whether f is /dev/null: nothing to publish.

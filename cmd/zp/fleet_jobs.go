@@ -32,24 +32,16 @@ func fleetAsyncRun(ctx context.Context, opts *zpOptions, fl *client.Fleet, ad *a
 	for i, a := range agents {
 		r := &hostResult{name: a.Name}
 		results[i] = r
-		if err := ad.untrusted[a.Name]; err != nil {
-			r.err, r.why = err, "untrusted key"
-			pr.failed(r)
-			continue
-		}
-		if a.State != client.AgentUp {
-			r.err, r.why = fmt.Errorf("lost by the hub (last seen %s)", ago(a.LastSeen)), "unreachable"
+		if r.why, r.err = ad.unusable(a); r.err != nil {
 			pr.failed(r)
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sem <- struct{}{}
-			sess, err := ad.dial(ctx, a)
-			<-sem
+			sess, why, err := ad.open(ctx, a, sem)
 			if err != nil {
-				r.err, r.why = cli.DescribeConnectError(cli.Target{Target: client.Target{Host: a.Name, User: ad.user}}, err), dialFailure(err)
+				r.err, r.why = err, why
 				pr.failed(r)
 				return
 			}
@@ -161,10 +153,8 @@ func fleetJobFanoutSome(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hu
 		switch {
 		case !ok:
 			r.err, r.why = errors.New("the hub no longer lists this agent"), "unreachable"
-		case ad.untrusted[name] != nil:
-			r.err, r.why = ad.untrusted[name], "untrusted key"
-		case a.State != client.AgentUp:
-			r.err, r.why = fmt.Errorf("lost by the hub (last seen %s)", ago(a.LastSeen)), "unreachable"
+		default:
+			r.why, r.err = ad.unusable(a)
 		}
 		if r.err != nil {
 			failed(r)
@@ -173,11 +163,9 @@ func fleetJobFanoutSome(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hu
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sem <- struct{}{}
-			sess, err := ad.dial(ctx, a)
-			<-sem
+			sess, why, err := ad.open(ctx, a, sem)
 			if err != nil {
-				r.err, r.why = cli.DescribeConnectError(cli.Target{Target: client.Target{Host: name, User: ad.user}}, err), dialFailure(err)
+				r.err, r.why = err, why
 				failed(r)
 				return
 			}
