@@ -317,7 +317,7 @@ func (a *agentRunner) once(ctx context.Context, lg *slog.Logger) (joined bool, e
 		l.receive(replies)
 	}()
 	l.recv.Store(time.Now().UnixNano())
-	if err := l.send(&wire.Join{Version: wire.Version, Name: a.cfg.Name, Labels: a.cfg.Labels,
+	if err := l.send(&wire.Join{Version: wire.JoinVersion, Name: a.cfg.Name, Labels: a.cfg.Labels,
 		Software: "zpd/" + wire.SoftwareVersion, Metrics: a.cfg.Metrics,
 		Heartbeat: uint32(a.b.cfg.heartbeat().Milliseconds())}); err != nil {
 		return false, err

@@ -241,8 +241,8 @@ func (h *hub) join(c *connInfo, m *wire.Join) {
 	case c.sess != nil || c.agentLink:
 		refuse("bad_request", wire.Errorf(0, wire.CodeBadRequest, "JOIN on a connection that already has a session or a link"))
 		return
-	case m.Version != wire.Version:
-		refuse("bad_request", wire.Errorf(0, wire.CodeVersion, "JOIN version %d not supported (this hub speaks %d)", m.Version, wire.Version))
+	case m.Version != wire.JoinVersion:
+		refuse("bad_request", wire.Errorf(0, wire.CodeVersion, "JOIN version %d not supported (this hub speaks %d)", m.Version, wire.JoinVersion))
 		return
 	case !h.cfg.Agents.Contains(c.key):
 		refuse("unauthorised", wire.Errorf(0, wire.CodeUnauthorised, "key %s is not an agent key of this hub (--fleet-keys)", keyFingerprint(c.key)))

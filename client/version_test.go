@@ -10,8 +10,8 @@ import (
 	"github.com/zpipes/zp/internal/zmtp"
 )
 
-// A zpd that predates the fleet answers OPEN version 2 with 426; the
-// client asks again in version 1 on the same connection.
+// A zpd that predates the fleet answers OPEN versions 3 and 2 with 426;
+// the client asks again in version 1 on the same connection.
 func TestOpenFallsBackToVersion1(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -48,7 +48,7 @@ func TestOpenFallsBackToVersion1(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.Info().Protocol != 1 || <-versions != 2 || <-versions != 1 {
+	if s.Info().Protocol != 1 || <-versions != 3 || <-versions != 2 || <-versions != 1 {
 		t.Fatalf("negotiated version %d", s.Info().Protocol)
 	}
 	if _, err := NewFleet(s); err != ErrNotHub {

@@ -260,11 +260,11 @@ func TestStoppedClientDoesNotSlowOthers(t *testing.T) {
 	}
 }
 
-// A version 2 zpd accepts OPEN with version 1 and 2, answers with the
+// A version 3 zpd accepts OPEN with version 1, 2 and 3, answers with the
 // client's version, and refuses others with 426.
 func TestOpenVersions(t *testing.T) {
 	d := startInsecureZPD(t)
-	for _, v := range []uint16{1, 2} {
+	for _, v := range []uint16{1, 2, 3} {
 		s := rawDealer(t, d)
 		s.Send(zmq4.NewMsgFrom(wire.Frames(&wire.Open{Version: v})...))
 		m, err := recvMsg(t, s)
@@ -275,7 +275,7 @@ func TestOpenVersions(t *testing.T) {
 			t.Fatalf("OPEN version %d got %#v", v, m)
 		}
 	}
-	for _, v := range []uint16{0, 3} {
+	for _, v := range []uint16{0, 4} {
 		s := rawDealer(t, d)
 		s.Send(zmq4.NewMsgFrom(wire.Frames(&wire.Open{Version: v})...))
 		expectError(t, s, wire.CodeVersion)

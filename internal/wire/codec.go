@@ -12,10 +12,14 @@ import (
 var Signature = [2]byte{0x5A, 0x50}
 
 // Version is the newest protocol version this package speaks, and
-// MinVersion the oldest: version 2 adds the fleet (docs/PROTOCOL.md §12).
+// MinVersion the oldest: version 2 adds the fleet, 3 broadcasts
+// (docs/PROTOCOL.md §12).
 const (
-	Version    = 2
+	Version    = 3
 	MinVersion = 1
+	// JoinVersion is the version of an agent's link to its hub (JOIN),
+	// which version 3 left unchanged.
+	JoinVersion = 2
 )
 
 // Limits on what a peer may send. A decoder checks each length against the

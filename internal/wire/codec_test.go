@@ -79,6 +79,17 @@ func samples() map[string]Message {
 		"fleet-job-list": &FleetJobList{Channel: 9, Jobs: []map[string]string{{"id": "Fabc", "hosts": "2"}}},
 		"exec-shared": &Exec{Channel: 1, Flags: ExecSharedStdin, Window: 1 << 18, Argv: []string{"cat"},
 			Topic: "f/abcdefghijklmnopqrstuvwx", Key: bytes.Repeat([]byte{3}, 32), Record: 256 << 10},
+
+		"bcast": &Bcast{Channel: 10, Flags: XferRecursive, Dest: "/srv/www", Topic: "f/abcdefghijklmnopqrstuvwx",
+			Key: bytes.Repeat([]byte{4}, 32), Record: 256 << 10, Size: 123456, Count: 2001, Digest: bytes.Repeat([]byte{5}, 32)},
+		"bcast-need": &BcastNeed{Channel: 10, Need: []byte{0x80, 0x01}, Have: 1 << 30},
+		"bcast-go": &BcastGo{Channel: 10, Topic: "f/bbcdefghijklmnopqrstuvwx", Key: bytes.Repeat([]byte{6}, 32),
+			Record: 256 << 10, Content: []byte{0xC0, 0x01}},
+		"bcast-progress": &BcastProgress{Channel: 10, Stats: BcastStats{Written: 1 << 20, Live: 3 << 20, Repaired: 1 << 20, Deduped: 4096, Files: 12}},
+		"bcast-done": &BcastDone{Channel: 10, Digest: bytes.Repeat([]byte{5}, 32),
+			Stats: BcastStats{Written: 200 << 20, Live: 150 << 20, Repaired: 50 << 20, Deduped: 1 << 20, Files: 2001}},
+		"bcast-failed": &BcastDone{Channel: 10, Code: uint16(CodeNoSpace), Reason: "2 entries failed",
+			Stats: BcastStats{Files: 1999, Failed: 2}, Failures: []string{"a/b: disk full", "c: disk full"}},
 	}
 }
 
@@ -267,4 +278,67 @@ func TestChannelOf(t *testing.T) {
 			t.Errorf("%s: ChannelOf = %d, %v; want %d", name, id, ok, f.Uint())
 		}
 	}
+}
+
+func sampleManifest() ([]*File, []byte) {
+	files := []*File{
+		{FID: 1, Path: "", Kind: KindDir, Mode: 0o755, MTime: 1},
+		{FID: 2, Path: "a.txt", Kind: KindFile, Mode: 0o644, MTime: 2, Size: 5, Digest: bytes.Repeat([]byte{7}, 32)},
+		{FID: 3, Path: "l", Kind: KindSymlink, Target: "a.txt"},
+	}
+	var b []byte
+	for _, f := range files {
+		b = AppendManifestEntry(b, f)
+	}
+	return files, b
+}
+
+func TestManifestRoundTrip(t *testing.T) {
+	files, b := sampleManifest()
+	got, err := DecodeManifest(b, uint32(len(files)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, files) {
+		t.Fatalf("got %#v", got)
+	}
+	if _, err := DecodeManifest(b, 2); !errors.Is(err, ErrTrailing) {
+		t.Fatalf("short count: %v", err)
+	}
+	if _, err := DecodeManifest(b, 4); !errors.Is(err, ErrTruncated) {
+		t.Fatalf("long count: %v", err)
+	}
+	dup := AppendManifestEntry(append([]byte(nil), b...), &File{FID: 4, Path: "a.txt", Kind: KindDir})
+	if _, err := DecodeManifest(dup, 4); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("duplicate path: %v", err)
+	}
+	noDigest := AppendManifestEntry(nil, &File{FID: 1, Path: "x", Kind: KindFile, Size: 1})
+	if _, err := DecodeManifest(noDigest, 1); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("file without digest: %v", err)
+	}
+	badFID := AppendManifestEntry(nil, &File{FID: 2, Path: "x", Kind: KindDir})
+	if _, err := DecodeManifest(badFID, 1); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("fid out of order: %v", err)
+	}
+}
+
+// FuzzManifest: DecodeManifest never panics, and what it accepts
+// re-encodes to the same octets.
+func FuzzManifest(f *testing.F) {
+	files, b := sampleManifest()
+	f.Add(b, uint32(len(files)))
+	f.Add(b[:len(b)-3], uint32(len(files)))
+	f.Fuzz(func(t *testing.T, data []byte, count uint32) {
+		got, err := DecodeManifest(data, count)
+		if err != nil {
+			return
+		}
+		var again []byte
+		for _, f := range got {
+			again = AppendManifestEntry(again, f)
+		}
+		if !bytes.Equal(again, data) {
+			t.Fatalf("re-encodes differently")
+		}
+	})
 }

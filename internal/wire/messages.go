@@ -493,6 +493,16 @@ func ChannelOf(m Message) (uint32, bool) {
 		return m.Channel, true
 	case *FleetJobList:
 		return m.Channel, true
+	case *Bcast:
+		return m.Channel, true
+	case *BcastNeed:
+		return m.Channel, true
+	case *BcastGo:
+		return m.Channel, true
+	case *BcastProgress:
+		return m.Channel, true
+	case *BcastDone:
+		return m.Channel, true
 	}
 	return 0, false
 }

@@ -1,0 +1,90 @@
+package wire
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// A broadcast's manifest (docs/PROTOCOL.md §14.2) lists its entries in
+// order, each as a 4-octet length and the header frame of a FILE whose
+// channel is 0 and whose fid is its position from 1. A regular file
+// carries its SHA-256; nothing else carries a digest. The SHA-256 of the
+// whole manifest is the broadcast's tree digest.
+
+// AppendManifestEntry appends one entry to a manifest.
+func AppendManifestEntry(dst []byte, f *File) []byte {
+	at := len(dst)
+	dst = append(dst, 0, 0, 0, 0)
+	dst = Encode(dst, f)
+	binary.BigEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
+	return dst
+}
+
+// DecodeManifest parses a manifest of count entries. It never panics,
+// whatever the input; it rejects a manifest that breaks the rules above,
+// or names a path twice.
+func DecodeManifest(b []byte, count uint32) ([]*File, error) {
+	if count > MaxManifestEntries || len(b) > MaxManifest {
+		return nil, fmt.Errorf("%w: manifest of %d entries, %d octets", ErrInvalid, count, len(b))
+	}
+	// Each entry takes at least its length and a FILE header (48 octets):
+	// check before allocating.
+	if uint64(count)*52 > uint64(len(b)) {
+		return nil, fmt.Errorf("manifest: %w", ErrTruncated)
+	}
+	out := make([]*File, 0, count)
+	seen := make(map[string]struct{}, count)
+	for i := uint32(0); i < count; i++ {
+		if len(b) < 4 {
+			return nil, fmt.Errorf("manifest entry %d: %w", i+1, ErrTruncated)
+		}
+		n := binary.BigEndian.Uint32(b)
+		if uint64(n) > uint64(len(b)-4) {
+			return nil, fmt.Errorf("manifest entry %d: %w", i+1, ErrTruncated)
+		}
+		m, err := Decode([][]byte{b[4 : 4+n]})
+		if err != nil {
+			return nil, fmt.Errorf("manifest entry %d: %w", i+1, err)
+		}
+		f, ok := m.(*File)
+		if !ok {
+			return nil, fmt.Errorf("%w: manifest entry %d is %s, not FILE", ErrInvalid, i+1, m.ID())
+		}
+		if err := manifestEntry(f, i+1); err != nil {
+			return nil, err
+		}
+		if _, dup := seen[f.Path]; dup {
+			return nil, fmt.Errorf("%w: manifest names %q twice", ErrInvalid, f.Path)
+		}
+		seen[f.Path] = struct{}{}
+		out = append(out, f)
+		b = b[4+n:]
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("manifest: %w", ErrTrailing)
+	}
+	return out, nil
+}
+
+func manifestEntry(f *File, fid uint32) error {
+	switch {
+	case f.Channel != 0 || f.FID != fid:
+		return fmt.Errorf("%w: manifest entry %d has channel %d, fid %d", ErrInvalid, fid, f.Channel, f.FID)
+	case f.Kind == KindFile && len(f.Digest) != 32:
+		return fmt.Errorf("%w: manifest entry %d (a file) has no digest", ErrInvalid, fid)
+	case f.Kind != KindFile && (len(f.Digest) != 0 || f.Size != 0):
+		return fmt.Errorf("%w: manifest entry %d (kind %d) has a size or digest", ErrInvalid, fid, f.Kind)
+	}
+	return nil
+}
+
+// BitmapLen is the octets of a bitmap of n entries.
+func BitmapLen(n int) int { return (n + 7) / 8 }
+
+// BitmapHas reports whether bit i (entry i from 0) is set.
+func BitmapHas(b []byte, i int) bool {
+	return i/8 < len(b) && b[i/8]&(0x80>>(i%8)) != 0
+}
+
+// BitmapSet sets bit i; b must be long enough.
+func BitmapSet(b []byte, i int) { b[i/8] |= 0x80 >> (i % 8) }
