@@ -1,0 +1,418 @@
+package subscriber
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+
+	"github.com/zpipes/zp/chunkstore"
+	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/publisher"
+)
+
+// The agent's side of a broadcast (docs/PROTOCOL.md §14): a manifest of
+// entries, and one stream with the content of the files some agent lacks,
+// in manifest order. Needs says which files this agent lacks; Apply writes
+// the manifest's entries through a Receiver, exactly as an upload does
+// (temporary names, digest checked against the manifest, fdatasync,
+// atomic rename, nothing outside the root), playing the sender's part
+// itself with the content stream as its source.
+
+// Needs returns the bitmap of the manifest's regular files that root does
+// not hold with the manifest's size and SHA-256, and the octets of those it
+// does hold. asName is the name the entry "" becomes in root (a single
+// file), or "". thread, if set, runs first on the goroutine that reads
+// files (the user's file-system identity). Names the receiver would refuse
+// are not needed: their entries fail when applied.
+func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []*wire.File, thread func()) (need []byte, have uint64, err error) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if thread != nil {
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+			thread()
+		}
+		need = make([]byte, wire.BitmapLen(len(entries)))
+		for i, e := range entries {
+			if ctx.Err() != nil {
+				err = ctx.Err()
+				return
+			}
+			if e.Kind != wire.KindFile {
+				continue
+			}
+			name, cerr := entryName(e.Path, asName)
+			if cerr != nil {
+				continue
+			}
+			if root.SameDigest(name, e.Size, e.Digest) {
+				have += e.Size
+				continue
+			}
+			wire.BitmapSet(need, i)
+		}
+	}()
+	<-done
+	return need, have, err
+}
+
+// entryName maps an entry's path to its name in the root, as the Receiver
+// does.
+func entryName(path, asName string) (string, error) {
+	name, err := chunkstore.CleanName(path)
+	if err != nil {
+		return "", err
+	}
+	if asName != "" {
+		if name != "" {
+			return "", fmt.Errorf("%w: %q for a single-file target", chunkstore.ErrUnsafePath, path)
+		}
+		return asName, nil
+	}
+	return name, nil
+}
+
+// ApplyConfig configures Apply. Receiver is the configuration of the
+// Receiver that writes the entries; Apply sets its Channel, Send, Window
+// and the checksum flag itself.
+type ApplyConfig struct {
+	Receiver ReceiverConfig
+	Entries  []*wire.File
+	// Content has a bit set for every entry whose content the stream
+	// holds (wire.BitmapHas), in manifest order.
+	Content []byte
+	// Failure, if set, reports an entry that failed.
+	Failure func(path string, err error)
+}
+
+// ApplyStats counts what Apply did.
+type ApplyStats struct {
+	RecvStats
+	Discarded uint64 // content octets for entries this agent did not need
+}
+
+// errNotInBroadcast fails an entry the receiver asked content for that the
+// stream does not hold (the file changed since Needs looked at it).
+var errNotInBroadcast = errors.New("its content is not in the broadcast (the file here changed meanwhile): broadcast again")
+
+// applier plays the sender's part for Apply.
+type applier struct {
+	cfg    ApplyConfig
+	recv   *Receiver
+	inbox  chan wire.Message // the receiver's answers
+	credit *publisher.Stream
+	slots  chan struct{} // one per entry announced and not finished
+
+	mu       sync.Mutex
+	answers  map[uint32]*wire.FileOK // FILE_OK send, by fid, until its content is taken
+	answered []byte                  // bitmap by fid-1: FILE_OK or FILE_DONE came
+	finished []byte                  // bitmap by fid-1: the entry's slot is free
+	changed  chan struct{}           // closed and replaced when an entry is answered
+}
+
+// Apply writes entries into cfg.Receiver.Root, taking from content the
+// octets of the entries set in cfg.Content, in order. It returns once the
+// receiver has answered the end of the transfer; entries that failed are
+// in the stats (and reported to cfg.Failure), the error is for the whole.
+func Apply(ctx context.Context, cfg ApplyConfig, content io.Reader) (ApplyStats, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	const window = 16 << 20
+	a := &applier{
+		cfg:      cfg,
+		inbox:    make(chan wire.Message, queueLen),
+		credit:   publisher.New(window),
+		slots:    make(chan struct{}, publisher.MaxEntries),
+		answers:  make(map[uint32]*wire.FileOK),
+		answered: make([]byte, wire.BitmapLen(len(cfg.Entries))),
+		finished: make([]byte, wire.BitmapLen(len(cfg.Entries))),
+		changed:  make(chan struct{}),
+	}
+	rc := cfg.Receiver
+	rc.Channel, rc.Window = 1, window
+	rc.Flags |= wire.XferChecksum
+	rc.Send = func(m wire.Message) error {
+		select {
+		case a.inbox <- m:
+			return nil
+		default:
+			return errors.New("bug: the applier's inbox is full")
+		}
+	}
+	onFile := rc.OnFile
+	rc.OnFile = func(name string, kind uint8, err error, skipped bool) {
+		if err != nil && cfg.Failure != nil {
+			cfg.Failure(name, err)
+		}
+		if onFile != nil {
+			onFile(name, kind, err, skipped)
+		}
+	}
+	a.recv = NewReceiver(rc)
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- a.recv.Run(ctx) }()
+
+	var discarded uint64
+	sendErr := make(chan error, 1)
+	go func() {
+		var err error
+		discarded, err = a.send(ctx, content)
+		sendErr <- err
+	}()
+	routeErr := make(chan error, 1)
+	go func() { routeErr <- a.route(ctx) }()
+
+	stats := func() ApplyStats { return ApplyStats{RecvStats: a.recv.Stats(), Discarded: discarded} }
+	select {
+	case err := <-sendErr:
+		var sf *streamFailure
+		if errors.As(err, &sf) {
+			// The receiver ends the transfer with what arrived whole.
+			rerr := <-recvErr
+			cancel()
+			<-routeErr
+			if rerr != nil {
+				return stats(), rerr
+			}
+			return stats(), sf.err
+		}
+		if err != nil {
+			cancel()
+			<-recvErr
+			return stats(), err
+		}
+	case err := <-recvErr:
+		cancel()
+		<-sendErr
+		if err == nil {
+			err = errors.New("bug: the receiver ended before the sender")
+		}
+		return stats(), err
+	}
+	err := <-recvErr // it returns once it answered END
+	cancel()
+	<-routeErr
+	return stats(), err
+}
+
+// route takes the receiver's answers: FILE_OK, FILE_DONE and ACK.
+func (a *applier) route(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-a.inbox:
+			switch m := m.(type) {
+			case *wire.FileOK:
+				if m.Action == wire.ActionSend {
+					a.mu.Lock()
+					a.answers[m.FID] = m
+					a.mu.Unlock()
+				} else {
+					a.finish(m.FID)
+				}
+				a.answer(m.FID)
+			case *wire.FileDone:
+				if m.FID != 0 {
+					a.finish(m.FID)
+					a.answer(m.FID)
+				}
+			case *wire.Ack:
+				if err := a.credit.Ack(m.Offset, m.Limit); err != nil {
+					return err
+				}
+			case *wire.End:
+				a.credit.Close(nil)
+				return nil
+			case *wire.Error:
+				a.credit.Close(m)
+				return m
+			}
+		}
+	}
+}
+
+// known reports whether fid is an entry of the manifest (fids are
+// positions from 1).
+func (a *applier) known(fid uint32) bool { return fid >= 1 && int(fid) <= len(a.cfg.Entries) }
+
+// answer marks fid as answered (FILE_OK or FILE_DONE).
+func (a *applier) answer(fid uint32) {
+	if !a.known(fid) {
+		return
+	}
+	a.mu.Lock()
+	if !wire.BitmapHas(a.answered, int(fid-1)) {
+		wire.BitmapSet(a.answered, int(fid-1))
+		close(a.changed)
+		a.changed = make(chan struct{})
+	}
+	a.mu.Unlock()
+}
+
+// wait returns once fid was answered.
+func (a *applier) wait(ctx context.Context, fid uint32) error {
+	for {
+		a.mu.Lock()
+		if wire.BitmapHas(a.answered, int(fid-1)) {
+			a.mu.Unlock()
+			return nil
+		}
+		c := a.changed
+		a.mu.Unlock()
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// finish frees the slot of a finished entry, once.
+func (a *applier) finish(fid uint32) {
+	if !a.known(fid) {
+		return
+	}
+	a.mu.Lock()
+	done := wire.BitmapHas(a.finished, int(fid-1))
+	wire.BitmapSet(a.finished, int(fid-1))
+	a.mu.Unlock()
+	if !done {
+		<-a.slots
+	}
+}
+
+// send announces every entry (at most publisher.MaxEntries unfinished)
+// and hands the receiver the content of those it asked for, in stream
+// order; then END. It returns the content octets it discarded.
+func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64, err error) {
+	actx, stop := context.WithCancel(ctx)
+	defer stop()
+	announced := make(chan error, 1)
+	var count uint32 // entries announced, once announced is received
+	go func() {
+		for _, e := range a.cfg.Entries {
+			select {
+			case a.slots <- struct{}{}:
+			case <-actx.Done():
+				announced <- nil
+				return
+			}
+			f := *e
+			f.Channel = 1
+			if !a.recv.Deliver(&f) {
+				announced <- errors.New("bug: the receiver's inbox is full")
+				return
+			}
+			count++
+		}
+		announced <- nil
+	}()
+	defer func() {
+		// The stream failed: what arrived whole still goes in place. The
+		// receiver ends the transfer; entries without their content fail.
+		var sf *streamFailure
+		if errors.As(err, &sf) {
+			stop()
+			if aerr := <-announced; aerr != nil {
+				err = aerr
+				return
+			}
+			if !a.recv.Deliver(&wire.End{Channel: 1, Count: count}) {
+				err = errors.New("bug: the receiver's inbox is full")
+			}
+		}
+	}()
+	for i, e := range a.cfg.Entries {
+		inStream := wire.BitmapHas(a.cfg.Content, i) && e.Kind == wire.KindFile
+		// Wait for the receiver's answer before taking the entry's
+		// content: a file it skips or refused is discarded.
+		if err := a.wait(ctx, e.FID); err != nil {
+			return discarded, err
+		}
+		a.mu.Lock()
+		ok := a.answers[e.FID]
+		delete(a.answers, e.FID)
+		a.mu.Unlock()
+		switch {
+		case ok != nil && inStream:
+			if err := a.content(ctx, e, content); err != nil {
+				return discarded, err
+			}
+		case ok != nil:
+			// The receiver wants content the stream does not hold.
+			if !a.recv.Deliver(&wire.FileDone{Channel: 1, FID: e.FID, Code: uint16(wire.CodeConflict), Reason: errNotInBroadcast.Error()}) {
+				return discarded, errors.New("bug: the receiver's inbox is full")
+			}
+			a.finish(e.FID)
+		case inStream:
+			n, err := io.CopyN(io.Discard, content, int64(e.Size))
+			discarded += uint64(n)
+			if err != nil {
+				return discarded, streamErr(e, err)
+			}
+		}
+	}
+	if err := <-announced; err != nil {
+		return discarded, err
+	}
+	// Every entry finishes (FILE_DONE after COMMIT) before END.
+	for range publisher.MaxEntries {
+		select {
+		case a.slots <- struct{}{}:
+		case <-ctx.Done():
+			return discarded, ctx.Err()
+		}
+	}
+	if !a.recv.Deliver(&wire.End{Channel: 1, Count: uint32(len(a.cfg.Entries))}) {
+		return discarded, errors.New("bug: the receiver's inbox is full")
+	}
+	return discarded, nil
+}
+
+// content hands the receiver e's content from the stream, within its
+// credit, and COMMIT with the manifest's size and digest: the receiver
+// checks what it wrote against them.
+func (a *applier) content(ctx context.Context, e *wire.File, r io.Reader) error {
+	const chunk = 1 << 20
+	var off uint64
+	for off < e.Size {
+		n, err := a.credit.Credit(ctx, int(min(chunk, e.Size-off)))
+		if err != nil {
+			return err
+		}
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return streamErr(e, err)
+		}
+		seq := a.credit.Sent(buf)
+		if !a.recv.Deliver(&wire.Chunk{Channel: 1, FID: e.FID, Offset: off, Seq: seq, Bytes: buf}) {
+			return errors.New("bug: the receiver's inbox is full")
+		}
+		off += uint64(n)
+	}
+	if !a.recv.Deliver(&wire.Commit{Channel: 1, FID: e.FID, Size: e.Size, Digest: e.Digest}) {
+		return errors.New("bug: the receiver's inbox is full")
+	}
+	return nil
+}
+
+// ErrShortContent: the content stream ended before an entry's content.
+var ErrShortContent = errors.New("the broadcast's content ended early")
+
+// streamFailure is a content stream that failed (or ended early) in an
+// entry's content.
+type streamFailure struct{ err error }
+
+func (e *streamFailure) Error() string { return e.err.Error() }
+func (e *streamFailure) Unwrap() error { return e.err }
+
+func streamErr(e *wire.File, err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = fmt.Errorf("%w (in %q)", ErrShortContent, e.Path)
+	}
+	return &streamFailure{err}
+}

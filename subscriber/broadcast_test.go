@@ -1,0 +1,201 @@
+package subscriber
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/zpipes/zp/chunkstore"
+	"github.com/zpipes/zp/internal/wire"
+)
+
+// bcastTree is a manifest and the content of its files.
+type bcastTree struct {
+	entries []*wire.File
+	data    map[uint32][]byte
+}
+
+func (t *bcastTree) add(path string, kind uint8, data []byte, target string) {
+	f := &wire.File{FID: uint32(len(t.entries) + 1), Path: path, Kind: kind, Mode: 0o644, MTime: time.Unix(1700000000, 0).UnixNano(), Target: target}
+	if kind == wire.KindDir {
+		f.Mode = 0o755
+	}
+	if kind == wire.KindFile {
+		d := sha256.Sum256(data)
+		f.Size, f.Digest = uint64(len(data)), d[:]
+		t.data[f.FID] = data
+	}
+	t.entries = append(t.entries, f)
+}
+
+// stream is the content of the entries set in bitmap, in order.
+func (t *bcastTree) stream(bitmap []byte) []byte {
+	var b []byte
+	for i, e := range t.entries {
+		if wire.BitmapHas(bitmap, i) {
+			b = append(b, t.data[e.FID]...)
+		}
+	}
+	return b
+}
+
+func sampleBcast() *bcastTree {
+	t := &bcastTree{data: map[uint32][]byte{}}
+	t.add("", wire.KindDir, nil, "")
+	t.add("a", wire.KindDir, nil, "")
+	t.add("a/big", wire.KindFile, bytes.Repeat([]byte("0123456789abcdef"), 300000), "") // 4.8 MB: several chunks
+	t.add("a/small", wire.KindFile, []byte("small\n"), "")
+	t.add("empty", wire.KindFile, nil, "")
+	t.add("link", wire.KindSymlink, nil, "a/small")
+	for i := 0; i < 50; i++ {
+		t.add(filepath.Join("many", string(rune('a'+i%26))+string(rune('a'+i/26))), wire.KindFile, []byte{byte(i), 1, 2}, "")
+	}
+	return t
+}
+
+func applyTree(t *testing.T, dir string, tree *bcastTree, stream []byte, content []byte) (ApplyStats, []string, error) {
+	t.Helper()
+	root, err := chunkstore.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	var failed []string
+	st, err := Apply(context.Background(), ApplyConfig{
+		Receiver: ReceiverConfig{Root: root, Flags: wire.XferRecursive, Umask: 0o022},
+		Entries:  tree.entries, Content: content,
+		Failure: func(path string, err error) { failed = append(failed, path+": "+err.Error()) },
+	}, bytes.NewReader(stream))
+	return st, failed, err
+}
+
+func needs(t *testing.T, dir string, tree *bcastTree) ([]byte, uint64) {
+	t.Helper()
+	root, err := chunkstore.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	need, have, err := Needs(context.Background(), root, "", tree.entries, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return need, have
+}
+
+func countBits(b []byte, n int) int {
+	c := 0
+	for i := 0; i < n; i++ {
+		if wire.BitmapHas(b, i) {
+			c++
+		}
+	}
+	return c
+}
+
+// A broadcast applied to an empty directory writes every entry; applied
+// again after one file changed, only that file is needed, and a stream
+// holding other agents' files too is read past them.
+func TestApplyBroadcast(t *testing.T) {
+	dir := t.TempDir()
+	tree := sampleBcast()
+	need, have := needs(t, dir, tree)
+	if n := countBits(need, len(tree.entries)); n != 53 || have != 0 {
+		t.Fatalf("empty destination needs %d files, has %d octets", n, have)
+	}
+	st, failed, err := applyTree(t, dir, tree, tree.stream(need), need)
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("apply: %v %v", err, failed)
+	}
+	if st.Files != 53 || st.Links != 1 || st.Bytes != 4800000+6+150 {
+		t.Fatalf("stats %+v", st)
+	}
+	for _, e := range tree.entries {
+		if e.Kind != wire.KindFile {
+			continue
+		}
+		got, err := os.ReadFile(filepath.Join(dir, e.Path))
+		if err != nil || !bytes.Equal(got, tree.data[e.FID]) {
+			t.Fatalf("%s: %v", e.Path, err)
+		}
+	}
+	if l, err := os.Readlink(filepath.Join(dir, "link")); err != nil || l != "a/small" {
+		t.Fatalf("link: %q %v", l, err)
+	}
+
+	// One file changes at the source.
+	tree.entries[3].Size, tree.data[4] = 7, []byte("SMALL!\n")
+	d := sha256.Sum256(tree.data[4])
+	tree.entries[3].Digest = d[:]
+	need, have = needs(t, dir, tree)
+	if n := countBits(need, len(tree.entries)); n != 1 || !wire.BitmapHas(need, 3) || have != 4800000+150 {
+		t.Fatalf("after one change: %d needed (small: %v), %d octets held", n, wire.BitmapHas(need, 3), have)
+	}
+	// Another agent lacked the big file: the stream holds it too.
+	content := append([]byte(nil), need...)
+	wire.BitmapSet(content, 2)
+	st, failed, err = applyTree(t, dir, tree, tree.stream(content), content)
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("apply: %v %v", err, failed)
+	}
+	if st.Bytes != 7 || st.Discarded != 4800000 || st.Skipped != 52 {
+		t.Fatalf("second apply: %+v", st)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "a/small")); string(got) != "SMALL!\n" {
+		t.Fatalf("a/small is %q", got)
+	}
+}
+
+// Content that does not match the manifest's digest fails that entry (the
+// file already there is kept); a stream that ends early fails the whole,
+// and what arrived whole is in place.
+func TestApplyBroadcastBadContent(t *testing.T) {
+	dir := t.TempDir()
+	tree := sampleBcast()
+	need, _ := needs(t, dir, tree)
+	stream := tree.stream(need)
+	stream[len(stream)-1] ^= 0xff // the last "many/" file
+	_, failed, err := applyTree(t, dir, tree, stream, need)
+	if err != nil || len(failed) != 1 {
+		t.Fatalf("apply: %v, failed %v", err, failed)
+	}
+	if _, err := os.Stat(filepath.Join(dir, tree.entries[len(tree.entries)-1].Path)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a file that does not match its digest is in place: %v", err)
+	}
+
+	dir2 := t.TempDir()
+	full := tree.stream(need)
+	_, _, err = applyTree(t, dir2, tree, full[:4800000+3], need)
+	if !errors.Is(err, ErrShortContent) {
+		t.Fatalf("short stream: %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir2, "a/big")); len(got) != 4800000 {
+		t.Fatalf("a/big has %d octets", len(got))
+	}
+}
+
+// Names the receiver refuses are not needed and fail when applied; the
+// rest of the broadcast lands.
+func TestApplyBroadcastUnsafeNames(t *testing.T) {
+	dir := t.TempDir()
+	tree := &bcastTree{data: map[uint32][]byte{}}
+	tree.add("ok", wire.KindFile, []byte("fine"), "")
+	tree.add("../escape", wire.KindFile, []byte("evil"), "")
+	tree.add("/abs", wire.KindFile, []byte("evil"), "")
+	need, _ := needs(t, dir, tree)
+	if countBits(need, 3) != 1 || !wire.BitmapHas(need, 0) {
+		t.Fatalf("need %08b", need)
+	}
+	_, failed, err := applyTree(t, dir, tree, tree.stream(need), need)
+	if err != nil || len(failed) != 2 {
+		t.Fatalf("apply: %v, failed %v", err, failed)
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(dir), "escape")); err == nil {
+		t.Fatal("an entry escaped the destination")
+	}
+}
