@@ -342,56 +342,69 @@ func (r *recordReader) feed(p []byte) error {
 // publication the hub does not know (or not for this agent), 404.
 func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 	defer w.Close()
-	a := ch.s.b.agent
-	r := &recordReader{max: int(m.Record), w: w}
-	copy(r.key[:], m.Key)
-	live := a.addLive(m.Topic)
-	defer a.dropLive(m.Topic, live)
-	fail := func(e *wire.Error) {
+	var key [32]byte
+	copy(key[:], m.Key)
+	e := ch.s.b.agent.readPublication(ch.ctx, ch.id, "shared stdin", m.Topic, key, int(m.Record), w, func(n int, _ bool) {
+		ch.s.b.m.Bytes.WithLabelValues("in", "exec").Add(float64(n))
+	})
+	if e != nil {
 		ch.s.b.log.Warn("shared stdin failed", "session", ch.s.id, "channel", ch.id, "code", int(e.Code), "err", e.Reason)
 		ch.send(e)
 		ch.s.release(ch.id, ch)
 	}
+}
+
+// readPublication writes the plaintext of a publication (records sealed
+// with key, of at most record octets) to w in order, taking what arrives
+// on the hub's XPUB and fetching what it missed, until the final record,
+// ctx's end, or w failing (the rest is then not read). count reports the
+// publication octets taken, live or fetched; what names the stream in
+// errors. It returns an ERROR for the
+// channel id: 422 (wire.CodeFlowControl) for a stream that does not
+// decrypt or ends without its final record, 404 for a publication the
+// hub does not know or not for this agent; nil otherwise.
+func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topic string, key [32]byte, record int, w io.Writer, count func(n int, live bool)) *wire.Error {
+	r := &recordReader{max: record, w: w, key: key}
+	live := a.addLive(topic)
+	defer a.dropLive(topic, live)
 	var want uint64 // the next octet of the publication
-	feed := func(p []byte) bool {
+	feed := func(p []byte, isLive bool) *wire.Error {
 		if err := r.feed(p); err != nil {
-			fail(wire.Errorf(ch.id, wire.CodeFlowControl, "shared stdin: %v", err))
-			return false
+			return wire.Errorf(id, wire.CodeFlowControl, "%s: %v", what, err)
 		}
 		want += uint64(len(p))
-		ch.s.b.m.Bytes.WithLabelValues("in", "exec").Add(float64(len(p)))
-		return true
+		count(len(p), isLive)
+		return nil
 	}
+	ended := wire.Errorf(id, wire.CodeFlowControl, "%s: the publication ended without its final record", what)
 	needFetch := true // first fetch what was published before we subscribed
 	idle := time.NewTimer(pubIdle)
 	defer idle.Stop()
 	for !r.done && r.werr == nil {
 		if needFetch {
-			ans, err := a.fetch(ch.ctx, m.Topic, want, maxPubFetch)
+			ans, err := a.fetch(ctx, topic, want, maxPubFetch)
 			var we *wire.Error
 			switch {
-			case ch.ctx.Err() != nil:
-				return
+			case ctx.Err() != nil:
+				return nil
 			case errors.As(err, &we) && we.Code == wire.CodeNotFound:
-				fail(wire.Errorf(ch.id, wire.CodeNotFound, "shared stdin: %s", we.Reason))
-				return
+				return wire.Errorf(id, wire.CodeNotFound, "%s: %s", what, we.Reason)
 			case err != nil:
 				// No link just now, or the hub is busy: try again soon.
 				select {
-				case <-ch.ctx.Done():
-					return
+				case <-ctx.Done():
+					return nil
 				case <-time.After(pubIdle):
 				}
 				continue
 			}
 			if len(ans.data) > 0 && ans.ok.Next == want+uint64(len(ans.data)) {
-				if !feed(ans.data) {
-					return
+				if e := feed(ans.data, false); e != nil {
+					return e
 				}
 			}
 			if ans.ok.Final && want >= ans.ok.Size && !r.done {
-				fail(wire.Errorf(ch.id, wire.CodeFlowControl, "shared stdin: the publication ended without its final record"))
-				return
+				return ended
 			}
 			needFetch = want < ans.ok.Size
 			continue
@@ -404,24 +417,24 @@ func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 		}
 		idle.Reset(pubIdle)
 		select {
-		case <-ch.ctx.Done():
-			return
+		case <-ctx.Done():
+			return nil
 		case pd := <-live:
 			end := pd.Offset + uint64(len(pd.Bytes))
 			switch {
 			case pd.Offset > want:
 				needFetch = true // we missed something
 			case end > want:
-				if !feed(pd.Bytes[want-pd.Offset:]) {
-					return
+				if e := feed(pd.Bytes[want-pd.Offset:], true); e != nil {
+					return e
 				}
 			}
 			if pd.EOF() && end <= want && !r.done {
-				fail(wire.Errorf(ch.id, wire.CodeFlowControl, "shared stdin: the publication ended without its final record"))
-				return
+				return ended
 			}
 		case <-idle.C:
 			needFetch = true
 		}
 	}
+	return nil
 }

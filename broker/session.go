@@ -181,11 +181,13 @@ func (s *session) handle(m wire.Message) {
 		s.transfer(m.Channel, m, nil)
 	case *wire.Recv:
 		s.transfer(m.Channel, nil, m)
+	case *wire.Bcast:
+		s.bcast(m)
 	case *wire.Fin:
 		if ch := s.channel(m.Channel); ch != nil {
 			s.release(m.Channel, ch)
 		}
-	case *wire.Data, *wire.Ack, *wire.Signal, *wire.File, *wire.FileOK, *wire.Chunk, *wire.Commit, *wire.FileDone, *wire.End:
+	case *wire.Data, *wire.Ack, *wire.Signal, *wire.File, *wire.FileOK, *wire.Chunk, *wire.Commit, *wire.FileDone, *wire.End, *wire.BcastGo:
 		id, _ := wire.ChannelOf(m)
 		ch := s.channel(id)
 		if ch == nil {

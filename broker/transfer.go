@@ -129,36 +129,8 @@ func (s *session) transfer(id uint32, send *wire.Send, recv *wire.Recv) {
 func (x *xferChan) upload(m *wire.Send) {
 	s := x.s
 	defer x.cancel()
-	var root *chunkstore.Root
-	mode := wire.TargetInto
-	asName := ""
 	dest := s.userPath(m.Dest)
-	err := s.asUser(func() error {
-		st, err := os.Stat(dest)
-		isDir := err == nil && st.IsDir()
-		if m.Flags&wire.XferSingle != 0 && !isDir && !strings.HasSuffix(m.Dest, "/") {
-			// The one file becomes dest itself.
-			mode = wire.TargetAs
-			asName = filepath.Base(dest)
-			parentDir := filepath.Dir(dest)
-			if pst, err := os.Stat(parentDir); err != nil || !pst.IsDir() {
-				return fmt.Errorf("%s: no such directory", parentDir)
-			}
-			root, err = chunkstore.OpenRoot(parentDir)
-			return err
-		}
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		if err == nil && !isDir {
-			return fmt.Errorf("%s exists and is not a directory", dest)
-		}
-		if err := os.MkdirAll(dest, 0o755); err != nil {
-			return err
-		}
-		root, err = chunkstore.OpenRoot(dest)
-		return err
-	})
+	root, mode, asName, err := s.openDest(m.Dest, m.Flags)
 	if err != nil {
 		s.sendErr(wire.Errorf(x.id, transferCode(err), "%s: %v", m.Dest, unwrapPath(err)))
 		s.release(x.id, x)
@@ -205,6 +177,42 @@ func (x *xferChan) upload(m *wire.Send) {
 		s.b.log.Warn("upload ended", "session", s.id, "channel", x.id, "err", err)
 		s.release(x.id, x)
 	}
+}
+
+// openDest opens the destination of an upload or broadcast, as the user:
+// with the single flag, one file becomes dest itself (mode TargetAs, its
+// name in the root asName) unless dest is a directory or ends in "/";
+// otherwise dest is a directory, made if missing (TargetInto).
+func (s *session) openDest(typed string, flags uint8) (root *chunkstore.Root, mode uint8, asName string, err error) {
+	mode = wire.TargetInto
+	dest := s.userPath(typed)
+	err = s.asUser(func() error {
+		st, err := os.Stat(dest)
+		isDir := err == nil && st.IsDir()
+		if flags&wire.XferSingle != 0 && !isDir && !strings.HasSuffix(typed, "/") {
+			// The one file becomes dest itself.
+			mode = wire.TargetAs
+			asName = filepath.Base(dest)
+			parentDir := filepath.Dir(dest)
+			if pst, err := os.Stat(parentDir); err != nil || !pst.IsDir() {
+				return fmt.Errorf("%s: no such directory", parentDir)
+			}
+			root, err = chunkstore.OpenRoot(parentDir)
+			return err
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err == nil && !isDir {
+			return fmt.Errorf("%s exists and is not a directory", dest)
+		}
+		if err := os.MkdirAll(dest, 0o755); err != nil {
+			return err
+		}
+		root, err = chunkstore.OpenRoot(dest)
+		return err
+	})
+	return root, mode, asName, err
 }
 
 // download sends the user's files to the client.

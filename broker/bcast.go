@@ -1,0 +1,283 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/subscriber"
+)
+
+// bcastChan is a broadcast on an agent (docs/PROTOCOL.md §14): a session
+// of a client that reached this agent through its hub asks it to apply a
+// tree the client published once to the hub. The agent reads the
+// manifest, says which files it lacks (BCAST_NEED), and once the client
+// names the content's publication (BCAST_GO) writes the tree through a
+// Receiver, as an upload, and reports the tree digest (BCAST_DONE).
+type bcastChan struct {
+	s      *session
+	id     uint32
+	ctx    context.Context
+	cancel context.CancelFunc
+	gos    chan *wire.BcastGo
+}
+
+// bcastProgress is how often an agent reports a broadcast's progress.
+const bcastProgress = 250 * time.Millisecond
+
+func (c *bcastChan) deliver(m wire.Message) *wire.Error {
+	g, ok := m.(*wire.BcastGo)
+	if !ok {
+		return wire.Errorf(c.id, wire.CodeBadRequest, "%s on a broadcast channel", m.ID())
+	}
+	select {
+	case c.gos <- g:
+		return nil
+	default:
+		return wire.Errorf(c.id, wire.CodeBadRequest, "a second BCAST_GO")
+	}
+}
+
+func (c *bcastChan) stop()   { c.cancel() }
+func (c *bcastChan) resend() {}
+
+// detached ends the broadcast when its session loses its connection, as
+// for transfers: the client starts it again, and files already in place
+// are not sent again.
+func (c *bcastChan) detached() { c.s.release(c.id, c) }
+
+// bcast starts a broadcast channel. Called by the receive loop.
+func (s *session) bcast(m *wire.Bcast) {
+	switch {
+	case s.version < 3:
+		s.sendErr(wire.Errorf(m.Channel, wire.CodeBadRequest, "BCAST needs protocol version 3"))
+		return
+	case s.b.agent == nil:
+		s.sendErr(wire.Errorf(m.Channel, wire.CodeBadRequest, "this zpd is not a fleet agent (zpd --join)"))
+		return
+	}
+	ctx, cancel := context.WithCancel(s.b.ctx)
+	c := &bcastChan{s: s, id: m.Channel, ctx: ctx, cancel: cancel, gos: make(chan *wire.BcastGo, 1)}
+	if !s.addChannel(m.Channel, c) {
+		cancel()
+		return
+	}
+	s.b.spawn(func() { c.run(m) })
+}
+
+// run applies the broadcast and ends the channel with BCAST_DONE or ERROR.
+func (c *bcastChan) run(m *wire.Bcast) {
+	defer c.cancel()
+	s := c.s
+	fail := func(e *wire.Error) {
+		if c.ctx.Err() == nil {
+			s.b.log.Warn("broadcast failed", "session", s.id, "channel", c.id, "code", int(e.Code), "err", e.Reason)
+			s.send(e)
+		}
+		s.release(c.id, c)
+	}
+	entries, e := c.manifest(m)
+	if e != nil {
+		fail(e)
+		return
+	}
+	root, _, asName, err := s.openDest(m.Dest, m.Flags)
+	if err != nil {
+		fail(wire.Errorf(c.id, transferCode(err), "%s: %v", m.Dest, unwrapPath(err)))
+		return
+	}
+	defer root.Close()
+	need, have, err := subscriber.Needs(c.ctx, root, asName, entries, s.acct.fsThread())
+	if err != nil {
+		s.release(c.id, c)
+		return
+	}
+	s.send(&wire.BcastNeed{Channel: c.id, Need: need, Have: have})
+	var g *wire.BcastGo
+	select {
+	case g = <-c.gos:
+	case <-c.ctx.Done():
+		return
+	}
+	var st bcastStats
+	st.deduped.Store(have)
+	var failures []string
+	var fmu sync.Mutex
+	rcfg := subscriber.ReceiverConfig{
+		Root: root, AsName: asName, Flags: m.Flags,
+		Chown:  m.Flags&wire.XferPreserve != 0 && (s.acct.UID == 0 && os.Geteuid() == 0),
+		Umask:  uploadUmask,
+		Thread: s.acct.fsThread(),
+		OnChunk: func(n int) {
+			st.written.Add(uint64(n))
+			s.b.m.TransferBytes.WithLabelValues("received").Add(float64(n))
+		},
+		OnFile: func(_ string, kind uint8, err error, _ bool) {
+			if err != nil {
+				st.failed.Add(1)
+			} else {
+				st.files.Add(1)
+			}
+		},
+		OnNotice: func(name, notice string) {
+			s.b.log.Warn("partial file not resumed", "session", s.id, "user", s.acct.Name, "dest", m.Dest, "path", name, "reason", notice)
+		},
+	}
+	stopProgress := c.progress(&st)
+	stats, err := c.apply(g, entries, rcfg, &st, func(path string, err error) {
+		fmu.Lock()
+		if len(failures) < wire.MaxBcastFailures {
+			failures = append(failures, fmt.Sprintf("%s: %v", path, err))
+		}
+		fmu.Unlock()
+	})
+	stopProgress()
+	if c.ctx.Err() != nil {
+		return // the client went away, or the session ended
+	}
+	done := &wire.BcastDone{Channel: c.id, Stats: st.wire()}
+	var we *wire.Error
+	switch {
+	case errors.As(err, &we):
+		done.Code, done.Reason = uint16(we.Code), we.Reason
+	case err != nil:
+		done.Code, done.Reason = uint16(wire.CodeConflict), err.Error()
+	case stats.Failed > 0:
+		done.Code, done.Reason = uint16(wire.CodeConflict), fmt.Sprintf("%d of %d entries failed", stats.Failed, len(entries))
+	default:
+		done.Digest = m.Digest // every entry is in place, as the manifest says
+	}
+	fmu.Lock()
+	done.Failures = failures
+	fmu.Unlock()
+	s.b.log.Info("broadcast applied", "session", s.id, "user", s.acct.Name, "dest", m.Dest,
+		"entries", len(entries), "written", stats.Bytes, "failed", stats.Failed, "code", done.Code)
+	s.send(done)
+	s.release(c.id, c)
+}
+
+// manifest reads and checks the broadcast's manifest.
+func (c *bcastChan) manifest(m *wire.Bcast) ([]*wire.File, *wire.Error) {
+	var key [32]byte
+	copy(key[:], m.Key)
+	buf := &limitBuffer{max: int(m.Size)}
+	if e := c.s.b.agent.readPublication(c.ctx, c.id, "manifest", m.Topic, key, int(m.Record), buf, func(int, bool) {}); e != nil {
+		return nil, e
+	}
+	if c.ctx.Err() != nil {
+		return nil, wire.Errorf(c.id, wire.CodeGone, "the broadcast ended")
+	}
+	if buf.over || buf.b.Len() != int(m.Size) {
+		return nil, wire.Errorf(c.id, wire.CodeBadRequest, "manifest: %d octets, not the %d announced", buf.n, m.Size)
+	}
+	if d := sha256.Sum256(buf.b.Bytes()); !bytes.Equal(d[:], m.Digest) {
+		return nil, wire.Errorf(c.id, wire.CodeConflict, "manifest: its SHA-256 is not the tree digest announced")
+	}
+	entries, err := wire.DecodeManifest(buf.b.Bytes(), m.Count)
+	if err != nil {
+		return nil, wire.Errorf(c.id, wire.CodeBadRequest, "manifest: %v", err)
+	}
+	return entries, nil
+}
+
+// apply writes the tree with the content of g's publication.
+func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber.ReceiverConfig, st *bcastStats, failure func(string, error)) (subscriber.ApplyStats, error) {
+	var key [32]byte
+	copy(key[:], g.Key)
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	read := make(chan *wire.Error, 1)
+	wanted := false
+	for i := range entries {
+		if wire.BitmapHas(g.Content, i) {
+			wanted = true
+			break
+		}
+	}
+	if wanted && g.Topic != "" {
+		go func() {
+			e := c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), pw, func(n int, isLive bool) {
+				if isLive {
+					st.live.Add(uint64(n))
+				} else {
+					st.repaired.Add(uint64(n))
+				}
+			})
+			if e != nil {
+				pw.CloseWithError(e)
+			} else {
+				pw.Close()
+			}
+			read <- e
+		}()
+	} else {
+		pw.Close()
+		read <- nil
+	}
+	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure}, pr)
+	pr.Close() // the rest of the content is for other agents
+	cancel()
+	if e := <-read; e != nil && err == nil && e.Code == wire.CodeNotFound {
+		err = e
+	}
+	return stats, err
+}
+
+// progress sends BCAST_PROGRESS until the returned function is called.
+func (c *bcastChan) progress(st *bcastStats) func() {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(bcastProgress)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-c.ctx.Done():
+				return
+			case <-t.C:
+				c.s.send(&wire.BcastProgress{Channel: c.id, Stats: st.wire()})
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
+}
+
+// bcastStats are a broadcast's counts, updated as it goes.
+type bcastStats struct {
+	written, live, repaired, deduped atomic.Uint64
+	files, failed                    atomic.Uint32
+}
+
+func (s *bcastStats) wire() wire.BcastStats {
+	return wire.BcastStats{Written: s.written.Load(), Live: s.live.Load(), Repaired: s.repaired.Load(),
+		Deduped: s.deduped.Load(), Files: s.files.Load(), Failed: s.failed.Load()}
+}
+
+// limitBuffer keeps at most max octets and fails beyond.
+type limitBuffer struct {
+	b    bytes.Buffer
+	max  int
+	n    int
+	over bool
+}
+
+func (l *limitBuffer) Write(p []byte) (int, error) {
+	l.n += len(p)
+	if l.b.Len()+len(p) > l.max {
+		l.over = true
+		return 0, errors.New("more octets than announced")
+	}
+	return l.b.Write(p)
+}
