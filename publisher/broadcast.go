@@ -1,0 +1,159 @@
+package publisher
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+
+	"github.com/zpipes/zp/internal/wire"
+)
+
+// Manifest is a broadcast's list of entries (docs/PROTOCOL.md §14.2),
+// built from local sources: what every agent writes, with the SHA-256 of
+// each file, and the tree digest (the SHA-256 of the encoded manifest).
+type Manifest struct {
+	Entries []*wire.File
+	Paths   []string // each entry's local path
+	Encoded []byte
+	Digest  [32]byte
+	Bytes   uint64 // content octets of the regular files
+}
+
+// BuildManifest walks sources as Walk does and reads every regular file
+// once for its SHA-256. warn reports what Walk skips and files that
+// cannot be read (which are left out).
+func BuildManifest(sources []string, recursive, single bool, warn func(msg string, failed bool)) (*Manifest, error) {
+	m := &Manifest{}
+	err := Walk(sources, recursive, single, warn, func(e Entry) error {
+		if len(m.Entries) >= wire.MaxManifestEntries {
+			return fmt.Errorf("more than %d entries: broadcast the tree in parts", wire.MaxManifestEntries)
+		}
+		f, err := fileMessage(0, uint32(len(m.Entries)+1), e)
+		if err != nil {
+			warn(fmt.Sprintf("%s: %v", e.Path, unwrap(err)), true)
+			return nil
+		}
+		if f.Kind == wire.KindFile {
+			if f.Digest, err = fileDigest(e.Path); err != nil {
+				warn(fmt.Sprintf("%s: %v", e.Path, unwrap(err)), true)
+				return nil
+			}
+			m.Bytes += f.Size
+		}
+		m.Entries = append(m.Entries, f)
+		m.Paths = append(m.Paths, e.Path)
+		m.Encoded = wire.AppendManifestEntry(m.Encoded, f)
+		if len(m.Encoded) > wire.MaxManifest {
+			return fmt.Errorf("the manifest exceeds %d MiB: broadcast the tree in parts", wire.MaxManifest>>20)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.Digest = sha256.Sum256(m.Encoded)
+	return m, nil
+}
+
+func unwrap(err error) error {
+	if u := errors.Unwrap(err); u != nil {
+		return u
+	}
+	return err
+}
+
+// Content returns the content stream for the entries set in bitmap, in
+// manifest order: each file's Size octets as the manifest has them. A
+// file that changed since (its octets no longer match its digest, or it
+// shrank) is reported to changed; its octets are sent as they are (the
+// agents then refuse that file), or padded with zeros to its size, so
+// that the stream stays aligned with the manifest.
+func (m *Manifest) Content(bitmap []byte, changed func(path string)) io.Reader {
+	return &contentReader{m: m, bitmap: bitmap, next: 0, changed: changed}
+}
+
+type contentReader struct {
+	m       *Manifest
+	bitmap  []byte
+	next    int // the next entry to consider
+	cur     *os.File
+	curIdx  int
+	left    uint64
+	hash    hash.Hash
+	changed func(string)
+	failed  bool // the current file could not be read in full
+}
+
+func (c *contentReader) Read(p []byte) (int, error) {
+	for c.left == 0 {
+		if c.cur != nil || c.failed {
+			c.endFile()
+		}
+		if !c.open() {
+			return 0, io.EOF
+		}
+	}
+	if uint64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	var n int
+	if c.cur != nil {
+		var err error
+		n, err = io.ReadFull(c.cur, p)
+		if err != nil {
+			// It shrank (or cannot be read): pad with zeros.
+			c.cur.Close()
+			c.cur = nil
+			c.failed = true
+		}
+	}
+	if c.cur == nil {
+		clear(p[n:])
+		n = len(p)
+	}
+	c.hash.Write(p[:n])
+	c.left -= uint64(n)
+	return n, nil
+}
+
+// open starts the next entry in the stream; false at the end.
+func (c *contentReader) open() bool {
+	for ; c.next < len(c.m.Entries); c.next++ {
+		e := c.m.Entries[c.next]
+		if e.Kind != wire.KindFile || !wire.BitmapHas(c.bitmap, c.next) {
+			continue
+		}
+		c.curIdx, c.left, c.failed = c.next, e.Size, false
+		c.next++
+		c.hash = sha256.New()
+		f, err := os.Open(c.m.Paths[c.curIdx])
+		if err != nil {
+			c.failed = true
+		} else {
+			c.cur = f
+		}
+		if e.Size == 0 {
+			c.endFile()
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+// endFile closes the current file and reports it if it changed.
+func (c *contentReader) endFile() {
+	if c.cur != nil {
+		c.cur.Close()
+		c.cur = nil
+	}
+	e := c.m.Entries[c.curIdx]
+	if (c.failed || !bytes.Equal(c.hash.Sum(nil), e.Digest)) && c.changed != nil {
+		c.changed(c.m.Paths[c.curIdx])
+	}
+	c.failed = false
+}

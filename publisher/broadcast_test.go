@@ -1,0 +1,75 @@
+package publisher
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/zpipes/zp/internal/wire"
+)
+
+// The manifest lists the tree parents first with each file's digest, and
+// decodes back; the content stream holds the chosen files in order, and a
+// file that changed since is reported and keeps the stream aligned.
+func TestManifestAndContent(t *testing.T) {
+	src := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(src, "d"), 0o755))
+	must(os.WriteFile(filepath.Join(src, "d", "a"), []byte("aaaa"), 0o644))
+	must(os.WriteFile(filepath.Join(src, "b"), []byte("bb"), 0o600))
+	must(os.WriteFile(filepath.Join(src, "e"), nil, 0o644))
+	must(os.Symlink("b", filepath.Join(src, "l")))
+	m, err := BuildManifest([]string{src + "/"}, true, false, func(msg string, _ bool) { t.Log(msg) })
+	must(err)
+	if d := sha256.Sum256(m.Encoded); d != m.Digest || m.Bytes != 6 {
+		t.Fatalf("digest or size wrong: %d", m.Bytes)
+	}
+	got, err := wire.DecodeManifest(m.Encoded, uint32(len(m.Entries)))
+	must(err)
+	names := map[string]*wire.File{}
+	for _, f := range got {
+		names[f.Path] = f
+	}
+	if len(got) != 6 || names["d/a"] == nil || names["l"].Target != "b" || names["b"].Mode != 0o600 {
+		t.Fatalf("manifest: %+v", got)
+	}
+	idx := func(path string) int {
+		for i, f := range m.Entries {
+			if f.Path == path {
+				return i
+			}
+		}
+		t.Fatalf("no %s", path)
+		return -1
+	}
+	bitmap := make([]byte, wire.BitmapLen(len(m.Entries)))
+	wire.BitmapSet(bitmap, idx("d/a"))
+	wire.BitmapSet(bitmap, idx("b"))
+	wire.BitmapSet(bitmap, idx("e"))
+	var changed []string
+	all, err := io.ReadAll(m.Content(bitmap, func(p string) { changed = append(changed, p) }))
+	must(err)
+	want := "aaaa" + "bb"
+	if idx("b") < idx("d/a") {
+		want = "bb" + "aaaa"
+	}
+	if string(all) != want || len(changed) != 0 {
+		t.Fatalf("content %q, changed %v", all, changed)
+	}
+	// d/a shrinks, b changes: both are reported, the stream keeps its size.
+	must(os.WriteFile(filepath.Join(src, "d", "a"), []byte("a"), 0o644))
+	must(os.WriteFile(filepath.Join(src, "b"), []byte("BB"), 0o600))
+	all, err = io.ReadAll(m.Content(bitmap, func(p string) { changed = append(changed, p) }))
+	must(err)
+	if len(all) != 6 || len(changed) != 2 || !bytes.Contains(all, []byte("a\x00\x00\x00")) {
+		t.Fatalf("after changes: %q, changed %v", all, changed)
+	}
+}
