@@ -1,0 +1,266 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/publisher"
+)
+
+// A broadcast (docs/PROTOCOL.md §14) sends a tree to many agents of a hub
+// once: the client publishes the tree's manifest to the hub, asks each
+// agent (through its tunnel) which files it lacks, publishes the content
+// of the files any agent lacks, and each agent writes the tree and proves
+// it with the tree digest.
+
+// Tree is a broadcast's manifest, built from local sources.
+type Tree struct {
+	m *publisher.Manifest
+}
+
+// TreeOptions says how to build a Tree.
+type TreeOptions struct {
+	Recursive bool // include directories (else skipped, with a warning)
+	// Single: one source that is a file, which may become the
+	// destination itself on the agents (as zpc's single-file copy).
+	Single bool
+	// Warn reports a source that was skipped (a notice) or could not be
+	// read (failed): it is left out of the tree.
+	Warn func(msg string, failed bool)
+}
+
+// BuildTree walks sources (rsync's naming: "dir" is sent as dir/…, "dir/"
+// as its contents) and reads every file once for its SHA-256.
+func BuildTree(sources []string, opts TreeOptions) (*Tree, error) {
+	warn := opts.Warn
+	if warn == nil {
+		warn = func(string, bool) {}
+	}
+	m, err := publisher.BuildManifest(sources, opts.Recursive, opts.Single, warn)
+	if err != nil {
+		return nil, err
+	}
+	return &Tree{m: m}, nil
+}
+
+// Digest is the tree digest, in hex: what every agent proves it wrote.
+func (t *Tree) Digest() string { return hex.EncodeToString(t.m.Digest[:]) }
+
+// Entries is the number of entries (files, directories, symlinks).
+func (t *Tree) Entries() int { return len(t.m.Entries) }
+
+// Bytes is the content octets of the tree's files.
+func (t *Tree) Bytes() uint64 { return t.m.Bytes }
+
+// ManifestBytes is the size of the encoded manifest.
+func (t *Tree) ManifestBytes() int { return len(t.m.Encoded) }
+
+// Need is the set of the tree's files one or more agents lack.
+type Need struct {
+	bits []byte
+	n    int
+}
+
+// NewNeed returns an empty set for t.
+func (t *Tree) NewNeed() *Need {
+	return &Need{bits: make([]byte, wire.BitmapLen(len(t.m.Entries))), n: len(t.m.Entries)}
+}
+
+// Add adds another set to n.
+func (n *Need) Add(o *Need) {
+	for i := range n.bits {
+		if i < len(o.bits) {
+			n.bits[i] |= o.bits[i]
+		}
+	}
+}
+
+// Covers reports whether n holds every file of o.
+func (n *Need) Covers(o *Need) bool {
+	for i := range o.bits {
+		if i >= len(n.bits) || o.bits[i]&^n.bits[i] != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// NeedBytes is the content octets of the files in n.
+func (t *Tree) NeedBytes(n *Need) uint64 {
+	var b uint64
+	for i, e := range t.m.Entries {
+		if wire.BitmapHas(n.bits, i) {
+			b += e.Size
+		}
+	}
+	return b
+}
+
+// PublishManifest publishes t's manifest to the hub for the agents named.
+func (f *Fleet) PublishManifest(ctx context.Context, agents []string, t *Tree) (*Publication, error) {
+	return f.Publish(ctx, agents, bytes.NewReader(t.m.Encoded))
+}
+
+// PublishContent publishes the content of the files in n for the agents
+// named. changed, if set, reports a file that changed since the tree was
+// built (the agents refuse it; the rest of the tree is unaffected).
+func (f *Fleet) PublishContent(ctx context.Context, agents []string, t *Tree, n *Need, changed func(path string)) (*Publication, error) {
+	return f.Publish(ctx, agents, t.m.Content(n.bits, changed))
+}
+
+// BroadcastRequest is what one agent is asked to apply.
+type BroadcastRequest struct {
+	Tree      *Tree
+	Manifest  *Publication // from PublishManifest
+	Dest      string       // on the agent, relative to the user's home
+	Recursive bool
+	Preserve  bool // whole modes, and owners where the agent may set them
+	Single    bool // the tree's one file may become Dest itself
+}
+
+// BroadcastStats are an agent's counts.
+type BroadcastStats struct {
+	Written  uint64 // content octets written to files
+	Live     uint64 // octets taken from the hub's publications as they were published
+	Repaired uint64 // octets the agent fetched from the hub because it missed them
+	Deduped  uint64 // octets of files it already held
+	Files    int    // entries in place
+	Failed   int    // entries that failed
+}
+
+func statsFrom(s wire.BcastStats) BroadcastStats {
+	return BroadcastStats{Written: s.Written, Live: s.Live, Repaired: s.Repaired, Deduped: s.Deduped, Files: int(s.Files), Failed: int(s.Failed)}
+}
+
+// AgentBroadcast is a broadcast on one agent's session.
+type AgentBroadcast struct {
+	s     *Session
+	id    uint32
+	inbox chan wire.Message
+	// Need is what the agent lacks; Have the octets of files it holds.
+	Need *Need
+	Have uint64
+}
+
+// ErrNoBroadcast: the agent's zpd predates broadcasts (protocol 3).
+var ErrNoBroadcast = errors.New("the agent's zpd does not speak protocol version 3 (no broadcast): upgrade it")
+
+// StartBroadcast asks the session's agent to read the tree's manifest and
+// returns once it said what it lacks. Close the AgentBroadcast (or call
+// Go) afterwards.
+func (s *Session) StartBroadcast(ctx context.Context, req BroadcastRequest) (_ *AgentBroadcast, err error) {
+	defer func() { err = public(err) }()
+	if s.info.Version < 3 {
+		return nil, ErrNoBroadcast
+	}
+	var flags uint8
+	if req.Recursive {
+		flags |= wire.XferRecursive
+	}
+	if req.Preserve {
+		flags |= wire.XferPreserve
+	}
+	if req.Single {
+		flags |= wire.XferSingle
+	}
+	sh := req.Manifest.Shared
+	id, inbox := s.openChannel()
+	b := &AgentBroadcast{s: s, id: id, inbox: inbox}
+	m := &wire.Bcast{Channel: id, Flags: flags, Dest: req.Dest, Topic: sh.Topic, Key: append([]byte(nil), sh.Key[:]...),
+		Record: uint32(sh.Record), Size: uint64(len(req.Tree.m.Encoded)), Count: uint32(len(req.Tree.m.Entries)),
+		Digest: append([]byte(nil), req.Tree.m.Digest[:]...)}
+	if err := s.send(m); err != nil {
+		s.closeChannel(id)
+		return nil, err
+	}
+	for {
+		select {
+		case m := <-inbox:
+			switch m := m.(type) {
+			case *wire.BcastNeed:
+				if len(m.Need) != wire.BitmapLen(len(req.Tree.m.Entries)) {
+					b.Close()
+					return nil, &ProtocolError{fmt.Errorf("BCAST_NEED of %d octets for %d entries", len(m.Need), len(req.Tree.m.Entries))}
+				}
+				b.Need, b.Have = &Need{bits: m.Need, n: len(req.Tree.m.Entries)}, m.Have
+				return b, nil
+			case *wire.Error:
+				s.closeChannel(id)
+				return nil, m
+			default:
+				b.Close()
+				return nil, &ProtocolError{fmt.Errorf("agent answered BCAST with %s", m.ID())}
+			}
+		case <-s.done:
+			s.closeChannel(id)
+			return nil, s.err
+		case <-ctx.Done():
+			b.Close()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// BroadcastResult is how a broadcast ended on one agent: Digest (hex) is
+// the tree digest the agent proved it wrote, "" when it failed; Failures
+// names entries that failed (at most 100).
+type BroadcastResult struct {
+	Digest   string
+	Stats    BroadcastStats
+	Failures []string
+}
+
+// Go names the content publication (holding the files in content, n) and
+// waits until the agent applied the tree. progress, if set, gets the
+// agent's counts as they come. A failed broadcast returns the result with
+// an *Error.
+func (b *AgentBroadcast) Go(ctx context.Context, content *Publication, n *Need, progress func(BroadcastStats)) (_ *BroadcastResult, err error) {
+	defer func() { err = public(err) }()
+	defer b.Close()
+	g := &wire.BcastGo{Channel: b.id, Content: n.bits, Record: 1, Key: make([]byte, 32)}
+	if content != nil {
+		sh := content.Shared
+		g.Topic, g.Key, g.Record = sh.Topic, append([]byte(nil), sh.Key[:]...), uint32(sh.Record)
+	}
+	if err := b.s.send(g); err != nil {
+		return nil, err
+	}
+	for {
+		select {
+		case m := <-b.inbox:
+			switch m := m.(type) {
+			case *wire.BcastProgress:
+				if progress != nil {
+					progress(statsFrom(m.Stats))
+				}
+			case *wire.BcastDone:
+				r := &BroadcastResult{Stats: statsFrom(m.Stats), Failures: m.Failures}
+				if m.Code != 0 {
+					return r, &wire.Error{Channel: b.id, Code: wire.Code(m.Code), Reason: m.Reason}
+				}
+				r.Digest = hex.EncodeToString(m.Digest)
+				return r, nil
+			case *wire.Error:
+				return nil, m
+			}
+		case <-b.s.done:
+			return nil, b.s.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Close abandons the broadcast on the agent (FIN) if it has not ended.
+func (b *AgentBroadcast) Close() {
+	if b.inbox == nil {
+		return
+	}
+	_ = b.s.send(&wire.Fin{Channel: b.id})
+	b.s.closeChannel(b.id)
+	b.inbox = nil
+}
