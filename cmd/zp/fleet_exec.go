@@ -23,28 +23,24 @@ import (
 
 	"github.com/zpipes/zp/client"
 	"github.com/zpipes/zp/internal/cli"
+	"github.com/zpipes/zp/internal/fleetcli"
 )
 
 // fleetExecOptions are zp's flags for running a command on a fleet.
 type fleetExecOptions struct {
 	hub    string
-	sel    fleetSelect
+	sel    fleetcli.Select
 	group  bool
 	asJSON bool
 	// connectTimeoutSet: --connect-timeout was given (else agents get
-	// fleetPatience).
+	// fleetcli.Patience).
 	connectTimeoutSet bool
 }
-
-// fleetDials bounds the agents zp dials at once (each dial is a tunnel
-// and a CURVE handshake through the hub); commands then run all at once.
-const fleetDials = 64
 
 func (o *fleetExecOptions) register(c *cobra.Command, conn *cli.ConnFlags) {
 	fs := c.Flags()
 	fs.StringVar(&o.hub, "fleet", "", "run the command on the agents of the hub HUB ([user@]host[:port]); see --hosts, --label, --group, --json")
-	fs.StringSliceVar(&o.sel.hosts, "hosts", nil, "with --fleet: only agents whose names match these shell patterns (comma-separated)")
-	fs.StringArrayVar(&o.sel.labels, "label", nil, "with --fleet: only agents with this label k=v (repeatable)")
+	o.sel.Register(fs, "with --fleet: ")
 	fs.BoolVar(&o.group, "group", false, "with --fleet: print identical outputs once, under the list of their hosts (as dshbak -c)")
 	fs.BoolVar(&o.asJSON, "json", false, "with --fleet: print one JSON array: per host stdout, stderr, exit code, duration, error")
 	fs.StringVar(&conn.Login, "user", "", "remote user (as user@host, or -l)")
@@ -105,24 +101,24 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	if err != nil {
 		return cli.WithCode(cli.ExitUsage, err)
 	}
-	sel, err := fo.sel.selector()
+	sel, err := fo.sel.Selector()
 	if err != nil {
 		return cli.WithCode(cli.ExitUsage, err)
 	}
 	conn := &opts.conn
-	s, fl, t, err := dialHub(ctx, conn, io, fo.hub)
+	s, fl, t, err := fleetcli.DialHub(ctx, conn, io, fo.hub)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 	agents, err := fl.Agents(ctx, sel)
 	if err != nil {
-		return fleetError(t, err)
+		return fleetcli.Error(t, err)
 	}
 	if len(agents) == 0 {
-		return cli.WithCode(cli.ExitFailure, fmt.Errorf("no agent of %s%s", t.Host, fo.sel.describe()))
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("no agent of %s%s", t.Host, fo.sel.Describe()))
 	}
-	ad, err := newAgentDialer(conn, io, t, fl, agents, fo.connectTimeoutSet)
+	ad, err := fleetcli.NewDialer(conn, io, t, fl, agents, fo.connectTimeoutSet)
 	if err != nil {
 		return err
 	}
@@ -138,7 +134,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	if !opts.noStdin && !isDevNull(io.InFile) {
 		var names []string
 		for _, a := range agents {
-			if _, err := ad.unusable(a); err == nil {
+			if _, err := ad.Unusable(a); err == nil {
 				names = append(names, a.Name)
 			}
 		}
@@ -152,7 +148,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 				if errors.As(err, &ce) && ce.Code == client.CodeBadRequest {
 					return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s cannot pass stdin to the fleet (%s): use -n, or upgrade its zpd", t.Host, ce.Reason))
 				}
-				return fleetError(t, err)
+				return fleetcli.Error(t, err)
 			}
 			defer pub.Close()
 			shared = &pub.Shared
@@ -166,12 +162,12 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	sigs := forwardSignals(ctx, cancel, io, conn.Quiet)
 	pr := newFleetPrinter(io, fo, len(agents))
 	results := make([]*hostResult, len(agents))
-	sem := make(chan struct{}, fleetDials)
+	sem := make(chan struct{}, fleetcli.Dials)
 	var wg sync.WaitGroup
 	for i, a := range agents {
 		r := &hostResult{name: a.Name}
 		results[i] = r
-		if r.why, r.err = ad.unusable(a); r.err != nil {
+		if r.why, r.err = ad.Unusable(a); r.err != nil {
 			pr.failed(r)
 			continue
 		}
@@ -180,7 +176,7 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 			defer wg.Done()
 			start := time.Now()
 			defer func() { r.dur = time.Since(start) }()
-			sess, why, err := ad.open(ctx, a, sem)
+			sess, why, err := ad.Open(ctx, a, sem)
 			if err != nil {
 				r.err, r.why = err, why
 				pr.failed(r)
@@ -214,77 +210,6 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 	return fleetSummary(io, conn.Quiet, results)
 }
 
-// agentDialer opens sessions with a hub's agents through tunnels.
-type agentDialer struct {
-	fl        *client.Fleet
-	keys      map[string]client.PublicKey
-	untrusted map[string]error // agents whose key cannot be trusted
-	kp        client.KeyPair
-	user      string
-	timeout   time.Duration
-	connect   time.Duration
-}
-
-// newAgentDialer pins the agents' keys, loads ours, and sizes the tunnels.
-func newAgentDialer(conn *cli.ConnFlags, io *cli.IO, t cli.Target, fl *client.Fleet, agents []client.Agent, connectTimeoutSet bool) (*agentDialer, error) {
-	keys, untrusted, err := agentKeys(conn, io, t.Host, agents)
-	if err != nil {
-		return nil, cli.WithCode(cli.ExitFailure, err)
-	}
-	kp, err := client.LoadIdentity(cli.ConfigDir(io.Getenv))
-	if err != nil {
-		return nil, cli.WithCode(cli.ExitFailure, fmt.Errorf("client key: %w", err))
-	}
-	// What the hub may hold for this command, at most a window per
-	// tunnel: 8 MiB in all, between 16 KiB and 1 MiB per agent. Every
-	// tunnel shares zp's one connection to the hub, so this is also how
-	// far a message (an OPEN_OK, a PONG) may queue behind other agents'
-	// output: 32 MiB took over 5 s to drain on a starved 2-core machine
-	// (TestFleet50 saw an agent's OPEN_OK time out).
-	fl.TunnelWindow = min(1<<20, max(16<<10, (8<<20)/max(len(agents), 1)))
-	ad := &agentDialer{fl: fl, keys: keys, untrusted: untrusted, kp: kp, user: t.RemoteUser(),
-		timeout: conn.Timeout, connect: conn.ConnectTimeout}
-	if ad.timeout == 0 {
-		ad.timeout = fleetPatience
-	}
-	if !connectTimeoutSet {
-		ad.connect = fleetPatience
-	}
-	return ad, nil
-}
-
-func (ad *agentDialer) dial(ctx context.Context, a client.Agent) (*client.Session, error) {
-	return ad.fl.DialAgent(ctx, a, client.Config{
-		User: ad.user, Key: &ad.kp, ServerKey: ad.keys[a.Name],
-		ConnectTimeout: ad.connect, Timeout: ad.timeout,
-		ClientName: "zp/" + client.Version,
-	})
-}
-
-// unusable says why agent a cannot be reached now (the hub lost it, or
-// its key is not trusted), as hostResult's why and err; "" when it can.
-func (ad *agentDialer) unusable(a client.Agent) (string, error) {
-	if err := ad.untrusted[a.Name]; err != nil {
-		return "untrusted key", err
-	}
-	if a.State != client.AgentUp {
-		return "unreachable", fmt.Errorf("lost by the hub (last seen %s)", ago(a.LastSeen))
-	}
-	return "", nil
-}
-
-// open dials a, at most cap(sem) agents at once, and says why it failed
-// as zp does for a host.
-func (ad *agentDialer) open(ctx context.Context, a client.Agent, sem chan struct{}) (*client.Session, string, error) {
-	sem <- struct{}{}
-	sess, err := ad.dial(ctx, a)
-	<-sem
-	if err != nil {
-		return nil, dialFailure(err), cli.DescribeConnectError(cli.Target{Target: client.Target{Host: a.Name, User: ad.user}}, err)
-	}
-	return sess, "", nil
-}
-
 // isDevNull reports whether f is /dev/null: nothing to publish.
 func isDevNull(f *os.File) bool {
 	if f == nil {
@@ -296,15 +221,6 @@ func isDevNull(f *os.File) bool {
 	}
 	null, err := os.Stat(os.DevNull)
 	return err == nil && os.SameFile(st, null)
-}
-
-// dialFailure names why an agent could not be reached, for the summary.
-func dialFailure(err error) string {
-	var he *client.HandshakeError
-	if client.IsCode(err, client.CodeUnauthorised) || (errors.As(err, &he) && he.Refused != "") {
-		return "unauthorised"
-	}
-	return "unreachable"
 }
 
 // fleetSummary prints "40 ok, 2 failed: web3 (exit 2), db1 (unreachable)"

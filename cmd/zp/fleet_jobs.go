@@ -15,6 +15,7 @@ import (
 
 	"github.com/zpipes/zp/client"
 	"github.com/zpipes/zp/internal/cli"
+	"github.com/zpipes/zp/internal/fleetcli"
 	"github.com/zpipes/zp/internal/shellquote"
 )
 
@@ -22,24 +23,24 @@ import (
 // (each through its own tunnel), records them on the hub as one fleet job
 // and prints its id. Jobs read /dev/null, as zp --async without
 // --stdin-file.
-func fleetAsyncRun(ctx context.Context, opts *zpOptions, fl *client.Fleet, ad *agentDialer, agents []client.Agent, argv []string, env map[string]string) error {
+func fleetAsyncRun(ctx context.Context, opts *zpOptions, fl *client.Fleet, ad *fleetcli.Dialer, agents []client.Agent, argv []string, env map[string]string) error {
 	io := opts.io
 	pr := newFleetPrinter(io, &opts.fleet, len(agents))
 	results := make([]*hostResult, len(agents))
 	ids := make([]string, len(agents))
-	sem := make(chan struct{}, fleetDials)
+	sem := make(chan struct{}, fleetcli.Dials)
 	var wg sync.WaitGroup
 	for i, a := range agents {
 		r := &hostResult{name: a.Name}
 		results[i] = r
-		if r.why, r.err = ad.unusable(a); r.err != nil {
+		if r.why, r.err = ad.Unusable(a); r.err != nil {
 			pr.failed(r)
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sess, why, err := ad.open(ctx, a, sem)
+			sess, why, err := ad.Open(ctx, a, sem)
 			if err != nil {
 				r.err, r.why = err, why
 				pr.failed(r)
@@ -103,7 +104,7 @@ type fanoutOpts struct {
 }
 
 func fleetJobFanoutSome(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hubArg, id string, o fanoutOpts, action fleetJobAction) ([]*hostResult, error) {
-	s, fl, t, err := dialHub(ctx, conn, io, hubArg)
+	s, fl, t, err := fleetcli.DialHub(ctx, conn, io, hubArg)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +114,7 @@ func fleetJobFanoutSome(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hu
 	case client.IsCode(err, client.CodeNotFound):
 		return nil, cli.WithCode(ExitNoJob, fmt.Errorf("%s: no fleet job %s", t.Host, id))
 	case err != nil:
-		return nil, fleetError(t, err)
+		return nil, fleetcli.Error(t, err)
 	case len(fjs) != 1:
 		return nil, cli.WithCode(cli.ExitFailure, fmt.Errorf("%s: %d records for fleet job %s", t.Host, len(fjs), id))
 	}
@@ -127,13 +128,13 @@ func fleetJobFanoutSome(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hu
 	sort.Strings(names)
 	listed, err := fl.Agents(ctx, client.Selector{Hosts: names})
 	if err != nil {
-		return nil, fleetError(t, err)
+		return nil, fleetcli.Error(t, err)
 	}
 	byName := map[string]client.Agent{}
 	for _, a := range listed {
 		byName[a.Name] = a
 	}
-	ad, err := newAgentDialer(conn, io, t, fl, listed, false)
+	ad, err := fleetcli.NewDialer(conn, io, t, fl, listed, false)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +145,7 @@ func fleetJobFanoutSome(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hu
 		}
 	}
 	results := make([]*hostResult, len(names))
-	sem := make(chan struct{}, fleetDials)
+	sem := make(chan struct{}, fleetcli.Dials)
 	var wg sync.WaitGroup
 	for i, name := range names {
 		r := &hostResult{name: name}
@@ -154,7 +155,7 @@ func fleetJobFanoutSome(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hu
 		case !ok:
 			r.err, r.why = errors.New("the hub no longer lists this agent"), "unreachable"
 		default:
-			r.why, r.err = ad.unusable(a)
+			r.why, r.err = ad.Unusable(a)
 		}
 		if r.err != nil {
 			failed(r)
@@ -163,7 +164,7 @@ func fleetJobFanoutSome(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hu
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sess, why, err := ad.open(ctx, a, sem)
+			sess, why, err := ad.Open(ctx, a, sem)
 			if err != nil {
 				r.err, r.why = err, why
 				failed(r)
