@@ -93,6 +93,7 @@ type zpcOptions struct {
 	verbose   bool
 	checksum  bool
 	asJSON    bool
+	fleet     fleetCopy
 	io        *cli.IO
 }
 
@@ -121,7 +122,7 @@ breaks, zpc reconnects and resumes, trying for --reconnect-for (default 1m) per 
 that it exits 255 and running the same command again resumes from where it stopped.
 
 Exit status: 0 everything copied; 1 some files failed (each named on stderr, the rest were
-copied); 255 connection, authentication, protocol or usage failure.`
+copied); 255 connection, authentication, protocol or usage failure.` + fleetCopyHelp
 	root.Args = cobra.MinimumNArgs(2)
 	opts.conn.Register(root, "P")
 	fs := root.Flags()
@@ -129,8 +130,17 @@ copied); 255 connection, authentication, protocol or usage failure.`
 	fs.BoolVarP(&opts.preserve, "preserve", "p", false, "keep whole modes (setuid, setgid, sticky; no umask) and owners (when the receiver runs as root)")
 	fs.BoolVarP(&opts.verbose, "verbose", "v", false, "name each file as it is done")
 	fs.BoolVarP(&opts.checksum, "checksum", "c", false, "skip files whose SHA-256 matches, not size and time")
-	fs.BoolVar(&opts.asJSON, "json", false, "print a JSON summary on stdout")
-	root.RunE = func(c *cobra.Command, args []string) error { return zpcRun(c.Context(), opts, args) }
+	fs.BoolVar(&opts.asJSON, "json", false, "print a JSON summary on stdout (with --fleet: per host)")
+	opts.fleet.register(root)
+	root.RunE = func(c *cobra.Command, args []string) error {
+		if err := opts.fleet.check(c); err != nil {
+			return err
+		}
+		if opts.fleet.hub != "" {
+			return fleetCopyRun(c.Context(), opts, args[:len(args)-1], args[len(args)-1])
+		}
+		return zpcRun(c.Context(), opts, args)
+	}
 	return root
 }
 

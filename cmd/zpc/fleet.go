@@ -1,0 +1,449 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/signal"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/zpipes/zp/client"
+	"github.com/zpipes/zp/internal/cli"
+	"github.com/zpipes/zp/internal/fleetcli"
+)
+
+// fleetCopy are zpc's flags for a broadcast.
+type fleetCopy struct {
+	hub string
+	sel fleetcli.Select
+	// connectTimeoutSet: --connect-timeout was given (else agents get
+	// fleetcli.Patience).
+	connectTimeoutSet bool
+}
+
+func (f *fleetCopy) register(c *cobra.Command) {
+	fs := c.Flags()
+	fs.StringVar(&f.hub, "fleet", "", "broadcast to the agents of the hub HUB ([user@]host[:port]): zpc --fleet HUB [-r] SRC... [user@]:DEST")
+	f.sel.Register(fs, "with --fleet: ")
+}
+
+func (f *fleetCopy) check(c *cobra.Command) error {
+	f.connectTimeoutSet = c.Flags().Changed("connect-timeout")
+	if f.hub == "" {
+		for _, fl := range []string{"hosts", "label"} {
+			if c.Flags().Changed(fl) {
+				return cli.WithCode(cli.ExitUsage, fmt.Errorf("--%s goes with --fleet HUB", fl))
+			}
+		}
+	}
+	return nil
+}
+
+const fleetCopyHelp = `
+Broadcast: zpc --fleet HUB [--hosts GLOB,...] [--label k=v]... [-r] [-p] SRC... [user@]:DEST
+sends the tree to the hub once; the hub publishes it to every selected agent,
+which writes it under DEST (as the user the agent's authorized_keys allow for
+your key) exactly as an upload does, and proves it with the tree digest (the
+SHA-256 of the manifest: paths, kinds, modes, times, sizes and each file's
+SHA-256). Files an agent already holds with the same digest are not sent to it;
+the files no selected agent lacks are not sent at all. An agent that misses
+part of the publication, is cut off or restarts fetches what it lacks from the
+hub. A table shows each host on a terminal; --json prints one object per host.
+Exit status: 0 when every host proved the tree digest; 1 when entries failed on
+some host (each named); 255 when a host could not be reached.`
+
+// hostCopy is how the broadcast went on one agent.
+type hostCopy struct {
+	Host     string   `json:"host"`
+	State    string   `json:"state"` // ok, failed, unreachable
+	Digest   string   `json:"digest,omitempty"`
+	Received uint64   `json:"bytes_received"` // publication octets taken, live or repaired
+	Repaired uint64   `json:"bytes_repaired"` // of which fetched from the hub
+	Written  uint64   `json:"bytes_written"`
+	Deduped  uint64   `json:"bytes_deduplicated"`
+	Needed   uint64   `json:"bytes_needed"`
+	Seconds  float64  `json:"seconds"`
+	Retries  int      `json:"reconnects"`
+	Failures []string `json:"failures"`
+	Error    string   `json:"error,omitempty"`
+
+	agent client.Agent
+	start time.Time
+	need  *client.Need
+	sess  *client.Session
+	err   error // what ended it, when not ok
+	why   string
+}
+
+// fleetCopyRun broadcasts srcs to DEST on the selected agents.
+func fleetCopyRun(ctx context.Context, opts *zpcOptions, srcs []string, dst string) error {
+	io := opts.io
+	fo := &opts.fleet
+	user, dest, ok := strings.Cut(dst, ":")
+	if !ok || (user != "" && !strings.HasSuffix(user, "@")) || strings.ContainsAny(user, "/:") {
+		return cli.WithCode(cli.ExitUsage, errors.New("with --fleet the destination is [user@]:DEST (the agents' path)"))
+	}
+	user = strings.TrimSuffix(user, "@")
+	for _, s := range srcs {
+		if _, remote := parseRemote(s); remote {
+			return cli.WithCode(cli.ExitUsage, fmt.Errorf("%s: a broadcast sends local files", s))
+		}
+	}
+	sel, err := fo.sel.Selector()
+	if err != nil {
+		return cli.WithCode(cli.ExitUsage, err)
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+
+	var warned []string
+	var wmu sync.Mutex
+	single := len(srcs) == 1 && !strings.HasSuffix(srcs[0], "/")
+	tree, err := client.BuildTree(srcs, client.TreeOptions{Recursive: opts.recursive, Single: single && !isDir(srcs[0]),
+		Warn: func(msg string, failed bool) {
+			fmt.Fprintf(io.Err, "zpc: %s\n", printable(msg))
+			if failed {
+				wmu.Lock()
+				warned = append(warned, msg)
+				wmu.Unlock()
+			}
+		}})
+	if err != nil {
+		return cli.WithCode(cli.ExitFailure, err)
+	}
+	conn := &opts.conn
+	s, fl, t, err := fleetcli.DialHub(ctx, conn, io, fo.hub)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	agents, err := fl.Agents(ctx, sel)
+	if err != nil {
+		return fleetcli.Error(t, err)
+	}
+	if len(agents) == 0 {
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("no agent of %s%s", t.Host, fo.sel.Describe()))
+	}
+	at := t
+	if user != "" {
+		at.User = user
+	}
+	ad, err := fleetcli.NewDialer(conn, io, at, fl, agents, fo.connectTimeoutSet)
+	if err != nil {
+		return err
+	}
+	b := &broadcast{opts: opts, tree: tree, fl: fl, ad: ad, dest: dest, single: single && !isDir(srcs[0]),
+		sem: make(chan struct{}, fleetcli.Dials), view: newFleetView(io, opts.asJSON)}
+	hosts := b.run(ctx, agents)
+	b.view.finish()
+	return b.report(hosts, t, warned)
+}
+
+// broadcast is one zpc --fleet run.
+type broadcast struct {
+	opts     *zpcOptions
+	tree     *client.Tree
+	fl       *client.Fleet
+	ad       *fleetcli.Dialer
+	dest     string
+	single   bool
+	sem      chan struct{}
+	view     *fleetView
+	manifest *client.Publication
+
+	mu      sync.Mutex
+	content *client.Publication // once every host said what it lacks
+	union   *client.Need
+	ready   chan struct{} // closed when content and union are set
+}
+
+// run takes the broadcast through its two rounds: every agent says what
+// it lacks; then the union is published and every agent writes the tree.
+func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy {
+	hosts := make([]*hostCopy, len(agents))
+	var names []string
+	for i, a := range agents {
+		h := &hostCopy{Host: a.Name, agent: a, start: time.Now(), Failures: []string{}}
+		hosts[i] = h
+		if h.why, h.err = b.ad.Unusable(a); h.err != nil {
+			h.State = "unreachable"
+			continue
+		}
+		names = append(names, a.Name)
+	}
+	if len(names) == 0 {
+		return hosts
+	}
+	b.ready = make(chan struct{})
+	m, err := b.fl.PublishManifest(ctx, names, b.tree)
+	if err != nil {
+		for _, h := range hosts {
+			if h.State == "" {
+				h.State, h.err = "unreachable", fmt.Errorf("publishing the manifest to the hub: %w", err)
+			}
+		}
+		return hosts
+	}
+	b.manifest = m
+	defer m.Close()
+
+	var asked, wg sync.WaitGroup
+	sessions := make([]*client.AgentBroadcast, len(hosts))
+	for i, h := range hosts {
+		if h.State != "" {
+			continue
+		}
+		b.view.add(h)
+		asked.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ab, err := b.ask(ctx, h)
+			if err != nil {
+				h.State, h.err = "unreachable", err
+				b.view.done(h)
+			}
+			sessions[i] = ab
+			asked.Done()
+			if ab != nil {
+				b.apply(ctx, h, ab)
+			}
+		}()
+	}
+	asked.Wait()
+	b.union = b.tree.NewNeed()
+	var receivers []string
+	for i, h := range hosts {
+		if sessions[i] != nil {
+			b.union.Add(h.need)
+			receivers = append(receivers, h.Host)
+		}
+	}
+	if len(receivers) > 0 && b.tree.NeedBytes(b.union) > 0 {
+		c, err := b.fl.PublishContent(ctx, receivers, b.tree, b.union, func(path string) {
+			b.view.warn(fmt.Sprintf("%s changed while it was broadcast: the agents refuse it (run zpc again)", path))
+		})
+		if err != nil {
+			b.view.warn(fmt.Sprintf("publishing the content to the hub: %v", err))
+		} else {
+			b.content = c
+			defer c.Close()
+		}
+	}
+	close(b.ready)
+	wg.Wait()
+	return hosts
+}
+
+// ask dials h's agent and asks what it lacks, trying again while the
+// agent is unreachable, for up to --reconnect-for.
+func (b *broadcast) ask(ctx context.Context, h *hostCopy) (*client.AgentBroadcast, error) {
+	var lost time.Time
+	for {
+		sess, _, err := b.ad.Open(ctx, h.agent, b.sem)
+		var ab *client.AgentBroadcast
+		if err == nil {
+			ab, err = sess.StartBroadcast(ctx, client.BroadcastRequest{Tree: b.tree, Manifest: b.manifest, Dest: b.dest,
+				Recursive: b.opts.recursive, Preserve: b.opts.preserve, Single: b.single})
+			if err != nil {
+				sess.Close()
+			}
+		}
+		if err == nil {
+			h.sess, h.need = sess, ab.Need
+			if h.Retries == 0 {
+				h.Deduped = ab.Have
+			}
+			h.Needed = b.tree.NeedBytes(ab.Need)
+			b.view.update(h, client.BroadcastStats{Deduped: ab.Have})
+			return ab, nil
+		}
+		if !b.retryable(ctx, err) {
+			return nil, err
+		}
+		if lost.IsZero() {
+			lost = time.Now()
+		}
+		if time.Since(lost) > b.opts.conn.ReconnectFor() {
+			return nil, fmt.Errorf("%v; gave up after %v", err, b.opts.conn.ReconnectFor())
+		}
+		h.Retries++
+		b.view.warn(fmt.Sprintf("%s: %v; trying again", h.Host, err))
+		if !b.waitUp(ctx, h) {
+			return nil, err
+		}
+	}
+}
+
+// apply waits for the content and has the agent write the tree; when the
+// agent is lost it starts it again on a new session, which resumes: the
+// files already in place are not needed any more.
+func (b *broadcast) apply(ctx context.Context, h *hostCopy, ab *client.AgentBroadcast) {
+	defer b.view.done(h)
+	select {
+	case <-b.ready:
+	case <-ctx.Done():
+		ab.Close()
+		h.State, h.err = "failed", ctx.Err()
+		return
+	}
+	for {
+		if !b.union.Covers(ab.Need) {
+			ab.Close()
+			h.State, h.err = "failed", errors.New("it lacks files that no agent lacked when the broadcast began (they changed there meanwhile): run zpc again")
+			return
+		}
+		r, err := ab.Go(ctx, b.content, b.union, func(st client.BroadcastStats) { b.view.update(h, st) })
+		h.sess.Close()
+		if r != nil {
+			h.record(r)
+			b.view.update(h, r.Stats)
+		}
+		if err == nil {
+			h.State, h.Digest = "ok", r.Digest
+			return
+		}
+		var we *client.Error
+		if errors.As(err, &we) && !we.Session {
+			h.State, h.err = "failed", err
+			return
+		}
+		if !b.retryable(ctx, err) {
+			h.State, h.err = "unreachable", err
+			return
+		}
+		if h.Retries >= maxReconnects {
+			h.State, h.err = "unreachable", fmt.Errorf("%v; gave up after %d reconnections", err, h.Retries)
+			return
+		}
+		h.Retries++
+		b.view.warn(fmt.Sprintf("%s: %v; reconnecting to resume", h.Host, err))
+		if ab, err = b.ask(ctx, h); err != nil {
+			h.State, h.err = "unreachable", err
+			return
+		}
+	}
+}
+
+// maxReconnects bounds how often a host's broadcast starts again.
+const maxReconnects = 20
+
+// retryable: the session was lost (the agent, its link or the hub), not
+// refused.
+func (b *broadcast) retryable(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	var we *client.Error
+	var pe *client.ProtocolError
+	switch {
+	case errors.Is(err, client.ErrNoBroadcast), errors.As(err, &pe):
+		return false
+	case errors.As(err, &we):
+		// The agent or hub going away, not a refusal (key, user, path).
+		return we.Code == client.CodeUnavailable || we.Code == client.CodeGone
+	}
+	return true
+}
+
+// waitUp waits until the hub lists h's agent as up again (a second
+// between looks), for up to --reconnect-for; false if it does not come
+// back or ctx ends.
+func (b *broadcast) waitUp(ctx context.Context, h *hostCopy) bool {
+	deadline := time.Now().Add(b.opts.conn.ReconnectFor())
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second):
+		}
+		l, err := b.fl.Agents(ctx, client.Selector{Hosts: []string{h.Host}})
+		if err != nil {
+			return false // the hub itself is gone
+		}
+		for _, a := range l {
+			if a.Name == h.Host && a.State == client.AgentUp {
+				h.agent = a
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// record adds a finished attempt's figures.
+func (h *hostCopy) record(r *client.BroadcastResult) {
+	h.Written += r.Stats.Written
+	h.Received += r.Stats.Live + r.Stats.Repaired
+	h.Repaired += r.Stats.Repaired
+	h.Failures = append(h.Failures[:0], r.Failures...)
+}
+
+// report prints the outcome and returns the exit status.
+func (b *broadcast) report(hosts []*hostCopy, t cli.Target, warned []string) error {
+	io := b.opts.io
+	sort.Slice(hosts, func(i, j int) bool { return hosts[i].Host < hosts[j].Host })
+	var ok, failed, unreachable int
+	for _, h := range hosts {
+		h.Seconds = time.Since(h.start).Seconds()
+		if h.err != nil {
+			h.Error = printable(h.err.Error())
+		}
+		switch {
+		case h.State == "ok" && h.Digest == b.tree.Digest():
+			ok++
+		case h.State == "ok":
+			h.State, h.Error = "failed", fmt.Sprintf("proved digest %s, not the tree's %s", h.Digest, b.tree.Digest())
+			failed++
+		case h.State == "failed":
+			failed++
+		default:
+			h.State = "unreachable"
+			unreachable++
+		}
+	}
+	if b.opts.asJSON {
+		enc := json.NewEncoder(io.Out)
+		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(struct {
+			Digest  string      `json:"digest"`
+			Entries int         `json:"entries"`
+			Bytes   uint64      `json:"bytes"`
+			Hosts   []*hostCopy `json:"hosts"`
+		}{b.tree.Digest(), b.tree.Entries(), b.tree.Bytes(), hosts})
+	} else {
+		for _, h := range hosts {
+			switch h.State {
+			case "ok":
+				if b.opts.verbose {
+					fmt.Fprintf(io.Err, "%s: ok, %s written, %s already there, %.1f s\n", h.Host, human(h.Written), human(h.Deduped), h.Seconds)
+				}
+			default:
+				fmt.Fprintf(io.Err, "zpc: %s: %s: %s\n", h.Host, h.State, h.Error)
+				for _, f := range h.Failures {
+					fmt.Fprintf(io.Err, "zpc: %s: %s\n", h.Host, printable(f))
+				}
+			}
+		}
+	}
+	if !b.opts.conn.Quiet {
+		fmt.Fprintf(io.Err, "zpc: %d of %d hosts proved tree %s (%d entries, %s)\n", ok, len(hosts), b.tree.Digest()[:16], b.tree.Entries(), human(b.tree.Bytes()))
+	}
+	switch {
+	case unreachable > 0:
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("%d of %d hosts could not be reached", unreachable, len(hosts)))
+	case failed > 0:
+		return cli.WithCode(1, fmt.Errorf("%d of %d hosts failed", failed, len(hosts)))
+	case len(warned) > 0:
+		return cli.WithCode(1, fmt.Errorf("%d sources could not be read (not broadcast)", len(warned)))
+	}
+	return nil
+}

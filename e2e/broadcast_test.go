@@ -1,0 +1,216 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Broadcast tests give each agent a disk of its own: the agent runs in a
+// mount namespace (unshare -m) where its disk is bound over the same
+// path, so that every agent writes the same DEST on its own disk, as
+// hosts of a fleet do.
+
+// startAgentOnDisk starts agent name in a mount namespace where disk is
+// mounted at f.mnt().
+func (f *testFleet) startAgentOnDisk(name, disk string, args ...string) *zpd {
+	f.t.Helper()
+	st := f.agentState[name]
+	if st == "" {
+		st = filepath.Join(f.dir, "state-"+name)
+		f.agentState[name] = st
+	}
+	all := append([]string{"--listen", "127.0.0.1:0", "--state", st, "--join", f.hub.Addr, "--name", name,
+		"--authorized-keys", f.agentAK}, args...)
+	d := &zpd{t: f.t, State: st, Home: f.t.TempDir(), log: &syncBuffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command("unshare", append([]string{"-m", "--propagation", "private", "sh", "-c",
+		`mount --bind "$1" "$2" && shift 2 && exec "$@"`, "sh", disk, f.mnt(), bin("zpd")}, all...)...)
+	f.t.Cleanup(func() {
+		if strings.Contains(d.Log(), "WARNING: DATA RACE") || strings.Contains(d.Log(), "panic:") {
+			f.t.Errorf("agent %s:\n%s", name, d.Log())
+		}
+	})
+	startAndWait(f.t, d)
+	f.agents[name] = d
+	return d
+}
+
+// mnt is where every agent sees its own disk.
+func (f *testFleet) mnt() string {
+	p := filepath.Join(f.dir, "mnt")
+	os.MkdirAll(p, 0o755)
+	return p
+}
+
+func needUnshare(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: agents run in mount namespaces")
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare (util-linux)")
+	}
+}
+
+// zpc runs zpc as the fleet client.
+func (f *testFleet) zpc(args ...string) result {
+	f.t.Helper()
+	return run(f.t, nil, []string{"ZP_CONFIG=" + f.home}, "zpc", append([]string{"--accept-new"}, args...)...)
+}
+
+type bcastHost struct {
+	Host     string   `json:"host"`
+	State    string   `json:"state"`
+	Digest   string   `json:"digest"`
+	Received uint64   `json:"bytes_received"`
+	Repaired uint64   `json:"bytes_repaired"`
+	Written  uint64   `json:"bytes_written"`
+	Deduped  uint64   `json:"bytes_deduplicated"`
+	Failures []string `json:"failures"`
+	Error    string   `json:"error"`
+	Retries  int      `json:"reconnects"`
+}
+
+type bcastReport struct {
+	Digest  string      `json:"digest"`
+	Entries int         `json:"entries"`
+	Bytes   uint64      `json:"bytes"`
+	Hosts   []bcastHost `json:"hosts"`
+}
+
+func parseBcast(t *testing.T, r result) (bcastReport, map[string]bcastHost) {
+	t.Helper()
+	var rep bcastReport
+	if err := json.Unmarshal([]byte(r.Stdout), &rep); err != nil {
+		t.Fatalf("zpc --fleet --json: %v\nstdout %s\nstderr %s", err, r.Stdout, r.Stderr)
+	}
+	m := map[string]bcastHost{}
+	for _, h := range rep.Hosts {
+		m[h.Host] = h
+	}
+	return rep, m
+}
+
+// writeTree makes a source tree: one big file, n small files in
+// directories, an empty file and a symlink.
+func writeTree(t *testing.T, dir string, big, n int) {
+	t.Helper()
+	rnd := func(k int) []byte {
+		b := make([]byte, k)
+		rand.Read(b)
+		return b
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(dir, 0o755))
+	must(os.WriteFile(filepath.Join(dir, "big.bin"), rnd(big), 0o644))
+	for i := range n {
+		sub := filepath.Join(dir, "small", fmt.Sprintf("d%02d", i%20))
+		must(os.MkdirAll(sub, 0o755))
+		must(os.WriteFile(filepath.Join(sub, fmt.Sprintf("f%04d", i)), rnd(1+i%4096), 0o644))
+	}
+	must(os.WriteFile(filepath.Join(dir, "empty"), nil, 0o600))
+	must(os.WriteFile(filepath.Join(dir, "run.sh"), []byte("#!/bin/sh\necho hi\n"), 0o755))
+	must(os.Symlink("big.bin", filepath.Join(dir, "link")))
+}
+
+// TestBroadcast: zpc --fleet sends a tree once to the hub, and every agent
+// writes it on its own disk and proves the tree digest; an agent that
+// already holds a file does not get it again; after one small file
+// changes, broadcasting again moves about that file only; a source that
+// cannot be read is named and the exit status says so.
+func TestBroadcast(t *testing.T) {
+	needUnshare(t)
+	names := []string{"a1", "a2", "a3"}
+	f := newTestFleet(t, names, "--metrics", "127.0.0.1:0")
+	disks := map[string]string{}
+	for _, n := range names {
+		disks[n] = filepath.Join(f.dir, "disk-"+n)
+		os.MkdirAll(disks[n], 0o755)
+	}
+	src := filepath.Join(f.dir, "src")
+	writeTree(t, src, 8<<20, 300)
+	// a2 already holds big.bin where the tree goes.
+	os.MkdirAll(filepath.Join(disks["a2"], "dest"), 0o755)
+	b, _ := os.ReadFile(filepath.Join(src, "big.bin"))
+	os.WriteFile(filepath.Join(disks["a2"], "dest", "big.bin"), b, 0o644)
+	for _, n := range names {
+		f.startAgentOnDisk(n, disks[n])
+	}
+	f.waitStates(30*time.Second, "up", names...)
+	dest := ":" + filepath.Join(f.mnt(), "dest")
+
+	r := f.zpc("--fleet", f.hub.Addr, "-r", "--json", src+"/", dest)
+	rep, hosts := parseBcast(t, r)
+	if r.Code != 0 || len(hosts) != 3 || len(rep.Digest) != 64 {
+		t.Fatalf("broadcast: exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
+	}
+	for _, n := range names {
+		h := hosts[n]
+		if h.State != "ok" || h.Digest != rep.Digest || len(h.Failures) != 0 {
+			t.Errorf("%s: %+v", n, h)
+		}
+		sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
+	}
+	if h := hosts["a2"]; h.Deduped < 8<<20 || h.Written > rep.Bytes-8<<20 {
+		t.Errorf("a2 held big.bin: %d octets deduplicated, %d written", h.Deduped, h.Written)
+	}
+	if h := hosts["a1"]; h.Written != rep.Bytes || h.Deduped != 0 {
+		t.Errorf("a1 had nothing: %d of %d octets written, %d deduplicated", h.Written, rep.Bytes, h.Deduped)
+	}
+	t.Logf("3 agents, %d entries, %d octets: %v; %s", rep.Entries, rep.Bytes, r.Elapsed.Round(time.Millisecond), strings.TrimSpace(r.Stderr))
+	// Sent once: the hub stored (and published) about the tree, not 3 trees.
+	m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
+	if m == nil {
+		t.Fatalf("no metrics address in the hub's log")
+	}
+	published := metric(t, m[1], "zp_fleet_published_bytes_total")
+	if published < float64(rep.Bytes) || published > 1.1*float64(rep.Bytes)+(1<<20) {
+		t.Errorf("the hub stored %.0f octets for a tree of %d", published, rep.Bytes)
+	}
+
+	// One small file changes: about that file moves, to every agent.
+	changed := filepath.Join(src, "small", "d07", "f0007")
+	os.WriteFile(changed, []byte("changed\n"), 0o644)
+	r = f.zpc("--fleet", f.hub.Addr, "-r", "--json", src+"/", dest)
+	rep2, hosts := parseBcast(t, r)
+	if r.Code != 0 || rep2.Digest == rep.Digest {
+		t.Fatalf("rebroadcast: exit %d, digest %s\n%s", r.Code, rep2.Digest, r.Stderr)
+	}
+	for _, n := range names {
+		h := hosts[n]
+		if h.State != "ok" || h.Digest != rep2.Digest || h.Written != 8 || h.Received > 1<<20 {
+			t.Errorf("rebroadcast on %s: %+v", n, h)
+		}
+		sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
+	}
+	if p := metric(t, m[1], "zp_fleet_published_bytes_total") - published; p > 1<<20 {
+		t.Errorf("the rebroadcast published %.0f octets", p)
+	}
+
+	// A source that cannot be read is named, the rest lands, exit 1.
+	r = f.zpc("--fleet", f.hub.Addr, "-r", src+"/", filepath.Join(f.dir, "missing"), dest)
+	if r.Code != 1 || !strings.Contains(r.Stderr, "missing") || !strings.Contains(r.Stderr, "3 of 3 hosts proved") {
+		t.Errorf("missing source: exit %d\n%s", r.Code, r.Stderr)
+	}
+	// A user the agents do not authorise the key for: refused at once.
+	r = f.zpc("--fleet", f.hub.Addr, "-r", src+"/", "daemon@"+dest)
+	if r.Code != 255 || !strings.Contains(r.Stderr, "not authorised") || r.Elapsed > 20*time.Second {
+		t.Errorf("an unauthorised user: exit %d after %v\n%s", r.Code, r.Elapsed, r.Stderr)
+	}
+	// Usage: the destination is [user@]:DEST.
+	if r = f.zpc("--fleet", f.hub.Addr, "-r", src, "host:dest"); r.Code != 255 || !strings.Contains(r.Stderr, "[user@]:DEST") {
+		t.Errorf("host:DEST with --fleet: exit %d %s", r.Code, r.Stderr)
+	}
+}
