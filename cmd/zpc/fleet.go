@@ -62,7 +62,7 @@ some host (each named); 255 when a host could not be reached.`
 // hostCopy is how the broadcast went on one agent.
 type hostCopy struct {
 	Host     string   `json:"host"`
-	State    string   `json:"state"` // ok, failed, unreachable
+	State    string   `json:"state"` // ok, failed, unreachable, unauthorised
 	Digest   string   `json:"digest,omitempty"`
 	Received uint64   `json:"bytes_received"` // publication octets taken, live or repaired
 	Repaired uint64   `json:"bytes_repaired"` // of which fetched from the hub
@@ -208,6 +208,9 @@ func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy 
 			ab, err := b.ask(ctx, h)
 			if err != nil {
 				h.State, h.err = "unreachable", err
+				if h.why == "unauthorised" {
+					h.State = h.why
+				}
 				b.view.done(h)
 			}
 			sessions[i] = ab
@@ -247,7 +250,11 @@ func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy 
 func (b *broadcast) ask(ctx context.Context, h *hostCopy) (*client.AgentBroadcast, error) {
 	var lost time.Time
 	for {
-		sess, _, err := b.ad.Open(ctx, h.agent, b.sem)
+		sess, why, err := b.ad.Open(ctx, h.agent, b.sem)
+		if why == "unauthorised" {
+			h.why = why
+			return nil, err // the agent refused the key or user: trying again would not help
+		}
 		var ab *client.AgentBroadcast
 		if err == nil {
 			ab, err = sess.StartBroadcast(ctx, client.BroadcastRequest{Tree: b.tree, Manifest: b.manifest, Dest: b.dest,
@@ -404,6 +411,8 @@ func (b *broadcast) report(hosts []*hostCopy, t cli.Target, warned []string) err
 			failed++
 		case h.State == "failed":
 			failed++
+		case h.State == "unauthorised":
+			unreachable++
 		default:
 			h.State = "unreachable"
 			unreachable++
@@ -439,7 +448,7 @@ func (b *broadcast) report(hosts []*hostCopy, t cli.Target, warned []string) err
 	}
 	switch {
 	case unreachable > 0:
-		return cli.WithCode(cli.ExitFailure, fmt.Errorf("%d of %d hosts could not be reached", unreachable, len(hosts)))
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("%d of %d hosts could not be reached or refused the key", unreachable, len(hosts)))
 	case failed > 0:
 		return cli.WithCode(1, fmt.Errorf("%d of %d hosts failed", failed, len(hosts)))
 	case len(warned) > 0:
