@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,6 +86,9 @@ type agentRunner struct {
 
 	cur  atomic.Pointer[agentLink] // the joined link, if any
 	live liveRoutes                // shared stdin readers by topic
+	// faultDrop is the share of live publications dropped on purpose
+	// (ZP_FAULT_DROP_LIVE, for fault tests): what is dropped is fetched.
+	faultDrop float64
 }
 
 func newAgent(b *Broker, cfg *AgentConfig) (*agentRunner, error) {
@@ -111,7 +115,16 @@ func newAgent(b *Broker, cfg *AgentConfig) (*agentRunner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: hub: %w", err)
 	}
-	return &agentRunner{b: b, cfg: *cfg, ep: ep}, nil
+	a := &agentRunner{b: b, cfg: *cfg, ep: ep}
+	if v := os.Getenv("ZP_FAULT_DROP_LIVE"); v != "" {
+		p, err := strconv.ParseFloat(v, 64)
+		if err != nil || p < 0 || p > 1 {
+			return nil, fmt.Errorf("broker: ZP_FAULT_DROP_LIVE=%q: want a share between 0 and 1", v)
+		}
+		a.faultDrop = p
+		b.log.Warn("fault injection: dropping live publications", "share", p)
+	}
+	return a, nil
 }
 
 func (a *agentRunner) window() int     { return intOr(a.cfg.Window, 1<<20) }

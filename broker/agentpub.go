@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -33,7 +35,7 @@ import (
 const pubIdle = 250 * time.Millisecond
 
 // pubLive is a reader's queue of live publications (dropped when full).
-const pubLive = 8
+const pubLive = 32
 
 // liveRoutes are the topics the agent's readers follow, across links.
 type liveRoutes struct {
@@ -43,6 +45,13 @@ type liveRoutes struct {
 
 func (a *agentRunner) addLive(topic string) chan *wire.PubData {
 	c := make(chan *wire.PubData, pubLive)
+	a.addLiveChan(topic, c)
+	return c
+}
+
+// addLiveChan routes topic's live publications to c (without blocking)
+// until the returned function is called.
+func (a *agentRunner) addLiveChan(topic string, c chan *wire.PubData) func() {
 	a.live.mu.Lock()
 	if a.live.topics == nil {
 		a.live.topics = make(map[string]map[chan *wire.PubData]struct{})
@@ -58,7 +67,7 @@ func (a *agentRunner) addLive(topic string) chan *wire.PubData {
 			l.subscribe(topic, true)
 		}
 	}
-	return c
+	return func() { a.dropLive(topic, c) }
 }
 
 func (a *agentRunner) dropLive(topic string, c chan *wire.PubData) {
@@ -75,6 +84,15 @@ func (a *agentRunner) dropLive(topic string, c chan *wire.PubData) {
 			l.subscribe(topic, false)
 		}
 	}
+}
+
+// follow subscribes the agent to topic until the returned function is
+// called, without reading it: a reader that starts later then finds
+// what was published meanwhile on the hub, not lost to a subscription
+// that came too late.
+func (a *agentRunner) follow(topic string) func() {
+	// Unbuffered and never read: routeLive drops what it would hand it.
+	return a.addLiveChan(topic, make(chan *wire.PubData))
 }
 
 // routeLive hands a publication to its readers without blocking.
@@ -159,6 +177,9 @@ func (l *agentLink) runSub(ctx context.Context, publish string, hubKey curve.Pub
 			continue
 		}
 		if pd, ok := m.(*wire.PubData); ok {
+			if a.faultDrop > 0 && rand.Float64() < a.faultDrop {
+				continue // fault injection: fetched later, as a missed publication
+			}
 			a.routeLive(string(msg.Frames[0]), pd)
 		}
 	}
@@ -359,15 +380,22 @@ func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 // on the hub's XPUB and fetching what it missed, until the final record,
 // ctx's end, or w failing (the rest is then not read). count reports the
 // publication octets taken, live or fetched; what names the stream in
-// errors. It returns an ERROR for the
-// channel id: 422 (wire.CodeFlowControl) for a stream that does not
-// decrypt or ends without its final record, 404 for a publication the
-// hub does not know or not for this agent; nil otherwise.
+// errors. It returns an ERROR for the channel id: 422
+// (wire.CodeFlowControl) for a stream that does not decrypt or ends
+// without its final record, 404 for a publication the hub does not know
+// or not for this agent; nil otherwise.
+//
+// Live publications that arrive past a gap (one dropped because this
+// reader was slow, or published before it subscribed) wait in a bounded
+// reorder buffer while the gap alone is fetched, so that a reader that
+// fell behind once catches up with the live stream instead of fetching
+// the rest of the publication piece by piece.
 func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topic string, key [32]byte, record int, w io.Writer, count func(n int, live bool)) *wire.Error {
 	r := &recordReader{max: record, w: w, key: key}
 	live := a.addLive(topic)
 	defer a.dropLive(topic, live)
 	var want uint64 // the next octet of the publication
+	var ahead reorder
 	feed := func(p []byte, isLive bool) *wire.Error {
 		if err := r.feed(p); err != nil {
 			return wire.Errorf(id, wire.CodeFlowControl, "%s: %v", what, err)
@@ -376,13 +404,48 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 		count(len(p), isLive)
 		return nil
 	}
+	// take feeds what of pd is new; then what waited for it.
+	take := func(pd *wire.PubData) *wire.Error {
+		for pd != nil && !r.done && r.werr == nil {
+			if end := pd.Offset + uint64(len(pd.Bytes)); pd.Offset <= want && end > want {
+				if e := feed(pd.Bytes[want-pd.Offset:], true); e != nil {
+					return e
+				}
+			}
+			pd = ahead.next(want)
+		}
+		return nil
+	}
 	ended := wire.Errorf(id, wire.CodeFlowControl, "%s: the publication ended without its final record", what)
 	needFetch := true // first fetch what was published before we subscribed
 	idle := time.NewTimer(pubIdle)
 	defer idle.Stop()
+	// drain moves what arrived live into ahead, without waiting: live
+	// publications are not dropped while the reader fetches.
+	drain := func() (got bool) {
+		for {
+			select {
+			case pd := <-live:
+				got = true
+				if pd.Offset+uint64(len(pd.Bytes)) > want {
+					ahead.add(pd)
+				}
+			default:
+				return got
+			}
+		}
+	}
 	for !r.done && r.werr == nil {
 		if needFetch {
-			ans, err := a.fetch(ctx, topic, want, maxPubFetch)
+			sawLive := drain() || !ahead.empty()
+			if e := take(ahead.next(want)); e != nil {
+				return e
+			}
+			n := uint64(maxPubFetch)
+			if gap, ok := ahead.gap(want); ok {
+				n = min(n, gap) // fetch only the gap: the rest waits in ahead
+			}
+			ans, err := a.fetch(ctx, topic, want, uint32(n))
 			var we *wire.Error
 			switch {
 			case ctx.Err() != nil:
@@ -402,11 +465,17 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 				if e := feed(ans.data, false); e != nil {
 					return e
 				}
+				if e := take(ahead.next(want)); e != nil {
+					return e
+				}
 			}
 			if ans.ok.Final && want >= ans.ok.Size && !r.done {
 				return ended
 			}
-			needFetch = want < ans.ok.Size
+			// Behind the live stream (a gap before what waits, or nothing
+			// seen live): fetch on. Caught up with it: wait for it.
+			_, gapped := ahead.gap(want)
+			needFetch = want < ans.ok.Size && (gapped || !sawLive)
 			continue
 		}
 		if !idle.Stop() {
@@ -423,9 +492,10 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 			end := pd.Offset + uint64(len(pd.Bytes))
 			switch {
 			case pd.Offset > want:
-				needFetch = true // we missed something
+				ahead.add(pd) // past a gap: keep it (if there is room) and fetch the gap
+				needFetch = true
 			case end > want:
-				if e := feed(pd.Bytes[want-pd.Offset:], true); e != nil {
+				if e := take(pd); e != nil {
 					return e
 				}
 			}
@@ -438,3 +508,56 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 	}
 	return nil
 }
+
+// reorderMax bounds the live publications a reader keeps past a gap.
+const reorderMax = 8 << 20
+
+// reorder holds live publications that arrived past a gap, by offset.
+type reorder struct {
+	q     []*wire.PubData // sorted by Offset
+	bytes int
+}
+
+// add keeps pd if there is room; what is dropped is fetched later.
+func (o *reorder) add(pd *wire.PubData) {
+	if o.bytes+len(pd.Bytes) > reorderMax {
+		return
+	}
+	i := sort.Search(len(o.q), func(i int) bool { return o.q[i].Offset >= pd.Offset })
+	if i < len(o.q) && o.q[i].Offset == pd.Offset {
+		return
+	}
+	o.q = append(o.q, nil)
+	copy(o.q[i+1:], o.q[i:])
+	o.q[i] = pd
+	o.bytes += len(pd.Bytes)
+}
+
+// next drops what lies wholly before want and returns the publication
+// that holds want, if one waits.
+func (o *reorder) next(want uint64) *wire.PubData {
+	for len(o.q) > 0 {
+		pd := o.q[0]
+		if pd.Offset > want {
+			return nil
+		}
+		o.q[0] = nil
+		o.q = o.q[1:]
+		o.bytes -= len(pd.Bytes)
+		if pd.Offset+uint64(len(pd.Bytes)) > want {
+			return pd
+		}
+	}
+	return nil
+}
+
+// gap returns the octets from want to the first publication waiting, if
+// one waits past want.
+func (o *reorder) gap(want uint64) (uint64, bool) {
+	if len(o.q) == 0 || o.q[0].Offset <= want {
+		return 0, false
+	}
+	return o.q[0].Offset - want, true
+}
+
+func (o *reorder) empty() bool { return len(o.q) == 0 }

@@ -131,6 +131,12 @@ func (c *bcastChan) run(m *wire.Bcast) {
 			s.b.log.Warn("partial file not resumed", "session", s.id, "user", s.acct.Name, "dest", m.Dest, "path", name, "reason", notice)
 		},
 	}
+	if g.Topic != "" {
+		// Subscribed before the client publishes the content (it waits
+		// for this first BCAST_PROGRESS): it arrives live, not by repair.
+		defer c.s.b.agent.follow(g.Topic)()
+	}
+	s.send(&wire.BcastProgress{Channel: c.id, Stats: st.wire()})
 	stopProgress := c.progress(&st)
 	stats, err := c.apply(g, entries, rcfg, &st, func(path string, err error) {
 		fmu.Lock()

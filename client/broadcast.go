@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
@@ -107,9 +108,26 @@ func (f *Fleet) PublishManifest(ctx context.Context, agents []string, t *Tree) (
 
 // PublishContent publishes the content of the files in n for the agents
 // named. changed, if set, reports a file that changed since the tree was
-// built (the agents refuse it; the rest of the tree is unaffected).
-func (f *Fleet) PublishContent(ctx context.Context, agents []string, t *Tree, n *Need, changed func(path string)) (*Publication, error) {
-	return f.Publish(ctx, agents, t.m.Content(n.bits, changed))
+// built (the agents refuse it; the rest of the tree is unaffected). The
+// content is sent once start is closed (nil: at once): the agents, told
+// the publication's topic, subscribe to it first, so that it reaches
+// them live and not by repair.
+func (f *Fleet) PublishContent(ctx context.Context, agents []string, t *Tree, n *Need, changed func(path string), start <-chan struct{}) (*Publication, error) {
+	return f.Publish(ctx, agents, &gatedReader{r: t.m.Content(n.bits, changed), start: start})
+}
+
+// gatedReader reads nothing until start is closed.
+type gatedReader struct {
+	r     io.Reader
+	start <-chan struct{}
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	if g.start != nil {
+		<-g.start
+		g.start = nil
+	}
+	return g.r.Read(p)
 }
 
 // BroadcastRequest is what one agent is asked to apply.

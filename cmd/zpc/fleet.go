@@ -76,6 +76,7 @@ type hostCopy struct {
 
 	agent client.Agent
 	start time.Time
+	end   time.Time // when it ended
 	need  *client.Need
 	sess  *client.Session
 	err   error // what ended it, when not ok
@@ -162,6 +163,9 @@ type broadcast struct {
 	content *client.Publication // once every host said what it lacks
 	union   *client.Need
 	ready   chan struct{} // closed when content and union are set
+	// subscribed gets a value from each agent once it follows the
+	// content publication (or gave up).
+	subscribed chan struct{}
 }
 
 // run takes the broadcast through its two rounds: every agent says what
@@ -182,6 +186,7 @@ func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy 
 		return hosts
 	}
 	b.ready = make(chan struct{})
+	b.subscribed = make(chan struct{}, len(agents))
 	m, err := b.fl.PublishManifest(ctx, names, b.tree)
 	if err != nil {
 		for _, h := range hosts {
@@ -207,6 +212,7 @@ func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy 
 			defer wg.Done()
 			ab, err := b.ask(ctx, h)
 			if err != nil {
+				h.end = time.Now()
 				h.State, h.err = "unreachable", err
 				if h.why == "unauthorised" {
 					h.State = h.why
@@ -230,9 +236,11 @@ func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy 
 		}
 	}
 	if len(receivers) > 0 && b.tree.NeedBytes(b.union) > 0 {
+		start := make(chan struct{})
+		go b.startContent(ctx, len(receivers), start)
 		c, err := b.fl.PublishContent(ctx, receivers, b.tree, b.union, func(path string) {
 			b.view.warn(fmt.Sprintf("%s changed while it was broadcast: the agents refuse it (run zpc again)", path))
-		})
+		}, start)
 		if err != nil {
 			b.view.warn(fmt.Sprintf("publishing the content to the hub: %v", err))
 		} else {
@@ -243,6 +251,28 @@ func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy 
 	close(b.ready)
 	wg.Wait()
 	return hosts
+}
+
+// subscribeWait bounds how long the content waits for the agents to
+// subscribe to it: one that is slower fetches what it missed.
+const subscribeWait = 2 * time.Second
+
+// startContent closes start once n agents said they follow the content
+// publication (their first BCAST_PROGRESS, or their end), or after
+// subscribeWait.
+func (b *broadcast) startContent(ctx context.Context, n int, start chan struct{}) {
+	defer close(start)
+	t := time.NewTimer(subscribeWait)
+	defer t.Stop()
+	for range n {
+		select {
+		case <-b.subscribed:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // ask dials h's agent and asks what it lacks, trying again while the
@@ -294,6 +324,7 @@ func (b *broadcast) ask(ctx context.Context, h *hostCopy) (*client.AgentBroadcas
 // files already in place are not needed any more.
 func (b *broadcast) apply(ctx context.Context, h *hostCopy, ab *client.AgentBroadcast) {
 	defer b.view.done(h)
+	defer func() { h.end = time.Now() }()
 	select {
 	case <-b.ready:
 	case <-ctx.Done():
@@ -301,13 +332,19 @@ func (b *broadcast) apply(ctx context.Context, h *hostCopy, ab *client.AgentBroa
 		h.State, h.err = "failed", ctx.Err()
 		return
 	}
+	var once sync.Once
+	following := func() { once.Do(func() { b.subscribed <- struct{}{} }) }
+	defer following()
 	for {
 		if !b.union.Covers(ab.Need) {
 			ab.Close()
 			h.State, h.err = "failed", errors.New("it lacks files that no agent lacked when the broadcast began (they changed there meanwhile): run zpc again")
 			return
 		}
-		r, err := ab.Go(ctx, b.content, b.union, func(st client.BroadcastStats) { b.view.update(h, st) })
+		r, err := ab.Go(ctx, b.content, b.union, func(st client.BroadcastStats) {
+			following()
+			b.view.update(h, st)
+		})
 		h.sess.Close()
 		if r != nil {
 			h.record(r)
@@ -318,11 +355,12 @@ func (b *broadcast) apply(ctx context.Context, h *hostCopy, ab *client.AgentBroa
 			return
 		}
 		var we *client.Error
-		if errors.As(err, &we) && !we.Session {
-			h.State, h.err = "failed", err
+		switch {
+		case b.retryable(ctx, err):
+		case errors.As(err, &we) && !we.Session:
+			h.State, h.err = "failed", err // the agent refused the tree, or entries failed
 			return
-		}
-		if !b.retryable(ctx, err) {
+		default:
 			h.State, h.err = "unreachable", err
 			return
 		}
@@ -399,7 +437,10 @@ func (b *broadcast) report(hosts []*hostCopy, t cli.Target, warned []string) err
 	sort.Slice(hosts, func(i, j int) bool { return hosts[i].Host < hosts[j].Host })
 	var ok, failed, unreachable int
 	for _, h := range hosts {
-		h.Seconds = time.Since(h.start).Seconds()
+		if h.end.IsZero() {
+			h.end = time.Now()
+		}
+		h.Seconds = h.end.Sub(h.start).Seconds()
 		if h.err != nil {
 			h.Error = printable(h.err.Error())
 		}
