@@ -338,3 +338,71 @@ func TestBroadcastFaults(t *testing.T) {
 		t.Errorf("hub peak RSS %d KiB, want < 200 MiB", kb)
 	}
 }
+
+// TestBroadcastRetry: a broadcast with an agent down names it and exits
+// 255 with the broadcast's id; once the agent is back, --retry-failed ID
+// sends to it alone; --async prints an id at once and --status ID shows
+// the hosts as they prove the digest.
+func TestBroadcastRetry(t *testing.T) {
+	needUnshare(t)
+	names := []string{"r1", "r2", "r3"}
+	f := newTestFleet(t, names)
+	disks := map[string]string{}
+	for _, n := range names {
+		disks[n] = filepath.Join(f.dir, "disk-"+n)
+		os.MkdirAll(disks[n], 0o755)
+		f.startAgentOnDisk(n, disks[n])
+	}
+	f.waitStates(30*time.Second, "up", names...)
+	src := filepath.Join(f.dir, "src")
+	writeTree(t, src, 1<<20, 50)
+	dest := ":" + filepath.Join(f.mnt(), "dest")
+	f.agents["r2"].Stop()
+	f.waitStates(30*time.Second, "lost", "r2")
+
+	r := f.zpc("--fleet", f.hub.Addr, "-r", "--reconnect-for", "2s", src+"/", dest)
+	m := regexp.MustCompile(`broadcast (B\w+): 2 of 3 hosts proved`).FindStringSubmatch(r.Stderr)
+	if r.Code != 255 || m == nil || !strings.Contains(r.Stderr, "--retry-failed "+m[1]) {
+		t.Fatalf("with r2 down: exit %d\n%s", r.Code, r.Stderr)
+	}
+	id := m[1]
+	if r = f.zpc("--fleet", f.hub.Addr, "--status", id); r.Code != 1 || !strings.Contains(r.Stdout, "r2") {
+		t.Errorf("--status with r2 failed: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+
+	f.startAgentOnDisk("r2", disks["r2"])
+	f.waitStates(30*time.Second, "up", "r2")
+	r = f.zpc("--fleet", f.hub.Addr, "--json", "--retry-failed", id)
+	rep, hosts := parseBcast(t, r)
+	if r.Code != 0 || len(hosts) != 1 || hosts["r2"].State != "ok" || hosts["r2"].Digest != rep.Digest {
+		t.Fatalf("--retry-failed: exit %d\n%s\n%s", r.Code, r.Stdout, r.Stderr)
+	}
+	for _, n := range names {
+		sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
+	}
+	if r = f.zpc("--fleet", f.hub.Addr, "--status", id); r.Code != 0 || strings.Count(r.Stdout, " ok ") != 3 {
+		t.Errorf("--status after the retry: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	if r = f.zpc("--fleet", f.hub.Addr, "--retry-failed", id); r.Code != 0 || !strings.Contains(r.Stderr, "nothing to retry") {
+		t.Errorf("second --retry-failed: exit %d %s", r.Code, r.Stderr)
+	}
+	if r = f.zpc("--fleet", f.hub.Addr, "--status", "../../etc/passwd"); r.Code != 255 {
+		t.Errorf("--status with a path: exit %d %s", r.Code, r.Stderr)
+	}
+
+	// --async: the id at once, the outcome in --status.
+	os.WriteFile(filepath.Join(src, "new"), []byte("new\n"), 0o644)
+	r = f.zpc("--fleet", f.hub.Addr, "-r", "--async", src+"/", dest)
+	id = strings.TrimSpace(r.Stdout)
+	if r.Code != 0 || !strings.HasPrefix(id, "B") {
+		t.Fatalf("--async: exit %d %q %s", r.Code, r.Stdout, r.Stderr)
+	}
+	eventually(t, 60*time.Second, "the async broadcast done", func() bool {
+		return f.zpc("--fleet", f.hub.Addr, "--status", id).Code == 0
+	})
+	for _, n := range names {
+		if b, err := os.ReadFile(filepath.Join(disks[n], "dest", "new")); err != nil || string(b) != "new\n" {
+			t.Errorf("%s: new is %q, %v", n, b, err)
+		}
+	}
+}

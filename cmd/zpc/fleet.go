@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"os/signal"
 	"sort"
 	"strings"
@@ -21,8 +23,11 @@ import (
 
 // fleetCopy are zpc's flags for a broadcast.
 type fleetCopy struct {
-	hub string
-	sel fleetcli.Select
+	hub    string
+	sel    fleetcli.Select
+	async  bool
+	status string // --status ID
+	retry  string // --retry-failed ID
 	// connectTimeoutSet: --connect-timeout was given (else agents get
 	// fleetcli.Patience).
 	connectTimeoutSet bool
@@ -32,12 +37,29 @@ func (f *fleetCopy) register(c *cobra.Command) {
 	fs := c.Flags()
 	fs.StringVar(&f.hub, "fleet", "", "broadcast to the agents of the hub HUB ([user@]host[:port]): zpc --fleet HUB [-r] SRC... [user@]:DEST")
 	f.sel.Register(fs, "with --fleet: ")
+	fs.BoolVar(&f.async, "async", false, "with --fleet: run the broadcast in the background and print its id at once (see --status)")
+	fs.StringVar(&f.status, "status", "", "with --fleet: how the broadcast ID went (or goes), per host")
+	fs.StringVar(&f.retry, "retry-failed", "", "with --fleet: broadcast ID again, to the hosts that did not prove its digest")
+}
+
+// args checks the positional arguments: none with --status or
+// --retry-failed, else SRC... DEST.
+func (f *fleetCopy) args(c *cobra.Command, args []string) error {
+	status, _ := c.Flags().GetString("status")
+	retry, _ := c.Flags().GetString("retry-failed")
+	if status != "" || retry != "" {
+		if len(args) > 0 {
+			return cli.WithCode(cli.ExitUsage, errors.New("--status and --retry-failed take a broadcast id, and no SRC or DEST"))
+		}
+		return nil
+	}
+	return cobra.MinimumNArgs(2)(c, args)
 }
 
 func (f *fleetCopy) check(c *cobra.Command) error {
 	f.connectTimeoutSet = c.Flags().Changed("connect-timeout")
 	if f.hub == "" {
-		for _, fl := range []string{"hosts", "label"} {
+		for _, fl := range []string{"hosts", "label", "async", "status", "retry-failed"} {
 			if c.Flags().Changed(fl) {
 				return cli.WithCode(cli.ExitUsage, fmt.Errorf("--%s goes with --fleet HUB", fl))
 			}
@@ -56,6 +78,12 @@ SHA-256). Files an agent already holds with the same digest are not sent to it;
 the files no selected agent lacks are not sent at all. An agent that misses
 part of the publication, is cut off or restarts fetches what it lacks from the
 hub. A table shows each host on a terminal; --json prints one object per host.
+Every broadcast gets an id (B…), recorded in the client's config directory:
+  zpc --fleet HUB --async ...          starts it in the background, prints the id
+  zpc --fleet HUB --status ID [--json] how it went (or goes), per host
+  zpc --fleet HUB --retry-failed ID    sends it again to the hosts that did not
+                                       prove its digest (files already there are
+                                       not sent again)
 Exit status: 0 when every host proved the tree digest; 1 when entries failed on
 some host (each named); 255 when a host could not be reached.`
 
@@ -83,10 +111,143 @@ type hostCopy struct {
 	why   string
 }
 
-// fleetCopyRun broadcasts srcs to DEST on the selected agents.
-func fleetCopyRun(ctx context.Context, opts *zpcOptions, srcs []string, dst string) error {
+// recordEnv names the record an --async run's background zpc works for.
+const recordEnv = "ZP_BCAST_RECORD"
+
+// fleetCopyMain runs zpc --fleet: a broadcast, its --status, or a retry.
+func fleetCopyMain(ctx context.Context, opts *zpcOptions, args []string) error {
 	io := opts.io
 	fo := &opts.fleet
+	switch {
+	case fo.status != "":
+		return fleetStatus(opts, fo.status)
+	case fo.retry != "":
+		rec, err := loadRecord(io, fo.retry)
+		if err != nil {
+			return cli.WithCode(cli.ExitUsage, err)
+		}
+		if rec.running() {
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("broadcast %s is still running (pid %d)", rec.ID, rec.PID))
+		}
+		failed := rec.failed()
+		if len(failed) == 0 {
+			fmt.Fprintf(io.Err, "zpc: every host of broadcast %s proved its digest: nothing to retry\n", rec.ID)
+			return nil
+		}
+		if len(fo.sel.Hosts) > 0 || len(fo.sel.Labels) > 0 {
+			return cli.WithCode(cli.ExitUsage, errors.New("--retry-failed chooses the hosts itself: no --hosts or --label"))
+		}
+		fo.sel.Hosts = failed
+		opts.recursive, opts.preserve = rec.Recursive, rec.Preserve
+		rec.State, rec.PID, rec.Error = "running", os.Getpid(), ""
+		return finishRecord(rec, fleetCopyRun(ctx, opts, rec.Sources, rec.Dest, rec))
+	case os.Getenv(recordEnv) != "":
+		rec, err := loadRecord(io, os.Getenv(recordEnv))
+		if err != nil {
+			return cli.WithCode(cli.ExitFailure, err)
+		}
+		rec.PID = os.Getpid()
+		return finishRecord(rec, fleetCopyRun(ctx, opts, args[:len(args)-1], args[len(args)-1], rec))
+	}
+	rec, err := newRecord(io, fo.hub, args[:len(args)-1], args[len(args)-1], opts.recursive, opts.preserve)
+	if err != nil {
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("recording the broadcast: %w", err))
+	}
+	if fo.async {
+		return fleetAsync(opts, rec)
+	}
+	return finishRecord(rec, fleetCopyRun(ctx, opts, args[:len(args)-1], args[len(args)-1], rec))
+}
+
+// finishRecord records a run that ended before trying any host (the
+// hub unreachable, a usage error), and returns its error.
+func finishRecord(rec *bcastRecord, err error) error {
+	if err != nil && rec.State == "running" {
+		rec.State, rec.Ended, rec.Error = "failed", time.Now(), err.Error()
+		_ = rec.save()
+	}
+	return err
+}
+
+// fleetAsync starts this zpc again in the background, for rec, and prints
+// rec's id.
+func fleetAsync(opts *zpcOptions, rec *bcastRecord) error {
+	io := opts.io
+	self, err := os.Executable()
+	if err != nil {
+		return cli.WithCode(cli.ExitFailure, err)
+	}
+	var args []string
+	for _, a := range os.Args[1:] {
+		if a != "--async" {
+			args = append(args, a)
+		}
+	}
+	logf, err := os.OpenFile(strings.TrimSuffix(rec.path, ".json")+".log", os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return cli.WithCode(cli.ExitFailure, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(self, args...)
+	cmd.Env = append(os.Environ(), recordEnv+"="+rec.ID)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return cli.WithCode(cli.ExitFailure, fmt.Errorf("starting the background zpc: %w", err))
+	}
+	rec.PID = cmd.Process.Pid
+	_ = rec.save()
+	_ = cmd.Process.Release()
+	fmt.Fprintln(io.Out, rec.ID)
+	return nil
+}
+
+// fleetStatus prints how broadcast id went, per host.
+func fleetStatus(opts *zpcOptions, id string) error {
+	io := opts.io
+	rec, err := loadRecord(io, id)
+	if err != nil {
+		return cli.WithCode(cli.ExitUsage, err)
+	}
+	state := rec.State
+	if state == "running" && !rec.running() {
+		state = "died" // the background zpc ended without finishing the record
+	}
+	if opts.asJSON {
+		enc := json.NewEncoder(io.Out)
+		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false)
+		rec.State = state // shown, not saved
+		return enc.Encode(rec)
+	}
+	fmt.Fprintf(io.Out, "%s  %s  %s -> %s on %s  started %s\n", rec.ID, state, strings.Join(rec.Sources, " "), rec.Dest, rec.Hub, rec.Started.Format(time.RFC3339))
+	if rec.Error != "" {
+		fmt.Fprintf(io.Out, "  %s\n", rec.Error)
+	}
+	for _, h := range rec.Hosts {
+		line := fmt.Sprintf("  %-20s %-12s %10s written %10s already there  %.1fs", printable(h.Host), h.State, human(h.Written), human(h.Deduped), h.Seconds)
+		if h.Error != "" {
+			line += "  " + h.Error
+		}
+		fmt.Fprintln(io.Out, line)
+	}
+	if state != "done" {
+		return cli.WithCode(1, fmt.Errorf("broadcast %s is %s", rec.ID, state))
+	}
+	if f := rec.failed(); len(f) > 0 {
+		return cli.WithCode(1, fmt.Errorf("%d of %d hosts did not prove the digest: zpc --fleet %s --retry-failed %s", len(f), len(rec.Hosts), rec.Hub, rec.ID))
+	}
+	return nil
+}
+
+// fleetCopyRun broadcasts srcs to DEST on the selected agents and keeps
+// the outcome in rec.
+func fleetCopyRun(ctx context.Context, opts *zpcOptions, srcs []string, dst string, rec *bcastRecord) error {
+	io := opts.io
+	fo := &opts.fleet
+	if fo.hub == "" {
+		fo.hub = rec.Hub
+	}
 	user, dest, ok := strings.Cut(dst, ":")
 	if !ok || (user != "" && !strings.HasSuffix(user, "@")) || strings.ContainsAny(user, "/:") {
 		return cli.WithCode(cli.ExitUsage, errors.New("with --fleet the destination is [user@]:DEST (the agents' path)"))
@@ -141,7 +302,9 @@ func fleetCopyRun(ctx context.Context, opts *zpcOptions, srcs []string, dst stri
 		return err
 	}
 	b := &broadcast{opts: opts, tree: tree, fl: fl, ad: ad, dest: dest, single: single && !isDir(srcs[0]),
-		sem: make(chan struct{}, fleetcli.Dials), view: newFleetView(io, opts.asJSON)}
+		sem: make(chan struct{}, fleetcli.Dials), view: newFleetView(io, opts.asJSON), rec: rec}
+	rec.Digest, rec.Entries, rec.Bytes = tree.Digest(), tree.Entries(), tree.Bytes()
+	_ = rec.save()
 	hosts := b.run(ctx, agents)
 	b.view.finish()
 	return b.report(hosts, t, warned)
@@ -158,6 +321,7 @@ type broadcast struct {
 	sem      chan struct{}
 	view     *fleetView
 	manifest *client.Publication
+	rec      *bcastRecord
 
 	mu      sync.Mutex
 	content *client.Publication // once every host said what it lacks
@@ -484,8 +648,16 @@ func (b *broadcast) report(hosts []*hostCopy, t cli.Target, warned []string) err
 			}
 		}
 	}
+	b.rec.merge(hosts)
+	b.rec.State, b.rec.Ended = "done", time.Now()
+	if err := b.rec.save(); err != nil {
+		fmt.Fprintf(io.Err, "zpc: recording broadcast %s: %v\n", b.rec.ID, err)
+	}
 	if !b.opts.conn.Quiet {
-		fmt.Fprintf(io.Err, "zpc: %d of %d hosts proved tree %s (%d entries, %s)\n", ok, len(hosts), b.tree.Digest()[:16], b.tree.Entries(), human(b.tree.Bytes()))
+		fmt.Fprintf(io.Err, "zpc: broadcast %s: %d of %d hosts proved tree %s (%d entries, %s)\n", b.rec.ID, ok, len(hosts), b.tree.Digest()[:16], b.tree.Entries(), human(b.tree.Bytes()))
+		if ok < len(hosts) {
+			fmt.Fprintf(io.Err, "zpc: to send it again to the others: zpc --fleet %s --retry-failed %s\n", b.opts.fleet.hub, b.rec.ID)
+		}
 	}
 	switch {
 	case unreachable > 0:

@@ -123,7 +123,12 @@ that it exits 255 and running the same command again resumes from where it stopp
 
 Exit status: 0 everything copied; 1 some files failed (each named on stderr, the rest were
 copied); 255 connection, authentication, protocol or usage failure.` + fleetCopyHelp
-	root.Args = cobra.MinimumNArgs(2)
+	root.Args = func(c *cobra.Command, args []string) error {
+		if f, _ := c.Flags().GetString("fleet"); f != "" {
+			return opts.fleet.args(c, args)
+		}
+		return cobra.MinimumNArgs(2)(c, args)
+	}
 	opts.conn.Register(root, "P")
 	fs := root.Flags()
 	fs.BoolVarP(&opts.recursive, "recursive", "r", false, "copy directories recursively")
@@ -137,7 +142,7 @@ copied); 255 connection, authentication, protocol or usage failure.` + fleetCopy
 			return err
 		}
 		if opts.fleet.hub != "" {
-			return fleetCopyRun(c.Context(), opts, args[:len(args)-1], args[len(args)-1])
+			return fleetCopyMain(c.Context(), opts, args)
 		}
 		return zpcRun(c.Context(), opts, args)
 	}
