@@ -28,6 +28,7 @@ type bcastChan struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	gos    chan *wire.BcastGo
+	gone   atomic.Bool // a BCAST_GO came
 }
 
 // bcastProgress is how often an agent reports a broadcast's progress.
@@ -38,12 +39,11 @@ func (c *bcastChan) deliver(m wire.Message) *wire.Error {
 	if !ok {
 		return wire.Errorf(c.id, wire.CodeBadRequest, "%s on a broadcast channel", m.ID())
 	}
-	select {
-	case c.gos <- g:
-		return nil
-	default:
+	if c.gone.Swap(true) {
 		return wire.Errorf(c.id, wire.CodeBadRequest, "a second BCAST_GO")
 	}
+	c.gos <- g // buffered for one: never blocks
+	return nil
 }
 
 func (c *bcastChan) stop()   { c.cancel() }
@@ -89,12 +89,20 @@ func (c *bcastChan) run(m *wire.Bcast) {
 		fail(e)
 		return
 	}
-	root, _, asName, err := s.openDest(m.Dest, m.Flags)
+	single := m.Flags&wire.XferSingle != 0
+	if single && (len(entries) != 1 || entries[0].Kind != wire.KindFile) {
+		fail(wire.Errorf(c.id, wire.CodeBadRequest, "the single flag with a manifest of %d entries, not one file", len(entries)))
+		return
+	}
+	root, mode, asName, err := s.openDest(m.Dest, m.Flags)
 	if err != nil {
 		fail(wire.Errorf(c.id, transferCode(err), "%s: %v", m.Dest, unwrapPath(err)))
 		return
 	}
 	defer root.Close()
+	if single && mode == wire.TargetAs {
+		entries[0].Path = "" // the one file becomes DEST itself; else it goes into DEST by its name
+	}
 	need, have, err := subscriber.Needs(c.ctx, root, asName, entries, s.acct.fsThread())
 	if err != nil {
 		s.release(c.id, c)
@@ -179,7 +187,7 @@ func (c *bcastChan) manifest(m *wire.Bcast) ([]*wire.File, *wire.Error) {
 		return nil, e
 	}
 	if c.ctx.Err() != nil {
-		return nil, wire.Errorf(c.id, wire.CodeGone, "the broadcast ended")
+		return nil, wire.Errorf(c.id, wire.CodeGone, "the broadcast ended") // not sent: the channel is gone
 	}
 	if buf.over || buf.b.Len() != int(m.Size) {
 		return nil, wire.Errorf(c.id, wire.CodeBadRequest, "manifest: %d octets, not the %d announced", buf.n, m.Size)

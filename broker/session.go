@@ -344,7 +344,7 @@ func (s *session) admitChannel(id uint32, ch channel) *wire.Error {
 	if len(s.channels) >= s.b.cfg.maxChannels() {
 		return wire.Errorf(id, wire.CodeTooMany, "more than %d channels", s.b.cfg.maxChannels())
 	}
-	if _, ok := ch.(*xferChan); ok {
+	if holdsTransferSlot(ch) {
 		// A transfer holds its slot until the channel is released.
 		if e := s.b.limits.acquire(limTransfers, s.acct.Name); e != nil {
 			e.Channel = id
@@ -355,10 +355,20 @@ func (s *session) admitChannel(id uint32, ch channel) *wire.Error {
 	return nil
 }
 
+// holdsTransferSlot: uploads, downloads and broadcasts count against the
+// transfer limits (a broadcast holds its manifest in memory).
+func holdsTransferSlot(ch channel) bool {
+	switch ch.(type) {
+	case *xferChan, *bcastChan:
+		return true
+	}
+	return false
+}
+
 // releaseSlot gives back what an open channel holds of its user's limits
 // (transfers; a command gives its slot back when it ends).
 func (s *session) releaseSlot(ch channel) {
-	if _, ok := ch.(*xferChan); ok {
+	if holdsTransferSlot(ch) {
 		s.b.limits.release(limTransfers, s.acct.Name)
 	}
 }

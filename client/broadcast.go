@@ -26,9 +26,6 @@ type Tree struct {
 // TreeOptions says how to build a Tree.
 type TreeOptions struct {
 	Recursive bool // include directories (else skipped, with a warning)
-	// Single: one source that is a file, which may become the
-	// destination itself on the agents (as zpc's single-file copy).
-	Single bool
 	// Warn reports a source that was skipped (a notice) or could not be
 	// read (failed): it is left out of the tree.
 	Warn func(msg string, failed bool)
@@ -41,7 +38,9 @@ func BuildTree(sources []string, opts TreeOptions) (*Tree, error) {
 	if warn == nil {
 		warn = func(string, bool) {}
 	}
-	m, err := publisher.BuildManifest(sources, opts.Recursive, opts.Single, warn)
+	// A file is named by its base name, even alone: each agent decides
+	// whether it becomes DEST itself (BroadcastRequest.Single).
+	m, err := publisher.BuildManifest(sources, opts.Recursive, false, warn)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +136,10 @@ type BroadcastRequest struct {
 	Dest      string       // on the agent, relative to the user's home
 	Recursive bool
 	Preserve  bool // whole modes, and owners where the agent may set them
-	Single    bool // the tree's one file may become Dest itself
+	// Single: the tree is one file, which becomes Dest itself unless Dest
+	// is a directory or ends in "/" on the agent (as zpc's single-file
+	// upload).
+	Single bool
 }
 
 // BroadcastStats are an agent's counts.

@@ -211,6 +211,21 @@ func TestBroadcast(t *testing.T) {
 		t.Errorf("the rebroadcast published %.0f octets", p)
 	}
 
+	// One file: into DEST when it is a directory, else as DEST itself.
+	for _, c := range []struct{ dest, want string }{
+		{"dest/", "dest/run.sh"}, {"dest/small", "dest/small/run.sh"}, {"single.sh", "single.sh"},
+	} {
+		r = f.zpc("--fleet", f.hub.Addr, filepath.Join(src, "run.sh"), ":"+filepath.Join(f.mnt(), c.dest))
+		if r.Code != 0 {
+			t.Fatalf("one file to %s: exit %d\n%s", c.dest, r.Code, r.Stderr)
+		}
+		for _, n := range names {
+			if b, err := os.ReadFile(filepath.Join(disks[n], c.want)); err != nil || !strings.HasPrefix(string(b), "#!/bin/sh") {
+				t.Errorf("%s: one file to %s: %s is %q, %v", n, c.dest, c.want, b, err)
+			}
+		}
+	}
+
 	// A source that cannot be read is named, the rest lands, exit 1.
 	r = f.zpc("--fleet", f.hub.Addr, "-r", src+"/", filepath.Join(f.dir, "missing"), dest)
 	if r.Code != 1 || !strings.Contains(r.Stderr, "missing") || !strings.Contains(r.Stderr, "3 of 3 hosts proved") {

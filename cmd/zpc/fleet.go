@@ -268,7 +268,7 @@ func fleetCopyRun(ctx context.Context, opts *zpcOptions, srcs []string, dst stri
 	var warned []string
 	var wmu sync.Mutex
 	single := len(srcs) == 1 && !strings.HasSuffix(srcs[0], "/")
-	tree, err := client.BuildTree(srcs, client.TreeOptions{Recursive: opts.recursive, Single: single && !isDir(srcs[0]),
+	tree, err := client.BuildTree(srcs, client.TreeOptions{Recursive: opts.recursive,
 		Warn: func(msg string, failed bool) {
 			fmt.Fprintf(io.Err, "zpc: %s\n", printable(msg))
 			if failed {
@@ -326,6 +326,8 @@ type broadcast struct {
 	mu      sync.Mutex
 	content *client.Publication // once every host said what it lacks
 	union   *client.Need
+	// contentErr: the content could not be published (no agent gets it).
+	contentErr error
 	ready   chan struct{} // closed when content and union are set
 	// subscribed gets a value from each agent once it follows the
 	// content publication (or gave up).
@@ -406,7 +408,7 @@ func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy 
 			b.view.warn(fmt.Sprintf("%s changed while it was broadcast: the agents refuse it (run zpc again)", path))
 		}, start)
 		if err != nil {
-			b.view.warn(fmt.Sprintf("publishing the content to the hub: %v", err))
+			b.contentErr = fmt.Errorf("publishing the content to the hub: %w", err)
 		} else {
 			b.content = c
 			defer c.Close()
@@ -499,6 +501,11 @@ func (b *broadcast) apply(ctx context.Context, h *hostCopy, ab *client.AgentBroa
 	var once sync.Once
 	following := func() { once.Do(func() { b.subscribed <- struct{}{} }) }
 	defer following()
+	if b.contentErr != nil {
+		ab.Close()
+		h.State, h.err = "failed", b.contentErr
+		return
+	}
 	for {
 		if !b.union.Covers(ab.Need) {
 			ab.Close()

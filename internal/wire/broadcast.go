@@ -73,6 +73,8 @@ func (m *Bcast) decode(d *decoder) {
 }
 func (m *Bcast) validate() error {
 	switch {
+	case m.Flags&^(XferRecursive|XferPreserve|XferSingle) != 0:
+		return fmt.Errorf("%w: BCAST flags %#x", ErrInvalid, m.Flags)
 	case m.Topic == "":
 		return fmt.Errorf("%w: empty manifest topic", ErrInvalid)
 	case len(m.Key) != 32:

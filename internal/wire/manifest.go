@@ -27,9 +27,9 @@ func DecodeManifest(b []byte, count uint32) ([]*File, error) {
 	if count > MaxManifestEntries || len(b) > MaxManifest {
 		return nil, fmt.Errorf("%w: manifest of %d entries, %d octets", ErrInvalid, count, len(b))
 	}
-	// Each entry takes at least its length and a FILE header (48 octets):
+	// Each entry takes at least its length and a FILE header (52 octets):
 	// check before allocating.
-	if uint64(count)*52 > uint64(len(b)) {
+	if uint64(count)*56 > uint64(len(b)) {
 		return nil, fmt.Errorf("manifest: %w", ErrTruncated)
 	}
 	out := make([]*File, 0, count)
