@@ -328,7 +328,7 @@ type broadcast struct {
 	union   *client.Need
 	// contentErr: the content could not be published (no agent gets it).
 	contentErr error
-	ready   chan struct{} // closed when content and union are set
+	ready      chan struct{} // closed when content and union are set
 	// subscribed gets a value from each agent once it follows the
 	// content publication (or gave up).
 	subscribed chan struct{}
