@@ -14,7 +14,9 @@ import (
 // client (images built FROM scratch) on a private network, driven by
 // scripts/compose-fleet-test.sh: direct zp/zpc/jobs on each agent, zp --fleet
 // through the hub, an agent killed mid-command and restarted, an agent cut off
-// the network and reconnected, Prometheus scraping every zpd.
+// the network and reconnected, Prometheus scraping every zpd, and a broadcast
+// (zpc --fleet) of 200 MiB and 2,000 files that survives an agent killed and
+// another cut off mid-way, then a rebroadcast of one changed file.
 func TestCompose(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")

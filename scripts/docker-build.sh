@@ -33,7 +33,7 @@ build_zp() {
   mkdir -p "$r/bin" "$r/etc" "$r/root" "$r/tmp" "$r/var/lib/zpd" "$r/keys" "$r/sd"
   chmod 1777 "$r/tmp"
   cp /bin/busybox "$r/bin/busybox"
-  for app in sh cat ls echo hostname sleep sha256sum head tail wc id env tr seq mkdir rm cp mv printf true false kill ps uname date du grep sed touch chmod wget cmp; do
+  for app in sh cat ls echo hostname sleep sha256sum head tail wc id env tr seq mkdir rm cp mv printf true false kill ps uname date du grep sed touch chmod wget cmp find sort xargs; do
     ln -sf busybox "$r/bin/$app"
   done
   printf 'root:x:0:0:root:/root:/bin/sh\n' >"$r/etc/passwd"
