@@ -25,7 +25,7 @@ type Root struct {
 	Path string
 	fd   int
 
-	mu   sync.Mutex
+	mu   sync.RWMutex   // read-held while a cached descriptor is used
 	dirs map[string]int // open directory fds by name
 }
 
@@ -75,12 +75,12 @@ const maxCachedDirs = 256
 // hands out duplicates: a descriptor in use is never closed under its
 // user, nor its number reused for another file.
 func (r *Root) dir(name string) (int, error) {
-	r.mu.Lock()
+	r.mu.RLock()
 	if fd, ok := r.dirs[name]; ok {
-		defer r.mu.Unlock()
+		defer r.mu.RUnlock()
 		return dupFD(fd, name, r)
 	}
-	r.mu.Unlock()
+	r.mu.RUnlock()
 	fd, err := openBeneath(r.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, r.pathErr("open", name, err)
@@ -104,15 +104,16 @@ func (r *Root) dir(name string) (int, error) {
 }
 
 // withDir runs f with the cached descriptor of the existing directory
-// name, holding the cache's lock so that the descriptor stays open: for
-// quick *at system calls, without the dup and close that dir costs.
+// name, holding the cache's lock for reading so that the descriptor stays
+// open: for quick *at system calls, without the dup and close that dir
+// costs. Receivers' writers so make their calls in parallel.
 func (r *Root) withDir(name string, f func(dfd int) error) error {
-	r.mu.Lock()
+	r.mu.RLock()
 	if fd, ok := r.dirs[name]; ok {
-		defer r.mu.Unlock()
+		defer r.mu.RUnlock()
 		return f(fd)
 	}
-	r.mu.Unlock()
+	r.mu.RUnlock()
 	fd, err := r.dir(name) // opens and caches it
 	if err != nil {
 		return err
@@ -232,9 +233,9 @@ func (r *Root) MkdirAll(name string) error {
 	if name == "" {
 		return nil
 	}
-	r.mu.Lock()
+	r.mu.RLock()
 	_, cached := r.dirs[name]
-	r.mu.Unlock()
+	r.mu.RUnlock()
 	if cached {
 		return nil
 	}
@@ -307,6 +308,28 @@ type Attrs struct {
 
 // setMode reports whether the mode is to be applied.
 func (a *Attrs) setMode() bool { return a.SetMode || a.Mode != 0 }
+
+// Held reports whether st, what an Lstat found at an entry that is not a
+// symlink, already has these attributes, so that SetAttrs would change
+// nothing: a receiver that skips an identical file then needs no more
+// system calls than that one stat (SetAttrs costs four even when it
+// changes nothing: open, fstat, close and the stat before).
+func (a *Attrs) Held(st *unix.Stat_t) bool {
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return false // SetAttrs treats symlinks apart
+	}
+	if a.Chown && (st.Uid != a.UID || st.Gid != a.GID) {
+		return false
+	}
+	mode := a.Mode & 0o7777
+	if a.KeepSetgid && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		mode |= st.Mode & unix.S_ISGID
+	}
+	if a.setMode() && st.Mode&0o7777 != mode {
+		return false
+	}
+	return a.MTime == 0 || st.Mtim.Nano() == a.MTime
+}
 
 // testHookSetAttrs runs in SetAttrs after the entry was opened.
 var testHookSetAttrs func()
@@ -416,10 +439,12 @@ func (r *Root) SyncDir(name string) error {
 // time (to the second, as rsync compares by default).
 func (r *Root) Same(name string, size uint64, mtime int64) bool {
 	st, err := r.Lstat(name)
-	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return false
-	}
-	return uint64(st.Size) == size && st.Mtim.Sec == mtime/1e9
+	return err == nil && SameStat(st, size, mtime)
+}
+
+// SameStat is Same for what an Lstat found.
+func SameStat(st *unix.Stat_t, size uint64, mtime int64) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) == size && st.Mtim.Sec == mtime/1e9
 }
 
 // Digest returns the SHA-256 of the regular file name.

@@ -532,3 +532,71 @@ func TestOpenFileNeverBlocks(t *testing.T) {
 		t.Fatal("Digest blocks on a FIFO")
 	}
 }
+
+// Attrs.Held lets a receiver skip SetAttrs for an identical file: it must
+// be true exactly when SetAttrs would change nothing, so that skipping the
+// call never leaves a mode, time or owner that SetAttrs would have fixed.
+func TestAttrsHeld(t *testing.T) {
+	f := newFixture(t)
+	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
+	mt := time.Date(2020, 1, 2, 3, 4, 5, 600_000_000, time.UTC).UnixNano()
+	want := []Attrs{
+		{Mode: 0o644, SetMode: true, MTime: mt},
+		{Mode: 0o600, SetMode: true, MTime: mt + 1}, // a nanosecond later
+		{Mode: 0o4755, SetMode: true, MTime: mt},
+		{Mode: 0o644, SetMode: true, MTime: mt, Chown: true, UID: uid, GID: gid},
+		{Mode: 0o644, MTime: 0},   // time left alone
+		{Mode: 0, SetMode: false}, // mode left alone
+		{Mode: 0o755, SetMode: true, KeepSetgid: true, MTime: mt},
+	}
+	for _, kind := range []string{"file", "dir"} {
+		for i, a := range want {
+			name := fmt.Sprintf("%s%d", kind, i)
+			p := filepath.Join(f.dir, name)
+			if kind == "dir" {
+				if err := os.Mkdir(p, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chmod(p, 0o2700); err != nil { // a setgid bit inherited
+					t.Fatal(err)
+				}
+			} else if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			before, err := f.root.Lstat(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.root.SetAttrs(name, a); err != nil {
+				t.Fatal(err)
+			}
+			after, _ := f.root.Lstat(name)
+			changed := after.Mode != before.Mode || after.Mtim != before.Mtim || after.Uid != before.Uid || after.Gid != before.Gid
+			if a.Held(before) == changed {
+				t.Errorf("%s: Held %v before SetAttrs(%+v), which changed mode %o→%o, mtime %d→%d", name, a.Held(before), a, before.Mode, after.Mode, before.Mtim.Nano(), after.Mtim.Nano())
+			}
+			if !a.Held(after) {
+				t.Errorf("%s: not Held after SetAttrs(%+v): mode %o mtime %d", name, a, after.Mode, after.Mtim.Nano())
+			}
+			// Each attribute changed by one step is no longer held.
+			for what, b := range map[string]Attrs{
+				"mode":  {Mode: a.Mode ^ 0o001, SetMode: true, MTime: a.MTime, KeepSetgid: a.KeepSetgid},
+				"mtime": {Mode: a.Mode, SetMode: a.SetMode, MTime: after.Mtim.Nano() + 1, KeepSetgid: a.KeepSetgid},
+				"uid":   {Mode: a.Mode, SetMode: a.SetMode, MTime: a.MTime, Chown: true, UID: uid + 1, GID: gid},
+				"gid":   {Mode: a.Mode, SetMode: a.SetMode, MTime: a.MTime, Chown: true, UID: uid, GID: gid + 1},
+			} {
+				if b.Held(after) {
+					t.Errorf("%s: Held with another %s (%+v)", name, what, b)
+				}
+			}
+		}
+	}
+	// A symlink is never held: SetAttrs treats it apart.
+	if err := os.Symlink("file0", filepath.Join(f.dir, "l")); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.root.Lstat("l")
+	if (&Attrs{}).Held(st) {
+		t.Error("Held for a symlink")
+	}
+}

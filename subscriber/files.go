@@ -17,6 +17,7 @@ import (
 	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
+	"golang.org/x/sys/unix"
 )
 
 // ReceiverConfig configures a Receiver.
@@ -598,8 +599,8 @@ func (r *Receiver) file(m *wire.File, name string) {
 		r.done(name, m.Kind, nil, false)
 		_ = r.cfg.Send(&wire.FileOK{Channel: r.cfg.Channel, FID: m.FID, Action: wire.ActionDone})
 	case wire.KindFile:
-		if r.same(m, name) {
-			r.skip(m, name)
+		if st, ok := r.same(m, name); ok {
+			r.skip(m, name, st)
 			return
 		}
 		p, err := r.cfg.Root.OpenPartial(name, m.Size, m.MTime)
@@ -607,12 +608,14 @@ func (r *Receiver) file(m *wire.File, name string) {
 			r.fail(m, name, err)
 			return
 		}
-		if p.Waited() && p.Have() == 0 && r.same(m, name) {
+		if p.Waited() && p.Have() == 0 {
 			// The transfer we waited for (one whose client went away)
-			// put the file in place meanwhile.
-			p.Discard()
-			r.skip(m, name)
-			return
+			// may have put the file in place meanwhile.
+			if st, ok := r.same(m, name); ok {
+				p.Discard()
+				r.skip(m, name, st)
+				return
+			}
 		}
 		if n := p.Notice(); n != "" && r.cfg.OnNotice != nil {
 			r.cfg.OnNotice(name, n)
@@ -630,17 +633,25 @@ func (r *Receiver) file(m *wire.File, name string) {
 }
 
 // same reports whether name already is the entry m's file (size and
-// mtime, or the digest with the checksum flag).
-func (r *Receiver) same(m *wire.File, name string) bool {
+// mtime, or the digest with the checksum flag), and what an Lstat of it
+// found (nil with the checksum flag).
+func (r *Receiver) same(m *wire.File, name string) (*unix.Stat_t, bool) {
 	if r.cfg.Flags&wire.XferChecksum != 0 && len(m.Digest) == 32 {
-		return r.cfg.Root.SameDigest(name, m.Size, m.Digest)
+		return nil, r.cfg.Root.SameDigest(name, m.Size, m.Digest)
 	}
-	return r.cfg.Root.Same(name, m.Size, m.MTime)
+	st, err := r.cfg.Root.Lstat(name)
+	if err != nil {
+		return nil, false
+	}
+	return st, chunkstore.SameStat(st, m.Size, m.MTime)
 }
 
-// skip answers an entry whose file is already in place.
-func (r *Receiver) skip(m *wire.File, name string) {
-	_ = r.cfg.Root.SetAttrs(name, r.attrs(m)) // modes may differ
+// skip answers an entry whose file is already in place; st is what an
+// Lstat of it found, or nil.
+func (r *Receiver) skip(m *wire.File, name string, st *unix.Stat_t) {
+	if a := r.attrs(m); st == nil || !a.Held(st) {
+		_ = r.cfg.Root.SetAttrs(name, a) // modes may differ
+	}
 	r.mu.Lock()
 	r.stats.BytesSkipped += m.Size
 	r.mu.Unlock()
