@@ -214,9 +214,10 @@ type Sender struct {
 }
 
 type sendFile struct {
-	fid   uint32
-	entry Entry
-	msg   *wire.File
+	fid      uint32
+	entry    Entry
+	msg      *wire.File
+	answered bool // FILE_OK came (Run only)
 }
 
 // NewSender returns a Sender; call Run.
@@ -297,7 +298,6 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 	}()
 
 	walked := false
-	answered := map[uint32]bool{}
 	for {
 		s.mu.Lock()
 		outstanding := len(s.pending)
@@ -323,10 +323,9 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 		case m := <-s.inbox:
 			switch m := m.(type) {
 			case *wire.FileOK:
-				if answered[m.FID] {
-					continue // a duplicate after a resend
+				if !s.answer(m.FID) {
+					continue // a duplicate after a resend, or not ours
 				}
-				answered[m.FID] = true
 				switch m.Action {
 				case wire.ActionSend:
 					ready <- m
@@ -336,7 +335,6 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 					s.finish(s.take(m.FID), nil)
 				}
 			case *wire.FileDone:
-				answered[m.FID] = true
 				var err error
 				if m.Code != 0 {
 					err = &wire.Error{Channel: m.Channel, Code: wire.Code(m.Code), Reason: m.Reason}
@@ -368,6 +366,20 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 			return s.snapshot(), ctx.Err()
 		}
 	}
+}
+
+// answer marks the entry fid answered; false if it is not pending or was
+// answered before. What the sender remembers so stays bounded by the
+// entries in flight, however many a transfer has.
+func (s *Sender) answer(fid uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.pending[fid]
+	if f == nil || f.answered {
+		return false
+	}
+	f.answered = true
+	return true
 }
 
 // take removes a finished entry and frees its slot.
