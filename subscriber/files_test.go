@@ -17,13 +17,13 @@ import (
 
 // transfer runs a Sender and a Receiver back to back in memory, copying
 // src (a directory, rsync's "src/" form) into dst.
-func transfer(t *testing.T, src, dst string) (publisher.SendStats, *Receiver) {
+func transfer(t testing.TB, src, dst string) (publisher.SendStats, *Receiver) {
 	t.Helper()
 	return transferWith(t, src, dst, wire.XferRecursive, 0o022)
 }
 
 // transferWith is transfer with the SEND flags and the receiver's umask.
-func transferWith(t *testing.T, src, dst string, flags uint8, umask uint32) (publisher.SendStats, *Receiver) {
+func transferWith(t testing.TB, src, dst string, flags uint8, umask uint32) (publisher.SendStats, *Receiver) {
 	t.Helper()
 	root, err := chunkstore.OpenRoot(dst)
 	if err != nil {
