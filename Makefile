@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 FUZZTIME ?= 10s
 
-.PHONY: all build libzp deps run test vet unit e2e fuzz bench clean fleet-up fleet-down
+.PHONY: all build libzp deps run test vet unit e2e fuzz bench bench-scale clean fleet-up fleet-down
 
 all: build
 
@@ -48,6 +48,10 @@ test: deps vet unit e2e fuzz
 # Also writes the tables as JSON under bench/results/ (named by time and commit).
 bench: build
 	@RESULTS_DIR=$${RESULTS_DIR:-bench/results} bash bench/bench.sh
+
+# 1× and BENCH_SCALE× (10) the work: 5,000 and 50,000 files, 1 and 10 GiB piped (bench/README.md).
+bench-scale: build
+	@GROUPS_TO_RUN=rows_scale RESULTS_DIR=$${RESULTS_DIR:-bench/results} bash bench/bench.sh
 
 # The compose fleet (docker-compose.yml): a hub, three agents, Prometheus and a
 # client, images built FROM scratch (needs a running Docker engine).

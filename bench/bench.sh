@@ -27,6 +27,10 @@
 #   rows_fleet        a no-op on FLEET_SIZES hosts at once (10 and 50): `zp --fleet HUB true` through a hub
 #                     to that many agent zpds vs `pdsh -R ssh` and a shell loop of parallel `ssh` to as
 #                     many ssh host aliases of the private sshd (own table; CURVE only)
+#   rows_scale        not in the default list (GROUPS_TO_RUN=rows_scale, or `make bench-scale`): 1× and
+#                     BENCH_SCALE× (10) the work: the tree upload and its no-op re-sync (5000 and 50000
+#                     files) vs rsync, and the pipe down (1 and 10 GiB) vs ssh, with zp's and zpd's peak
+#                     RSS (own tables)
 # To add one: write rows_NAME that prepares its data and calls, per comparison,
 #   row WORK REPS BYTES ZP_CMD OTHER_CMD [RESET]              (zp vs ssh table)
 #   copy_row WORK BYTES ZPC_RESET ZPC_CMD SCP_RESET SCP_CMD RSYNC_RESET RSYNC_CMD   (copy table)
@@ -40,7 +44,8 @@
 # column of `row` is headed "ssh": name the tool in WORK when it is scp or rsync. copy_row's SCP_CMD
 # may be n/a. Then add rows_NAME to that default list.
 # More knobs: FAN_N (watchers, 100), FAN_MIB (job output, 100), LOSSY_MIB (64), LOSSY_LOSS (5%),
-# LOSSY_DELAY (50ms), FLEET_SIZES (hosts per fleet row, "10 50"), FLEET_FANOUT (pdsh -f, 64).
+# LOSSY_DELAY (50ms), FLEET_SIZES (hosts per fleet row, "10 50"), FLEET_FANOUT (pdsh -f, 64),
+# BENCH_SCALE (rows_scale's factor, 10).
 set -euo pipefail
 
 RUNS=${1:-${RUNS:-3}}
@@ -56,6 +61,7 @@ LOSSY_LOSS=${LOSSY_LOSS:-5%}
 LOSSY_DELAY=${LOSSY_DELAY:-50ms}
 FLEET_SIZES=${FLEET_SIZES:-10 50}
 FLEET_FANOUT=${FLEET_FANOUT:-64}
+BENCH_SCALE=${BENCH_SCALE:-10}
 read -ra ROW_GROUPS <<<"${GROUPS_TO_RUN:-rows_latency rows_pipe_down rows_pipe_up rows_copy_file rows_copy_tree rows_copy_noop rows_copy_resume rows_fanout rows_lossy rows_fleet}"
 
 case $RUNS in '' | *[!0-9]* | 0) echo "usage: bash bench/bench.sh [RUNS>0]" >&2; exit 2 ;; esac
@@ -102,6 +108,7 @@ setup_packages() {
   command -v make >/dev/null 2>&1 || need+=(make)
   [ -z "${RESULTS_DIR:-}" ] || command -v python3 >/dev/null 2>&1 || need+=(python3) # results_json
   if [[ " ${ROW_GROUPS[*]} " == *" rows_fleet "* ]]; then command -v pdsh >/dev/null 2>&1 || need+=(pdsh); fi
+  if [[ " ${ROW_GROUPS[*]} " == *" rows_scale "* ]]; then [ -x /usr/bin/time ] || need+=(time); fi # peak RSS
   # ip netns for rows_lossy (root only: without root that group is skipped anyway)
   if [[ " ${ROW_GROUPS[*]} " == *" rows_lossy "* ]] && [ "$(id -u)" = 0 ] && ! command -v ip >/dev/null 2>&1 &&
     [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then need+=(iproute2); fi
@@ -505,21 +512,24 @@ kill_at_half() {
   echo "$s" >"$DIR/partial.size"
 }
 
-# setup_small: $SMALL, 5000 files of 4 KiB in 50 dirs (d1..d50/f000..f099), cut from the big file
-# (deterministic, not zeros); made once per bench run (kept with KEEP_DATA=1).
+# setup_small [DIRS]: $SMALL, DIRS×100 files of 4 KiB in DIRS (default 50) dirs
+# (d1..dDIRS/f000..f099), cut from the big file (deterministic, not zeros); made once per bench run
+# (kept with KEEP_DATA=1). The default tree is $DIR/small, others $DIR/small-DIRS.
 setup_small() {
+  local dirs=${1:-50} d
   SMALL=$DIR/small
+  ((dirs == 50)) || SMALL=$DIR/small-$dirs
   export SMALL
   [ "${KEEP_DATA:-0}" = 1 ] || CLEAN+=("$SMALL")
-  [ "$(find "$SMALL" -type f 2>/dev/null | wc -l)" = 5000 ] && return 0
-  log "making $SMALL (5000 × 4 KiB in 50 dirs)"
+  [ "$(find "$SMALL" -type f 2>/dev/null | wc -l)" = $((dirs * 100)) ] && return 0
+  log "making $SMALL ($((dirs * 100)) × 4 KiB in $dirs dirs)"
+  ((BIG_BYTES >= (dirs + 1) * 409600)) || die "BIG_MIB is too small for a tree of $dirs dirs"
   rm -rf "$SMALL"
-  local d
-  for d in $(seq 1 50); do
+  for d in $(seq 1 "$dirs"); do
     mkdir -p "$SMALL/d$d"
     dd if="$BIG" bs=409600 skip="$d" count=1 status=none | split -b 4096 -d -a 3 - "$SMALL/d$d/f"
   done
-  [ "$(find "$SMALL" -type f | wc -l)" = 5000 ] || die "could not make $SMALL"
+  [ "$(find "$SMALL" -type f | wc -l)" = $((dirs * 100)) ] || die "could not make $SMALL"
 }
 
 FRESH='rm -rf "$DIR/dst" && mkdir "$DIR/dst" && sync' # every copy row's reset starts with this
@@ -694,6 +704,104 @@ dist() {
     if (NR == 0) { print "— | — | — | 0"; exit }
     med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
     printf "%.1f MiB | %.1f MiB | %.1f MiB | %d\n", v[1] / 1048576, med / 1048576, v[NR] / 1048576, NR }'
+}
+
+# ---------------------------------------------------------------- scaling: 1× and BENCH_SCALE× the work
+SCALE_ROWS=() SCALE_SUM=()
+
+# scale_row WORK OTHER RESET_OTHER OTHER_CMD RESET_ZP ZP_CMD [CHECK]: like row/copy_row (interleaved,
+# RUNS per cell, RESET untimed before each command, CHECK untimed after), for the other tool (OTHER
+# names it) and zp in every mode. The commands prefix the process to watch with $RSS
+# (/usr/bin/time -f %M): its peak RSS is reported (the largest over the runs), and for zp also
+# zpd's (VmHWM, reset before each command). Appends one line per zp mode to SCALE_ROWS and sets
+# SCALE_MED (the medians in µs, other tool first, "" when failed) for scale_sum.
+scale_row() {
+  local work=$1 other=$2 check=${7:-} r v nv=$((${#MODES[@]} + 1)) name rss
+  local -a cmds=("$4") resets=("$3") times=() failed=() cpeak=() dpeak=()
+  for ((v = 1; v < nv; v++)); do cmds+=("$6") resets+=("$5"); done
+  export RSS="/usr/bin/time -f %M -o $DIR/rss.out"
+  CLEAN+=("$DIR/rss.out")
+  for ((r = 1; r <= RUNS; r++)); do
+    for ((v = 0; v < nv; v++)); do
+      [ -z "${failed[v]:-}" ] || continue
+      name=$other; ((v == 0)) || { set_mode $((v - 1)); name=${MODES[v - 1]}; }
+      log "$work: $name, run $r/$RUNS"
+      [ -z "${resets[v]}" ] || run_child "${resets[v]}" || log "  (reset failed: $(tail -1 "$ERRLOG"))"
+      ((v == 0)) || echo 5 2>/dev/null >"/proc/$ZPD_PID/clear_refs" || true # peak RSS from here on
+      rm -f "$DIR/rss.out"
+      if timeit "${cmds[v]}" &&
+        { [ -z "$check" ] || run_child "$check" || { T_ERR="check \`$check\` failed"; false; }; }; then
+        times[v]+="$T_US "
+        rss=$(tail -1 "$DIR/rss.out" 2>/dev/null); case $rss in '' | *[!0-9]*) rss=0 ;; esac
+        ((rss <= ${cpeak[v]:-0})) || cpeak[v]=$rss
+        if ((v > 0)); then
+          rss=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$ZPD_PID/status" 2>/dev/null || echo 0)
+          ((${rss:-0} <= ${dpeak[v]:-0})) || dpeak[v]=$rss
+        fi
+      else
+        failed[v]=1
+        FAILURES+=("$work, $name, run $r: \`${cmds[v]}\` $T_ERR; last stderr: $(tail -2 "$ERRLOG" | tr '\n' ' ')")
+      fi
+    done
+  done
+  local -a med=() cells=()
+  SCALE_MED=()
+  for ((v = 0; v < nv; v++)); do
+    local m='' b=''
+    [ -n "${failed[v]:-}" ] || read -r m b < <(stats ${times[v]})
+    med[v]=$m cells[v]=$(cell "$m" "$b" 1); SCALE_MED+=("$m")
+  done
+  for ((v = 1; v < nv; v++)); do
+    SCALE_ROWS+=("| $work, ${MODES[v - 1]} | ${cells[v]} | ${cells[0]} | $(ratio "${med[v]}" "${med[0]}") | $(kib "${cpeak[v]:-}") | $(kib "${cpeak[0]:-}") | $(kib "${dpeak[v]:-}") |")
+  done
+}
+kib() { if [ -n "$1" ] && (($1 > 0)); then printf '%.0f MiB' "$(echo "scale=2; $1 / 1024" | bc)"; else echo "—"; fi; }
+
+# scale_sum WORK OTHER MED1... -- MEDN...: one SCALE_SUM line per tool: its 1× and N× medians and
+# their quotient (the cost of N× the work, in units of the 1× cost; N means linear).
+scale_sum() {
+  local work=$1 other=$2 i; shift 2
+  local -a one=() big=() names=("$other") ; local into=one
+  for i in "$@"; do
+    if [ "$i" = -- ]; then into=big; continue; fi
+    if [ $into = one ]; then one+=("$i"); else big+=("$i"); fi
+  done
+  for i in "${MODES[@]}"; do names+=("${i/zp /zpc }"); done
+  [[ $work != pipe* ]] || names=("$other" "${MODES[@]}")
+  for ((i = 0; i < ${#names[@]}; i++)); do
+    local x=${one[i]:-} y=${big[i]:-} q="—"
+    [ -z "$x" ] || [ -z "$y" ] || q=$(printf '%.1f×' "$(echo "scale=4; $y / $x" | bc)")
+    SCALE_SUM+=("| $work | ${names[i]} | $(cell "$x" "$x" 1 | sed 's/ (best.*//') | $(cell "$y" "$y" 1 | sed 's/ (best.*//') | $q |")
+  done
+}
+
+# rows_scale: 1× and BENCH_SCALE× the work, in the same run: the tree upload and its no-op
+# re-sync (5000 and 5000×N files of 4 KiB, 100 per directory) against rsync -a, and the pipe down
+# against ssh (the big file N times, `cat`ted N times by one remote shell, so that 10 GiB need no
+# 10 GiB file on the disk).
+rows_scale() {
+  local n=$BENCH_SCALE s
+  case $n in '' | *[!0-9]* | 0 | 1) die "BENCH_SCALE: '$n' is not a factor above 1" ;; esac
+  CLEAN+=("$DIR/dst")
+  local -a pipe=() tree=() noop=()
+  for s in 1 "$n"; do
+    export SCALE_N=$s
+    scale_row "pipe down $s × $BIG_NAME" ssh "" '$RSS $SSH "for i in \$(seq $SCALE_N); do cat $BIG; done" >/dev/null' \
+      "" '$RSS $ZP sh -c "for i in \$(seq $SCALE_N); do cat $BIG; done" >/dev/null'
+    pipe+=("${SCALE_MED[@]}" --)
+    setup_small $((50 * s))
+    local z='$RSS $ZPC -r "$SMALL" "$ZP_HOST:$DIR/dst"' y='$RSS rsync -a -e "$RSH" "$SMALL" "127.0.0.1:$DIR/dst"'
+    local check='diff -r "$SMALL" "$DIR/dst/${SMALL##*/}"'
+    scale_row "upload $((5000 * s)) × 4 KiB files in $((50 * s)) dirs" rsync "$FRESH" "$y" "$FRESH" "$z" "$check"
+    tree+=("${SCALE_MED[@]}" --)
+    scale_row "no-op re-sync of the identical $((5000 * s))-file tree" rsync "$FRESH && ${y#\$RSS } && sync" "$y" \
+      "$FRESH && ${z#\$RSS } && sync" "$z" "$check"
+    noop+=("${SCALE_MED[@]}" --)
+    [ "$s" = 1 ] || rm -rf "$SMALL" # 50,000 files: not kept beyond this group unless KEEP_DATA=1
+  done
+  scale_sum "pipe down (1× = $BIG_NAME)" ssh "${pipe[@]}"
+  scale_sum "upload of the tree (1× = 5000 files)" rsync "${tree[@]}"
+  scale_sum "no-op re-sync of the tree (1× = 5000 files)" rsync "${noop[@]}"
 }
 
 # ---------------------------------------------------------------- lossy link (bench/lossy)
@@ -962,6 +1070,22 @@ report() {
     echo "| mode | octets per watcher | min | median | max | watchers |"
     echo "|---|---|---|---|---|---|"
     printf '%s\n' "${FOLLOW_ROWS[@]}"
+  fi
+  if [ ${#SCALE_ROWS[@]} -gt 0 ]; then
+    echo
+    echo "### Scaling: 1× and ${BENCH_SCALE}× the work"
+    echo
+    echo "Pipe down: \`zp HOST sh -c 'for i in \$(seq N); do cat FILE; done' > /dev/null\` against \`ssh HOST 'for i in …; do cat FILE; done' > /dev/null\`, FILE the $BIG_NAME test file (in the page cache), N = 1 and $BENCH_SCALE. Tree: \`zpc -r DIR host:DEST\` against \`rsync -a DIR host:DEST\`, 100 files of 4 KiB per directory; resets and checks as in the copy table (the no-op's reset makes a fresh copy with the same tool, untimed). Peak RSS: the client's (\`/usr/bin/time -f %M\` of zp, zpc, ssh or rsync; the largest over the runs) and zpd's (VmHWM, reset before each command; zpd serves no one else meanwhile). Below 1 in the ratio column means zp is faster."
+    echo
+    echo "| work | zp median | other median | zp/other time | zp/zpc peak RSS | other client peak RSS | zpd peak RSS |"
+    echo "|---|---|---|---|---|---|---|"
+    printf '%s\n' "${SCALE_ROWS[@]}"
+    echo
+    echo "What ${BENCH_SCALE}× the work costs each tool (medians; ${BENCH_SCALE}.0× is linear):"
+    echo
+    echo "| work | tool | 1× | ${BENCH_SCALE}× | ${BENCH_SCALE}×/1× |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${SCALE_SUM[@]}"
   fi
   if [ -n "$LOSSY_OUT$LOSSY_NOTE" ]; then
     echo
