@@ -16,9 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
-	"github.com/zpipes/zp/subscriber"
 )
 
 // stdinItem is a piece of stdin queued for the writer goroutine.
@@ -34,8 +34,8 @@ type execChan struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	out    [3]*publisher.Stream // [wire.Stdout], [wire.Stderr]
-	in     *subscriber.Stream   // nil without stdin
+	out    [3]*credit.Sender // [wire.Stdout], [wire.Stderr]
+	in     *credit.Receiver  // nil without stdin
 	stdinQ chan stdinItem
 
 	sendMu   sync.Mutex // held while sending a message of the channel
@@ -69,11 +69,11 @@ func newExecChan(s *session, id uint32, window uint32, stdin bool) *execChan {
 	// A window of 0 grants nothing until the client's first ACK; more
 	// than zpd allows is capped.
 	w := min(uint64(window), uint64(s.b.cfg.execWindow()))
-	ch.out[wire.Stdout] = publisher.New(w)
-	ch.out[wire.Stderr] = publisher.New(w)
+	ch.out[wire.Stdout] = credit.NewSender(w)
+	ch.out[wire.Stderr] = credit.NewSender(w)
 	if stdin {
-		ch.in = subscriber.New(uint64(s.b.cfg.execWindow()))
-		ch.stdinQ = make(chan stdinItem, publisher.MaxInflight+16)
+		ch.in = credit.NewReceiver(uint64(s.b.cfg.execWindow()))
+		ch.stdinQ = make(chan stdinItem, credit.MaxInflight+16)
 	}
 	return ch
 }
@@ -306,7 +306,7 @@ func (ch *execChan) acceptStdin(m *wire.Data) *wire.Error {
 	case ch.stdinQ <- stdinItem{data: fresh, eof: m.EOF()}:
 		return nil
 	default:
-		return wire.Errorf(ch.id, wire.CodeFlowControl, "stdin: more than %d messages in flight", publisher.MaxInflight)
+		return wire.Errorf(ch.id, wire.CodeFlowControl, "stdin: more than %d messages in flight", credit.MaxInflight)
 	}
 }
 

@@ -12,9 +12,8 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/wire"
-	"github.com/zpipes/zp/publisher"
-	"github.com/zpipes/zp/subscriber"
 )
 
 // A publication is one stream of octets a client sends once to the hub,
@@ -30,7 +29,7 @@ type publication struct {
 	ch    uint32
 	topic string
 	keys  map[string]bool // the agents' keys it was granted to
-	in    *subscriber.Stream
+	in    *credit.Receiver
 	q     chan stdinItem
 	done  chan struct{} // closed by close
 
@@ -101,7 +100,7 @@ func (h *hub) publish(s *session, m *wire.Publish) {
 		return
 	}
 	p := &publication{h: h, sess: s, ch: m.Channel, topic: newPubTopic(), keys: keys,
-		in: subscriber.New(pubWindow), q: make(chan stdinItem, publisher.MaxInflight+16), done: make(chan struct{})}
+		in: credit.NewReceiver(pubWindow), q: make(chan stdinItem, credit.MaxInflight+16), done: make(chan struct{})}
 	h.pubs[p.topic] = p
 	if h.pubsOf[s] == nil {
 		h.pubsOf[s] = make(map[uint32]*publication)
@@ -226,7 +225,7 @@ func (p *publication) fromClient(m *wire.Data) *wire.Error {
 	case p.q <- stdinItem{data: fresh, eof: m.EOF()}:
 		return nil
 	default:
-		return wire.Errorf(p.ch, wire.CodeFlowControl, "publication: more than %d messages in flight", publisher.MaxInflight)
+		return wire.Errorf(p.ch, wire.CodeFlowControl, "publication: more than %d messages in flight", credit.MaxInflight)
 	}
 }
 

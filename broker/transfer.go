@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/zpipes/zp/chunkstore"
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 	"github.com/zpipes/zp/subscriber"
@@ -256,7 +257,7 @@ func (x *xferChan) download(m *wire.Recv) {
 		var we *wire.Error
 		if !errors.As(err, &we) { // not the client's own ERROR: tell it why
 			code := wire.CodeInternal
-			if errors.Is(err, publisher.ErrAck) {
+			if errors.Is(err, credit.ErrAck) {
 				code = wire.CodeFlowControl
 			}
 			s.sendErr(wire.Errorf(x.id, code, "download: %v", err))

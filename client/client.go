@@ -27,6 +27,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/curve"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
@@ -174,8 +175,8 @@ type Session struct {
 	closing  chan struct{} // closed when the server confirms CLOSE
 	channels map[uint32]chan wire.Message
 	nextChan uint32
-	resumed  chan struct{}              // closed and replaced after each resume
-	outgoing map[*publisher.Stream]bool // streams to resend after a resume
+	resumed  chan struct{}           // closed and replaced after each resume
+	outgoing map[*credit.Sender]bool // streams to resend after a resume
 
 	lastRecv atomic.Int64
 	resent   atomic.Uint64
@@ -257,7 +258,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 		linkUp:   make(chan struct{}),
 		channels: make(map[uint32]chan wire.Message),
 		resumed:  make(chan struct{}),
-		outgoing: make(map[*publisher.Stream]bool),
+		outgoing: make(map[*credit.Sender]bool),
 		done:     make(chan struct{}),
 	}
 	if err := s.connect(ctx, false); err != nil {
@@ -377,7 +378,7 @@ func (s *Session) connect(ctx context.Context, resume bool) error {
 }
 
 // track registers an outgoing stream for resends after a resume.
-func (s *Session) track(ps *publisher.Stream) func() {
+func (s *Session) track(ps *credit.Sender) func() {
 	s.mu.Lock()
 	s.outgoing[ps] = true
 	s.mu.Unlock()
@@ -621,13 +622,13 @@ func (s *Session) route(m wire.Message) {
 }
 
 // openChannel allocates a channel id and its inbox. The inbox holds what
-// the credit allows: MaxInflight messages per stream plus control.
+// the credit allows: credit.MaxInflight messages per stream plus control.
 func (s *Session) openChannel() (uint32, chan wire.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.nextChan++
 	id := s.nextChan
-	inbox := make(chan wire.Message, 3*publisher.MaxInflight+2*publisher.MaxEntries+64)
+	inbox := make(chan wire.Message, 3*credit.MaxInflight+2*publisher.MaxEntries+64)
 	s.channels[id] = inbox
 	return id, inbox
 }

@@ -7,9 +7,9 @@ import (
 	"io"
 	"time"
 
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
-	"github.com/zpipes/zp/subscriber"
 )
 
 // ExecRequest describes a command to run remotely.
@@ -65,9 +65,9 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (_ *ExitStatus, err
 	}
 	started := false
 	resumed := s.resumedSignal()
-	out := [3]*subscriber.Stream{wire.Stdout: subscriber.New(uint64(window)), wire.Stderr: subscriber.New(uint64(window))}
+	out := [3]*credit.Receiver{wire.Stdout: credit.NewReceiver(uint64(window)), wire.Stderr: credit.NewReceiver(uint64(window))}
 	writers := [3]io.Writer{wire.Stdout: orDiscard(req.Stdout), wire.Stderr: orDiscard(req.Stderr)}
-	var stdin *publisher.Stream
+	var stdin *credit.Sender
 	pumpCtx, stopPump := context.WithCancel(ctx)
 	defer stopPump()
 	defer func() {
@@ -126,7 +126,7 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (_ *ExitStatus, err
 		case *wire.ExecOK:
 			started = true
 			if req.Stdin != nil && stdin == nil {
-				stdin = publisher.New(uint64(m.Window))
+				stdin = credit.NewSender(uint64(m.Window))
 				defer s.track(stdin)()
 				go s.pumpStdin(pumpCtx, id, stdin, req.Stdin)
 			}
@@ -174,7 +174,7 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (_ *ExitStatus, err
 }
 
 // pumpStdin sends stdin within the server's credit.
-func (s *Session) pumpStdin(ctx context.Context, id uint32, ps *publisher.Stream, r io.Reader) {
+func (s *Session) pumpStdin(ctx context.Context, id uint32, ps *credit.Sender, r io.Reader) {
 	chunk := s.cfg.chunk()
 	var rd publisher.Reader
 	for {
@@ -211,7 +211,7 @@ func orDiscard(w io.Writer) io.Writer {
 }
 
 // resendStream sends again what the peer is missing after a resume.
-func (s *Session) resendStream(id uint32, st wire.Stream, r publisher.Resend) {
+func (s *Session) resendStream(id uint32, st wire.Stream, r credit.Resend) {
 	var n int
 	for i, off := range r.Offsets {
 		n += len(r.Data[i])

@@ -11,9 +11,9 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
-	"github.com/zpipes/zp/publisher"
 )
 
 // request sends a request on a fresh channel and returns the first reply;
@@ -53,7 +53,7 @@ func (s *Session) StartJob(ctx context.Context, req ExecRequest) (_ string, _ *E
 	if err := s.send(&wire.Exec{Channel: id, Flags: flags, Argv: req.Argv, Env: req.Env, Dir: req.Dir}); err != nil {
 		return "", nil, err
 	}
-	var stdin *publisher.Stream
+	var stdin *credit.Sender
 	pumpCtx, stopPump := context.WithCancel(ctx)
 	defer stopPump()
 	job := ""
@@ -81,7 +81,7 @@ func (s *Session) StartJob(ctx context.Context, req ExecRequest) (_ string, _ *E
 				return job, nil, nil
 			}
 			if req.Stdin != nil && stdin == nil {
-				stdin = publisher.New(uint64(m.Window))
+				stdin = credit.NewSender(uint64(m.Window))
 				go s.pumpStdin(pumpCtx, id, stdin, req.Stdin)
 			}
 		case *wire.Ack:

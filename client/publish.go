@@ -9,9 +9,9 @@ import (
 	"io"
 	"sync"
 
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/secretbox"
 	"github.com/zpipes/zp/internal/wire"
-	"github.com/zpipes/zp/publisher"
 )
 
 // SharedStdin names a publication a fleet command reads as its stdin
@@ -37,7 +37,7 @@ type Publication struct {
 
 	s      *Session
 	id     uint32
-	ps     *publisher.Stream
+	ps     *credit.Sender
 	cancel context.CancelFunc
 	done   chan struct{} // the reader of ACKs ended
 	once   sync.Once
@@ -81,7 +81,7 @@ func (f *Fleet) Publish(ctx context.Context, agents []string, r io.Reader) (_ *P
 		s.closeChannel(id)
 		return nil, ctx.Err()
 	}
-	p := &Publication{s: s, id: id, ps: publisher.New(uint64(ok.Window)), done: make(chan struct{}),
+	p := &Publication{s: s, id: id, ps: credit.NewSender(uint64(ok.Window)), done: make(chan struct{}),
 		Shared: SharedStdin{Topic: ok.Topic, Record: sharedRecord}}
 	if _, err := rand.Read(p.Shared.Key[:]); err != nil {
 		panic("bug: crypto/rand failed: " + err.Error())

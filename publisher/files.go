@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/zpipes/zp/chunkstore"
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/wire"
 )
 
@@ -204,7 +205,7 @@ const MaxEntries = 1024
 type Sender struct {
 	cfg    SenderConfig
 	inbox  chan wire.Message
-	credit *Stream
+	credit *credit.Sender
 
 	slots chan struct{} // one per unfinished entry
 
@@ -230,8 +231,8 @@ func NewSender(cfg SenderConfig) *Sender {
 	}
 	return &Sender{
 		cfg:     cfg,
-		inbox:   make(chan wire.Message, MaxInflight+2*cfg.Outstanding+64),
-		credit:  New(cfg.Window),
+		inbox:   make(chan wire.Message, credit.MaxInflight+2*cfg.Outstanding+64),
+		credit:  credit.NewSender(cfg.Window),
 		pending: make(map[uint32]*sendFile),
 		slots:   make(chan struct{}, cfg.Outstanding),
 	}
@@ -464,7 +465,7 @@ func (s *Sender) data(ctx context.Context, ready <-chan *wire.FileOK) error {
 			continue
 		}
 		if err := s.sendContent(ctx, f, ok); err != nil {
-			if errors.Is(err, context.Canceled) || errors.Is(err, ErrClosed) {
+			if errors.Is(err, context.Canceled) || errors.Is(err, credit.ErrClosed) {
 				return err
 			}
 			var se *sendError

@@ -5,8 +5,8 @@ import "io"
 // Reader reads the data of DATA messages from a pipe or a stream. The
 // slices it returns are kept (for resending) until acknowledged, so a short
 // read (a command printing a line at a time) must not pin a buffer of a
-// whole chunk: up to MaxInflight of them would be held per stream, 128 MiB
-// at 256 KiB each. A read that fills less than a quarter of the buffer is
+// whole chunk: up to credit.MaxInflight of them would be held per stream,
+// 128 MiB at 256 KiB each. A read that fills less than a quarter of the buffer is
 // copied into a slice of its own size and the buffer is reused; a fuller
 // one is handed over as it is (no copy on the bulk path, where a writer's
 // 64 KiB or more arrive at once) and the next read allocates a fresh

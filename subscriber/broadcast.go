@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/zpipes/zp/chunkstore"
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 )
@@ -103,7 +104,7 @@ type applier struct {
 	cfg    ApplyConfig
 	recv   *Receiver
 	inbox  chan wire.Message // the receiver's answers
-	credit *publisher.Stream
+	credit *credit.Sender
 	slots  chan struct{} // one per entry announced and not finished
 
 	mu       sync.Mutex
@@ -124,7 +125,7 @@ func Apply(ctx context.Context, cfg ApplyConfig, content io.Reader) (ApplyStats,
 	a := &applier{
 		cfg:      cfg,
 		inbox:    make(chan wire.Message, queueLen),
-		credit:   publisher.New(window),
+		credit:   credit.NewSender(window),
 		slots:    make(chan struct{}, publisher.MaxEntries),
 		answers:  make(map[uint32]*wire.FileOK),
 		answered: make([]byte, wire.BitmapLen(len(cfg.Entries))),

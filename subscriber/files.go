@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/zpipes/zp/chunkstore"
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 	"golang.org/x/sys/unix"
@@ -79,7 +80,7 @@ type RecvStats struct {
 type Receiver struct {
 	cfg    ReceiverConfig
 	inbox  chan wire.Message
-	credit *Stream
+	credit *credit.Receiver
 	kick   chan struct{} // a batch got its first file: arm the flush timer
 
 	writers []chan func()     // started lazily
@@ -128,7 +129,7 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 	return &Receiver{
 		cfg:     cfg,
 		inbox:   make(chan wire.Message, queueLen),
-		credit:  New(cfg.Window),
+		credit:  credit.NewReceiver(cfg.Window),
 		kick:    make(chan struct{}, 1),
 		route:   make(map[uint32]int),
 		making:  make(map[string]making),
@@ -145,7 +146,7 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 // the acknowledged one, plus FILE and COMMIT of the entries it may have
 // announced): the inbox and each writer's queue hold that many, so that a
 // sender within the protocol never blocks Run.
-const queueLen = publisher.MaxInflight + 2*publisher.MaxEntries + 64
+const queueLen = credit.MaxInflight + 2*publisher.MaxEntries + 64
 
 // writerFor returns the writer for entries in the directory dir.
 func (r *Receiver) writerFor(dir string) int {

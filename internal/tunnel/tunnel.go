@@ -16,9 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/wire"
-	"github.com/zpipes/zp/publisher"
-	"github.com/zpipes/zp/subscriber"
 )
 
 // Config describes one end of a tunnel.
@@ -52,9 +51,9 @@ var ErrClosed = errors.New("tunnel: closed")
 // different goroutines; Deliver is called by the owner's receive loop.
 type Conn struct {
 	cfg   Config
-	out   *publisher.Stream
+	out   *credit.Sender
 	outID wire.Stream
-	in    *subscriber.Stream
+	in    *credit.Receiver
 	inID  wire.Stream
 
 	mu       sync.Mutex
@@ -74,7 +73,7 @@ func New(cfg Config) *Conn {
 		cfg.Chunk = 64 << 10
 	}
 	c := &Conn{cfg: cfg, changed: make(chan struct{}),
-		out: publisher.New(cfg.PeerWindow), in: subscriber.New(cfg.Window)}
+		out: credit.NewSender(cfg.PeerWindow), in: credit.NewReceiver(cfg.Window)}
 	c.outID, c.inID = wire.TunnelDown, wire.TunnelUp
 	if cfg.Opener {
 		c.outID, c.inID = wire.TunnelUp, wire.TunnelDown
@@ -103,7 +102,7 @@ func (c *Conn) Deliver(m wire.Message) error {
 		}
 		c.mu.Lock()
 		if len(fresh) > 0 {
-			if len(c.queue) >= publisher.MaxInflight+16 {
+			if len(c.queue) >= credit.MaxInflight+16 {
 				c.mu.Unlock()
 				return c.fail(errors.New("tunnel: peer sent more messages than the protocol allows in flight"))
 			}

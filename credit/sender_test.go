@@ -1,4 +1,4 @@
-package publisher
+package credit
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestCreditAndAck(t *testing.T) {
-	s := New(10)
+	s := NewSender(10)
 	ctx := context.Background()
 	if n, err := s.Credit(ctx, 4); err != nil || n != 4 {
 		t.Fatalf("credit %d %v", n, err)
@@ -60,7 +60,7 @@ func TestCreditAndAck(t *testing.T) {
 }
 
 func TestMaxInflight(t *testing.T) {
-	s := New(1 << 30)
+	s := NewSender(1 << 30)
 	for i := 0; i < MaxInflight; i++ {
 		s.Sent([]byte{1})
 	}
@@ -76,7 +76,7 @@ func TestMaxInflight(t *testing.T) {
 }
 
 func TestResendAfterResume(t *testing.T) {
-	s := New(100)
+	s := NewSender(100)
 	s.Sent([]byte("0123456789"))
 	end := s.SentEOF()
 	s.MarkResend()
@@ -107,10 +107,10 @@ func TestResendAfterResume(t *testing.T) {
 }
 
 func TestCloseWakesWaiters(t *testing.T) {
-	s := New(0)
+	s := NewSender(0)
 	credit := make(chan error, 1)
 	go func() { _, err := s.Credit(context.Background(), 1); credit <- err }()
-	s2 := New(10)
+	s2 := NewSender(10)
 	s2.Sent([]byte("x")) // never acknowledged
 	wait := make(chan error, 1)
 	go func() { wait <- s2.Wait(context.Background()) }()

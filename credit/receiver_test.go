@@ -1,18 +1,12 @@
-package subscriber
+package credit
 
 import (
 	"errors"
 	"testing"
-
-	"go.uber.org/goleak"
-
-	"github.com/zpipes/zp/publisher"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
 func TestAccept(t *testing.T) {
-	s := New(16)
+	s := NewReceiver(16)
 	if b, err := s.Accept(0, []byte("hello"), false); err != nil || string(b) != "hello" {
 		t.Fatalf("%q %v", b, err)
 	}
@@ -41,7 +35,7 @@ func TestAccept(t *testing.T) {
 }
 
 func TestAckPolicy(t *testing.T) {
-	s := New(400)
+	s := NewReceiver(400)
 	s.Accept(0, make([]byte, 300), false)
 	if due, _, _ := s.Consumed(99); due {
 		t.Fatal("ack due before a quarter window")
@@ -51,9 +45,9 @@ func TestAckPolicy(t *testing.T) {
 		t.Fatalf("ack %v %d %d", due, off, lim)
 	}
 	// Many small messages call for an ACK too.
-	s2 := New(1 << 20)
+	s2 := NewReceiver(1 << 20)
 	var due2 bool
-	for i := 0; i < publisher.MaxInflight/4; i++ {
+	for i := 0; i < MaxInflight/4; i++ {
 		s2.Accept(uint64(i), []byte{1}, false)
 		due2, _, _ = s2.Consumed(1)
 	}

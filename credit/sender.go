@@ -1,8 +1,11 @@
-// Package publisher is the sending half of zp's reliable streams: byte
-// offsets, the credit a receiver grants, and the buffer of data sent but not
-// yet acknowledged, kept for resending after a reconnect. Memory per stream
-// is bounded by the receiver's window, never by the size of the stream.
-package publisher
+// Package credit is the flow control of zp's reliable byte streams
+// (docs/PROTOCOL.md, "Flow control"). A Sender keeps byte offsets, the
+// credit its receiver grants and the data sent but not yet acknowledged,
+// for resending after a reconnect; a Receiver drops what it already has,
+// detects gaps and decides when to acknowledge and how much credit to
+// grant. Memory per stream is bounded by the receiver's window, never by
+// the size of the stream. No sockets: callers send the messages.
+package credit
 
 import (
 	"context"
@@ -16,13 +19,10 @@ import (
 // (docs/PROTOCOL.md, "Flow control").
 const MaxInflight = 512
 
-// Errors returned by Stream.
+// Errors returned by Sender.
 var (
-	ErrClosed = errors.New("publisher: stream closed")
-	ErrAck    = errors.New("publisher: invalid acknowledgement")
-	// ErrProtocol wraps what a Sender returns when its receiver broke the
-	// protocol: not a network fault, trying again would not help.
-	ErrProtocol = errors.New("publisher: the receiver broke the protocol")
+	ErrClosed = errors.New("credit: stream closed")
+	ErrAck    = errors.New("credit: invalid acknowledgement")
 )
 
 type chunk struct {
@@ -30,9 +30,9 @@ type chunk struct {
 	data []byte
 }
 
-// Stream tracks one outgoing byte stream. Its methods are safe for
+// Sender tracks one outgoing byte stream. Its methods are safe for
 // concurrent use: typically one goroutine sends while another applies ACKs.
-type Stream struct {
+type Sender struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every state change
 
@@ -46,19 +46,20 @@ type Stream struct {
 	resending bool // a resend is being sent: new data waits for it
 }
 
-// New returns a stream starting at offset 0 with the initial credit window.
-func New(window uint64) *Stream {
-	return &Stream{limit: window, changed: make(chan struct{})}
+// NewSender returns a stream starting at offset 0 with the initial credit
+// window.
+func NewSender(window uint64) *Sender {
+	return &Sender{limit: window, changed: make(chan struct{})}
 }
 
-func (s *Stream) notifyLocked() {
+func (s *Sender) notifyLocked() {
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
 
 // Credit waits until the receiver allows at least one octet, or until at
 // most max octets are allowed, and returns how many may be sent now.
-func (s *Stream) Credit(ctx context.Context, max int) (int, error) {
+func (s *Sender) Credit(ctx context.Context, max int) (int, error) {
 	for {
 		s.mu.Lock()
 		if s.closed != nil {
@@ -88,7 +89,7 @@ func (s *Stream) Credit(ctx context.Context, max int) (int, error) {
 // Sent records data as sent at the current offset, which it returns. The
 // stream keeps data (without copying it) until it is acknowledged; the
 // caller must not modify it afterwards.
-func (s *Stream) Sent(data []byte) uint64 {
+func (s *Sender) Sent(data []byte) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	off := s.next
@@ -101,7 +102,7 @@ func (s *Stream) Sent(data []byte) uint64 {
 
 // Ack applies an acknowledgement: the receiver has every octet below
 // offset and accepts octets below limit.
-func (s *Stream) Ack(offset, limit uint64) error {
+func (s *Sender) Ack(offset, limit uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if offset > s.next || limit < offset {
@@ -125,7 +126,7 @@ func (s *Stream) Ack(offset, limit uint64) error {
 
 // SentEOF records that the end of the stream was sent, at the current
 // offset, which it returns.
-func (s *Stream) SentEOF() uint64 {
+func (s *Sender) SentEOF() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.eof = true
@@ -134,7 +135,7 @@ func (s *Stream) SentEOF() uint64 {
 
 // MarkResend arms a resend: after a session resumes, the peer's next ACK
 // tells from where to send again (TakeResend).
-func (s *Stream) MarkResend() {
+func (s *Sender) MarkResend() {
 	s.mu.Lock()
 	s.resend = true
 	s.mu.Unlock()
@@ -152,7 +153,7 @@ type Resend struct {
 // what the peer is missing from the ACK's offset on; ok is false when no
 // resend was armed. After sending it, the caller must call ResendDone:
 // until then nothing new is allowed out, so that the resend comes first.
-func (s *Stream) TakeResend(offset, limit uint64) (r Resend, ok bool, err error) {
+func (s *Sender) TakeResend(offset, limit uint64) (r Resend, ok bool, err error) {
 	if err := s.Ack(offset, limit); err != nil {
 		return r, false, err
 	}
@@ -171,7 +172,7 @@ func (s *Stream) TakeResend(offset, limit uint64) (r Resend, ok bool, err error)
 }
 
 // ResendDone lets new data out again after a resend was sent.
-func (s *Stream) ResendDone() {
+func (s *Sender) ResendDone() {
 	s.mu.Lock()
 	s.resending = false
 	s.notifyLocked()
@@ -180,7 +181,7 @@ func (s *Stream) ResendDone() {
 
 // Unacked returns the data not yet acknowledged from offset on, for
 // resending after a reconnect, as (offset, data) pairs.
-func (s *Stream) Unacked(from uint64) (offs []uint64, data [][]byte) {
+func (s *Sender) Unacked(from uint64) (offs []uint64, data [][]byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range s.unacked {
@@ -201,14 +202,14 @@ func (s *Stream) Unacked(from uint64) (offs []uint64, data [][]byte) {
 }
 
 // Offsets returns the next offset to send and the acknowledged offset.
-func (s *Stream) Offsets() (next, acked uint64) {
+func (s *Sender) Offsets() (next, acked uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.next, s.acked
 }
 
 // Drained reports whether every octet sent was acknowledged.
-func (s *Stream) Drained() bool {
+func (s *Sender) Drained() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.acked == s.next
@@ -216,7 +217,7 @@ func (s *Stream) Drained() bool {
 
 // Wait blocks until every octet sent was acknowledged, ctx ends or the
 // stream closes.
-func (s *Stream) Wait(ctx context.Context) error {
+func (s *Sender) Wait(ctx context.Context) error {
 	for {
 		s.mu.Lock()
 		if s.acked == s.next {
@@ -240,7 +241,7 @@ func (s *Stream) Wait(ctx context.Context) error {
 
 // Close wakes every waiter with err (ErrClosed if nil) and drops the
 // resend buffer.
-func (s *Stream) Close(err error) {
+func (s *Sender) Close(err error) {
 	if err == nil {
 		err = ErrClosed
 	}
@@ -252,11 +253,3 @@ func (s *Stream) Close(err error) {
 		s.notifyLocked()
 	}
 }
-
-// violation is an error of the peer's that breaks the protocol: it reads
-// as the error itself and matches ErrProtocol.
-type violation struct{ err error }
-
-func (v violation) Error() string        { return v.err.Error() }
-func (v violation) Unwrap() error        { return v.err }
-func (v violation) Is(target error) bool { return target == ErrProtocol }
