@@ -28,6 +28,7 @@ import (
 
 	"github.com/zpipes/zp/internal/shellquote"
 	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/publisher"
 )
 
 // Job states, as users see them.
@@ -433,12 +434,6 @@ func (jm *jobManager) watch(ctx context.Context, j *job, reaped chan struct{}) {
 	}()
 }
 
-const pubChunk = 128 << 10
-
-// maxFetch bounds what one FETCH returns: with two fetches per session
-// in flight, what a follower can make zpd queue stays small.
-const maxFetch = 256 << 10
-
 func (jm *jobManager) follow(ctx context.Context, j *job, reaped chan struct{}) {
 	var logs [3]*os.File
 	for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
@@ -459,10 +454,9 @@ func (jm *jobManager) follow(ctx context.Context, j *job, reaped chan struct{}) 
 	status := bufio.NewReader(statusF)
 	var partial []byte
 	j.mu.Lock()
-	pos := j.sizes // publish from what exists now: history is fetched
-	topic := j.meta.Topic
+	// Publish from what exists now: history is fetched.
+	out := publisher.NewJobOutput(j.meta.ID, j.meta.Topic, logs[wire.Stdout], logs[wire.Stderr], j.sizes)
 	j.mu.Unlock()
-	buf := make([]byte, pubChunk)
 	sinceBarrier := 0
 	shimDone := false
 	lastLook := false // the shim is gone: one more read of its events
@@ -470,18 +464,15 @@ func (jm *jobManager) follow(ctx context.Context, j *job, reaped chan struct{}) 
 	for {
 		progressed := false
 		for _, st := range []wire.Stream{wire.Stdout, wire.Stderr} {
-			n, _ := logs[st].ReadAt(buf, int64(pos[st]))
+			frames, n, pos := out.Next(st)
 			if n == 0 {
 				continue
 			}
 			progressed = true
-			data := append([]byte(nil), buf[:n]...)
-			hdr := wire.Encode(nil, &wire.JobOutput{Job: j.meta.ID, Stream: st, Offset: pos[st]})
-			pos[st] += uint64(n)
 			j.mu.Lock()
-			j.sizes[st] = pos[st]
+			j.sizes[st] = pos
 			j.mu.Unlock()
-			_ = jm.pub.Send(zmq4.NewMsgFrom([]byte(topic+strconv.Itoa(int(st))), hdr, data))
+			_ = jm.pub.Send(zmq4.NewMsgFrom(frames...))
 			jm.b.m.JobPublished.Add(float64(n))
 			sinceBarrier += n
 			if sinceBarrier >= 1<<20 {
@@ -626,7 +617,7 @@ func (jm *jobManager) finish(j *job) {
 	jm.b.m.ExecFinished.WithLabelValues(result).Inc()
 	jm.updateGauge()
 	jm.b.log.Info("job finished", "job_id", j.meta.ID, "state", state, "exit_code", info["exit_code"], "signal", info["signal"])
-	_ = jm.pub.Send(zmq4.NewMsgFrom([]byte(topic+"x"), wire.Encode(nil, &wire.JobEnd{Job: j.meta.ID, Info: info})))
+	_ = jm.pub.Send(zmq4.NewMsgFrom(publisher.JobEnd(j.meta.ID, topic, info)...))
 }
 
 // infoLocked describes the job for JOB_INFO, JOB_LIST and FOLLOW_OK.
@@ -808,25 +799,10 @@ func (jm *jobManager) fetch(s *session, j *job, m *wire.Fetch) {
 		return
 	}
 	defer f.Close()
-	off := m.Offset
-	if off > size {
-		off = size
-	}
-	end := min(off+uint64(min(m.Length, maxFetch)), size)
-	chunk := uint64(s.b.cfg.chunk())
-	for off < end {
-		n := min(chunk, end-off)
-		buf := make([]byte, n)
-		k, err := f.ReadAt(buf, int64(off))
-		if k > 0 {
-			s.send(&wire.Data{Channel: m.Channel, Stream: m.Stream, Offset: off, Bytes: buf[:k]})
-			s.b.m.Bytes.WithLabelValues("out", "job").Add(float64(k))
-			off += uint64(k)
-		}
-		if err != nil {
-			break
-		}
-	}
+	off := publisher.ServeFetch(f, m, size, uint64(s.b.cfg.chunk()), func(d *wire.Data) {
+		s.send(d)
+		s.b.m.Bytes.WithLabelValues("out", "job").Add(float64(len(d.Bytes)))
+	})
 	s.send(&wire.FetchOK{Channel: m.Channel, Stream: m.Stream, Next: off, Size: size, Final: final})
 }
 
