@@ -14,6 +14,7 @@ import (
 	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
+	"github.com/zpipes/zp/subscriber"
 )
 
 // request sends a request on a fresh channel and returns the first reply;
@@ -174,8 +175,6 @@ type FollowResult struct {
 	Live            uint64 // octets delivered from live publications
 }
 
-const fetchLength = 1 << 20
-
 // Follow writes a job's output from the start (or opts) as it is
 // produced, until the job ends: it subscribes to the job's topic on the
 // broker's XPUB, fetches history over the ROUTER up to the live position,
@@ -245,238 +244,87 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (_
 		}
 	}()
 
-	next := opts.Start
-	var serverSize, liveEnd, final [3]uint64
-	var isFinal, inflight [3]bool
-	var reorder [3]liveBuffer
+	start := opts.Start
+	var size [3]uint64
 	for _, st := range followed {
-		serverSize[st] = parseUint(fok.Info[st.String()+"_bytes"])
+		size[st] = parseUint(fok.Info[st.String()+"_bytes"])
 		switch {
 		case opts.NoHistory:
-			next[st] = serverSize[st]
+			start[st] = size[st]
 		case opts.Tail > 0:
-			start, err := s.tailStart(ctx, job, st, serverSize[st], opts.Tail)
+			n, err := s.tailStart(ctx, job, st, size[st], opts.Tail)
 			if err != nil {
 				return res, err
 			}
-			next[st] = start
+			start[st] = n
 		}
 	}
-	historyEnd := serverSize
-	ended := fok.Info["done"] == "true"
-	info := fok.Info
-	// deliver writes the part of [off, off+len(data)) that is new; it
-	// reports how many octets it wrote.
-	deliver := func(st wire.Stream, off uint64, data []byte) (uint64, error) {
-		if off > next[st] || off+uint64(len(data)) <= next[st] {
-			return 0, nil
-		}
-		data = data[next[st]-off:]
+	f := subscriber.NewFollower(followed, start, size, fok.Info, func(st wire.Stream, data []byte) error {
 		if _, err := writers[st].Write(data); err != nil {
-			return 0, &OutputError{Stream: Stream(st), Err: err}
+			return &OutputError{Stream: Stream(st), Err: err}
 		}
-		next[st] += uint64(len(data))
-		return uint64(len(data)), nil
-	}
-	// drain delivers buffered live messages that have become contiguous.
-	drain := func(st wire.Stream) error {
-		for {
-			off, data, ok := reorder[st].first()
-			if !ok || off > next[st] {
-				return nil
-			}
-			reorder[st].pop()
-			n, err := deliver(st, off, data)
-			if err != nil {
+		return nil
+	})
+	defer func() { res.History, res.Missed, res.Live = f.Stats() }()
+	send := func(fetches []subscriber.Fetch) error {
+		for _, q := range fetches {
+			if err := s.send(&wire.Fetch{Channel: id, Job: job, Stream: q.Stream, Offset: q.Offset, Length: q.Length}); err != nil {
 				return err
 			}
-			res.Live += n
 		}
-	}
-	complete := func() bool {
-		for _, st := range followed {
-			if !isFinal[st] || next[st] < final[st] {
-				return false
-			}
-		}
-		return true
-	}
-	fetch := func(st wire.Stream, length uint64) error {
-		inflight[st] = true
-		return s.send(&wire.Fetch{Channel: id, Job: job, Stream: st, Offset: next[st], Length: uint32(min(length, fetchLength))})
+		return nil
 	}
 	poll := time.NewTicker(time.Second)
 	defer poll.Stop()
-	quiet, stale := 0, false
-	for {
-		if ended && len(followed) == 0 {
-			break
-		}
-		if len(followed) > 0 && complete() {
-			break
-		}
-		for _, st := range followed {
-			if inflight[st] {
-				continue
-			}
-			// Fetch only what live messages cannot fill: from next to the
-			// first buffered publication (or to the end known). What the
-			// server held at the last FETCH_OK counts only once live
-			// publications stopped coming (stale) or the job ended: while
-			// they flow, the server is ahead of us by what is on its way
-			// live, and fetching that would fetch every octet twice (the
-			// fan-out bench's watchers fetched 85% of their output so).
-			target := max(historyEnd[st], liveEnd[st])
-			if ended || stale {
-				target = max(target, serverSize[st])
-			}
-			if off, _, ok := reorder[st].first(); ok {
-				target = min(target, off)
-			}
-			var err error
-			switch {
-			case next[st] < target:
-				err = fetch(st, target-next[st])
-			case ended && !isFinal[st]:
-				err = fetch(st, fetchLength) // learn the final size
-			}
-			if err != nil {
-				res.Next = next
-				return res, err
-			}
+	for !f.Done() {
+		if err := send(f.Fetches()); err != nil {
+			res.Next = f.Next()
+			return res, err
 		}
 		select {
 		case m := <-inbox:
 			switch m := m.(type) {
 			case *wire.Data:
-				before := next[m.Stream]
-				if _, err := deliver(m.Stream, m.Offset, m.Bytes); err != nil {
-					return res, err
-				}
-				if h := historyEnd[m.Stream]; before < h {
-					res.History += min(next[m.Stream], h) - before
-					res.Missed += next[m.Stream] - min(next[m.Stream], h)
-				} else {
-					res.Missed += next[m.Stream] - before
-				}
-				if err := drain(m.Stream); err != nil {
+				if err := f.Data(m); err != nil {
 					return res, err
 				}
 			case *wire.FetchOK:
-				inflight[m.Stream] = false
-				serverSize[m.Stream] = m.Size
-				if m.Final {
-					isFinal[m.Stream], final[m.Stream] = true, m.Size
-				}
+				f.FetchOK(m)
 			case *wire.Error:
-				res.Next = next
+				res.Next = f.Next()
 				return res, m
 			}
 		case m := <-live:
-			quiet, stale = 0, false
-			switch m := m.(type) {
-			case *wire.JobOutput:
-				st := m.Stream
-				if writers[st] == nil {
-					continue
-				}
-				liveEnd[st] = max(liveEnd[st], m.Offset+uint64(len(m.Bytes)))
-				if m.Offset <= next[st] {
-					n, err := deliver(st, m.Offset, m.Bytes)
-					if err != nil {
-						return res, err
-					}
-					res.Live += n
-					if err := drain(st); err != nil {
-						return res, err
-					}
-				} else {
-					reorder[st].add(m.Offset, m.Bytes)
-				}
-			case *wire.JobEnd:
-				ended, info = true, m.Info
+			if err := f.Live(m); err != nil {
+				return res, err
 			}
 		case <-poll.C:
-			// A backstop for publications dropped while we were slow and
-			// a lost JOB_END: when nothing arrived for a while, ask.
-			quiet++
-			if quiet < 2 {
-				continue
+			fetches, askStatus := f.Tick()
+			if err := send(fetches); err != nil {
+				res.Next = f.Next()
+				return res, err
 			}
-			stale = true
-			for _, st := range followed {
-				if !inflight[st] {
-					if err := fetch(st, fetchLength); err != nil {
-						res.Next = next
-						return res, err
-					}
-				}
-			}
-			if len(followed) == 0 {
+			if askStatus {
 				if st, err := s.jobStatus(ctx, job); err == nil && st["done"] == "true" {
-					ended, info = true, st
+					f.End(st)
 				}
 			}
 		case <-s.done:
-			res.Next = next
+			res.Next = f.Next()
 			return res, s.err
 		case <-ctx.Done():
-			res.Next = next
+			res.Next = f.Next()
 			return res, ctx.Err()
 		}
 	}
-	res.Next = next
+	res.Next = f.Next()
 	res.Done = true
+	info := f.Info()
 	if st, err := s.jobStatus(ctx, job); err == nil {
 		info = st
 	}
 	res.Info = jobFrom(info)
 	return res, nil
-}
-
-// liveBuffer holds live publications that arrived ahead of the stream
-// position, in offset order, up to maxReorder octets (beyond that they are
-// dropped: fetching fills the gap).
-type liveBuffer struct {
-	items []liveItem
-	bytes int
-}
-
-type liveItem struct {
-	off  uint64
-	data []byte
-}
-
-const maxReorder = 8 << 20
-
-func (b *liveBuffer) add(off uint64, data []byte) {
-	if b.bytes+len(data) > maxReorder {
-		return
-	}
-	i := len(b.items)
-	for i > 0 && b.items[i-1].off > off {
-		i--
-	}
-	if i > 0 && b.items[i-1].off == off {
-		return // a duplicate
-	}
-	b.items = append(b.items, liveItem{})
-	copy(b.items[i+1:], b.items[i:])
-	b.items[i] = liveItem{off, data}
-	b.bytes += len(data)
-}
-
-func (b *liveBuffer) first() (uint64, []byte, bool) {
-	if len(b.items) == 0 {
-		return 0, nil, false
-	}
-	return b.items[0].off, b.items[0].data, true
-}
-
-func (b *liveBuffer) pop() {
-	b.bytes -= len(b.items[0].data)
-	b.items[0] = liveItem{}
-	b.items = b.items[1:]
 }
 
 // tailStart finds the offset of the last n lines of a stream.
