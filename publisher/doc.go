@@ -1,7 +1,8 @@
-// Package publisher is the sending half of zp's file transfers and
-// broadcasts: it walks sources, announces entries, sends their content
-// within the receiver's credit (package credit) and builds broadcast
-// manifests and content.
+// Package publisher is the sending half of zp's file transfers,
+// broadcasts and job output: it walks sources, announces entries, sends
+// their content within the receiver's credit (package credit), builds
+// broadcast manifests and content, and frames a job's publications and
+// FETCH answers. No sockets: callers send what it returns.
 package publisher
 
 import "errors"

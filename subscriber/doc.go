@@ -1,7 +1,8 @@
-// Package subscriber is the receiving half of zp's file transfers and
-// broadcasts: it writes entries through chunkstore, checks digests,
-// grants credit (package credit) and works out what a broadcast must
-// send and applies it.
+// Package subscriber is the receiving half of zp's file transfers,
+// broadcasts and job output: it writes entries through chunkstore, checks
+// digests, grants credit (package credit), works out what a broadcast must
+// send and applies it, and follows a job's output (Follower). No sockets:
+// callers pass it what arrives and send what it returns.
 package subscriber
 
 import "errors"
