@@ -185,7 +185,10 @@ type FollowResult struct {
 // can continue with opts.Start.
 func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (_ *FollowResult, err error) {
 	defer func() { err = public(err) }()
-	res := &FollowResult{}
+	// Until following starts, where to continue is where we started: a
+	// caller that continues from a zero Next would deliver again what it
+	// had (a loss while a reconnection waits for FOLLOW_OK did so).
+	res := &FollowResult{Next: opts.Start}
 	id, inbox := s.openChannel()
 	defer s.closeChannel(id)
 	writers := [3]io.Writer{wire.Stdout: opts.Stdout, wire.Stderr: opts.Stderr}
