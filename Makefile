@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 FUZZTIME ?= 10s
 
-.PHONY: all build libzp deps run test vet unit e2e fuzz bench bench-scale clean fleet-up fleet-down
+.PHONY: all build libzp deps run test vet unit e2e fuzz bench bench-scale bench-broadcast clean fleet-up fleet-down
 
 all: build
 
@@ -52,6 +52,10 @@ bench: build
 # 1× and BENCH_SCALE× (10) the work: 5,000 and 50,000 files, 1 and 10 GiB piped (bench/README.md).
 bench-scale: build
 	@GROUPS_TO_RUN=rows_scale RESULTS_DIR=$${RESULTS_DIR:-bench/results} bash bench/bench.sh
+
+# Issue 14: one file to 1, 10 and 50 agents, zpc --fleet vs parallel scp and rsync (root).
+bench-broadcast: build
+	@RESULTS_DIR=$${RESULTS_DIR:-bench/results} bash bench/broadcast.sh
 
 # The compose fleet (docker-compose.yml): a hub, three agents, Prometheus and a
 # client, images built FROM scratch (needs a running Docker engine).

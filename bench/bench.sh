@@ -173,7 +173,10 @@ EOF
 # start_zpd NAME ARGS...: a zpd on 127.0.0.1:<free port> with a fresh --state dir; sets ZPD_PORT,
 # ZPD_PID and ZPD_STATE. Port 0 lets the kernel pick a free port; zpd logs the address it got
 # ("addr=127.0.0.1:N"). REUSE_LISTEN and REUSE_STATE in the environment (ensure_zpd) reuse a
-# port and a --state dir (and so the server key) instead.
+# port and a --state dir (and so the server key) instead. ZPD_WRAP (an array, empty by default)
+# goes before zpd's command line: a wrapper that execs it, so ZPD_PID is still zpd's pid
+# (bench/broadcast.sh runs agents under `unshare -m` with a disk of their own).
+ZPD_WRAP=()
 start_zpd() {
   local name=$1; shift
   local state=${REUSE_STATE:-} logf i addr= skip
@@ -181,7 +184,7 @@ start_zpd() {
   logf=$DIR/zpd-$name.log
   if [ -z "${REUSE_STATE:-}" ]; then : >"$logf"; LOGS+=("$logf"); fi
   skip=$(wc -l <"$logf") # a restart appends: look at the new lines only
-  "$ZPD_BIN" --listen "${REUSE_LISTEN:-127.0.0.1:0}" --state "$state" "$@" >>"$logf" 2>&1 &
+  "${ZPD_WRAP[@]}" "$ZPD_BIN" --listen "${REUSE_LISTEN:-127.0.0.1:0}" --state "$state" "$@" >>"$logf" 2>&1 &
   PIDS+=($!)
   local pid=$!
   for i in $(seq 1 100); do
@@ -1016,7 +1019,7 @@ for line in open(report, encoding="utf-8"):
         else:
             rows.append({k: cell(v) for k, v in zip(cols, cells)})
         continue
-    elif line.startswith(("Machine:", "Date:", "Load average", "Runs:")):
+    elif line.startswith(("Machine:", "Date:", "Load average", "Runs:", "Uptime", "Loopback")):
         res["header"].append(line)
     elif line.startswith(("Note:", "Disk reference", "- ")):
         res["notes"].append(line)
@@ -1110,4 +1113,5 @@ report() {
   fi
 }
 
-main
+# bench/broadcast.sh sources this file for its setup and measuring functions, and runs its own main.
+[ "${BASH_SOURCE[0]}" != "$0" ] || main
