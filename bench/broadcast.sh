@@ -448,4 +448,7 @@ bc_main() {
   [ ${#FAILURES[@]} -eq 0 ] || exit 1
 }
 
+# exit here: bash reads a script as it runs it, so an edit of this file during a run must not be
+# read after bc_main returns
 bc_main
+exit
