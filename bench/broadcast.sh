@@ -162,6 +162,7 @@ rows_broadcast() {
       end=$EPOCHREALTIME
       python3 "$BC_PY" probe "$DIR/bc-after.json"
       python3 "$BC_PY" record "$tool" "$n" "$BIG_BYTES" "$start" "$end" "$err" >>"$BC_RECORDS"
+      [ -z "$err" ] || FAILURES+=("$tool to $n hosts: $err")
       bc_check "$tool" "$n" || true
     done
   done
