@@ -111,12 +111,9 @@ func fleetExecRun(ctx context.Context, opts *zpOptions, argv []string) error {
 		return err
 	}
 	defer s.Close()
-	agents, err := fl.Agents(ctx, sel)
+	agents, err := fo.sel.Agents(ctx, fl, t, sel)
 	if err != nil {
-		return fleetcli.Error(t, err)
-	}
-	if len(agents) == 0 {
-		return cli.WithCode(cli.ExitFailure, fmt.Errorf("no agent of %s%s", t.Host, fo.sel.Describe()))
+		return err
 	}
 	ad, err := fleetcli.NewDialer(conn, io, t, fl, agents, fo.connectTimeoutSet)
 	if err != nil {

@@ -286,12 +286,9 @@ func fleetCopyRun(ctx context.Context, opts *zpcOptions, srcs []string, dst stri
 		return err
 	}
 	defer s.Close()
-	agents, err := fl.Agents(ctx, sel)
+	agents, err := fo.sel.Agents(ctx, fl, t, sel)
 	if err != nil {
-		return fleetcli.Error(t, err)
-	}
-	if len(agents) == 0 {
-		return cli.WithCode(cli.ExitFailure, fmt.Errorf("no agent of %s%s", t.Host, fo.sel.Describe()))
+		return err
 	}
 	at := t
 	if user != "" {

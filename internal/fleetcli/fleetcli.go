@@ -62,6 +62,19 @@ func (f *Select) Describe() string {
 	return " matches " + strings.Join(parts, " ")
 }
 
+// Agents lists the hub's agents that sel chooses (sel from Selector); no
+// agent at all is an error that names the flags.
+func (f *Select) Agents(ctx context.Context, fl *client.Fleet, t cli.Target, sel client.Selector) ([]client.Agent, error) {
+	agents, err := fl.Agents(ctx, sel)
+	if err != nil {
+		return nil, Error(t, err)
+	}
+	if len(agents) == 0 {
+		return nil, cli.WithCode(cli.ExitFailure, fmt.Errorf("no agent of %s%s", t.Host, f.Describe()))
+	}
+	return agents, nil
+}
+
 // DialHub opens a session with a hub and its fleet API.
 func DialHub(ctx context.Context, conn *cli.ConnFlags, io *cli.IO, hubArg string) (*client.Session, *client.Fleet, cli.Target, error) {
 	if conn.Insecure {
