@@ -9,7 +9,12 @@ const (
 	IDBcastGo       MsgID = 0x62
 	IDBcastProgress MsgID = 0x63
 	IDBcastDone     MsgID = 0x64
+	IDBcastTree     MsgID = 0x65
+	IDBcastTreeOK   MsgID = 0x66
 )
+
+// MaxFanout bounds a relay tree's fanout: the children one node feeds.
+const MaxFanout = 64
 
 // Limits on a broadcast's manifest (docs/PROTOCOL.md §14.2): what an agent
 // holds in memory for one broadcast.
@@ -22,7 +27,7 @@ const (
 
 func init() {
 	for id, n := range map[MsgID]string{IDBcast: "BCAST", IDBcastNeed: "BCAST_NEED", IDBcastGo: "BCAST_GO",
-		IDBcastProgress: "BCAST_PROGRESS", IDBcastDone: "BCAST_DONE"} {
+		IDBcastProgress: "BCAST_PROGRESS", IDBcastDone: "BCAST_DONE", IDBcastTree: "BCAST_TREE", IDBcastTreeOK: "BCAST_TREE_OK"} {
 		names[id] = n
 	}
 	registry[IDBcast] = func() Message { return new(Bcast) }
@@ -30,6 +35,8 @@ func init() {
 	registry[IDBcastGo] = func() Message { return new(BcastGo) }
 	registry[IDBcastProgress] = func() Message { return new(BcastProgress) }
 	registry[IDBcastDone] = func() Message { return new(BcastDone) }
+	registry[IDBcastTree] = func() Message { return new(BcastTree) }
+	registry[IDBcastTreeOK] = func() Message { return new(BcastTreeOK) }
 }
 
 // Bcast asks an agent to apply a broadcast (client → agent, through a
@@ -128,6 +135,13 @@ type BcastGo struct {
 	Key     []byte
 	Record  uint32
 	Content []byte
+	// Relay tree (§14.11): Parent ("tcp://HOST:PORT", or "" for the hub)
+	// is the XPUB the agent takes the content from live, ParentKey its
+	// CURVE server key (32 octets, or none); Children are the CURVE keys
+	// (32 octets each) of the agents this one republishes the content to.
+	Parent    string
+	ParentKey []byte
+	Children  []byte
 }
 
 func (*BcastGo) ID() MsgID { return IDBcastGo }
@@ -137,6 +151,9 @@ func (m *BcastGo) encode(e *encoder) {
 	e.long(m.Key)
 	e.u32(m.Record)
 	e.long(m.Content)
+	e.str(m.Parent)
+	e.long(m.ParentKey)
+	e.long(m.Children)
 }
 func (m *BcastGo) decode(d *decoder) {
 	m.Channel = d.u32("channel")
@@ -144,6 +161,9 @@ func (m *BcastGo) decode(d *decoder) {
 	m.Key = d.long("key")
 	m.Record = d.u32("record")
 	m.Content = d.long("content")
+	m.Parent = d.str("parent")
+	m.ParentKey = d.long("parent-key")
+	m.Children = d.long("children")
 }
 func (m *BcastGo) validate() error {
 	switch {
@@ -153,18 +173,72 @@ func (m *BcastGo) validate() error {
 		return fmt.Errorf("%w: content record of %d octets", ErrInvalid, m.Record)
 	case len(m.Content) > MaxManifestEntries/8:
 		return fmt.Errorf("%w: content bitmap of %d octets", ErrInvalid, len(m.Content))
+	case (m.Parent == "") != (len(m.ParentKey) == 0) || len(m.ParentKey) != 0 && len(m.ParentKey) != 32:
+		return fmt.Errorf("%w: parent %q with a key of %d octets", ErrInvalid, m.Parent, len(m.ParentKey))
+	case len(m.Children)%32 != 0 || len(m.Children)/32 > MaxFanout:
+		return fmt.Errorf("%w: children of %d octets", ErrInvalid, len(m.Children))
 	}
 	return nil
+}
+
+// BcastTree asks a hub to arrange agents in a relay tree of the given
+// fanout (client → hub, §14.11).
+type BcastTree struct {
+	Channel uint32
+	Fanout  uint8
+	Agents  []string
+}
+
+func (*BcastTree) ID() MsgID { return IDBcastTree }
+func (m *BcastTree) encode(e *encoder) {
+	e.u32(m.Channel)
+	e.u8(m.Fanout)
+	e.strs(m.Agents)
+}
+func (m *BcastTree) decode(d *decoder) {
+	m.Channel = d.u32("channel")
+	m.Fanout = d.u8("fanout")
+	m.Agents = d.strs("agents")
+}
+func (m *BcastTree) validate() error {
+	if m.Fanout == 0 || m.Fanout > MaxFanout {
+		return fmt.Errorf("%w: fanout %d (1-%d)", ErrInvalid, m.Fanout, MaxFanout)
+	}
+	return nil
+}
+
+// BcastTreeOK is the hub's tree: one dictionary per agent asked for, in
+// the order asked (keys in docs/PROTOCOL.md §14.11).
+type BcastTreeOK struct {
+	Channel uint32
+	Nodes   []map[string]string
+}
+
+func (*BcastTreeOK) ID() MsgID { return IDBcastTreeOK }
+func (m *BcastTreeOK) encode(e *encoder) {
+	e.u32(m.Channel)
+	e.dicts(m.Nodes)
+}
+func (m *BcastTreeOK) decode(d *decoder) {
+	m.Channel = d.u32("channel")
+	m.Nodes = d.dicts("nodes")
 }
 
 // BcastStats are an agent's counts for one broadcast.
 type BcastStats struct {
 	Written  uint64 // content octets written to files
-	Live     uint64 // publication octets taken from the hub's XPUB
+	Live     uint64 // publication octets taken live (the hub's XPUB or the parent's)
 	Repaired uint64 // publication octets fetched from the hub (PUB_FETCH)
 	Deduped  uint64 // octets of files already held with the manifest's digest
 	Files    uint32 // entries in place (written, identical, made)
 	Failed   uint32 // entries that failed
+	// Relay trees (§14.11): FromRelay is the part of Live that came from
+	// the parent relay, Relayed what this agent republished to its
+	// children (once, however many), Reparented whether it lost its
+	// relay and went on from the hub.
+	FromRelay  uint64
+	Relayed    uint64
+	Reparented uint8
 }
 
 func (s *BcastStats) encode(e *encoder) {
@@ -174,6 +248,9 @@ func (s *BcastStats) encode(e *encoder) {
 	e.u64(s.Deduped)
 	e.u32(s.Files)
 	e.u32(s.Failed)
+	e.u64(s.FromRelay)
+	e.u64(s.Relayed)
+	e.u8(s.Reparented)
 }
 func (s *BcastStats) decode(d *decoder) {
 	s.Written = d.u64("written")
@@ -182,6 +259,9 @@ func (s *BcastStats) decode(d *decoder) {
 	s.Deduped = d.u64("deduped")
 	s.Files = d.u32("files")
 	s.Failed = d.u32("failed")
+	s.FromRelay = d.u64("from-relay")
+	s.Relayed = d.u64("relayed")
+	s.Reparented = d.u8("reparented")
 }
 
 // BcastProgress reports an agent's counts so far (agent → client).

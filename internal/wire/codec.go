@@ -19,7 +19,7 @@ const (
 	MinVersion = 1
 	// JoinVersion is the version of an agent's link to its hub (JOIN),
 	// which version 3 left unchanged.
-	JoinVersion = 2
+	JoinVersion = 3
 )
 
 // Limits on what a peer may send. A decoder checks each length against the

@@ -75,6 +75,9 @@ type Join struct {
 	Software  string
 	Metrics   string // "HOST:PORT" or ":PORT" of the agent's /metrics, or ""
 	Heartbeat uint32 // ms
+	// Relay (JOIN version 3): "HOST:PORT" or ":PORT" of the agent's XPUB,
+	// where it republishes broadcasts as a relay (§14.11); "" for none.
+	Relay string
 }
 
 func (*Join) ID() MsgID { return IDJoin }
@@ -85,6 +88,9 @@ func (m *Join) encode(e *encoder) {
 	e.str(m.Software)
 	e.str(m.Metrics)
 	e.u32(m.Heartbeat)
+	if m.Version >= 3 {
+		e.str(m.Relay)
+	}
 }
 func (m *Join) decode(d *decoder) {
 	m.Version = d.u16("version")
@@ -93,6 +99,9 @@ func (m *Join) decode(d *decoder) {
 	m.Software = d.str("software")
 	m.Metrics = d.str("metrics")
 	m.Heartbeat = d.u32("heartbeat")
+	if m.Version >= 3 {
+		m.Relay = d.str("relay")
+	}
 }
 func (m *Join) validate() error {
 	if err := ValidAgentName(m.Name); err != nil {

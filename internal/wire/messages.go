@@ -503,6 +503,10 @@ func ChannelOf(m Message) (uint32, bool) {
 		return m.Channel, true
 	case *BcastDone:
 		return m.Channel, true
+	case *BcastTree:
+		return m.Channel, true
+	case *BcastTreeOK:
+		return m.Channel, true
 	}
 	return 0, false
 }
