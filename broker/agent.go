@@ -50,6 +50,8 @@ type AgentConfig struct {
 	// Users, when set, are the only users a session that came through a
 	// tunnel may act as (--fleet-users); the keyring still decides.
 	Users []string
+	// NoRelay: never relay broadcasts (JOIN offers no XPUB to the hub).
+	NoRelay bool
 	// Window is the credit granted for a tunnel's inbound stream (1 MiB);
 	// MaxTunnels bounds the tunnels open on the link (10000).
 	Window, MaxTunnels int
@@ -332,7 +334,7 @@ func (a *agentRunner) once(ctx context.Context, lg *slog.Logger) (joined bool, e
 	l.recv.Store(time.Now().UnixNano())
 	if err := l.send(&wire.Join{Version: wire.JoinVersion, Name: a.cfg.Name, Labels: a.cfg.Labels,
 		Software: "zpd/" + wire.SoftwareVersion, Metrics: a.cfg.Metrics,
-		Heartbeat: uint32(a.b.cfg.heartbeat().Milliseconds())}); err != nil {
+		Heartbeat: uint32(a.b.cfg.heartbeat().Milliseconds()), Relay: a.relay()}); err != nil {
 		return false, err
 	}
 	var ok *wire.JoinOK

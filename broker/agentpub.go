@@ -41,6 +41,8 @@ const pubLive = 32
 type liveRoutes struct {
 	mu     sync.Mutex
 	topics map[string]map[chan *wire.PubData]struct{}
+	// relayed are the topics taken from a relay, not the hub (relay.go).
+	relayed map[string]bool
 }
 
 func (a *agentRunner) addLive(topic string) chan *wire.PubData {
@@ -61,6 +63,7 @@ func (a *agentRunner) addLiveChan(topic string, c chan *wire.PubData) func() {
 		a.live.topics[topic] = make(map[chan *wire.PubData]struct{})
 	}
 	a.live.topics[topic][c] = struct{}{}
+	first = first && !a.live.relayed[topic]
 	a.live.mu.Unlock()
 	if first {
 		if l := a.cur.Load(); l != nil {
@@ -78,6 +81,7 @@ func (a *agentRunner) dropLive(topic string, c chan *wire.PubData) {
 	if last {
 		delete(a.live.topics, topic)
 	}
+	last = last && !a.live.relayed[topic]
 	a.live.mu.Unlock()
 	if last {
 		if l := a.cur.Load(); l != nil {
@@ -112,7 +116,9 @@ func (a *agentRunner) liveTopics() []string {
 	defer a.live.mu.Unlock()
 	out := make([]string, 0, len(a.live.topics))
 	for t := range a.live.topics {
-		out = append(out, t)
+		if !a.live.relayed[t] {
+			out = append(out, t)
+		}
 	}
 	return out
 }
@@ -367,7 +373,7 @@ func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 	copy(key[:], m.Key)
 	e := ch.s.b.agent.readPublication(ch.ctx, ch.id, "shared stdin", m.Topic, key, int(m.Record), w, func(n int, _ bool) {
 		ch.s.b.m.Bytes.WithLabelValues("in", "exec").Add(float64(n))
-	})
+	}, nil)
 	if e != nil {
 		ch.s.b.log.Warn("shared stdin failed", "session", ch.s.id, "channel", ch.id, "code", int(e.Code), "err", e.Reason)
 		ch.send(e)
@@ -390,13 +396,20 @@ func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 // reorder buffer while the gap alone is fetched, so that a reader that
 // fell behind once catches up with the live stream instead of fetching
 // the rest of the publication piece by piece.
-func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topic string, key [32]byte, record int, w io.Writer, count func(n int, live bool)) *wire.Error {
+//
+// relay, if set, is handed every piece of the publication in order
+// (sealed, as published; eof on the publication's last) before it is
+// decrypted: a relay republishes it (relay.go).
+func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topic string, key [32]byte, record int, w io.Writer, count func(n int, live bool), relay func(off uint64, p []byte, eof bool)) *wire.Error {
 	r := &recordReader{max: record, w: w, key: key}
 	live := a.addLive(topic)
 	defer a.dropLive(topic, live)
 	var want uint64 // the next octet of the publication
 	var ahead reorder
-	feed := func(p []byte, isLive bool) *wire.Error {
+	feed := func(p []byte, isLive, eof bool) *wire.Error {
+		if relay != nil {
+			relay(want, p, eof)
+		}
 		if err := r.feed(p); err != nil {
 			return wire.Errorf(id, wire.CodeFlowControl, "%s: %v", what, err)
 		}
@@ -408,7 +421,7 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 	take := func(pd *wire.PubData) *wire.Error {
 		for pd != nil && !r.done && r.werr == nil {
 			if end := pd.Offset + uint64(len(pd.Bytes)); pd.Offset <= want && end > want {
-				if e := feed(pd.Bytes[want-pd.Offset:], true); e != nil {
+				if e := feed(pd.Bytes[want-pd.Offset:], true, pd.EOF()); e != nil {
 					return e
 				}
 			}
@@ -462,7 +475,7 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 				continue
 			}
 			if len(ans.data) > 0 && ans.ok.Next == want+uint64(len(ans.data)) {
-				if e := feed(ans.data, false); e != nil {
+				if e := feed(ans.data, false, ans.ok.Final && ans.ok.Next >= ans.ok.Size); e != nil {
 					return e
 				}
 				if e := take(ahead.next(want)); e != nil {

@@ -140,9 +140,18 @@ func (c *bcastChan) run(m *wire.Bcast) {
 		},
 	}
 	if g.Topic != "" {
+		if g.Parent != "" {
+			// A relay tree: live from the parent's XPUB, not the hub's.
+			defer c.s.b.agent.fromRelay(c.ctx, g.Topic, g.Parent, g.ParentKey, &st.fromRelay, &st.reparented)()
+		}
 		// Subscribed before the client publishes the content (it waits
 		// for this first BCAST_PROGRESS): it arrives live, not by repair.
 		defer c.s.b.agent.follow(g.Topic)()
+		if len(g.Children) > 0 {
+			// Admitted before that BCAST_PROGRESS too: the client tells
+			// the children where to subscribe once it came.
+			defer c.s.b.admitChildren(g.Children, g.Topic)()
+		}
 	}
 	s.send(&wire.BcastProgress{Channel: c.id, Stats: st.wire()})
 	stopProgress := c.progress(&st)
@@ -183,7 +192,7 @@ func (c *bcastChan) manifest(m *wire.Bcast) ([]*wire.File, *wire.Error) {
 	var key [32]byte
 	copy(key[:], m.Key)
 	buf := &limitBuffer{max: int(m.Size)}
-	if e := c.s.b.agent.readPublication(c.ctx, c.id, "manifest", m.Topic, key, int(m.Record), buf, func(int, bool) {}); e != nil {
+	if e := c.s.b.agent.readPublication(c.ctx, c.id, "manifest", m.Topic, key, int(m.Record), buf, func(int, bool) {}, nil); e != nil {
 		return nil, e
 	}
 	if c.ctx.Err() != nil {
@@ -217,7 +226,17 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 			break
 		}
 	}
-	if wanted && g.Topic != "" {
+	// A relay reads the whole content, whatever it lacks itself, and
+	// republishes it for its children as it goes.
+	relaying := len(g.Children) > 0
+	var relay func(uint64, []byte, bool)
+	if relaying {
+		relay = func(off uint64, p []byte, eof bool) {
+			c.s.b.relayPublish(g.Topic, off, p, eof)
+			st.relayed.Add(uint64(len(p)))
+		}
+	}
+	if (wanted || relaying) && g.Topic != "" {
 		go func() {
 			e := c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), pw, func(n int, isLive bool) {
 				if isLive {
@@ -225,7 +244,7 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 				} else {
 					st.repaired.Add(uint64(n))
 				}
-			})
+			}, relay)
 			if e != nil {
 				pw.CloseWithError(e)
 			} else {
@@ -238,6 +257,9 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 		read <- nil
 	}
 	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure}, pr)
+	if relaying && ctx.Err() == nil {
+		_, _ = io.Copy(io.Discard, pr) // the rest is for the children
+	}
 	pr.Close() // the rest of the content is for other agents
 	cancel()
 	if e := <-read; e != nil && err == nil && e.Code == wire.CodeNotFound {
@@ -271,12 +293,19 @@ func (c *bcastChan) progress(st *bcastStats) func() {
 // bcastStats are a broadcast's counts, updated as it goes.
 type bcastStats struct {
 	written, live, repaired, deduped atomic.Uint64
+	fromRelay, relayed               atomic.Uint64
 	files, failed                    atomic.Uint32
+	reparented                       atomic.Bool
 }
 
 func (s *bcastStats) wire() wire.BcastStats {
-	return wire.BcastStats{Written: s.written.Load(), Live: s.live.Load(), Repaired: s.repaired.Load(),
-		Deduped: s.deduped.Load(), Files: s.files.Load(), Failed: s.failed.Load()}
+	w := wire.BcastStats{Written: s.written.Load(), Live: s.live.Load(), Repaired: s.repaired.Load(),
+		Deduped: s.deduped.Load(), Files: s.files.Load(), Failed: s.failed.Load(),
+		FromRelay: s.fromRelay.Load(), Relayed: s.relayed.Load()}
+	if s.reparented.Load() {
+		w.Reparented = 1
+	}
+	return w
 }
 
 // limitBuffer keeps at most max octets and fails beyond.

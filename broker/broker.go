@@ -134,11 +134,14 @@ type Broker struct {
 	xsub   zmq4.Socket
 	self   *Account
 	jobs   *jobManager
-	grants *grants         // who may subscribe to what on the XPUB
-	logCap *rateLimit      // bounds log lines about floods
-	limits *limits         // per-user and global limits
-	ctx    context.Context // set by Run; jobs' goroutines stop with it
-	work   sync.WaitGroup  // every goroutine of sessions and channels (spawn)
+	grants *grants // who may subscribe to what on the XPUB
+	// relayed admits, on the XPUB only, the keys of agents this agent
+	// relays a broadcast to (relay.go).
+	relayed relayAdmits
+	logCap  *rateLimit      // bounds log lines about floods
+	limits  *limits         // per-user and global limits
+	ctx     context.Context // set by Run; jobs' goroutines stop with it
+	work    sync.WaitGroup  // every goroutine of sessions and channels (spawn)
 
 	mu       sync.Mutex
 	conns    map[string]*connInfo // by routing identity
@@ -273,7 +276,7 @@ func (b *Broker) listenPublish(ep string) error {
 		return err
 	}
 	pcfg := &zmtp.Config{
-		Mechanism: b.cfg.Mechanism, SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
+		Mechanism: b.publishMechanism(), SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
 		OnFull: zmtp.DropMessage, SendQueue: pubQueue, NoCopy: true,
 		// Subscribers send only subscriptions: small frames, and only
 		// those their key was granted (grants), a few per connection.

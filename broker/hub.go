@@ -62,15 +62,21 @@ type hub struct {
 // hubAgent is an agent as the hub knows it.
 type hubAgent struct {
 	name, software, metrics, address string
-	key                              []byte
-	labels                           map[string]string
-	joined, lastSeen, lastPing       time.Time
-	link                             *connInfo // nil once the link closed
-	lost                             bool      // silent for three heartbeats, or the link closed
-	relays                           map[uint32]*relay
-	nextCh                           uint32
-	seq                              uint64
-	fetches                          int // PUB_FETCH being answered
+	// publish is the agent's XPUB ("tcp://HOST:PORT") where it relays
+	// broadcasts, or "" (JOIN version 2, or not on TCP); parent is its
+	// parent in the last relay tree it was placed in (at treeAt), "" for
+	// the hub.
+	publish, parent            string
+	treeAt                     time.Time
+	key                        []byte
+	labels                     map[string]string
+	joined, lastSeen, lastPing time.Time
+	link                       *connInfo // nil once the link closed
+	lost                       bool      // silent for three heartbeats, or the link closed
+	relays                     map[uint32]*relay
+	nextCh                     uint32
+	seq                        uint64
+	fetches                    int // PUB_FETCH being answered
 }
 
 // relay joins a client's tunnel channel to a channel on an agent's link.
@@ -241,8 +247,8 @@ func (h *hub) join(c *connInfo, m *wire.Join) {
 	case c.sess != nil || c.agentLink:
 		refuse("bad_request", wire.Errorf(0, wire.CodeBadRequest, "JOIN on a connection that already has a session or a link"))
 		return
-	case m.Version != wire.JoinVersion:
-		refuse("bad_request", wire.Errorf(0, wire.CodeVersion, "JOIN version %d not supported (this hub speaks %d)", m.Version, wire.JoinVersion))
+	case m.Version < 2 || m.Version > wire.JoinVersion:
+		refuse("bad_request", wire.Errorf(0, wire.CodeVersion, "JOIN version %d not supported (this hub speaks 2-%d)", m.Version, wire.JoinVersion))
 		return
 	case !h.cfg.Agents.Contains(c.key):
 		refuse("unauthorised", wire.Errorf(0, wire.CodeUnauthorised, "key %s is not an agent key of this hub (--fleet-keys)", keyFingerprint(c.key)))
@@ -277,8 +283,11 @@ func (h *hub) join(c *connInfo, m *wire.Join) {
 	}
 	a := &hubAgent{
 		name: m.Name, software: m.Software, key: append([]byte(nil), c.key...), labels: m.Labels,
-		address: c.remote, metrics: metricsAddr(m.Metrics, c.remote),
+		address: c.remote, metrics: metricsAddr(m.Metrics, c.remote), publish: relayAddr(m.Relay, c.remote),
 		joined: now, lastSeen: now, lastPing: now, link: c, relays: make(map[uint32]*relay),
+	}
+	if old != nil {
+		a.parent, a.treeAt = old.parent, old.treeAt // its place in the last relay tree
 	}
 	h.agents[m.Name] = a
 	h.links[string(c.id)] = a
@@ -488,7 +497,7 @@ func (h *hub) tick(now time.Time) {
 // reports whether it handled m. Called by the receive loop; never blocks.
 func (h *hub) session(s *session, m wire.Message) bool {
 	switch m.(type) {
-	case *wire.Fleet, *wire.Tunnel, *wire.Publish, *wire.PubFetch, *wire.FleetJob, *wire.FleetJobs:
+	case *wire.Fleet, *wire.Tunnel, *wire.Publish, *wire.PubFetch, *wire.FleetJob, *wire.FleetJobs, *wire.BcastTree:
 		id, _ := wire.ChannelOf(m)
 		switch {
 		case s.version < 2:
@@ -533,6 +542,8 @@ func (h *hub) request(s *session, m wire.Message) {
 		h.recordFleetJob(s, m)
 	case *wire.FleetJobs:
 		h.listFleetJobs(s, m)
+	case *wire.BcastTree:
+		h.tree(s, m)
 	default:
 		id, _ := wire.ChannelOf(m)
 		s.sendErr(wire.Errorf(id, wire.CodeBadRequest, "%s is not supported by this hub yet", m.ID()))
@@ -594,12 +605,16 @@ func (a *hubAgent) info() map[string]string {
 		labels = append(labels, k+"="+v)
 	}
 	sort.Strings(labels)
-	return map[string]string{
+	m := map[string]string{
 		"name": a.name, "key": key.String(), "fingerprint": key.Fingerprint(),
 		"address": a.address, "labels": strings.Join(labels, ","), "software": a.software,
 		"joined": a.joined.UTC().Format(time.RFC3339), "last_seen": a.lastSeen.UTC().Format(time.RFC3339),
-		"state": state, "metrics": a.metrics,
+		"state": state, "metrics": a.metrics, "relay": a.publish,
 	}
+	if !a.treeAt.IsZero() {
+		m["parent"], m["tree_at"] = a.parent, a.treeAt.UTC().Format(time.RFC3339)
+	}
+	return m
 }
 
 // openTunnel relays a client's TUNNEL to the agent (docs/PROTOCOL.md §13.4).

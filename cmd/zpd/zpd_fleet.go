@@ -25,6 +25,7 @@ type zpdFleetOptions struct {
 	labels       []string
 	hubKey       string
 	fleetUsers   []string
+	noRelay      bool
 }
 
 func (o *zpdFleetOptions) register(fs *pflag.FlagSet) {
@@ -35,6 +36,7 @@ func (o *zpdFleetOptions) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.name, "name", "", "agent: this agent's name on the hub (default: the host name)")
 	fs.StringArrayVar(&o.labels, "label", nil, "agent: a label k=v shown in listings and used to select agents (repeatable)")
 	fs.StringVar(&o.hubKey, "hub-key", "", "agent: the hub's public key (Z85); default: learn it on first contact and pin it in STATE/hub_known_hosts")
+	fs.BoolVar(&o.noRelay, "no-relay", false, "agent: never relay broadcasts to other agents (zpc --fleet --fanout); by default the agent offers its XPUB's port to its hub")
 	fs.StringSliceVar(&o.fleetUsers, "fleet-users", nil, "agent: the only users a session through the hub may act as (comma-separated; default: any user the keys allow)")
 }
 
@@ -48,7 +50,7 @@ func (o *zpdFleetOptions) configure(cfg *broker.Config, kp curve.KeyPair, metric
 		for _, f := range []struct {
 			name string
 			set  bool
-		}{{"--name", o.name != ""}, {"--label", len(o.labels) > 0}, {"--hub-key", o.hubKey != ""}, {"--fleet-users", len(o.fleetUsers) > 0}} {
+		}{{"--name", o.name != ""}, {"--label", len(o.labels) > 0}, {"--hub-key", o.hubKey != ""}, {"--fleet-users", len(o.fleetUsers) > 0}, {"--no-relay", o.noRelay}} {
 			if f.set {
 				return nil, nil, fmt.Errorf("%s goes with --join", f.name)
 			}
@@ -108,7 +110,7 @@ func (o *zpdFleetOptions) configure(cfg *broker.Config, kp curve.KeyPair, metric
 			}
 		}
 		cfg.Agent = &broker.AgentConfig{Hub: t.Endpoint, HubKey: o.hubKey, Key: kp, Name: name, Labels: labels,
-			Metrics: reportedMetrics(metricsAddr), Users: o.fleetUsers}
+			Metrics: reportedMetrics(metricsAddr), Users: o.fleetUsers, NoRelay: o.noRelay}
 	}
 	return agents, clients, nil
 }

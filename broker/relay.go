@@ -1,0 +1,261 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+
+	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/internal/zmtp"
+)
+
+// An agent's part in relay trees (docs/PROTOCOL.md §14.11).
+//
+// A relay republishes a broadcast's content publication on its own XPUB,
+// in order, as it reads it (live from its parent, or fetched from the
+// hub): the same topic, offsets and sealed octets as the hub's. Its
+// children's keys, which BCAST_GO lists, are admitted on its XPUB for
+// that topic alone while the broadcast lasts: the key is no user here
+// and may do nothing else (the ROUTER does not admit it).
+//
+// A child takes the topic live from its parent's XPUB instead of the
+// hub's; what it misses it fetches from the hub over its link, as any
+// missed publication. A parent that falls silent (relayPatience) or
+// cannot be reached is given up: the child subscribes on the hub's XPUB
+// and finishes from there (re-parented).
+
+// relayPatience is how long a child waits for its relay's next message
+// (relayFirst for the first) before it takes the content from the hub.
+const (
+	relayPatience = 3 * time.Second
+	relayFirst    = 6 * time.Second
+)
+
+// relayAdmits counts, per key, the relayed broadcasts that admit it on
+// the XPUB.
+type relayAdmits struct {
+	mu   sync.Mutex
+	keys map[string]int
+}
+
+func (r *relayAdmits) has(k []byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.keys[string(k)] > 0
+}
+
+// admitChildren admits the children's keys (32 octets each) on the XPUB
+// and grants them topic, until the returned function is called.
+func (b *Broker) admitChildren(children []byte, topic string) func() {
+	var keys [][]byte
+	for i := 0; i+32 <= len(children); i += 32 {
+		keys = append(keys, children[i:i+32])
+	}
+	b.relayed.mu.Lock()
+	if b.relayed.keys == nil {
+		b.relayed.keys = make(map[string]int)
+	}
+	for _, k := range keys {
+		b.relayed.keys[string(k)]++
+		b.grants.grant(k, topic)
+	}
+	b.relayed.mu.Unlock()
+	return func() {
+		b.grants.revoke(topic)
+		b.relayed.mu.Lock()
+		for _, k := range keys {
+			if b.relayed.keys[string(k)]--; b.relayed.keys[string(k)] <= 0 {
+				delete(b.relayed.keys, string(k))
+			}
+		}
+		b.relayed.mu.Unlock()
+	}
+}
+
+// publishMechanism is the XPUB's: the broker's, and under CURVE it also
+// admits the keys of the agents it relays a broadcast to.
+func (b *Broker) publishMechanism() zmtp.Mechanism {
+	srv, ok := b.cfg.Mechanism.(*curve.Server)
+	if !ok || srv == nil {
+		return b.cfg.Mechanism
+	}
+	x := *srv
+	inner := srv.Authorize
+	x.Authorize = func(k curve.PublicKey) error {
+		if b.relayed.has(k[:]) {
+			return nil
+		}
+		if inner == nil {
+			return errors.New("not authorised")
+		}
+		return inner(k)
+	}
+	return &x
+}
+
+// relayEndpoint is what JOIN advertises for relaying: ":PORT" of the
+// XPUB on TCP ("HOST:PORT" when it is bound to one address), or "".
+func (b *Broker) relayEndpoint() string {
+	if b.jobs == nil || b.jobs.pub == nil {
+		return ""
+	}
+	a, ok := b.jobs.pub.Addr().(*net.TCPAddr)
+	if !ok || a == nil {
+		return ""
+	}
+	if a.IP == nil || a.IP.IsUnspecified() {
+		return net.JoinHostPort("", strconv.Itoa(a.Port))
+	}
+	return net.JoinHostPort(a.IP.String(), strconv.Itoa(a.Port))
+}
+
+// relay is what this agent's JOIN offers for relaying.
+func (a *agentRunner) relay() string {
+	if a.cfg.NoRelay {
+		return ""
+	}
+	return a.b.relayEndpoint()
+}
+
+// relayPublish republishes a piece of a publication on this zpd's XPUB.
+func (b *Broker) relayPublish(topic string, off uint64, p []byte, eof bool) {
+	var flags uint8
+	if eof {
+		flags = wire.DataEOF
+	}
+	hdr := wire.Encode(nil, &wire.PubData{Offset: off, Flags: flags})
+	if p == nil {
+		p = []byte{}
+	}
+	_ = b.jobs.pub.Send(zmq4.NewMsgFrom([]byte(topic), hdr, p))
+}
+
+// fromRelay takes topic's live publications from the XPUB at parent
+// (CURVE server key parentKey) instead of the hub's until the returned
+// function is called. got counts the octets the relay delivered;
+// reparented is set when the agent gave the relay up for the hub.
+func (a *agentRunner) fromRelay(ctx context.Context, topic, parent string, parentKey []byte, got *atomic.Uint64, reparented *atomic.Bool) func() {
+	a.live.mu.Lock()
+	if a.live.relayed == nil {
+		a.live.relayed = make(map[string]bool)
+	}
+	a.live.relayed[topic] = true
+	a.live.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(ctx)
+	var once sync.Once
+	giveUp := func(why string, err error) {
+		once.Do(func() {
+			if ctx.Err() != nil {
+				return
+			}
+			reparented.Store(true)
+			a.b.log.Warn("relay given up; the broadcast goes on from the hub", "relay", parent, "reason", why, "err", err)
+			a.unrelay(topic)
+		})
+	}
+	var last atomic.Int64 // unix ns of the relay's last message
+	var ended atomic.Bool // the relay sent the publication's end
+	start := time.Now()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		var key curve.PublicKey
+		copy(key[:], parentKey)
+		zep, err := zmtp.Endpoint(parent)
+		if err != nil {
+			giveUp("bad endpoint", err)
+			return
+		}
+		zcfg := &zmtp.Config{Mechanism: &curve.Client{Key: a.cfg.Key, ServerKey: key}, SocketType: string(zmq4.Sub),
+			HandshakeTimeout: a.b.cfg.timeout(), OnFull: zmtp.Block,
+			MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 256, MaxFrames: 3}
+		sctx := zmtp.WithConfig(ctx, zcfg)
+		sub := zmq4.NewSub(sctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(a.b.cfg.timeout()),
+			zmq4.WithLogger(log.New(io.Discard, "", 0)))
+		defer sub.Close()
+		if err := sub.Dial(zep); err != nil {
+			giveUp("cannot reach it", err)
+			return
+		}
+		_ = sub.SetOption(zmq4.OptionSubscribe, topic)
+		go func() { <-ctx.Done(); sub.Close() }()
+		for {
+			msg, err := sub.Recv()
+			if err != nil {
+				return
+			}
+			if len(msg.Frames) != 3 || string(msg.Frames[0]) != topic {
+				continue
+			}
+			m, err := wire.Decode(msg.Frames[1:])
+			if err != nil {
+				continue
+			}
+			if pd, ok := m.(*wire.PubData); ok {
+				last.Store(time.Now().UnixNano())
+				if a.faultDrop > 0 && rand.Float64() < a.faultDrop {
+					continue // fault injection, as on the hub's XPUB
+				}
+				if pd.EOF() {
+					ended.Store(true)
+				}
+				got.Add(uint64(len(pd.Bytes)))
+				a.routeLive(topic, pd)
+			}
+		}
+	}()
+	go func() { // the watchdog
+		defer wg.Done()
+		t := time.NewTicker(relayPatience / 10)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if ended.Load() {
+				return // what is missing now comes by repair, from the hub
+			}
+			if l := last.Load(); l == 0 && time.Since(start) > relayFirst {
+				giveUp("silent from the start", nil)
+				return
+			} else if l != 0 && time.Since(time.Unix(0, l)) > relayPatience {
+				giveUp("silent", nil)
+				return
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		wg.Wait()
+		a.live.mu.Lock()
+		delete(a.live.relayed, topic)
+		a.live.mu.Unlock()
+	}
+}
+
+// unrelay takes topic from the hub's XPUB again.
+func (a *agentRunner) unrelay(topic string) {
+	a.live.mu.Lock()
+	delete(a.live.relayed, topic)
+	readers := len(a.live.topics[topic]) > 0
+	a.live.mu.Unlock()
+	if readers {
+		if l := a.cur.Load(); l != nil {
+			l.subscribe(topic, true)
+		}
+	}
+}
