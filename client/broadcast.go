@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/zpipes/zp/internal/curve"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 )
@@ -150,10 +151,64 @@ type BroadcastStats struct {
 	Deduped  uint64 // octets of files it already held
 	Files    int    // entries in place
 	Failed   int    // entries that failed
+	// Relay trees: octets received from the parent relay, octets
+	// republished to the children, and whether the agent gave its relay
+	// up and went on from the hub.
+	FromRelay  uint64
+	Relayed    uint64
+	Reparented bool
 }
 
 func statsFrom(s wire.BcastStats) BroadcastStats {
-	return BroadcastStats{Written: s.Written, Live: s.Live, Repaired: s.Repaired, Deduped: s.Deduped, Files: int(s.Files), Failed: int(s.Failed)}
+	return BroadcastStats{Written: s.Written, Live: s.Live, Repaired: s.Repaired, Deduped: s.Deduped, Files: int(s.Files), Failed: int(s.Failed),
+		FromRelay: s.FromRelay, Relayed: s.Relayed, Reparented: s.Reparented != 0}
+}
+
+// TreeNode is an agent's place in a relay tree (docs/PROTOCOL.md §14.11).
+type TreeNode struct {
+	Name   string
+	Key    string // the agent's public key, Z85
+	Parent string // "" for the hub
+	Relay  string // where the agent relays ("tcp://HOST:PORT"), or ""
+}
+
+// Tree asks the hub to arrange agents in a relay tree in which no node
+// (the hub included) feeds more than fanout others; the nodes come in the
+// order of agents.
+func (f *Fleet) Tree(ctx context.Context, fanout int, agents []string) ([]TreeNode, error) {
+	if fanout < 1 || fanout > wire.MaxFanout {
+		return nil, fmt.Errorf("fanout %d: 1 to %d", fanout, wire.MaxFanout)
+	}
+	m, err := f.s.request(ctx, func(ch uint32) wire.Message {
+		return &wire.BcastTree{Channel: ch, Fanout: uint8(fanout), Agents: agents}
+	})
+	if err != nil {
+		return nil, public(err)
+	}
+	t, ok := m.(*wire.BcastTreeOK)
+	if !ok {
+		return nil, fmt.Errorf("unexpected %s", m.ID())
+	}
+	if len(t.Nodes) != len(agents) {
+		return nil, &ProtocolError{fmt.Errorf("BCAST_TREE_OK of %d nodes for %d agents", len(t.Nodes), len(agents))}
+	}
+	out := make([]TreeNode, len(t.Nodes))
+	for i, d := range t.Nodes {
+		out[i] = TreeNode{Name: d["name"], Key: d["key"], Parent: d["parent"], Relay: d["relay"]}
+		if out[i].Name != agents[i] {
+			return nil, &ProtocolError{fmt.Errorf("BCAST_TREE_OK names %q where %q was asked", out[i].Name, agents[i])}
+		}
+	}
+	return out, nil
+}
+
+// Relaying is an agent's part in a relay tree: it takes the content live
+// from Parent's XPUB ("tcp://HOST:PORT", with the CURVE key ParentKey, in
+// Z85) instead of the hub's, and republishes it to the agents whose keys
+// (Z85) are Children.
+type Relaying struct {
+	Parent, ParentKey string
+	Children          []string
 }
 
 // AgentBroadcast is a broadcast on one agent's session.
@@ -161,6 +216,9 @@ type AgentBroadcast struct {
 	s     *Session
 	id    uint32
 	inbox chan wire.Message
+	// Relaying, if set before Go, gives the agent its place in a relay
+	// tree.
+	Relaying *Relaying
 	// Need is what the agent lacks; Have the octets of files it holds.
 	Need *Need
 	Have uint64
@@ -245,6 +303,22 @@ func (b *AgentBroadcast) Go(ctx context.Context, content *Publication, n *Need, 
 	if content != nil {
 		sh := content.Shared
 		g.Topic, g.Key, g.Record = sh.Topic, append([]byte(nil), sh.Key[:]...), uint32(sh.Record)
+		if r := b.Relaying; r != nil {
+			if r.Parent != "" {
+				k, err := curve.ParsePublicKey(r.ParentKey)
+				if err != nil {
+					return nil, fmt.Errorf("relay tree: the parent's key: %w", err)
+				}
+				g.Parent, g.ParentKey = r.Parent, k[:]
+			}
+			for _, c := range r.Children {
+				k, err := curve.ParsePublicKey(c)
+				if err != nil {
+					return nil, fmt.Errorf("relay tree: a child's key: %w", err)
+				}
+				g.Children = append(g.Children, k[:]...)
+			}
+		}
 	}
 	if err := b.s.send(g); err != nil {
 		return nil, err

@@ -27,6 +27,12 @@ type Agent struct {
 	LastSeen    time.Time
 	State       string // AgentUp or AgentLost
 	Metrics     string // HOST:PORT of its /metrics, or ""
+	// Relay is the agent's XPUB ("tcp://HOST:PORT") where it can relay
+	// broadcasts, or "". Parent is its parent ("" for the hub) in the last
+	// relay tree it was placed in, at TreeAt (zero if never).
+	Relay  string
+	Parent string
+	TreeAt time.Time
 }
 
 // Agent states.
@@ -117,6 +123,8 @@ func agentFrom(d map[string]string) Agent {
 			a.Labels[k] = v
 		}
 	}
+	a.Relay, a.Parent = d["relay"], d["parent"]
+	a.TreeAt, _ = time.Parse(time.RFC3339, d["tree_at"])
 	a.Joined, _ = time.Parse(time.RFC3339, d["joined"])
 	a.LastSeen, _ = time.Parse(time.RFC3339, d["last_seen"])
 	return a

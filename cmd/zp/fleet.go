@@ -24,6 +24,7 @@ type fleetListOptions struct {
 	sel     fleetcli.Select
 	asJSON  bool
 	promSD  bool
+	tree    bool
 	io      *cli.IO
 	hostArg string
 }
@@ -41,6 +42,10 @@ heartbeats is lost; lost agents stay listed until they join again.
 discovery targets (every agent that serves /metrics, and the hub itself):
   zp fleet hub --prometheus-sd > /etc/prometheus/targets/zp.json
 
+--tree draws the relay tree of the last broadcast with --fanout (zpc --fleet
+HUB --fanout K): which agent takes the content from which, and which
+relays are lost (their children go on from the hub).
+
 Your key must be in the hub's --fleet-clients.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -51,13 +56,14 @@ Your key must be in the hub's --fleet-clients.`,
 	opts.sel.Register(c.Flags(), "")
 	c.Flags().BoolVar(&opts.asJSON, "json", false, "print a JSON array")
 	c.Flags().BoolVar(&opts.promSD, "prometheus-sd", false, "print Prometheus file service discovery targets")
+	c.Flags().BoolVar(&opts.tree, "tree", false, "draw the relay tree of the last broadcast with --fanout")
 	return c
 }
 
 func fleetListRun(ctx context.Context, opts *fleetListOptions) error {
 	io := opts.io
-	if opts.asJSON && opts.promSD {
-		return cli.WithCode(cli.ExitUsage, errors.New("--json or --prometheus-sd, not both"))
+	if opts.asJSON && opts.promSD || opts.tree && (opts.asJSON || opts.promSD) {
+		return cli.WithCode(cli.ExitUsage, errors.New("one of --json, --prometheus-sd and --tree"))
 	}
 	sel, err := opts.sel.Selector()
 	if err != nil {
@@ -77,6 +83,8 @@ func fleetListRun(ctx context.Context, opts *fleetListOptions) error {
 		return writeFleetJSON(io, l.Agents)
 	case opts.promSD:
 		return writePrometheusSD(io, t, l)
+	case opts.tree:
+		return writeTree(io, opts.hostArg, l.Agents)
 	}
 	w := tabwriter.NewWriter(io.Out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "NAME\tADDRESS\tLABELS\tVERSION\tJOINED\tLAST-SEEN\tSTATE")
@@ -115,13 +123,21 @@ type fleetAgentJSON struct {
 	LastSeen    time.Time         `json:"last_seen"`
 	State       string            `json:"state"`
 	Metrics     string            `json:"metrics,omitempty"`
+	Relay       string            `json:"relay,omitempty"`
+	Parent      *string           `json:"parent,omitempty"` // in the last relay tree; "" for the hub
+	TreeAt      *time.Time        `json:"tree_at,omitempty"`
 }
 
 func writeFleetJSON(io *cli.IO, agents []client.Agent) error {
 	out := make([]fleetAgentJSON, 0, len(agents))
 	for _, a := range agents {
-		out = append(out, fleetAgentJSON{Name: a.Name, Key: a.Key, Fingerprint: a.Fingerprint, Address: a.Address,
-			Labels: a.Labels, Software: a.Software, Joined: a.Joined, LastSeen: a.LastSeen, State: a.State, Metrics: a.Metrics})
+		j := fleetAgentJSON{Name: a.Name, Key: a.Key, Fingerprint: a.Fingerprint, Address: a.Address,
+			Labels: a.Labels, Software: a.Software, Joined: a.Joined, LastSeen: a.LastSeen, State: a.State, Metrics: a.Metrics,
+			Relay: a.Relay}
+		if !a.TreeAt.IsZero() {
+			j.Parent, j.TreeAt = &a.Parent, &a.TreeAt
+		}
+		out = append(out, j)
 	}
 	enc := json.NewEncoder(io.Out)
 	enc.SetIndent("", "  ")
@@ -179,4 +195,61 @@ func writePrometheusSD(io *cli.IO, t cli.Target, l *client.Listing) error {
 	enc.SetIndent("", "  ")
 	enc.SetEscapeHTML(false)
 	return enc.Encode(out)
+}
+
+// writeTree draws the relay tree the hub placed its agents in last: the
+// agents of the newest tree under their parents, the hub at the root. A
+// lost relay is marked: its children finish from the hub.
+func writeTree(io *cli.IO, hub string, agents []client.Agent) error {
+	var newest time.Time
+	for _, a := range agents {
+		if a.TreeAt.After(newest) {
+			newest = a.TreeAt
+		}
+	}
+	if newest.IsZero() {
+		fmt.Fprintf(io.Out, "%s: no relay tree yet (zpc --fleet %s --fanout K places one)\n", hub, hub)
+		return nil
+	}
+	byName := map[string]client.Agent{}
+	kids := map[string][]string{}
+	var outside []string
+	for _, a := range agents {
+		byName[a.Name] = a
+		if a.TreeAt.Equal(newest) {
+			kids[a.Parent] = append(kids[a.Parent], a.Name)
+		} else {
+			outside = append(outside, a.Name)
+		}
+	}
+	fmt.Fprintf(io.Out, "%s (hub; tree of %s)\n", hub, newest.Local().Format(time.RFC3339))
+	var draw func(name, indent string)
+	draw = func(name, indent string) {
+		ks := kids[name]
+		sort.Strings(ks)
+		for i, k := range ks {
+			branch, next := "├── ", "│   "
+			if i == len(ks)-1 {
+				branch, next = "└── ", "    "
+			}
+			a := byName[k]
+			note := ""
+			switch {
+			case a.State != client.AgentUp && len(kids[k]) > 0:
+				note = "  [lost: its children go on from the hub]"
+			case a.State != client.AgentUp:
+				note = "  [lost]"
+			case len(kids[k]) > 0:
+				note = fmt.Sprintf("  relay to %d", len(kids[k]))
+			}
+			fmt.Fprintf(io.Out, "%s%s%s%s\n", indent, branch, k, note)
+			draw(k, indent+next)
+		}
+	}
+	draw("", "")
+	if len(outside) > 0 {
+		sort.Strings(outside)
+		fmt.Fprintf(io.Out, "not in this tree: %s\n", strings.Join(outside, " "))
+	}
+	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +29,7 @@ type fleetCopy struct {
 	async  bool
 	status string // --status ID
 	retry  string // --retry-failed ID
+	fanout int    // --fanout K: a relay tree
 	// connectTimeoutSet: --connect-timeout was given (else agents get
 	// fleetcli.Patience).
 	connectTimeoutSet bool
@@ -40,6 +42,7 @@ func (f *fleetCopy) register(c *cobra.Command) {
 	fs.BoolVar(&f.async, "async", false, "with --fleet: run the broadcast in the background and print its id at once (see --status)")
 	fs.StringVar(&f.status, "status", "", "with --fleet: how the broadcast ID went (or goes), per host")
 	fs.StringVar(&f.retry, "retry-failed", "", "with --fleet: broadcast ID again, to the hosts that did not prove its digest")
+	fs.IntVar(&f.fanout, "fanout", 0, "with --fleet: a relay tree: the hub feeds at most K agents and each of those relays to at most K more (0: the hub feeds every agent)")
 }
 
 // args checks the positional arguments: none with --status or
@@ -59,11 +62,14 @@ func (f *fleetCopy) args(c *cobra.Command, args []string) error {
 func (f *fleetCopy) check(c *cobra.Command) error {
 	f.connectTimeoutSet = c.Flags().Changed("connect-timeout")
 	if f.hub == "" {
-		for _, fl := range []string{"hosts", "label", "async", "status", "retry-failed"} {
+		for _, fl := range []string{"hosts", "label", "async", "status", "retry-failed", "fanout"} {
 			if c.Flags().Changed(fl) {
 				return cli.WithCode(cli.ExitUsage, fmt.Errorf("--%s goes with --fleet HUB", fl))
 			}
 		}
+	}
+	if f.fanout < 0 || f.fanout > maxFanout {
+		return cli.WithCode(cli.ExitUsage, fmt.Errorf("--fanout %d: 0 (no relays) to %d", f.fanout, maxFanout))
 	}
 	return nil
 }
@@ -77,7 +83,10 @@ SHA-256 of the manifest: paths, kinds, modes, times, sizes and each file's
 SHA-256). Files an agent already holds with the same digest are not sent to it;
 the files no selected agent lacks are not sent at all. An agent that misses
 part of the publication, is cut off or restarts fetches what it lacks from the
-hub. A table shows each host on a terminal; --json prints one object per host.
+hub. With --fanout K the hub feeds at most K agents, each of which republishes
+the (sealed) content to at most K more, and so on: no node sends more than K
+copies. A child whose relay dies or stalls goes on from the hub. zp fleet HUB
+--tree shows the tree. A table shows each host on a terminal; --json prints one object per host.
 Every broadcast gets an id (B…), recorded in the client's config directory:
   zpc --fleet HUB --async ...          starts it in the background, prints the id
   zpc --fleet HUB --status ID [--json] how it went (or goes), per host
@@ -101,14 +110,29 @@ type hostCopy struct {
 	Retries  int      `json:"reconnects"`
 	Failures []string `json:"failures"`
 	Error    string   `json:"error,omitempty"`
+	// Relay trees (--fanout): the host's parent ("" for the hub), what it
+	// received from it, what it republished to its children, and whether
+	// it gave its parent up and went on from the hub.
+	Parent     string `json:"parent,omitempty"`
+	FromRelay  uint64 `json:"bytes_from_relay,omitempty"`
+	Relayed    uint64 `json:"bytes_relayed,omitempty"`
+	Reparented bool   `json:"reparented,omitempty"`
 
 	agent client.Agent
-	start time.Time
-	end   time.Time // when it ended
-	need  *client.Need
-	sess  *client.Session
-	err   error // what ended it, when not ok
-	why   string
+	// relaying is its place in the relay tree; parent the host it takes
+	// the content from. ready is closed once it follows the content (its
+	// first BCAST_PROGRESS; relayOK) or ended: then its children go.
+	relaying  *client.Relaying
+	parent    *hostCopy
+	ready     chan struct{}
+	readyOnce sync.Once
+	relayOK   atomic.Bool
+	start     time.Time
+	end       time.Time // when it ended
+	need      *client.Need
+	sess      *client.Session
+	err       error // what ended it, when not ok
+	why       string
 }
 
 // recordEnv names the record an --async run's background zpc works for.
@@ -398,7 +422,13 @@ func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy 
 			receivers = append(receivers, h.Host)
 		}
 	}
+	for _, h := range hosts {
+		h.ready = make(chan struct{})
+	}
 	if len(receivers) > 0 && b.tree.NeedBytes(b.union) > 0 {
+		if b.opts.fleet.fanout > 0 && len(receivers) > b.opts.fleet.fanout {
+			b.placeTree(ctx, hosts, receivers)
+		}
 		start := make(chan struct{})
 		go b.startContent(ctx, len(receivers), start)
 		c, err := b.fl.PublishContent(ctx, receivers, b.tree, b.union, func(path string) {
@@ -498,11 +528,13 @@ func (b *broadcast) apply(ctx context.Context, h *hostCopy, ab *client.AgentBroa
 	var once sync.Once
 	following := func() { once.Do(func() { b.subscribed <- struct{}{} }) }
 	defer following()
+	defer h.readyOnce.Do(func() { close(h.ready) })
 	if b.contentErr != nil {
 		ab.Close()
 		h.State, h.err = "failed", b.contentErr
 		return
 	}
+	ab.Relaying = b.relaying(ctx, h)
 	for {
 		if !b.union.Covers(ab.Need) {
 			ab.Close()
@@ -511,6 +543,10 @@ func (b *broadcast) apply(ctx context.Context, h *hostCopy, ab *client.AgentBroa
 		}
 		r, err := ab.Go(ctx, b.content, b.union, func(st client.BroadcastStats) {
 			following()
+			if ab.Relaying != nil {
+				h.relayOK.Store(true)
+			}
+			h.readyOnce.Do(func() { close(h.ready) })
 			b.view.update(h, st)
 		})
 		h.sess.Close()
@@ -542,7 +578,84 @@ func (b *broadcast) apply(ctx context.Context, h *hostCopy, ab *client.AgentBroa
 			h.State, h.err = "unreachable", err
 			return
 		}
+		// Started again: from the hub, relaying to nobody (its children
+		// went on from the hub when it fell silent).
 	}
+}
+
+// maxFanout is --fanout's largest value.
+const maxFanout = 64
+
+// placeTree asks the hub for a relay tree over the receivers and gives
+// each host its place. Without one (a hub that predates relay trees), the
+// hub feeds every agent.
+func (b *broadcast) placeTree(ctx context.Context, hosts []*hostCopy, receivers []string) {
+	nodes, err := b.fl.Tree(ctx, b.opts.fleet.fanout, receivers)
+	if err != nil {
+		b.view.warn(fmt.Sprintf("no relay tree (%v): the hub sends to every agent", err))
+		return
+	}
+	byName := make(map[string]*hostCopy, len(hosts))
+	for _, h := range hosts {
+		byName[h.Host] = h
+	}
+	byNode := make(map[string]client.TreeNode, len(nodes))
+	for _, n := range nodes {
+		byNode[n.Name] = n
+	}
+	relays := 0
+	for _, n := range nodes {
+		h, p, pn := byName[n.Name], byName[n.Parent], byNode[n.Parent]
+		if n.Parent == "" || h == nil || p == nil || pn.Relay == "" {
+			continue
+		}
+		if p.relaying == nil {
+			p.relaying = &client.Relaying{}
+		}
+		if len(p.relaying.Children) == 0 {
+			relays++
+		}
+		p.relaying.Children = append(p.relaying.Children, n.Key)
+		if h.relaying == nil {
+			h.relaying = &client.Relaying{}
+		}
+		h.relaying.Parent, h.relaying.ParentKey = pn.Relay, pn.Key
+		h.parent, h.Parent = p, p.Host
+	}
+	fed := 0
+	for _, h := range hosts {
+		if h.parent == nil && h.need != nil {
+			fed++
+		}
+	}
+	b.view.warn(fmt.Sprintf("relay tree of fanout %d: the hub feeds %d agents, %d relays feed %d", b.opts.fleet.fanout, fed, relays, len(receivers)-fed))
+}
+
+// relaying is h's place in the relay tree once its parent follows the
+// content (at most subscribeWait); nil for none. A parent that ended
+// without following it leaves h to the hub.
+func (b *broadcast) relaying(ctx context.Context, h *hostCopy) *client.Relaying {
+	if h.relaying == nil {
+		return nil
+	}
+	r := *h.relaying
+	if p := h.parent; p != nil {
+		t := time.NewTimer(subscribeWait)
+		defer t.Stop()
+		select {
+		case <-p.ready:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		if !p.relayOK.Load() {
+			r.Parent, r.ParentKey = "", ""
+			h.Parent = ""
+		}
+	}
+	if r.Parent == "" && len(r.Children) == 0 {
+		return nil
+	}
+	return &r
 }
 
 // maxReconnects bounds how often a host's broadcast starts again.
@@ -596,6 +709,9 @@ func (h *hostCopy) record(r *client.BroadcastResult) {
 	h.Written += r.Stats.Written
 	h.Received += r.Stats.Live + r.Stats.Repaired
 	h.Repaired += r.Stats.Repaired
+	h.FromRelay += r.Stats.FromRelay
+	h.Relayed += r.Stats.Relayed
+	h.Reparented = h.Reparented || r.Stats.Reparented
 	h.Failures = append(h.Failures[:0], r.Failures...)
 }
 
