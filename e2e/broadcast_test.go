@@ -88,6 +88,11 @@ type bcastHost struct {
 	Error    string   `json:"error"`
 	Retries  int      `json:"reconnects"`
 	Seconds  float64  `json:"seconds"`
+
+	Parent     string `json:"parent"`
+	FromRelay  uint64 `json:"bytes_from_relay"`
+	Relayed    uint64 `json:"bytes_relayed"`
+	Reparented bool   `json:"reparented"`
 }
 
 type bcastReport struct {
@@ -281,7 +286,10 @@ func TestBroadcastFaults(t *testing.T) {
 	dest := filepath.Join(f.mnt(), "dest")
 
 	finished := make(chan result, 1)
-	go func() { finished <- f.zpc("--fleet", f.hub.Addr, "-r", "--json", src+"/", ":"+dest) }()
+	// A relay tree of fanout 2, placed by name: b03 (stopped) relays to
+	// b08 and b09, b05 (killed) to b12 and b13; b07 (dropping) hangs
+	// from b02.
+	go func() { finished <- f.zpc("--fleet", f.hub.Addr, "--fanout", "2", "-r", "--json", src+"/", ":"+dest) }()
 	// Mid-way: once the stopped and killed agents have written some of
 	// the big file (wchar counts their writes to the tmpfs).
 	wrote := func(n string) int64 {
@@ -297,13 +305,13 @@ func TestBroadcastFaults(t *testing.T) {
 		}
 		return v
 	}
-	eventually(t, 60*time.Second, "b03 and b11 writing", func() bool { return wrote("b03") > 16<<20 && wrote("b11") > 16<<20 })
+	eventually(t, 60*time.Second, "b03 and b05 writing", func() bool { return wrote("b03") > 16<<20 && wrote("b05") > 16<<20 })
 	stopped := f.agents["b03"].cmd.Process
 	stopped.Signal(syscall.SIGSTOP)
-	f.agents["b11"].cmd.Process.Kill()
-	t.Logf("b03 stopped, b11 killed after %d and %d octets written", wrote("b03"), wrote("b11"))
+	f.agents["b05"].cmd.Process.Kill()
+	t.Logf("b03 stopped, b05 killed after %d and %d octets written", wrote("b03"), wrote("b05"))
 	time.Sleep(time.Second)
-	f.startAgentOnDiskEnv("b11", "", nil)
+	f.startAgentOnDiskEnv("b05", "", nil)
 	time.Sleep(4 * time.Second)
 	stopped.Signal(syscall.SIGCONT)
 	var r result
@@ -322,16 +330,30 @@ func TestBroadcastFaults(t *testing.T) {
 		if h.State != "ok" || h.Digest != rep.Digest {
 			t.Errorf("%s: %+v", n, h)
 		}
-		per = append(per, fmt.Sprintf("%s %.1fs %dMiB repaired", n, h.Seconds, h.Repaired>>20))
+		per = append(per, fmt.Sprintf("%s<-%q %.1fs %dMiB repaired %dMiB from relay%s", n, h.Parent, h.Seconds, h.Repaired>>20, h.FromRelay>>20,
+			map[bool]string{true: " reparented"}[h.Reparented]))
 	}
 	t.Logf("per host: %s", strings.Join(per, ", "))
-	t.Logf("20 agents, %d octets: %v; b07 repaired %d octets, b03 %d, b11 reconnected %d times and repaired %d",
-		rep.Bytes, r.Elapsed.Round(time.Millisecond), hosts["b07"].Repaired, hosts["b03"].Repaired, hosts["b11"].Retries, hosts["b11"].Repaired)
+	t.Logf("20 agents, %d octets: %v; b07 repaired %d octets, b03 %d, b05 reconnected %d times and repaired %d",
+		rep.Bytes, r.Elapsed.Round(time.Millisecond), hosts["b07"].Repaired, hosts["b03"].Repaired, hosts["b05"].Retries, hosts["b05"].Repaired)
 	if hosts["b07"].Repaired == 0 {
 		t.Errorf("b07 dropped 10%% of the live publications but repaired nothing")
 	}
-	if hosts["b11"].Retries == 0 {
-		t.Errorf("b11 was killed but zpc did not reconnect to it")
+	if hosts["b05"].Retries == 0 {
+		t.Errorf("b05 was killed but zpc did not reconnect to it")
+	}
+	// The tree: no node fed more than 2 (the hub included).
+	fed := map[string]int{}
+	for _, n := range names {
+		fed[hosts[n].Parent]++
+	}
+	for p, k := range fed {
+		if k > 2 && p != "" || p == "" && k > 2+4 { // the hub also feeds those whose relay was lost
+			t.Errorf("%q fed %d agents", p, k)
+		}
+	}
+	if hosts["b19"].Parent == "" || hosts["b19"].FromRelay == 0 {
+		t.Errorf("b19 took nothing from a relay: %+v", hosts["b19"])
 	}
 	// Every agent holds the tree: checked on each, apart from the proof.
 	r = f.zp("--fleet", f.hub.Addr, "--json", "sh", "-c", "cd "+dest+" && "+treeSum)
@@ -418,6 +440,128 @@ func TestBroadcastRetry(t *testing.T) {
 	for _, n := range names {
 		if b, err := os.ReadFile(filepath.Join(disks[n], "dest", "new")); err != nil || string(b) != "new\n" {
 			t.Errorf("%s: new is %q, %v", n, b, err)
+		}
+	}
+}
+
+// procWrote is what a process wrote so far (wchar: its writes to the
+// tmpfs it holds the tree on).
+func procWrote(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0
+	}
+	var v int64
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "wchar: ") {
+			fmt.Sscan(strings.TrimPrefix(l, "wchar: "), &v)
+		}
+	}
+	return v
+}
+
+// TestBroadcastRelay: a relay tree of fanout 2 over 7 agents. The hub
+// feeds two; the others take the content from their parent's XPUB. A
+// relay killed mid-way leaves its children to go on from the hub, and is
+// started again by zpc: all 7 prove the digest and hold the tree, and the
+// hub sent the subtree it still fed about one copy, not one per agent.
+func TestBroadcastRelay(t *testing.T) {
+	needUnshare(t)
+	var names []string
+	for i := range 7 {
+		names = append(names, fmt.Sprintf("t%d", i))
+	}
+	f := newTestFleet(t, names)
+	for _, n := range names {
+		f.startAgentOnDisk(n, "")
+	}
+	f.waitStates(60*time.Second, "up", names...)
+	src := filepath.Join(f.dir, "src")
+	writeTree(t, src, 48<<20, 200)
+	out, err := exec.Command("sh", "-c", "cd "+src+" && "+treeSum).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.TrimSpace(string(out))
+	dest := filepath.Join(f.mnt(), "dest")
+
+	finished := make(chan result, 1)
+	go func() {
+		finished <- f.zpc("--fleet", f.hub.Addr, "--fanout", "2", "-r", "--json", src+"/", ":"+dest)
+	}()
+	// Placed by name: t0 and t1 under the hub, t2 t3 under t0, t4 t5
+	// under t1, t6 under t2. t1 dies once its child t4 is under way.
+	eventually(t, 60*time.Second, "t4 writing", func() bool { return procWrote(f.agents["t4"].PID()) > 8<<20 })
+	f.agents["t1"].cmd.Process.Kill()
+	t.Logf("t1 killed after t4 wrote %d octets", procWrote(f.agents["t4"].PID()))
+	time.Sleep(time.Second)
+	f.startAgentOnDisk("t1", "")
+	var r result
+	select {
+	case r = <-finished:
+	case <-time.After(3 * time.Minute):
+		t.Fatal("zpc --fleet --fanout 2 did not finish")
+	}
+	rep, hosts := parseBcast(t, r)
+	if r.Code != 0 || len(hosts) != 7 {
+		t.Fatalf("exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
+	}
+	parents := map[string]string{"t0": "", "t1": "", "t2": "t0", "t3": "t0", "t4": "t1", "t5": "t1", "t6": "t2"}
+	var per []string
+	for _, n := range names {
+		h := hosts[n]
+		if h.State != "ok" || h.Digest != rep.Digest {
+			t.Errorf("%s: %+v", n, h)
+		}
+		if h.Parent != parents[n] && !(n == "t4" || n == "t5") {
+			t.Errorf("%s: parent %q, want %q", n, h.Parent, parents[n])
+		}
+		per = append(per, fmt.Sprintf("%s<-%q received %d (from relay %d, repaired %d) relayed %d reparented %v",
+			n, h.Parent, h.Received, h.FromRelay, h.Repaired, h.Relayed, h.Reparented))
+	}
+	t.Logf("%v, %s\nper host:\n%s", r.Elapsed.Round(time.Millisecond), strings.TrimSpace(r.Stderr), strings.Join(per, "\n"))
+	// The subtree that kept its relays: t0 fed by the hub, t2 t3 t6 by
+	// relays. What they took from the hub is about one copy.
+	var fromHub uint64
+	for _, n := range []string{"t0", "t2", "t3", "t6"} {
+		h := hosts[n]
+		fromHub += h.Received - min(h.Received, h.FromRelay)
+	}
+	if fromHub > rep.Bytes+rep.Bytes/2 {
+		t.Errorf("t0 t2 t3 t6 took %d octets from the hub for a tree of %d: the relays did not relay", fromHub, rep.Bytes)
+	}
+	for _, n := range []string{"t2", "t3", "t6"} {
+		if hosts[n].FromRelay < rep.Bytes/2 {
+			t.Errorf("%s took %d octets from its relay, of %d", n, hosts[n].FromRelay, rep.Bytes)
+		}
+	}
+	if hosts["t0"].Relayed < rep.Bytes || hosts["t2"].Relayed < rep.Bytes {
+		t.Errorf("t0 relayed %d, t2 %d octets of %d", hosts["t0"].Relayed, hosts["t2"].Relayed, rep.Bytes)
+	}
+	// t1's children went on from the hub: they fetched what t1 did not
+	// relay (and subscribed on the hub's XPUB if t1 stayed silent long).
+	for _, n := range []string{"t4", "t5"} {
+		if h := hosts[n]; h.FromRelay >= rep.Bytes || h.Repaired == 0 && !h.Reparented {
+			t.Errorf("%s: its relay died mid-way, yet it took %d octets from it and %d from the hub", n, h.FromRelay, h.Repaired)
+		}
+	}
+	// Every agent holds the tree.
+	r = f.zp("--fleet", f.hub.Addr, "--json", "sh", "-c", "cd "+dest+" && "+treeSum)
+	var sums []struct{ Host, Stdout string }
+	if err := json.Unmarshal([]byte(r.Stdout), &sums); err != nil || len(sums) != 7 {
+		t.Fatalf("zp --fleet sha256sum: %v\n%s", err, r.Stderr)
+	}
+	for _, s := range sums {
+		if strings.TrimSpace(s.Stdout) != want {
+			t.Errorf("%s holds %q, want %q", s.Host, s.Stdout, want)
+		}
+	}
+	// The hub shows the tree it placed.
+	r = f.zp("fleet", f.hub.Addr, "--tree")
+	t.Logf("zp fleet --tree:\n%s", r.Stdout)
+	for _, line := range []string{"├── t0  relay to 2", "│   ├── t2  relay to 1", "│   │   └── t6", "└── t1  relay to 2", "    ├── t4"} {
+		if !strings.Contains(r.Stdout, line+"\n") && !strings.Contains(r.Stdout, line) {
+			t.Errorf("zp fleet --tree lacks %q:\n%s", line, r.Stdout)
 		}
 	}
 }
