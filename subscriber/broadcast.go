@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/credit"
@@ -186,11 +187,26 @@ func Apply(ctx context.Context, cfg ApplyConfig, content io.Reader) (ApplyStats,
 			return stats(), err
 		}
 	case err := <-recvErr:
-		cancel()
-		<-sendErr
 		if err == nil {
+			// The receiver answered END: the sender, which sent it, is
+			// ending too (both were ready; select took this one).
+			t := time.NewTimer(5 * time.Second)
+			select {
+			case serr := <-sendErr:
+				t.Stop()
+				cancel()
+				<-routeErr
+				var sf *streamFailure
+				if errors.As(serr, &sf) {
+					serr = sf.err
+				}
+				return stats(), serr
+			case <-t.C:
+			}
 			err = errors.New("bug: the receiver ended before the sender")
 		}
+		cancel()
+		<-sendErr
 		return stats(), err
 	}
 	err := <-recvErr // it returns once it answered END
