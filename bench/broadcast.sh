@@ -17,7 +17,7 @@
 # machine's disk's.
 #
 # Every tool's destinations are emptied before it runs (untimed) and every copy is compared with
-# the source after it (cmp, untimed). Relay trees (zpc --fanout) are not implemented: zp's rows
+# the source after it (cmp, untimed). Relay trees (zpc --fanout) are not run here yet: zp's rows
 # are a single hub, no relays.
 set -euo pipefail
 
@@ -416,7 +416,7 @@ bc_report() {
   echo "Uptime before/after: $UPTIME_BEFORE / $(uptime)"
   echo "Loopback, one TCP connection, no encryption (1 GiB from one process to another, bench/broadcast.sh's \`bc.py loopback\`) before/after: $BC_LOOP_BEFORE / $BC_LOOP_AFTER MB/s"
   echo
-  echo "zpc: \`zpc --fleet HUB -r --json SRC/ :DEST\`, one hub and N agent zpds on 127.0.0.1 (CURVE, real keys), each agent in a mount namespace of its own with its own destination directory (tmpfs) on DEST; no relays (\`--fanout\` is not implemented). scp: \`seq -w 01 N | xargs -P $BCAST_FANOUT\` of \`scp FILE bhNN:DIR/big\`; rsync: the same with \`rsync -a -e ssh SRC/ bhNN:DIR/\`; bhNN are host aliases of one private sshd, DIR one directory (tmpfs) per host. Per host: when the copy was in place (the destination file's ctime) counted from the command's start; zpc's own per-host seconds (its --json) start once it has hashed the source and listed the agents. Sent: the hub's TCP payload octets on its two ports (\`ss\` bytes_sent, before and after), ssh's own \"Transferred: sent\" count summed over the N scp or rsync connections; busiest receiver: the most one agent sent to the hub (\`ss\`), or one ssh connection's \"received\". Below 1 in a ratio means zpc is faster or sends less."
+  echo "zpc: \`zpc --fleet HUB -r --json SRC/ :DEST\`, one hub and N agent zpds on 127.0.0.1 (CURVE, real keys), each agent in a mount namespace of its own with its own destination directory (tmpfs) on DEST; no relays (\`--fanout\` is not run by this script yet). scp: \`seq -w 01 N | xargs -P $BCAST_FANOUT\` of \`scp FILE bhNN:DIR/big\`; rsync: the same with \`rsync -a -e ssh SRC/ bhNN:DIR/\`; bhNN are host aliases of one private sshd, DIR one directory (tmpfs) per host. Per host: when the copy was in place (the destination file's ctime) counted from the command's start; zpc's own per-host seconds (its --json) start once it has hashed the source and listed the agents. Sent: the hub's TCP payload octets on its two ports (\`ss\` bytes_sent, before and after), ssh's own \"Transferred: sent\" count summed over the N scp or rsync connections; busiest receiver: the most one agent sent to the hub (\`ss\`), or one ssh connection's \"received\". Below 1 in a ratio means zpc is faster or sends less."
   python3 "$BC_PY" report "$BC_RECORDS"
   local n
   for n in "${BC_NOTES[@]}"; do echo; echo "Note: $n"; done
