@@ -141,7 +141,10 @@ type BcastGo struct {
 	// (32 octets each) of the agents this one republishes the content to.
 	Parent    string
 	ParentKey []byte
-	Children  []byte
+	// ParentControl is the parent's ROUTER ("tcp://HOST:PORT"), where it
+	// answers PUB_FETCH; "" when it does not.
+	ParentControl string
+	Children      []byte
 }
 
 func (*BcastGo) ID() MsgID { return IDBcastGo }
@@ -153,6 +156,7 @@ func (m *BcastGo) encode(e *encoder) {
 	e.long(m.Content)
 	e.str(m.Parent)
 	e.long(m.ParentKey)
+	e.str(m.ParentControl)
 	e.long(m.Children)
 }
 func (m *BcastGo) decode(d *decoder) {
@@ -163,6 +167,7 @@ func (m *BcastGo) decode(d *decoder) {
 	m.Content = d.long("content")
 	m.Parent = d.str("parent")
 	m.ParentKey = d.long("parent-key")
+	m.ParentControl = d.str("parent-control")
 	m.Children = d.long("children")
 }
 func (m *BcastGo) validate() error {

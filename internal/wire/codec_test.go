@@ -62,7 +62,7 @@ func samples() map[string]Message {
 		"file-done": &FileDone{Channel: 4, FID: 7, Code: uint16(CodeNoSpace), Reason: "disk full"},
 		"end":       &End{Channel: 4, Count: 3},
 
-		"join":           &Join{Version: 3, Name: "web3", Labels: map[string]string{"role": "web", "dc": "par1"}, Software: "zpd/0.2.0", Metrics: ":9750", Heartbeat: 1000, Relay: ":5751"},
+		"join":           &Join{Version: 3, Name: "web3", Labels: map[string]string{"role": "web", "dc": "par1"}, Software: "zpd/0.2.0", Metrics: ":9750", Heartbeat: 1000, Relay: ":5751", RelayControl: ":5750"},
 		"join-v2":        &Join{Version: 2, Name: "web3", Labels: map[string]string{"role": "web"}, Software: "zpd/0.2.0", Metrics: ":9750", Heartbeat: 1000},
 		"join-ok":        &JoinOK{Hub: "hub1 zpd/0.2.0", Publish: ":5751", Heartbeat: 1000, Timeout: 5000},
 		"fleet":          &Fleet{Channel: 5, Hosts: []string{"web*", "db1"}, Labels: map[string]string{"role": "web"}},
@@ -87,7 +87,7 @@ func samples() map[string]Message {
 		"bcast-go": &BcastGo{Channel: 10, Topic: "f/bbcdefghijklmnopqrstuvwx", Key: bytes.Repeat([]byte{6}, 32),
 			Record: 256 << 10, Content: []byte{0xC0, 0x01}},
 		"bcast-go-relay": &BcastGo{Channel: 10, Topic: "f/bbcdefghijklmnopqrstuvwx", Key: bytes.Repeat([]byte{6}, 32),
-			Record: 256 << 10, Content: []byte{0xC0, 0x01}, Parent: "tcp://10.0.0.7:5751", ParentKey: bytes.Repeat([]byte{7}, 32),
+			Record: 256 << 10, Content: []byte{0xC0, 0x01}, Parent: "tcp://10.0.0.7:5751", ParentKey: bytes.Repeat([]byte{7}, 32), ParentControl: "tcp://10.0.0.7:5750",
 			Children: bytes.Repeat([]byte{8}, 64)},
 		"bcast-tree":     &BcastTree{Channel: 11, Fanout: 2, Agents: []string{"web1", "web2", "web3"}},
 		"bcast-tree-ok":  &BcastTreeOK{Channel: 11, Nodes: []map[string]string{{"name": "web1", "parent": ""}, {"name": "web2", "parent": "web1", "relay": "tcp://10.0.0.7:5751", "key": "x"}}},

@@ -76,8 +76,10 @@ type Join struct {
 	Metrics   string // "HOST:PORT" or ":PORT" of the agent's /metrics, or ""
 	Heartbeat uint32 // ms
 	// Relay (JOIN version 3): "HOST:PORT" or ":PORT" of the agent's XPUB,
-	// where it republishes broadcasts as a relay (§14.11); "" for none.
-	Relay string
+	// where it republishes broadcasts as a relay (§14.11), and of its
+	// ROUTER (RelayControl), where it answers its children's PUB_FETCH;
+	// "" for none.
+	Relay, RelayControl string
 }
 
 func (*Join) ID() MsgID { return IDJoin }
@@ -90,6 +92,7 @@ func (m *Join) encode(e *encoder) {
 	e.u32(m.Heartbeat)
 	if m.Version >= 3 {
 		e.str(m.Relay)
+		e.str(m.RelayControl)
 	}
 }
 func (m *Join) decode(d *decoder) {
@@ -101,6 +104,7 @@ func (m *Join) decode(d *decoder) {
 	m.Heartbeat = d.u32("heartbeat")
 	if m.Version >= 3 {
 		m.Relay = d.str("relay")
+		m.RelayControl = d.str("relay-control")
 	}
 }
 func (m *Join) validate() error {
