@@ -334,7 +334,7 @@ func (a *agentRunner) once(ctx context.Context, lg *slog.Logger) (joined bool, e
 	l.recv.Store(time.Now().UnixNano())
 	if err := l.send(&wire.Join{Version: wire.JoinVersion, Name: a.cfg.Name, Labels: a.cfg.Labels,
 		Software: "zpd/" + wire.SoftwareVersion, Metrics: a.cfg.Metrics,
-		Heartbeat: uint32(a.b.cfg.heartbeat().Milliseconds()), Relay: a.relay()}); err != nil {
+		Heartbeat: uint32(a.b.cfg.heartbeat().Milliseconds()), Relay: a.relay(), RelayControl: a.relayControl()}); err != nil {
 		return false, err
 	}
 	var ok *wire.JoinOK

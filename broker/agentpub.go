@@ -41,8 +41,10 @@ const pubLive = 32
 type liveRoutes struct {
 	mu     sync.Mutex
 	topics map[string]map[chan *wire.PubData]struct{}
-	// relayed are the topics taken from a relay, not the hub (relay.go).
-	relayed map[string]bool
+	// relayed are the topics taken from a relay, not the hub (relay.go),
+	// fetchers the connections to those relays for repairs.
+	relayed  map[string]bool
+	fetchers map[string]*relayFetcher
 }
 
 func (a *agentRunner) addLive(topic string) chan *wire.PubData {
@@ -257,6 +259,17 @@ var errNoLink = errors.New("no link to the hub")
 // fetch asks the hub for [off, off+n) of a publication over the current
 // link and waits for the answer.
 func (a *agentRunner) fetch(ctx context.Context, topic string, off uint64, n uint32) (fetchAnswer, error) {
+	a.live.mu.Lock()
+	rf := a.live.fetchers[topic]
+	a.live.mu.Unlock()
+	if rf != nil {
+		// A relay's child asks its relay first; what the relay does not
+		// hold yet (it is behind), or a relay that fails, the hub.
+		ans, err := rf.fetch(ctx, topic, off, n)
+		if err == nil && (len(ans.data) > 0 || ans.ok.Final) {
+			return ans, nil
+		}
+	}
 	l := a.cur.Load()
 	if l == nil {
 		return fetchAnswer{}, errNoLink

@@ -29,6 +29,7 @@ type bcastChan struct {
 	cancel context.CancelFunc
 	gos    chan *wire.BcastGo
 	gone   atomic.Bool // a BCAST_GO came
+	store  *relayStore // a relay's: what it republished, for its children's repairs
 }
 
 // bcastProgress is how often an agent reports a broadcast's progress.
@@ -142,7 +143,7 @@ func (c *bcastChan) run(m *wire.Bcast) {
 	if g.Topic != "" {
 		if g.Parent != "" {
 			// A relay tree: live from the parent's XPUB, not the hub's.
-			defer c.s.b.agent.fromRelay(c.ctx, g.Topic, g.Parent, g.ParentKey, &st.fromRelay, &st.reparented)()
+			defer c.s.b.agent.fromRelay(c.ctx, g.Topic, g.Parent, g.ParentControl, g.ParentKey, &st.fromRelay, &st.reparented)()
 		}
 		// Subscribed before the client publishes the content (it waits
 		// for this first BCAST_PROGRESS): it arrives live, not by repair.
@@ -150,7 +151,9 @@ func (c *bcastChan) run(m *wire.Bcast) {
 		if len(g.Children) > 0 {
 			// Admitted before that BCAST_PROGRESS too: the client tells
 			// the children where to subscribe once it came.
-			defer c.s.b.admitChildren(g.Children, g.Topic)()
+			st, end := c.s.b.admitChildren(g.Children, g.Topic)
+			defer end()
+			c.store = st
 		}
 	}
 	s.send(&wire.BcastProgress{Channel: c.id, Stats: st.wire()})
@@ -232,6 +235,9 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 	var relay func(uint64, []byte, bool)
 	if relaying {
 		relay = func(off uint64, p []byte, eof bool) {
+			if c.store != nil {
+				c.store.write(off, p, eof) // first: a child that misses this asks for it
+			}
 			c.s.b.relayPublish(g.Topic, off, p, eof)
 			st.relayed.Add(uint64(len(p)))
 		}

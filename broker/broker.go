@@ -163,6 +163,8 @@ type connInfo struct {
 	// agentLink: an agent joined on this connection (a hub's); tunneled:
 	// it came through a tunnel from a hub (an agent's).
 	agentLink, tunneled bool
+	// fetcher: a relay's child fetching what it missed (relayrepair.go).
+	fetcher bool
 }
 
 // New validates cfg and binds the control socket.
@@ -205,7 +207,7 @@ func New(cfg Config) (*Broker, error) {
 		b.inject = [2]chan net.Conn{make(chan net.Conn, 64), make(chan net.Conn, 64)}
 	}
 	zcfg := &zmtp.Config{
-		Mechanism:        cfg.Mechanism,
+		Mechanism:        b.relayMechanism(),
 		SocketType:       string(zmq4.Router),
 		AnnounceKey:      cfg.AnnounceKey,
 		HandshakeTimeout: cfg.HandshakeTimeout,
@@ -276,7 +278,7 @@ func (b *Broker) listenPublish(ep string) error {
 		return err
 	}
 	pcfg := &zmtp.Config{
-		Mechanism: b.publishMechanism(), SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
+		Mechanism: b.relayMechanism(), SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
 		OnFull: zmtp.DropMessage, SendQueue: pubQueue, NoCopy: true,
 		// Subscribers send only subscriptions: small frames, and only
 		// those their key was granted (grants), a few per connection.
@@ -519,6 +521,10 @@ func (b *Broker) dispatch(frames [][]byte) {
 		return
 	}
 	s := c.sess
+	if f, ok := m.(*wire.PubFetch); ok && s == nil && b.agent != nil {
+		b.relayFetch(c, f)
+		return
+	}
 	if s == nil {
 		b.reply(id, wire.Errorf(0, wire.CodeBadRequest, "%s before OPEN", m.ID()))
 		return
@@ -646,7 +652,7 @@ func (b *Broker) reaper(ctx context.Context) {
 		var expired []*session
 		b.mu.Lock()
 		for _, c := range b.conns {
-			if c.sess == nil && !c.agentLink && now.Sub(c.since) > b.cfg.timeout()+b.cfg.heartbeat() {
+			if c.sess == nil && !c.agentLink && !c.fetcher && now.Sub(c.since) > b.cfg.timeout()+b.cfg.heartbeat() {
 				kick = append(kick, c) // connected but never opened a session
 			}
 		}

@@ -66,7 +66,7 @@ type hubAgent struct {
 	// broadcasts, or "" (JOIN version 2, or not on TCP); parent is its
 	// parent in the last relay tree it was placed in (at treeAt), "" for
 	// the hub.
-	publish, parent            string
+	publish, control, parent   string
 	treeAt                     time.Time
 	key                        []byte
 	labels                     map[string]string
@@ -283,7 +283,7 @@ func (h *hub) join(c *connInfo, m *wire.Join) {
 	}
 	a := &hubAgent{
 		name: m.Name, software: m.Software, key: append([]byte(nil), c.key...), labels: m.Labels,
-		address: c.remote, metrics: metricsAddr(m.Metrics, c.remote), publish: relayAddr(m.Relay, c.remote),
+		address: c.remote, metrics: metricsAddr(m.Metrics, c.remote), publish: relayAddr(m.Relay, c.remote), control: relayAddr(m.RelayControl, c.remote),
 		joined: now, lastSeen: now, lastPing: now, link: c, relays: make(map[uint32]*relay),
 	}
 	if old != nil {
@@ -609,7 +609,7 @@ func (a *hubAgent) info() map[string]string {
 		"name": a.name, "key": key.String(), "fingerprint": key.Fingerprint(),
 		"address": a.address, "labels": strings.Join(labels, ","), "software": a.software,
 		"joined": a.joined.UTC().Format(time.RFC3339), "last_seen": a.lastSeen.UTC().Format(time.RFC3339),
-		"state": state, "metrics": a.metrics, "relay": a.publish,
+		"state": state, "metrics": a.metrics, "relay": a.publish, "relay_control": a.control,
 	}
 	if !a.treeAt.IsZero() {
 		m["parent"], m["tree_at"] = a.parent, a.treeAt.UTC().Format(time.RFC3339)

@@ -332,6 +332,18 @@ func (p *publication) fetch(m *wire.PubFetch) []wire.Message {
 	p.mu.RLock()
 	f, size, final, closed := p.f, p.size, p.final, p.closed
 	p.mu.RUnlock()
+	return answerFetch(m, f, size, final, closed, func() bool {
+		p.mu.RLock()
+		defer p.mu.RUnlock()
+		return p.closed
+	}, func(n int) { p.h.m.PubFetchBytes.Add(float64(n)) })
+}
+
+// answerFetch answers a PUB_FETCH from a stored publication, f holding
+// its first size octets (final: all of it): DATA with at most
+// maxPubFetch octets, then PUB_FETCH_OK. closedNow says whether the store
+// was closed meanwhile (then a failed read is "ended", not an error).
+func answerFetch(m *wire.PubFetch, f *os.File, size uint64, final, closed bool, closedNow func() bool, count func(int)) []wire.Message {
 	ended := wire.Errorf(m.Channel, wire.CodeNotFound, "publication %s has ended", m.Topic)
 	if closed || f == nil {
 		return []wire.Message{ended}
@@ -344,16 +356,13 @@ func (p *publication) fetch(m *wire.PubFetch) []wire.Message {
 	if n > 0 {
 		buf := make([]byte, n)
 		if _, err := f.ReadAt(buf, int64(m.Offset)); err != nil && !errors.Is(err, io.EOF) {
-			p.mu.RLock()
-			closed = p.closed
-			p.mu.RUnlock()
-			if closed {
+			if closedNow() {
 				return []wire.Message{ended}
 			}
 			return []wire.Message{wire.Errorf(m.Channel, wire.CodeInternal, "reading the publication: %v", err)}
 		}
 		out = append(out, &wire.Data{Channel: m.Channel, Stream: wire.Stdin, Offset: m.Offset, Bytes: buf})
-		p.h.m.PubFetchBytes.Add(float64(n))
+		count(int(n))
 	}
 	return append(out, &wire.PubFetchOK{Channel: m.Channel, Next: m.Offset + n, Size: size, Final: final})
 }

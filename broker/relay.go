@@ -46,6 +46,10 @@ const (
 type relayAdmits struct {
 	mu   sync.Mutex
 	keys map[string]int
+	// stores are the relayed publications by topic (relayrepair.go);
+	// fetching counts the PUB_FETCHes being answered per connection.
+	stores   map[string]*relayStore
+	fetching map[string]int
 }
 
 func (r *relayAdmits) has(k []byte) bool {
@@ -55,22 +59,33 @@ func (r *relayAdmits) has(k []byte) bool {
 }
 
 // admitChildren admits the children's keys (32 octets each) on the XPUB
-// and grants them topic, until the returned function is called.
-func (b *Broker) admitChildren(children []byte, topic string) func() {
+// and the ROUTER (for PUB_FETCH alone), grants them topic, and keeps what
+// is relayed for their repairs (st; nil if it cannot be kept: they ask
+// the hub), until the returned function is called.
+func (b *Broker) admitChildren(children []byte, topic string) (st *relayStore, end func()) {
 	var keys [][]byte
 	for i := 0; i+32 <= len(children); i += 32 {
 		keys = append(keys, children[i:i+32])
 	}
+	st, err := b.openRelayStore(topic, keys)
+	if err != nil {
+		b.log.Warn("cannot keep what is relayed; the children repair from the hub", "err", err)
+		st = nil
+	}
 	b.relayed.mu.Lock()
 	if b.relayed.keys == nil {
 		b.relayed.keys = make(map[string]int)
+		b.relayed.stores = make(map[string]*relayStore)
 	}
 	for _, k := range keys {
 		b.relayed.keys[string(k)]++
 		b.grants.grant(k, topic)
 	}
+	if st != nil {
+		b.relayed.stores[topic] = st
+	}
 	b.relayed.mu.Unlock()
-	return func() {
+	return st, func() {
 		b.grants.revoke(topic)
 		b.relayed.mu.Lock()
 		for _, k := range keys {
@@ -78,15 +93,22 @@ func (b *Broker) admitChildren(children []byte, topic string) func() {
 				delete(b.relayed.keys, string(k))
 			}
 		}
+		if st != nil && b.relayed.stores[topic] == st {
+			delete(b.relayed.stores, topic)
+		}
 		b.relayed.mu.Unlock()
+		if st != nil {
+			st.close()
+		}
 	}
 }
 
-// publishMechanism is the XPUB's: the broker's, and under CURVE it also
-// admits the keys of the agents it relays a broadcast to.
-func (b *Broker) publishMechanism() zmtp.Mechanism {
+// relayMechanism is an agent's XPUB's and ROUTER's: the broker's, and
+// under CURVE it also admits the keys of the agents it relays a
+// broadcast to (on the ROUTER they may only PUB_FETCH).
+func (b *Broker) relayMechanism() zmtp.Mechanism {
 	srv, ok := b.cfg.Mechanism.(*curve.Server)
-	if !ok || srv == nil {
+	if !ok || srv == nil || b.agent == nil {
 		return b.cfg.Mechanism
 	}
 	x := *srv
@@ -109,7 +131,13 @@ func (b *Broker) relayEndpoint() string {
 	if b.jobs == nil || b.jobs.pub == nil {
 		return ""
 	}
-	a, ok := b.jobs.pub.Addr().(*net.TCPAddr)
+	return advertised(b.jobs.pub.Addr())
+}
+
+// advertised is ":PORT" of a TCP address ("HOST:PORT" when it is bound to
+// one address), or "".
+func advertised(addr net.Addr) string {
+	a, ok := addr.(*net.TCPAddr)
 	if !ok || a == nil {
 		return ""
 	}
@@ -119,12 +147,20 @@ func (b *Broker) relayEndpoint() string {
 	return net.JoinHostPort(a.IP.String(), strconv.Itoa(a.Port))
 }
 
-// relay is what this agent's JOIN offers for relaying.
+// relay and relayControl are what this agent's JOIN offers for
+// relaying: its XPUB and its ROUTER.
 func (a *agentRunner) relay() string {
 	if a.cfg.NoRelay {
 		return ""
 	}
 	return a.b.relayEndpoint()
+}
+
+func (a *agentRunner) relayControl() string {
+	if a.relay() == "" {
+		return ""
+	}
+	return advertised(a.b.router.Addr())
 }
 
 // relayPublish republishes a piece of a publication on this zpd's XPUB.
@@ -138,13 +174,14 @@ func (b *Broker) relayPublish(topic string, off uint64, p []byte, eof bool) {
 		p = []byte{}
 	}
 	_ = b.jobs.pub.Send(zmq4.NewMsgFrom([]byte(topic), hdr, p))
+	b.m.RelayBytes.WithLabelValues("published").Add(float64(len(p)))
 }
 
 // fromRelay takes topic's live publications from the XPUB at parent
 // (CURVE server key parentKey) instead of the hub's until the returned
 // function is called. got counts the octets the relay delivered;
 // reparented is set when the agent gave the relay up for the hub.
-func (a *agentRunner) fromRelay(ctx context.Context, topic, parent string, parentKey []byte, got *atomic.Uint64, reparented *atomic.Bool) func() {
+func (a *agentRunner) fromRelay(ctx context.Context, topic, parent, control string, parentKey []byte, got *atomic.Uint64, reparented *atomic.Bool) func() {
 	a.live.mu.Lock()
 	if a.live.relayed == nil {
 		a.live.relayed = make(map[string]bool)
@@ -161,6 +198,11 @@ func (a *agentRunner) fromRelay(ctx context.Context, topic, parent string, paren
 			}
 			reparented.Store(true)
 			a.b.log.Warn("relay given up; the broadcast goes on from the hub", "relay", parent, "reason", why, "err", err)
+			a.live.mu.Lock()
+			if rf := a.live.fetchers[topic]; rf != nil {
+				rf.die() // repairs from the hub too
+			}
+			a.live.mu.Unlock()
 			a.unrelay(topic)
 		})
 	}
@@ -188,6 +230,23 @@ func (a *agentRunner) fromRelay(ctx context.Context, topic, parent string, paren
 		if err := sub.Dial(zep); err != nil {
 			giveUp("cannot reach it", err)
 			return
+		}
+		// Repairs from the relay too, while it answers (relayrepair.go).
+		if rf := a.dialRelayFetcher(ctx, control, key, got); rf != nil {
+			a.live.mu.Lock()
+			if a.live.fetchers == nil {
+				a.live.fetchers = make(map[string]*relayFetcher)
+			}
+			a.live.fetchers[topic] = rf
+			a.live.mu.Unlock()
+			defer func() {
+				a.live.mu.Lock()
+				if a.live.fetchers[topic] == rf {
+					delete(a.live.fetchers, topic)
+				}
+				a.live.mu.Unlock()
+				rf.close()
+			}()
 		}
 		_ = sub.SetOption(zmq4.OptionSubscribe, topic)
 		go func() { <-ctx.Done(); sub.Close() }()

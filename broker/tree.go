@@ -82,7 +82,7 @@ func (h *hub) tree(s *session, m *wire.BcastTree) {
 		a.parent, a.treeAt = p, now
 		var key curve.PublicKey
 		copy(key[:], a.key)
-		nodes[i] = map[string]string{"name": a.name, "key": key.String(), "parent": p, "relay": a.publish}
+		nodes[i] = map[string]string{"name": a.name, "key": key.String(), "parent": p, "relay": a.publish, "control": a.control}
 	}
 	h.mu.Unlock()
 	h.b.log.Info("relay tree", "agents", len(agents), "fanout", m.Fanout)

@@ -84,15 +84,18 @@ func TestRelayAddr(t *testing.T) {
 // topics, stay refused.
 func TestRelayAdmission(t *testing.T) {
 	refuse := func(curve.PublicKey) error { return errors.New("not authorised") }
-	b := &Broker{grants: newGrants(publicTopicPrefix), cfg: Config{Mechanism: &curve.Server{Authorize: refuse}}}
-	mech := b.publishMechanism().(*curve.Server)
+	b := &Broker{grants: newGrants(publicTopicPrefix), cfg: Config{Mechanism: &curve.Server{Authorize: refuse}, StateDir: t.TempDir()}, agent: &agentRunner{}}
+	mech := b.relayMechanism().(*curve.Server)
 	var child, other curve.PublicKey
 	child[0], other[0] = 1, 2
 	topic := "f/AAAAAAAAAAAAAAAAAAAAAAAA"
 	if mech.Authorize(child) == nil {
 		t.Fatal("a child's key admitted before any relay")
 	}
-	end := b.admitChildren(child[:], topic)
+	st, end := b.admitChildren(child[:], topic)
+	if st == nil || !st.children[string(child[:])] || st.children[string(other[:])] {
+		t.Fatal("the relay's store does not hold the child's key alone")
+	}
 	if err := mech.Authorize(child); err != nil {
 		t.Fatalf("the child's key refused while relaying: %v", err)
 	}

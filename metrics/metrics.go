@@ -30,6 +30,7 @@ type Metrics struct {
 	Resent            prometheus.Counter
 	SubsRefused       *prometheus.CounterVec // reason: unauthorised, limit, not_a_subscription
 	LimitRefusals     *prometheus.CounterVec // limit: max-sessions-per-user, max-commands, …
+	RelayBytes        *prometheus.CounterVec // kind: published, fetched (a broadcast relay's)
 }
 
 // New creates the collectors and registers them with reg.
@@ -99,8 +100,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		LimitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zp_limit_refusals_total", Help: "Requests refused with ERROR 429 because a limit was reached, by limit (the zpd flag that sets it).",
 		}, []string{"limit"}),
+		RelayBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "zp_relay_bytes_total", Help: "Octets of broadcasts this agent relayed: republished once on its XPUB (published), or sent to its children's PUB_FETCH (fetched).",
+		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.Resent, m.Sessions, m.SessionsDetached, m.SessionsOpened, m.SessionsReaped, m.Connections,
+	reg.MustRegister(m.RelayBytes, m.Resent, m.Sessions, m.SessionsDetached, m.SessionsOpened, m.SessionsReaped, m.Connections,
 		m.HandshakeFailures, m.ExecStarted, m.ExecFinished, m.ExecRunning, m.ExecDuration, m.Bytes, m.Errors,
 		m.Dropped, m.JobsByState, m.JobFollowers, m.JobPublished, m.TransferFiles, m.TransferBytes, m.SubsRefused, m.LimitRefusals)
 	return m
