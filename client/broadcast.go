@@ -170,6 +170,9 @@ type TreeNode struct {
 	Key    string // the agent's public key, Z85
 	Parent string // "" for the hub
 	Relay  string // where the agent relays ("tcp://HOST:PORT"), or ""
+	// Control is where the agent answers its children's PUB_FETCH as a
+	// relay ("tcp://HOST:PORT"), or "".
+	Control string
 }
 
 // Tree asks the hub to arrange agents in a relay tree in which no node
@@ -194,7 +197,7 @@ func (f *Fleet) Tree(ctx context.Context, fanout int, agents []string) ([]TreeNo
 	}
 	out := make([]TreeNode, len(t.Nodes))
 	for i, d := range t.Nodes {
-		out[i] = TreeNode{Name: d["name"], Key: d["key"], Parent: d["parent"], Relay: d["relay"]}
+		out[i] = TreeNode{Name: d["name"], Key: d["key"], Parent: d["parent"], Relay: d["relay"], Control: d["control"]}
 		if out[i].Name != agents[i] {
 			return nil, &ProtocolError{fmt.Errorf("BCAST_TREE_OK names %q where %q was asked", out[i].Name, agents[i])}
 		}
@@ -208,6 +211,7 @@ func (f *Fleet) Tree(ctx context.Context, fanout int, agents []string) ([]TreeNo
 // (Z85) are Children.
 type Relaying struct {
 	Parent, ParentKey string
+	ParentControl     string // the parent's ROUTER, for repairs; "": the hub's
 	Children          []string
 }
 
@@ -309,7 +313,7 @@ func (b *AgentBroadcast) Go(ctx context.Context, content *Publication, n *Need, 
 				if err != nil {
 					return nil, fmt.Errorf("relay tree: the parent's key: %w", err)
 				}
-				g.Parent, g.ParentKey = r.Parent, k[:]
+				g.Parent, g.ParentKey, g.ParentControl = r.Parent, k[:], r.ParentControl
 			}
 			for _, c := range r.Children {
 				k, err := curve.ParsePublicKey(c)

@@ -619,7 +619,7 @@ func (b *broadcast) placeTree(ctx context.Context, hosts []*hostCopy, receivers 
 		if h.relaying == nil {
 			h.relaying = &client.Relaying{}
 		}
-		h.relaying.Parent, h.relaying.ParentKey = pn.Relay, pn.Key
+		h.relaying.Parent, h.relaying.ParentKey, h.relaying.ParentControl = pn.Relay, pn.Key, pn.Control
 		h.parent, h.Parent = p, p.Host
 	}
 	fed := 0
@@ -648,7 +648,7 @@ func (b *broadcast) relaying(ctx context.Context, h *hostCopy) *client.Relaying 
 		case <-ctx.Done():
 		}
 		if !p.relayOK.Load() {
-			r.Parent, r.ParentKey = "", ""
+			r.Parent, r.ParentKey, r.ParentControl = "", "", ""
 			h.Parent = ""
 		}
 	}
