@@ -473,7 +473,13 @@ func TestBroadcastRelay(t *testing.T) {
 	}
 	f := newTestFleet(t, names)
 	for _, n := range names {
-		f.startAgentOnDisk(n, "")
+		var env []string
+		if n == "t3" {
+			// t3 drops a fifth of what its relay t0 sends live: it asks
+			// t0 for it, not the hub.
+			env = []string{"ZP_FAULT_DROP_LIVE=0.2"}
+		}
+		f.startAgentOnDiskEnv(n, "", env)
 	}
 	f.waitStates(60*time.Second, "up", names...)
 	src := filepath.Join(f.dir, "src")
@@ -534,6 +540,9 @@ func TestBroadcastRelay(t *testing.T) {
 		if hosts[n].FromRelay < rep.Bytes/2 {
 			t.Errorf("%s took %d octets from its relay, of %d", n, hosts[n].FromRelay, rep.Bytes)
 		}
+	}
+	if h := hosts["t3"]; h.Repaired < rep.Bytes/20 || h.Received-min(h.Received, h.FromRelay) > rep.Bytes/20 {
+		t.Errorf("t3 dropped a fifth of its live feed: it repaired %d octets, %d of them not from its relay", h.Repaired, h.Received-min(h.Received, h.FromRelay))
 	}
 	if hosts["t0"].Relayed < rep.Bytes || hosts["t2"].Relayed < rep.Bytes {
 		t.Errorf("t0 relayed %d, t2 %d octets of %d", hosts["t0"].Relayed, hosts["t2"].Relayed, rep.Bytes)
