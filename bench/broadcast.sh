@@ -17,13 +17,16 @@
 # machine's disk's.
 #
 # Every tool's destinations are emptied before it runs (untimed) and every copy is compared with
-# the source after it (cmp, untimed). Relay trees (zpc --fanout) are not run here yet: zp's rows
-# are a single hub, no relays.
+# the source after it (cmp, untimed). zpc runs twice per row: the hub feeding every agent itself
+# ("zpc"), and a relay tree of fanout BCAST_TREE (2; "zpc-tree": `zpc --fanout K`), for rows of
+# more than K hosts.
 set -euo pipefail
 
 BCAST_SIZES=${BCAST_SIZES:-1 10 50}
 BCAST_MIB=${BCAST_MIB:-1024}
 BCAST_FANOUT=${BCAST_FANOUT:-32}
+BCAST_TREE=${BCAST_TREE:-2}
+export BCAST_TREE
 GROUPS_TO_RUN=rows_broadcast # for bench.sh's setup_packages: no pdsh, no iproute2
 # shellcheck source=bench/bench.sh
 source "$(dirname "${BASH_SOURCE[0]}")/bench.sh" 1
@@ -150,11 +153,12 @@ rows_broadcast() {
     ln "$BIG" "$BC_SRC/big"
     export BC_SRC
     bc_up "$n"
-    for tool in scp rsync zpc; do
+    for tool in scp rsync zpc zpc-tree; do
+      [ $tool != zpc-tree ] || ((n > BCAST_TREE)) || continue
       bc_reset "$n"
       log "broadcast of $BIG_NAME to $n hosts: $tool"
       python3 "$BC_PY" probe "$DIR/bc-before.json"
-      out=/dev/null; [ $tool != zpc ] || out=$DIR/bc-zpc.json
+      out=/dev/null; [[ $tool != zpc* ]] || out=$DIR/bc-zpc.json
       cmd=$(bc_cmd $tool "$n") err=''
       # wall and per-host times count from here (timeit's own start is later by a fork or so)
       start=$EPOCHREALTIME
@@ -175,6 +179,7 @@ bc_cmd() {
   case $1 in
     scp | rsync) echo "seq -w 01 $last | xargs -P $BCAST_FANOUT -I{} bash -c 'bc_copy $1 {}'" ;;
     zpc) echo "\"\$ZPC_BIN\" --fleet $BC_HUB -r --json \"\$BC_SRC/\" :$BC_MNT/dest" ;;
+    zpc-tree) echo "\"\$ZPC_BIN\" --fleet $BC_HUB --fanout $BCAST_TREE -r --json \"\$BC_SRC/\" :$BC_MNT/dest" ;;
   esac
 }
 
@@ -192,7 +197,7 @@ bc_reset() {
 bc_check() {
   local i f bad=0
   for ((i = 1; i <= $2; i++)); do
-    if [ "$1" = zpc ]; then f=$BC_DISKS/zp/$(printf 'bh%02d' "$i")/dest/big
+    if [[ $1 == zpc* ]]; then f=$BC_DISKS/zp/$(printf 'bh%02d' "$i")/dest/big
     else f=$BC_DISKS/ssh/$(printf 'bh%02d' "$i")/big; fi
     cmp -s "$BC_SRC/big" "$f" || { bad=$((bad + 1)); log "  $f differs from the source or is missing"; }
   done
@@ -210,6 +215,20 @@ cat >"$BC_PY" <<'PY'
 import json, math, os, re, subprocess, sys, urllib.request
 
 env = os.environ
+def all_sockets():
+    """TCP payload octets sent per established socket of any process: key local and peer
+    address; value (pid, sent). A relay's egress to its children is on its own XPUB port."""
+    out = subprocess.run(["ss", "-tinpHO", "state", "established"], capture_output=True, text=True, check=True).stdout
+    res = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) < 4:
+            continue
+        pid = re.search(r"pid=(\d+)", line)
+        sent = re.search(r"bytes_sent:(\d+)", line)
+        res[f[2] + " " + f[3]] = (int(pid.group(1)) if pid else 0, int(sent.group(1)) if sent else 0)
+    return res
+
 def sockets(side):
     """TCP payload octets sent per established socket on the hub's ports: side "sport" is the
     hub's end, "dport" its peers' (agents, zpc). Key: local and peer address; value (pid, sent)."""
@@ -246,7 +265,7 @@ def hwm(pid):
 
 def probe(out):
     pids = [int(p) for p in env["BC_PIDS"].split()]
-    snap = {"hub": sockets("sport"), "peers": sockets("dport"), "metrics": metrics(),
+    snap = {"hub": sockets("sport"), "peers": sockets("dport"), "all": all_sockets(), "metrics": metrics(),
             "hub_hwm": hwm(int(env["BC_HUB_PID"])), "agent_hwm": max([hwm(p) for p in pids] or [0])}
     json.dump(snap, open(out, "w"))
 
@@ -269,7 +288,8 @@ def record(tool, n, size, start, end, err):
     # rsync rename it into place; scp writes it in place), counted from the command's start
     done = []
     for h in names:
-        p = "%s/%s/%s/%s" % (env["BC_DISKS"], "zp" if tool == "zpc" else "ssh", h, "dest/big" if tool == "zpc" else "big")
+        zp = tool.startswith("zpc")
+        p = "%s/%s/%s/%s" % (env["BC_DISKS"], "zp" if zp else "ssh", h, "dest/big" if zp else "big")
         try:
             st = os.stat(p)
             if st.st_size == size:
@@ -277,11 +297,12 @@ def record(tool, n, size, start, end, err):
         except OSError:
             pass
     rec["done_s"] = sorted(done)
-    if tool == "zpc":
+    if tool.startswith("zpc"):
         hub = sent_delta(b["hub"], a["hub"])
         rec["sender"], rec["sender_sent"] = "hub", sum(hub.values())
         pids = set(int(p) for p in env["BC_PIDS"].split()[:n])
-        ag = sent_delta(b["peers"], a["peers"], pids)
+        # every socket of the agents: their links to the hub, and a relay's XPUB to its children
+        ag = sent_delta(b.get("all", {}), a.get("all", {}), pids)
         rec["busiest_other"], rec["busiest_other_sent"] = "agent", max(ag.values() or [0])
         mb, ma = b["metrics"], a["metrics"]
         d = lambda k: ma.get(k, 0) - mb.get(k, 0)
@@ -296,6 +317,8 @@ def record(tool, n, size, start, end, err):
             rec["hosts_ok"] = sum(1 for h in hs if h["state"] == "ok" and h["digest"] == rep["digest"])
             rec["repaired"] = [h["bytes_repaired"] for h in hs]
             rec["reconnects"] = sum(h["reconnects"] for h in hs)
+            rec["relayed"] = [h.get("bytes_relayed", 0) for h in hs]
+            rec["reparented"] = sum(1 for h in hs if h.get("reparented"))
         except (OSError, ValueError, KeyError) as e:
             rec["zpc_json_error"] = str(e)
     else:
@@ -334,18 +357,19 @@ def report(path):
     for (n, size), by in rows.items():
         name = "1 GiB" if size == 2**30 else "%d MiB" % (size // 2**20)
         print()
-        print("### Broadcast of one %s file to %d host%s (no relays)" % (name, n, "" if n == 1 else "s"))
+        print("### Broadcast of one %s file to %d host%s" % (name, n, "" if n == 1 else "s"))
         print()
         print("| tool | hosts with the copy | wall s | per host: done p50 s | p99 s | zpc's own per-host s p50 | p99 | sender | sender sent GiB | = × file | busiest receiver sent MiB | repaired MiB (hub PUB_FETCH) | hub peak RSS MiB | largest agent peak RSS MiB |")
+        labels = {"zpc": "zpc (no relays)", "zpc-tree": "zpc --fanout %s" % env.get("BCAST_TREE", "2")}
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for tool in ("zpc", "scp", "rsync"):
+        for tool in ("zpc", "zpc-tree", "scp", "rsync"):
             r = by.get(tool)
             if r is None:
                 continue
             own = r.get("own_s", [])
-            zp = tool == "zpc"
+            zp = tool.startswith("zpc")
             print("| %s%s | %d of %d | %s | %s | %s | %s | %s | %s | %s | %.2f | %.1f | %s | %s | %s |" % (
-                tool, " (failed)" if r["error"] else "", len(r["done_s"]), n, f2(r["wall_s"]) if not r["error"] else "failed",
+                labels.get(tool, tool), " (failed)" if r["error"] else "", len(r["done_s"]), n, f2(r["wall_s"]) if not r["error"] else "failed",
                 f2(pct(r["done_s"], 50)), f2(pct(r["done_s"], 99)),
                 f2(pct(own, 50)) if zp else "n/a", f2(pct(own, 99)) if zp else "n/a",
                 r["sender"], gib(r["sender_sent"]), r["sender_sent"] / size,
@@ -357,14 +381,14 @@ def report(path):
         print()
         print("| ratio | wall | per host p50 | per host p99 | sender sent |")
         print("|---|---|---|---|---|")
-        for other in ("scp", "rsync"):
-            o = by.get(other)
-            if not z or not o or z["error"] or o["error"]:
+        ratio = lambda x, y: "—" if x is None or not y else "%.2f" % (x / y)
+        for mine, other in (("zpc", "scp"), ("zpc", "rsync"), ("zpc-tree", "scp"), ("zpc-tree", "rsync"), ("zpc-tree", "zpc")):
+            m, o = by.get(mine), by.get(other)
+            if not m or not o or m["error"] or o["error"]:
                 continue
-            ratio = lambda x, y: "—" if x is None or not y else "%.2f" % (x / y)
-            print("| zpc/%s | %s | %s | %s | %s |" % (other, ratio(z["wall_s"], o["wall_s"]),
-                ratio(pct(z["done_s"], 50), pct(o["done_s"], 50)), ratio(pct(z["done_s"], 99), pct(o["done_s"], 99)),
-                ratio(z["sender_sent"], o["sender_sent"])))
+            print("| %s/%s | %s | %s | %s | %s |" % (mine, other, ratio(m["wall_s"], o["wall_s"]),
+                ratio(pct(m["done_s"], 50), pct(o["done_s"], 50)), ratio(pct(m["done_s"], 99), pct(o["done_s"], 99)),
+                ratio(m["sender_sent"], o["sender_sent"])))
         if z:
             rep = z.get("repaired", [])
             print()
@@ -372,6 +396,13 @@ def report(path):
                 n, z.get("published", 0) / 2**20, z.get("relayed_to_agent", 0) / 2**20, sum(rep) / 2**20,
                 max(rep or [0]) / 2**20, sum(1 for x in rep if x), z.get("reconnects", 0),
                 (" zpc's --json could not be read: " + z["zpc_json_error"]) if "zpc_json_error" in z else ""))
+        zt = by.get("zpc-tree")
+        if zt:
+            rel = zt.get("relayed", [])
+            print()
+            print("Note: zpc --fanout %s, %d hosts: %d relays republished %.1f MiB in all (the busiest %.1f MiB, once, to at most K children: it sent at most K times that; its connections to its children close before the after-probe, so \"busiest receiver sent\" does not count them); agents repaired %.1f MiB (from the hub or, since relays answer PUB_FETCH, from their relay); %d hosts gave their relay up for the hub, %d reconnections." % (
+                env.get("BCAST_TREE", "2"), n, sum(1 for x in rel if x), sum(rel) / 2**20, max(rel or [0]) / 2**20,
+                sum(zt.get("repaired", [])) / 2**20, zt.get("reparented", 0), zt.get("reconnects", 0)))
 
 def loopback(mib):
     """MB/s of one TCP connection over 127.0.0.1 carrying MIB MiB from one process to another,
@@ -416,7 +447,7 @@ bc_report() {
   echo "Uptime before/after: $UPTIME_BEFORE / $(uptime)"
   echo "Loopback, one TCP connection, no encryption (1 GiB from one process to another, bench/broadcast.sh's \`bc.py loopback\`) before/after: $BC_LOOP_BEFORE / $BC_LOOP_AFTER MB/s"
   echo
-  echo "zpc: \`zpc --fleet HUB -r --json SRC/ :DEST\`, one hub and N agent zpds on 127.0.0.1 (CURVE, real keys), each agent in a mount namespace of its own with its own destination directory (tmpfs) on DEST; no relays (\`--fanout\` is not run by this script yet). scp: \`seq -w 01 N | xargs -P $BCAST_FANOUT\` of \`scp FILE bhNN:DIR/big\`; rsync: the same with \`rsync -a -e ssh SRC/ bhNN:DIR/\`; bhNN are host aliases of one private sshd, DIR one directory (tmpfs) per host. Per host: when the copy was in place (the destination file's ctime) counted from the command's start; zpc's own per-host seconds (its --json) start once it has hashed the source and listed the agents. Sent: the hub's TCP payload octets on its two ports (\`ss\` bytes_sent, before and after), ssh's own \"Transferred: sent\" count summed over the N scp or rsync connections; busiest receiver: the most one agent sent to the hub (\`ss\`), or one ssh connection's \"received\". Below 1 in a ratio means zpc is faster or sends less."
+  echo "zpc: \`zpc --fleet HUB -r --json SRC/ :DEST\`, one hub and N agent zpds on 127.0.0.1 (CURVE, real keys), each agent in a mount namespace of its own with its own destination directory (tmpfs) on DEST; \"zpc --fanout K\" the same as a relay tree (the hub feeds K agents, each relays to K more: PROTOCOL §14.11). scp: \`seq -w 01 N | xargs -P $BCAST_FANOUT\` of \`scp FILE bhNN:DIR/big\`; rsync: the same with \`rsync -a -e ssh SRC/ bhNN:DIR/\`; bhNN are host aliases of one private sshd, DIR one directory (tmpfs) per host. Per host: when the copy was in place (the destination file's ctime) counted from the command's start; zpc's own per-host seconds (its --json) start once it has hashed the source and listed the agents. Sent: the hub's TCP payload octets on its two ports (\`ss\` bytes_sent, before and after), ssh's own \"Transferred: sent\" count summed over the N scp or rsync connections; busiest receiver: the most one agent sent on its TCP sockets still open at the end (\`ss\`: to the hub; a relay's connections to its children have closed by then, see the note under each row), or one ssh connection's \"received\". Below 1 in a ratio means zpc is faster or sends less."
   python3 "$BC_PY" report "$BC_RECORDS"
   local n
   for n in "${BC_NOTES[@]}"; do echo; echo "Note: $n"; done

@@ -263,10 +263,13 @@ func (a *agentRunner) fetch(ctx context.Context, topic string, off uint64, n uin
 	rf := a.live.fetchers[topic]
 	a.live.mu.Unlock()
 	if rf != nil {
-		// A relay's child asks its relay first; what the relay does not
-		// hold yet (it is behind), or a relay that fails, the hub.
+		// A relay's child asks its relay, and the hub only once the relay
+		// fails (or is given up: relay.go). A relay that does not hold
+		// the piece yet is behind: the child waits for its live stream
+		// rather than overtake it with the hub's octets, which would leave
+		// it fetching everything from the hub from then on.
 		ans, err := rf.fetch(ctx, topic, off, n)
-		if err == nil && (len(ans.data) > 0 || ans.ok.Final) {
+		if err == nil {
 			return ans, nil
 		}
 	}
