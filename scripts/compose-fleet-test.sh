@@ -15,7 +15,9 @@
 #      small files: one agent killed mid-way and started again, another cut off
 #      the network for 10 s mid-way; both resume and finish; every agent proves
 #      the tree digest and its tree equals the source; a rebroadcast after one
-#      small file changed moves under 1 MiB to each agent.
+#      small file changed moves under 1 MiB to each agent;
+#   7. a relay tree (zpc --fleet --fanout 1: a chain of the three agents): all
+#      prove the digest, two take the content from a relay; zp fleet --tree.
 # Everything it made (containers, network, volumes, images, temp files) is
 # removed on any exit; every wait has a deadline.
 set -euo pipefail
@@ -303,4 +305,26 @@ done
 out=$(x zp --fleet hub cat "$dest/$changed" 2>/dev/null) || fail "reading $changed on the agents: exit $?"
 [ "$(sort <<<"$out")" = $'agent1: changed\nagent2: changed\nagent3: changed' ] || fail "$changed on the agents: $out"
 log "6. rebroadcast after one small file changed: each agent received under 1 MiB, in $((SECONDS - t0))s: OK"
-echo "compose fleet: 3 agents direct and through the hub; kill, restart, network cut survived; Prometheus scrapes 4 zpds; a broadcast survived a kill and a cut, a rebroadcast moved under 1 MiB per agent"
+
+# ---- 7. a relay tree across the containers: --fanout 1 makes a chain (the hub feeds one agent,
+# which relays to the next, which relays to the last); all three prove the digest, two of them took
+# the content from a relay, and zp fleet --tree draws the chain
+t0=$SECONDS
+rc=0
+timeout 300 docker-compose -p "$project" exec -T client zpc --fleet hub --fanout 1 -r --json "$src/small/" ":/bcast-tree" \
+  </dev/null >"$tmp/b3.json" 2>"$tmp/b3.err" || rc=$?
+sed 's/^/  /' "$tmp/b3.err" >&2
+[ $rc = 0 ] || fail "relay-tree broadcast: exit $rc: $(cat "$tmp/b3.json")"
+bcast_check 3 | sed 's/^/  /' >&2 || fail "relay-tree broadcast: $(cat "$tmp/b3.json")"
+relayed=0
+for h in agent1 agent2 agent3; do
+  p=$(field 3 $h parent 2>/dev/null || true) fr=$(field 3 $h bytes_from_relay 2>/dev/null || echo 0)
+  log "7. $h: parent '${p}', $fr octets from its relay"
+  if [ -n "$p" ] && ((fr > 0)); then relayed=$((relayed + 1)); fi
+done
+((relayed == 2)) || fail "relay tree of fanout 1: $relayed agents took the content from a relay, want 2: $(cat "$tmp/b3.json")"
+x zp fleet hub --tree >"$tmp/tree" 2>&1 || fail "zp fleet --tree: $(cat "$tmp/tree")"
+sed 's/^/  /' "$tmp/tree" >&2
+grep -q 'relay to 1' "$tmp/tree" || fail "zp fleet --tree shows no relay: $(cat "$tmp/tree")"
+log "7. relay tree (fanout 1, a chain of 3 across the containers): every agent proved the digest, 2 took it from a relay, in $((SECONDS - t0))s: OK"
+echo "compose fleet: 3 agents direct and through the hub; kill, restart, network cut survived; Prometheus scrapes 4 zpds; a broadcast survived a kill and a cut, a rebroadcast moved under 1 MiB per agent; a relay chain of 3 delivered the tree"
