@@ -652,7 +652,9 @@ func (b *Broker) reaper(ctx context.Context) {
 		var expired []*session
 		b.mu.Lock()
 		for _, c := range b.conns {
-			if c.sess == nil && !c.agentLink && !c.fetcher && now.Sub(c.since) > b.cfg.timeout()+b.cfg.heartbeat() {
+			// A relay's child fetching keeps its connection while its key
+			// is admitted (its broadcast lasts), not beyond.
+			if c.sess == nil && !c.agentLink && (!c.fetcher || !b.relayed.has(c.key)) && now.Sub(c.since) > b.cfg.timeout()+b.cfg.heartbeat() {
 				kick = append(kick, c) // connected but never opened a session
 			}
 		}
