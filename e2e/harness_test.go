@@ -272,11 +272,18 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // rssLimitKB is the peak RSS a zp, zpc or zpd process may reach in the
-// bounded-memory tests: 100 MiB, or 400 MiB for binaries built with
-// ZP_E2E_RACE (the race detector's shadow memory multiplies the heap).
+// bounded-memory tests, which move 1 GiB or more: 160 MiB, or 400 MiB for
+// binaries built with ZP_E2E_RACE (the race detector's shadow memory
+// multiplies the heap). What a process holds by design is its credit
+// windows (16 MiB per stream and direction: `zp host cat` has two in
+// each process) and the transport's queues; the collector (GOGC=100) lets
+// the heap grow to twice what is live before it runs. TestGigabyteBounded
+// Memory peaked at 87-109 MiB in seven runs on 2026-12-02, with and
+// without that day's changes; 100 MiB failed one run in three. Memory
+// that grew with the octets moved would pass this many times over.
 func rssLimitKB() int {
 	if os.Getenv("ZP_E2E_RACE") != "" {
 		return 400 << 10
 	}
-	return 100 << 10
+	return 160 << 10
 }
