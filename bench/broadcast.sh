@@ -216,25 +216,18 @@ import json, math, os, re, subprocess, sys, urllib.request
 
 env = os.environ
 def all_sockets():
-    """TCP payload octets sent per established socket of any process: key local and peer
-    address; value (pid, sent). A relay's egress to its children is on its own XPUB port."""
-    out = subprocess.run(["ss", "-tinpHO", "state", "established"], capture_output=True, text=True, check=True).stdout
-    res = {}
-    for line in out.splitlines():
-        f = line.split()
-        if len(f) < 4:
-            continue
-        pid = re.search(r"pid=(\d+)", line)
-        sent = re.search(r"bytes_sent:(\d+)", line)
-        res[f[2] + " " + f[3]] = (int(pid.group(1)) if pid else 0, int(sent.group(1)) if sent else 0)
-    return res
+    """TCP payload octets sent per established socket of any process (sockets())."""
+    return sockets(None)
 
 def sockets(side):
     """TCP payload octets sent per established socket on the hub's ports: side "sport" is the
-    hub's end, "dport" its peers' (agents, zpc). Key: local and peer address; value (pid, sent)."""
-    ports = [int(p) for p in env["BC_HUB_PORTS"].split()]  # the hub's ROUTER and XPUB
-    flt = "( " + " or ".join("%s = :%d" % (side, p) for p in ports) + " )"
-    out = subprocess.run(["ss", "-tinpHO", "state", "established", flt], capture_output=True, text=True, check=True).stdout
+    hub's end, "dport" its peers' (agents, zpc); None: every socket. Key: local and peer address;
+    value (pid, sent)."""
+    cmd = ["ss", "-tinpHO", "state", "established"]
+    if side:
+        ports = [int(p) for p in env["BC_HUB_PORTS"].split()]  # the hub's ROUTER and XPUB
+        cmd.append("( " + " or ".join("%s = :%d" % (side, p) for p in ports) + " )")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     res = {}
     for line in out.splitlines():
         f = line.split()

@@ -226,6 +226,13 @@ func (l *agentLink) routeFetch(id uint32, m wire.Message) bool {
 	if f == nil {
 		return true // a fetch that gave up
 	}
+	f.take(m)
+	return true
+}
+
+// take adds a message of the answer (DATA, then PUB_FETCH_OK or ERROR,
+// which complete it). Never blocks.
+func (f *pendingFetch) take(m wire.Message) {
 	switch m := m.(type) {
 	case *wire.Data:
 		if f.data == nil {
@@ -244,7 +251,6 @@ func (l *agentLink) routeFetch(id uint32, m wire.Message) bool {
 		default:
 		}
 	}
-	return true
 }
 
 // pendingFetch collects an answer; done is signalled once it is complete.

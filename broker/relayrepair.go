@@ -209,26 +209,8 @@ func (r *relayFetcher) receive() {
 		}
 		id, _ := wire.ChannelOf(m)
 		r.mu.Lock()
-		f := r.pending[id]
-		if f != nil {
-			switch m := m.(type) {
-			case *wire.Data:
-				if f.data == nil {
-					f.data = m.Bytes
-				}
-			case *wire.PubFetchOK:
-				f.ok = m
-				select {
-				case f.done <- struct{}{}:
-				default:
-				}
-			case *wire.Error:
-				f.err = m
-				select {
-				case f.done <- struct{}{}:
-				default:
-				}
-			}
+		if f := r.pending[id]; f != nil {
+			f.take(m)
 		}
 		r.mu.Unlock()
 	}

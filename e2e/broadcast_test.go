@@ -278,11 +278,7 @@ func TestBroadcastFaults(t *testing.T) {
 	f.waitStates(60*time.Second, "up", names...)
 	src := filepath.Join(f.dir, "src")
 	writeTree(t, src, 96<<20, 500)
-	out, err := exec.Command("sh", "-c", "cd "+src+" && "+treeSum).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := strings.TrimSpace(string(out))
+	want := localTreeSum(t, src)
 	dest := filepath.Join(f.mnt(), "dest")
 
 	finished := make(chan result, 1)
@@ -292,19 +288,7 @@ func TestBroadcastFaults(t *testing.T) {
 	go func() { finished <- f.zpc("--fleet", f.hub.Addr, "--fanout", "2", "-r", "--json", src+"/", ":"+dest) }()
 	// Mid-way: once the stopped and killed agents have written some of
 	// the big file (wchar counts their writes to the tmpfs).
-	wrote := func(n string) int64 {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", f.agents[n].PID()))
-		if err != nil {
-			return 0
-		}
-		var v int64
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, "wchar: ") {
-				fmt.Sscan(strings.TrimPrefix(l, "wchar: "), &v)
-			}
-		}
-		return v
-	}
+	wrote := func(n string) int64 { return procWrote(f.agents[n].PID()) }
 	eventually(t, 60*time.Second, "b03 and b05 writing", func() bool { return wrote("b03") > 16<<20 && wrote("b05") > 16<<20 })
 	stopped := f.agents["b03"].cmd.Process
 	stopped.Signal(syscall.SIGSTOP)
@@ -356,16 +340,7 @@ func TestBroadcastFaults(t *testing.T) {
 		t.Errorf("b19 took nothing from a relay: %+v", hosts["b19"])
 	}
 	// Every agent holds the tree: checked on each, apart from the proof.
-	r = f.zp("--fleet", f.hub.Addr, "--json", "sh", "-c", "cd "+dest+" && "+treeSum)
-	var sums []struct{ Host, Stdout string }
-	if err := json.Unmarshal([]byte(r.Stdout), &sums); err != nil || len(sums) != 20 {
-		t.Fatalf("zp --fleet sha256sum: %v\n%s", err, r.Stderr)
-	}
-	for _, s := range sums {
-		if strings.TrimSpace(s.Stdout) != want {
-			t.Errorf("%s holds %q, want %q", s.Host, s.Stdout, want)
-		}
-	}
+	f.sameTreeSums(dest, want, 20)
 	kb, err := rssKB(f.hub.PID())
 	if err != nil {
 		t.Fatal(err)
@@ -444,6 +419,32 @@ func TestBroadcastRetry(t *testing.T) {
 	}
 }
 
+// localTreeSum is treeSum of a local directory.
+func localTreeSum(t *testing.T, dir string) string {
+	t.Helper()
+	out, err := exec.Command("sh", "-c", "cd "+dir+" && "+treeSum).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// sameTreeSums checks, on each of the n agents (zp --fleet), that the tree
+// under dest has the treeSum want.
+func (f *testFleet) sameTreeSums(dest, want string, n int) {
+	f.t.Helper()
+	r := f.zp("--fleet", f.hub.Addr, "--json", "sh", "-c", "cd "+dest+" && "+treeSum)
+	var sums []struct{ Host, Stdout string }
+	if err := json.Unmarshal([]byte(r.Stdout), &sums); err != nil || len(sums) != n {
+		f.t.Fatalf("zp --fleet sha256sum: %v\n%s", err, r.Stderr)
+	}
+	for _, s := range sums {
+		if strings.TrimSpace(s.Stdout) != want {
+			f.t.Errorf("%s holds %q, want %q", s.Host, s.Stdout, want)
+		}
+	}
+}
+
 // procWrote is what a process wrote so far (wchar: its writes to the
 // tmpfs it holds the tree on).
 func procWrote(pid int) int64 {
@@ -484,11 +485,7 @@ func TestBroadcastRelay(t *testing.T) {
 	f.waitStates(60*time.Second, "up", names...)
 	src := filepath.Join(f.dir, "src")
 	writeTree(t, src, 48<<20, 200)
-	out, err := exec.Command("sh", "-c", "cd "+src+" && "+treeSum).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := strings.TrimSpace(string(out))
+	want := localTreeSum(t, src)
 	dest := filepath.Join(f.mnt(), "dest")
 
 	finished := make(chan result, 1)
@@ -555,16 +552,7 @@ func TestBroadcastRelay(t *testing.T) {
 		}
 	}
 	// Every agent holds the tree.
-	r = f.zp("--fleet", f.hub.Addr, "--json", "sh", "-c", "cd "+dest+" && "+treeSum)
-	var sums []struct{ Host, Stdout string }
-	if err := json.Unmarshal([]byte(r.Stdout), &sums); err != nil || len(sums) != 7 {
-		t.Fatalf("zp --fleet sha256sum: %v\n%s", err, r.Stderr)
-	}
-	for _, s := range sums {
-		if strings.TrimSpace(s.Stdout) != want {
-			t.Errorf("%s holds %q, want %q", s.Host, s.Stdout, want)
-		}
-	}
+	f.sameTreeSums(dest, want, 7)
 	// The hub shows the tree it placed.
 	r = f.zp("fleet", f.hub.Addr, "--tree")
 	t.Logf("zp fleet --tree:\n%s", r.Stdout)
