@@ -28,7 +28,7 @@ import (
 // hub.
 
 // relayFetchWait is how long a child waits for its relay's answer before
-// it asks the hub (and asks the relay no more).
+// it asks the hub for that piece.
 const relayFetchWait = 2 * time.Second
 
 // relayStore is what a relay republished of one publication.
@@ -261,8 +261,10 @@ func (r *relayFetcher) fetch(ctx context.Context, topic string, off uint64, n ui
 		case <-r.dead:
 			return fetchAnswer{}, errNoLink
 		case <-t.C:
-			r.die() // a relay that does not answer is asked no more
-			return fetchAnswer{}, errors.New("the relay did not answer PUB_FETCH")
+			// This piece comes from the hub; the relay, busy but not gone
+			// (its connection stands; a silent one is given up by the
+			// watchdog in relay.go), is asked again for the next.
+			return fetchAnswer{}, errors.New("the relay did not answer PUB_FETCH in time")
 		case <-ctx.Done():
 			return fetchAnswer{}, ctx.Err()
 		}
