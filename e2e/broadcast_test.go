@@ -553,6 +553,12 @@ func TestBroadcastRelay(t *testing.T) {
 	}
 	// Every agent holds the tree.
 	f.sameTreeSums(dest, want, 7)
+	// The record keeps the fanout, for --retry-failed.
+	if m := regexp.MustCompile(`broadcast (B\w+):`).FindStringSubmatch(r.Stderr); m == nil {
+		t.Errorf("no broadcast id in zpc's stderr: %s", r.Stderr)
+	} else if b, err := os.ReadFile(filepath.Join(f.home, "broadcasts", m[1]+".json")); err != nil || !strings.Contains(string(b), `"fanout": 2`) {
+		t.Errorf("the record of %s has no fanout 2 (%v): %.300s", m[1], err, b)
+	}
 	// The hub shows the tree it placed.
 	r = f.zp("fleet", f.hub.Addr, "--tree")
 	t.Logf("zp fleet --tree:\n%s", r.Stdout)

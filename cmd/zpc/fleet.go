@@ -30,6 +30,9 @@ type fleetCopy struct {
 	status string // --status ID
 	retry  string // --retry-failed ID
 	fanout int    // --fanout K: a relay tree
+	// fanoutSet: --fanout was given (--retry-failed otherwise takes the
+	// record's).
+	fanoutSet bool
 	// connectTimeoutSet: --connect-timeout was given (else agents get
 	// fleetcli.Patience).
 	connectTimeoutSet bool
@@ -61,6 +64,7 @@ func (f *fleetCopy) args(c *cobra.Command, args []string) error {
 
 func (f *fleetCopy) check(c *cobra.Command) error {
 	f.connectTimeoutSet = c.Flags().Changed("connect-timeout")
+	f.fanoutSet = c.Flags().Changed("fanout")
 	if f.hub == "" {
 		for _, fl := range []string{"hosts", "label", "async", "status", "retry-failed", "fanout"} {
 			if c.Flags().Changed(fl) {
@@ -163,6 +167,9 @@ func fleetCopyMain(ctx context.Context, opts *zpcOptions, args []string) error {
 		}
 		fo.sel.Hosts = failed
 		opts.recursive, opts.preserve = rec.Recursive, rec.Preserve
+		if !fo.fanoutSet {
+			fo.fanout = rec.Fanout // the same tree shape, unless told otherwise
+		}
 		rec.State, rec.PID, rec.Error = "running", os.Getpid(), ""
 		return finishRecord(rec, fleetCopyRun(ctx, opts, rec.Sources, rec.Dest, rec))
 	case os.Getenv(recordEnv) != "":
@@ -174,6 +181,10 @@ func fleetCopyMain(ctx context.Context, opts *zpcOptions, args []string) error {
 		return finishRecord(rec, fleetCopyRun(ctx, opts, args[:len(args)-1], args[len(args)-1], rec))
 	}
 	rec, err := newRecord(io, fo.hub, args[:len(args)-1], args[len(args)-1], opts.recursive, opts.preserve)
+	if err == nil && fo.fanout > 0 {
+		rec.Fanout = fo.fanout
+		err = rec.save()
+	}
 	if err != nil {
 		return cli.WithCode(cli.ExitFailure, fmt.Errorf("recording the broadcast: %w", err))
 	}

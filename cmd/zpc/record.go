@@ -28,7 +28,8 @@ type bcastRecord struct {
 	Dest      string      `json:"dest"`    // [user@]:DEST as typed
 	Recursive bool        `json:"recursive"`
 	Preserve  bool        `json:"preserve"`
-	State     string      `json:"state"` // running, done
+	Fanout    int         `json:"fanout,omitempty"` // --fanout: a relay tree
+	State     string      `json:"state"`            // running, done
 	PID       int         `json:"pid,omitempty"`
 	Started   time.Time   `json:"started"`
 	Ended     time.Time   `json:"ended,omitzero"`
