@@ -839,6 +839,24 @@ rows_lossy() {
 FLEET_ROWS=() FLEET_NOTES=() FLEET_AGENTS=0 FLEET_HUB='' FLEET_HUB_KEY=''
 FLEET_STATES=()
 
+# ssh_alias_config FILE PATTERN LOGLEVEL: an ssh config (removed at exit) in which every host
+# matching PATTERN is the private sshd, with the bench's key and no host-key checks.
+ssh_alias_config() {
+  cat >"$1" <<EOF
+Host $2
+  HostName 127.0.0.1
+  Port $SSH_PORT
+  IdentityFile $DIR/key
+  IdentitiesOnly yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  BatchMode yes
+  LogLevel $3
+  SetEnv SHLVL=1
+EOF
+  CLEAN+=("$1")
+}
+
 # fleet_setup: the ssh host aliases, a state dir and key for every agent, and the hub (CURVE, on
 # 127.0.0.1:0) that admits those keys and the bench's client key. Returns 1 (with a note) when
 # the fleet cannot be measured.
@@ -850,19 +868,7 @@ fleet_setup() {
     ((n > max)) && max=$n
   done
   # ssh: every fhNN is the private sshd, with the options the other rows use
-  cat >"$DIR/fleet_ssh_config" <<EOF
-Host fh*
-  HostName 127.0.0.1
-  Port $SSH_PORT
-  IdentityFile $DIR/key
-  IdentitiesOnly yes
-  StrictHostKeyChecking no
-  UserKnownHostsFile /dev/null
-  BatchMode yes
-  LogLevel QUIET
-  SetEnv SHLVL=1
-EOF
-  CLEAN+=("$DIR/fleet_ssh_config")
+  ssh_alias_config "$DIR/fleet_ssh_config" 'fh*' QUIET
   if [[ " ${MODES[*]} " != *"zp CURVE"* ]]; then FLEET_NOTES+=("zp rows skipped: the fleet needs CURVE (ZP_CURVE=0 or no CURVE in this build)."); return 1; fi
   if ! "$ZPD_BIN" --help 2>&1 | grep -q -- '--join'; then FLEET_NOTES+=("zp rows skipped: this zpd has no --join (no fleet)."); return 1; fi
   : >"$DIR/fleet-keys"; CLEAN+=("$DIR/fleet-keys")

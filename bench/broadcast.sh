@@ -63,19 +63,7 @@ bc_setup() {
   [[ "$BC_HUB_PORTS" == *" "* ]] || die "the hub's ROUTER and XPUB ports not found (ss -tlnp: $BC_HUB_PORTS)"
   # ssh: every bhNN is the private sshd; LogLevel VERBOSE makes ssh print, as it exits,
   # "Transferred: sent N, received M bytes" (its own count of what went over the connection).
-  cat >"$DIR/bc_ssh_config" <<EOF
-Host bh*
-  HostName 127.0.0.1
-  Port $SSH_PORT
-  IdentityFile $DIR/key
-  IdentitiesOnly yes
-  StrictHostKeyChecking no
-  UserKnownHostsFile /dev/null
-  BatchMode yes
-  LogLevel VERBOSE
-  SetEnv SHLVL=1
-EOF
-  CLEAN+=("$DIR/bc_ssh_config")
+  ssh_alias_config "$DIR/bc_ssh_config" 'bh*' VERBOSE
 }
 
 # bc_up N: starts agents until N run, each a zpd on 127.0.0.1:0 named bhNN in a mount namespace
@@ -215,10 +203,6 @@ cat >"$BC_PY" <<'PY'
 import json, math, os, re, subprocess, sys, urllib.request
 
 env = os.environ
-def all_sockets():
-    """TCP payload octets sent per established socket of any process (sockets())."""
-    return sockets(None)
-
 def sockets(side):
     """TCP payload octets sent per established socket on the hub's ports: side "sport" is the
     hub's end, "dport" its peers' (agents, zpc); None: every socket. Key: local and peer address;
@@ -258,7 +242,7 @@ def hwm(pid):
 
 def probe(out):
     pids = [int(p) for p in env["BC_PIDS"].split()]
-    snap = {"hub": sockets("sport"), "peers": sockets("dport"), "all": all_sockets(), "metrics": metrics(),
+    snap = {"hub": sockets("sport"), "peers": sockets("dport"), "all": sockets(None), "metrics": metrics(),
             "hub_hwm": hwm(int(env["BC_HUB_PID"])), "agent_hwm": max([hwm(p) for p in pids] or [0])}
     json.dump(snap, open(out, "w"))
 

@@ -144,15 +144,10 @@ func (l *agentLink) runSub(ctx context.Context, publish string, hubKey curve.Pub
 		a.b.log.Warn("hub's publish endpoint unusable; shared stdin will be fetched", "publish", publish, "err", err)
 		return
 	}
-	zcfg := &zmtp.Config{Mechanism: &curve.Client{Key: a.cfg.Key, ServerKey: hubKey}, SocketType: string(zmq4.Sub),
-		HandshakeTimeout: a.b.cfg.timeout(), OnFull: zmtp.Block,
-		MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 256, MaxFrames: 3}
-	sctx, cancel := context.WithCancel(zmtp.WithConfig(ctx, zcfg))
+	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sub := zmq4.NewSub(sctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(a.b.cfg.timeout()),
-		zmq4.WithLogger(log.New(io.Discard, "", 0)))
-	if err := sub.Dial(zep); err != nil {
-		sub.Close()
+	sub, err := a.dialSub(sctx, zep, hubKey)
+	if err != nil {
 		a.b.log.Warn("cannot subscribe to the hub's publications; shared stdin will be fetched", "publish", ep, "err", err)
 		return
 	}
@@ -173,24 +168,52 @@ func (l *agentLink) runSub(ctx context.Context, publish string, hubKey curve.Pub
 		sub.Close()
 	}()
 	for {
-		msg, err := sub.Recv()
+		topic, pd, err := a.recvPub(sub)
 		if err != nil {
 			return
 		}
-		if len(msg.Frames) != 3 {
-			continue
-		}
-		m, err := wire.Decode(msg.Frames[1:])
-		if err != nil {
-			continue
-		}
-		if pd, ok := m.(*wire.PubData); ok {
-			if a.faultDrop > 0 && rand.Float64() < a.faultDrop {
-				continue // fault injection: fetched later, as a missed publication
-			}
-			a.routeLive(string(msg.Frames[0]), pd)
+		if pd != nil {
+			a.routeLive(topic, pd)
 		}
 	}
+}
+
+// dialSub dials an XPUB (the hub's, or a relay's with the key key) with
+// a SUB that authenticates with the agent's own key.
+func (a *agentRunner) dialSub(ctx context.Context, zep string, key curve.PublicKey) (zmq4.Socket, error) {
+	zcfg := &zmtp.Config{Mechanism: &curve.Client{Key: a.cfg.Key, ServerKey: key}, SocketType: string(zmq4.Sub),
+		HandshakeTimeout: a.b.cfg.timeout(), OnFull: zmtp.Block,
+		MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 256, MaxFrames: 3}
+	sub := zmq4.NewSub(zmtp.WithConfig(ctx, zcfg), zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(a.b.cfg.timeout()),
+		zmq4.WithLogger(log.New(io.Discard, "", 0)))
+	if err := sub.Dial(zep); err != nil {
+		sub.Close()
+		return nil, err
+	}
+	return sub, nil
+}
+
+// recvPub receives the next message of a SUB: a publication's topic and
+// PUB_DATA, or a nil PUB_DATA for anything else (malformed, or dropped
+// on purpose by ZP_FAULT_DROP_LIVE: fetched later, as a missed
+// publication); an error once the socket is closed.
+func (a *agentRunner) recvPub(sub zmq4.Socket) (string, *wire.PubData, error) {
+	msg, err := sub.Recv()
+	if err != nil {
+		return "", nil, err
+	}
+	if len(msg.Frames) != 3 {
+		return "", nil, nil
+	}
+	m, err := wire.Decode(msg.Frames[1:])
+	if err != nil {
+		return "", nil, nil
+	}
+	pd, ok := m.(*wire.PubData)
+	if !ok || a.faultDrop > 0 && rand.Float64() < a.faultDrop {
+		return "", nil, nil
+	}
+	return string(msg.Frames[0]), pd, nil
 }
 
 // subscribe adds or removes a topic on the link's SUB, if it has one.

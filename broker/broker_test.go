@@ -8,22 +8,14 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/testutil/leak"
 )
 
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == ShimArg {
 		os.Exit(RunShim(os.Args[2:]))
 	}
-	goleak.VerifyTestMain(m,
-		// zmq4's reaper and readers end shortly after Close, not before it
-		// returns (TestRelayRouterDenial runs real sockets).
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*qreader).listen"),
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*socket).connReaper"),
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*routerQReader).listen"),
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*pubQReader).listen"),
-		goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*pubMWriter).run"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-	)
+	goleak.VerifyTestMain(m, leak.ZMQ4...)
 }
 
 func TestLookPath(t *testing.T) {

@@ -3,9 +3,6 @@ package broker
 import (
 	"context"
 	"errors"
-	"io"
-	"log"
-	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
@@ -220,17 +217,12 @@ func (a *agentRunner) fromRelay(ctx context.Context, topic, parent, control stri
 			giveUp("bad endpoint", err)
 			return
 		}
-		zcfg := &zmtp.Config{Mechanism: &curve.Client{Key: a.cfg.Key, ServerKey: key}, SocketType: string(zmq4.Sub),
-			HandshakeTimeout: a.b.cfg.timeout(), OnFull: zmtp.Block,
-			MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 256, MaxFrames: 3}
-		sctx := zmtp.WithConfig(ctx, zcfg)
-		sub := zmq4.NewSub(sctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(a.b.cfg.timeout()),
-			zmq4.WithLogger(log.New(io.Discard, "", 0)))
-		defer sub.Close()
-		if err := sub.Dial(zep); err != nil {
+		sub, err := a.dialSub(ctx, zep, key)
+		if err != nil {
 			giveUp("cannot reach it", err)
 			return
 		}
+		defer sub.Close()
 		// Repairs from the relay too, while it answers (relayrepair.go).
 		if rf := a.dialRelayFetcher(ctx, control, key, got); rf != nil {
 			a.live.mu.Lock()
@@ -251,28 +243,19 @@ func (a *agentRunner) fromRelay(ctx context.Context, topic, parent, control stri
 		_ = sub.SetOption(zmq4.OptionSubscribe, topic)
 		go func() { <-ctx.Done(); sub.Close() }()
 		for {
-			msg, err := sub.Recv()
+			t, pd, err := a.recvPub(sub)
 			if err != nil {
 				return
 			}
-			if len(msg.Frames) != 3 || string(msg.Frames[0]) != topic {
+			if pd == nil || t != topic {
 				continue
 			}
-			m, err := wire.Decode(msg.Frames[1:])
-			if err != nil {
-				continue
+			last.Store(time.Now().UnixNano())
+			if pd.EOF() {
+				ended.Store(true)
 			}
-			if pd, ok := m.(*wire.PubData); ok {
-				last.Store(time.Now().UnixNano())
-				if a.faultDrop > 0 && rand.Float64() < a.faultDrop {
-					continue // fault injection, as on the hub's XPUB
-				}
-				if pd.EOF() {
-					ended.Store(true)
-				}
-				got.Add(uint64(len(pd.Bytes)))
-				a.routeLive(topic, pd)
-			}
+			got.Add(uint64(len(pd.Bytes)))
+			a.routeLive(topic, pd)
 		}
 	}()
 	go func() { // the watchdog

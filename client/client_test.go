@@ -20,6 +20,7 @@ import (
 	"github.com/zpipes/zp/broker"
 	"github.com/zpipes/zp/client"
 	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/testutil/leak"
 )
 
 // TestMain lets this test binary serve as the job supervisor ("shim"):
@@ -110,16 +111,7 @@ func exampleZPD(args []string) int {
 // The library as another program embeds it: a broker and a client in one
 // process, over tcp on 127.0.0.1 with CURVE.
 func TestLibrary(t *testing.T) {
-	defer goleak.VerifyNone(t,
-		// zmq4's reaper and readers end shortly after Close, not before it returns.
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*qreader).listen"),
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*socket).connReaper"),
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*routerQReader).listen"),
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*pubQReader).listen"),
-		// zmq4's publisher goroutine can miss Close's wake-up (pub.go).
-		goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*pubMWriter).run"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-	)
+	defer goleak.VerifyNone(t, leak.ZMQ4...)
 	serverKey, _ := curve.GenerateKeyPair()
 	clientKey, _ := client.GenerateKeyPair()
 	self, err := broker.CurrentAccount()
@@ -189,14 +181,7 @@ func TestLibrary(t *testing.T) {
 // wait for a command that ignores SIGHUP: it outlives zpd, as a nohup'd
 // command outlives sshd.
 func TestRunOwnsItsGoroutines(t *testing.T) {
-	defer goleak.VerifyNone(t,
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*qreader).listen"),
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*socket).connReaper"),
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*routerQReader).listen"),
-		goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*pubQReader).listen"),
-		goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*pubMWriter).run"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-	)
+	defer goleak.VerifyNone(t, leak.ZMQ4...)
 	self, err := broker.CurrentAccount()
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/zpipes/zp/broker"
 	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/testutil/leak"
 	"github.com/zpipes/zp/internal/tunnel"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
@@ -189,14 +190,7 @@ func (f *testFleet) dialHub(t *testing.T, key curve.KeyPair) *Session {
 // the hub, the agents or the client is left.
 func noLeaks(t *testing.T) {
 	t.Cleanup(func() {
-		goleak.VerifyNone(t,
-			goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*qreader).listen"),
-			goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*socket).connReaper"),
-			goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*routerQReader).listen"),
-			goleak.IgnoreTopFunction("github.com/go-zeromq/zmq4.(*pubQReader).listen"),
-			goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*pubMWriter).run"),
-			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-		)
+		goleak.VerifyNone(t, leak.ZMQ4...)
 	})
 }
 
