@@ -262,20 +262,7 @@ func TestBroadcastFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("20 agents")
 	}
-	needUnshare(t)
-	var names []string
-	for i := range 20 {
-		names = append(names, fmt.Sprintf("b%02d", i))
-	}
-	f := newTestFleet(t, names, "--metrics", "127.0.0.1:0")
-	for _, n := range names {
-		var env []string
-		if n == "b07" {
-			env = []string{"ZP_FAULT_DROP_LIVE=0.1"}
-		}
-		f.startAgentOnDiskEnv(n, "", env)
-	}
-	f.waitStates(60*time.Second, "up", names...)
+	f, names := tmpfsFleet(t, "b%02d", 20, map[string][]string{"b07": {"ZP_FAULT_DROP_LIVE=0.1"}}, "--metrics", "127.0.0.1:0")
 	src := filepath.Join(f.dir, "src")
 	writeTree(t, src, 96<<20, 500)
 	want := localTreeSum(t, src)
@@ -419,6 +406,23 @@ func TestBroadcastRetry(t *testing.T) {
 	}
 }
 
+// tmpfsFleet starts a hub (hubArgs) and n agents named by format (one %d),
+// each on a tmpfs of its own with its env, and waits until all are up.
+func tmpfsFleet(t *testing.T, format string, n int, env map[string][]string, hubArgs ...string) (*testFleet, []string) {
+	t.Helper()
+	needUnshare(t)
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf(format, i)
+	}
+	f := newTestFleet(t, names, hubArgs...)
+	for _, name := range names {
+		f.startAgentOnDiskEnv(name, "", env[name])
+	}
+	f.waitStates(60*time.Second, "up", names...)
+	return f, names
+}
+
 // localTreeSum is treeSum of a local directory.
 func localTreeSum(t *testing.T, dir string) string {
 	t.Helper()
@@ -467,22 +471,9 @@ func procWrote(pid int) int64 {
 // started again by zpc: all 7 prove the digest and hold the tree, and the
 // hub sent the subtree it still fed about one copy, not one per agent.
 func TestBroadcastRelay(t *testing.T) {
-	needUnshare(t)
-	var names []string
-	for i := range 7 {
-		names = append(names, fmt.Sprintf("t%d", i))
-	}
-	f := newTestFleet(t, names)
-	for _, n := range names {
-		var env []string
-		if n == "t3" {
-			// t3 drops a fifth of what its relay t0 sends live: it asks
-			// t0 for it, not the hub.
-			env = []string{"ZP_FAULT_DROP_LIVE=0.2"}
-		}
-		f.startAgentOnDiskEnv(n, "", env)
-	}
-	f.waitStates(60*time.Second, "up", names...)
+	// t3 drops a fifth of what its relay t0 sends live: it asks t0 for
+	// it, not the hub.
+	f, names := tmpfsFleet(t, "t%d", 7, map[string][]string{"t3": {"ZP_FAULT_DROP_LIVE=0.2"}})
 	src := filepath.Join(f.dir, "src")
 	writeTree(t, src, 48<<20, 200)
 	want := localTreeSum(t, src)
