@@ -552,17 +552,21 @@ func (c *conn) failLocked(err error) {
 // message sent just before closing the socket is not lost.
 func (c *conn) Close() error {
 	if c.cfg.OnFull == Block {
-		deadline := time.Now().Add(time.Second)
-		c.mu.Lock()
-		for len(c.queue) > 0 || c.queued > 0 {
-			if c.closed || time.Now().After(deadline) {
-				break
-			}
-			c.mu.Unlock()
-			time.Sleep(time.Millisecond)
+		// The writer broadcasts after every batch; the timer wakes us at
+		// the deadline.
+		expired := false
+		t := time.AfterFunc(time.Second, func() {
 			c.mu.Lock()
+			expired = true
+			c.cond.Broadcast()
+			c.mu.Unlock()
+		})
+		c.mu.Lock()
+		for (len(c.queue) > 0 || c.queued > 0) && !c.closed && !expired {
+			c.cond.Wait()
 		}
 		c.mu.Unlock()
+		t.Stop()
 	}
 	c.fail(net.ErrClosed)
 	return nil
