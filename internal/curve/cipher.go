@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
-	"slices"
 	"unsafe"
 
 	"github.com/zpipes/zp/internal/secretbox"
@@ -65,10 +64,11 @@ func (*cipher) Overhead() int { return Overhead }
 
 // Seal appends to dst the MESSAGE command body ("\x07MESSAGE", short nonce,
 // Box[flags + frame]) that carries frame. Flags other than zmtp.FlagMore and
-// zmtp.FlagCommand are dropped. The plain text is laid out in dst where the
-// cipher text goes and sealed in place, so Seal keeps no buffer of its own
-// and does not allocate when dst has room for len(frame)+Overhead more
-// octets. frame must not overlap dst's spare capacity.
+// zmtp.FlagCommand are dropped. The box is sealed from the flags octet and
+// frame where they lie, straight into dst: Seal keeps no buffer of its own,
+// reads frame once, and does not allocate when dst has room for
+// len(frame)+Overhead more octets. frame must not overlap dst's spare
+// capacity.
 func (c *cipher) Seal(dst []byte, flags byte, frame []byte) []byte {
 	s := c.s
 	n := s.next
@@ -79,13 +79,9 @@ func (c *cipher) Seal(dst []byte, flags byte, frame []byte) []byte {
 	s.next++
 	dst = append(dst, messageName...)
 	dst = binary.BigEndian.AppendUint64(dst, n)
-	box := len(dst)
-	dst = slices.Grow(dst, boxOverhead+1+len(frame))
-	dst = dst[:box+boxOverhead]
-	dst = append(dst, flags&flagsMask)
-	dst = append(dst, frame...)
 	nonce := shortNonce(s.prefix, n)
-	return secretbox.Seal(dst[:box], dst[box+boxOverhead:], &nonce, (*[32]byte)(&s.key))
+	f := [1]byte{flags & flagsMask}
+	return secretbox.SealPrefixed(dst, f[:], frame, &nonce, (*[32]byte)(&s.key))
 }
 
 // Open authenticates and decrypts a MESSAGE command body (name included) and
@@ -152,6 +148,40 @@ func (c *cipher) Open(dst []byte, body []byte) (flags byte, frame []byte, err er
 	// dst was empty: shift the frame over the flags octet.
 	copy(out, out[1:])
 	return flags, out[:len(out)-1], nil
+}
+
+// Verify checks a MESSAGE command body as Open does (its name, a short
+// nonce greater than the last one accepted, the box) and accepts its
+// short nonce, but decrypts only the flags: Decrypt then decrypts the
+// frame, in pieces if need be, straight into the buffer that is to hold
+// it (zmtp's reader hands zmq4 its frames so, a copy fewer). It returns
+// the frame's length.
+func (c *cipher) Verify(body []byte) (flags byte, size int, err error) {
+	o := c.o
+	if len(body) < Overhead || string(body[:len(messageName)]) != messageName {
+		return 0, 0, ErrMessageMalformed
+	}
+	n := binary.BigEndian.Uint64(body[8:16])
+	if n <= o.last {
+		return 0, 0, ErrMessageReplay
+	}
+	nonce := shortNonce(o.prefix, n)
+	var f [1]byte
+	if !secretbox.VerifyHead(f[:], body[16:], &nonce, (*[32]byte)(&o.key)) {
+		return 0, 0, ErrMessageAuth
+	}
+	if f[0]&^flagsMask != 0 {
+		return 0, 0, ErrMessageMalformed
+	}
+	o.last = n
+	return f[0], len(body) - Overhead, nil
+}
+
+// Decrypt writes the frame octets off to off+len(dst) of the MESSAGE
+// command body that Verify accepted last into dst.
+func (c *cipher) Decrypt(dst []byte, body []byte, off int) {
+	nonce := shortNonce(c.o.prefix, c.o.last)
+	secretbox.DecryptAt(dst, body[16:], 1+off, &nonce, (*[32]byte)(&c.o.key))
 }
 
 // overlap reports whether a and b share memory.

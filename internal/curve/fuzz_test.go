@@ -109,6 +109,24 @@ func FuzzMessage(f *testing.F) {
 		c := newCipher(&fx.sessionKey, !toClient, 100, map[bool]uint64{false: 2, true: 1}[toClient])
 		dst := bytes.Repeat([]byte{0xee}, int(dstLen))
 		flags, out, err := c.Open(dst, body)
+		// Verify and Decrypt (zmtp's path) agree with Open.
+		c2 := newCipher(&fx.sessionKey, !toClient, 100, map[bool]uint64{false: 2, true: 1}[toClient])
+		vflags, vsize, verr := c2.Verify(body)
+		if (verr == nil) != (err == nil) || (err == nil && (vflags != flags || vsize != len(out)-len(dst))) {
+			t.Fatalf("Verify: %d, %d, %v; Open: %d, %d, %v", vflags, vsize, verr, flags, len(out)-len(dst), err)
+		}
+		if verr == nil {
+			frame := make([]byte, vsize)
+			cut := int(dstLen) % (vsize + 1)
+			c2.Decrypt(frame[:cut], body, 0)
+			c2.Decrypt(frame[cut:], body, cut)
+			if !bytes.Equal(frame, out[len(dst):]) {
+				t.Fatal("Decrypt differs from Open")
+			}
+			if _, _, err := c2.Verify(body); err == nil {
+				t.Fatal("Verify accepted a replayed MESSAGE")
+			}
+		}
 		if !bytes.Equal(out[:len(dst)], bytes.Repeat([]byte{0xee}, int(dstLen))) {
 			t.Fatal("Open changed dst's contents")
 		}

@@ -136,6 +136,57 @@ func TestFramesBothWays(t *testing.T) {
 	}
 }
 
+// TestVerifyDecrypt: zmtp's reader authenticates a MESSAGE first (Verify)
+// and decrypts its frame later, in pieces, into zmq4's buffer (Decrypt).
+func TestVerifyDecrypt(t *testing.T) {
+	cp, sp := connected(t)
+	from, to := cp.Cipher, sp.Cipher.(zmtp.Decrypter)
+	for _, n := range []int{0, 1, 31, 32, 33, 63, 64, 65, 1000, 70000, 1 << 20} {
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(i*7 + n)
+		}
+		body := from.Seal(nil, zmtp.FlagMore, data)
+		flags, size, err := to.Verify(body)
+		if err != nil || flags != zmtp.FlagMore || size != n {
+			t.Fatalf("%d octets: Verify = %d, %d, %v", n, flags, size, err)
+		}
+		got := make([]byte, n)
+		for off := 0; off < n; {
+			k := min(n-off, 1+off*3) // pieces of growing, odd sizes
+			to.Decrypt(got[off:off+k], body, off)
+			off += k
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("%d octets: Decrypt differs at %d", n, firstDiff(got, data))
+		}
+		if _, _, err := to.Verify(body); !errors.Is(err, ErrMessageReplay) {
+			t.Fatalf("%d octets: replayed MESSAGE: %v", n, err)
+		}
+	}
+	body := from.Seal(nil, 0, []byte("tampered"))
+	body[len(body)-1] ^= 1
+	if _, _, err := to.Verify(body); !errors.Is(err, ErrMessageAuth) {
+		t.Fatalf("tampered MESSAGE: %v", err)
+	}
+	body = from.Seal(nil, 0, []byte("after"))
+	if _, _, err := to.Verify(body[:Overhead-1]); !errors.Is(err, ErrMessageMalformed) {
+		t.Fatalf("short MESSAGE: %v", err)
+	}
+	if f, n, err := to.Verify(body); err != nil || f != 0 || n != 5 {
+		t.Fatalf("MESSAGE after a forged one: %d, %d, %v", f, n, err)
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
 func TestNonceSequence(t *testing.T) {
 	cp, sp := connected(t)
 	nonceOf := func(body []byte) uint64 { return binary.BigEndian.Uint64(body[8:16]) }

@@ -59,9 +59,26 @@ func firstBlock(subKey *[32]byte, counter *[16]byte) (polyKey, ks [32]byte) {
 // message and the tag goes into the Overhead octets before it. Any other
 // overlap of out's extension with message panics.
 func Seal(out, message []byte, nonce *[24]byte, key *[32]byte) []byte {
-	ret, o := sliceForAppend(out, len(message)+Overhead)
+	return seal(out, nil, message, nonce, key)
+}
+
+// SealPrefixed is Seal of prefix followed by message, read where each
+// lies: the caller need not copy them together first (a ZMTP-CURVE box
+// holds a flags octet and then the frame). prefix is at most 32 octets and
+// must not overlap out's extension. message may be sealed in place: if the
+// cipher text's octet len(prefix) (after out is extended) is where message
+// starts; any other overlap panics.
+func SealPrefixed(out, prefix, message []byte, nonce *[24]byte, key *[32]byte) []byte {
+	if len(prefix) > 32 {
+		panic("secretbox: prefix longer than 32 octets")
+	}
+	return seal(out, prefix, message, nonce, key)
+}
+
+func seal(out, head, message []byte, nonce *[24]byte, key *[32]byte) []byte {
+	ret, o := sliceForAppend(out, len(head)+len(message)+Overhead)
 	ct := o[Overhead:]
-	if anyOverlap(o[:Overhead], message) || inexactOverlap(ct, message) {
+	if anyOverlap(o, head) || anyOverlap(o[:Overhead+len(head)], message) || inexactOverlap(ct[len(head):], message) {
 		panic("secretbox: invalid buffer overlap")
 	}
 
@@ -70,17 +87,21 @@ func Seal(out, message []byte, nonce *[24]byte, key *[32]byte) []byte {
 	setup(&subKey, &counter, nonce, key)
 	polyKey, ks := firstBlock(&subKey, &counter)
 
-	n := min(len(message), len(ks))
+	// The first 32 octets of plain text are gathered before anything is
+	// written: message may be sealed in place.
+	var first [32]byte
+	n := copy(first[:], head)
+	n += copy(first[n:], message)
 	for i := range n {
-		ct[i] = message[i] ^ ks[i]
+		ct[i] = first[i] ^ ks[i]
 	}
 
 	// The rest, a chunk at a time: encrypt, then authenticate while the
 	// cipher text is still in cache.
 	var tag [Overhead]byte
-	msg, rest := message[n:], ct[n:]
+	msg, rest := message[n-len(head):], ct[n:]
 	block := uint64(1)
-	if usePolyVector() && len(message) >= polyVectorMin {
+	if usePolyVector() && len(head)+len(message) >= polyVectorMin {
 		mac := newPolyMAC(&polyKey, impl)
 		mac.blocks(ct[:n]) // n = 32: whole blocks
 		for {
@@ -111,6 +132,61 @@ func Seal(out, message []byte, nonce *[24]byte, key *[32]byte) []byte {
 	}
 	copy(o, tag[:])
 	return ret
+}
+
+// VerifyHead authenticates box (in constant time) and, when it does,
+// decrypts the first len(head) octets of its message (at most 32) into
+// head and returns true. The rest of the message is left for DecryptAt,
+// which lets a reader decrypt straight into the buffer that is to hold
+// it. It writes nothing when the box does not authenticate.
+func VerifyHead(head, box []byte, nonce *[24]byte, key *[32]byte) bool {
+	if len(box) < Overhead || len(head) > 32 || len(head) > len(box)-Overhead {
+		return false
+	}
+	var subKey [32]byte
+	var counter [16]byte
+	setup(&subKey, &counter, nonce, key)
+	polyKey, ks := firstBlock(&subKey, &counter)
+	var tag [Overhead]byte
+	copy(tag[:], box)
+	if !polyVerify(&tag, box[Overhead:], &polyKey) {
+		return false
+	}
+	for i := range head {
+		head[i] = box[Overhead+i] ^ ks[i]
+	}
+	return true
+}
+
+// DecryptAt decrypts the octets off to off+len(dst) of box's message into
+// dst. box must have authenticated (VerifyHead) under the same nonce and
+// key: DecryptAt checks nothing. dst and box may overlap only exactly
+// (dst starting where those octets of cipher text are).
+func DecryptAt(dst, box []byte, off int, nonce *[24]byte, key *[32]byte) {
+	src := box[Overhead+off : Overhead+off+len(dst)]
+	if len(src) == 0 {
+		return
+	}
+	var subKey [32]byte
+	var counter [16]byte
+	setup(&subKey, &counter, nonce, key)
+	pos := 32 + off // the message starts 32 octets into keystream block 0
+	block := uint64(pos / 64)
+	if skip := pos % 64; skip != 0 {
+		var b [64]byte
+		binary.LittleEndian.PutUint64(counter[8:], block)
+		salsa.XORKeyStream(b[:], b[:], &counter, &subKey)
+		n := min(64-skip, len(src))
+		for i := range n {
+			dst[i] = src[i] ^ b[skip+i]
+		}
+		dst, src = dst[n:], src[n:]
+		block++
+	}
+	if len(src) > 0 {
+		binary.LittleEndian.PutUint64(counter[8:], block)
+		xorKeyStream(dst, src, &counter, &subKey)
+	}
 }
 
 // Open authenticates and decrypts a box produced by Seal, appends the

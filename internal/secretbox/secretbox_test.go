@@ -319,12 +319,28 @@ func FuzzSealOpen(f *testing.F) {
 				impl = bestImpl
 				t.Fatalf("%s: Open of a sealed box failed", implNames[i])
 			}
+			// The same box from a prefix and the rest, opened in two steps.
+			np := min(int(flip)%33, len(msg))
+			if sp := SealPrefixed(nil, msg[:np], msg[np:], &nonce, &key); !bytes.Equal(sp, want) {
+				impl = bestImpl
+				t.Fatalf("%s: SealPrefixed differs from x/crypto at octet %d", implNames[i], firstDiff(sp, want))
+			}
+			head, rest := make([]byte, np), make([]byte, len(msg)-np)
+			if !VerifyHead(head, got, &nonce, &key) {
+				impl = bestImpl
+				t.Fatalf("%s: VerifyHead refused a sealed box", implNames[i])
+			}
+			DecryptAt(rest, got, np, &nonce, &key)
+			if !bytes.Equal(append(head, rest...), msg) {
+				impl = bestImpl
+				t.Fatalf("%s: VerifyHead and DecryptAt differ from the message", implNames[i])
+			}
 			// One flipped bit (chosen by flip) must not open, as in x/crypto.
 			bad := append([]byte(nil), got...)
 			bad[int(flip)%len(bad)] ^= 1 << (flip % 8)
 			p1, ok1 := Open(nil, bad, &nonce, &key)
 			_, ok2 := xsecretbox.Open(nil, bad, &nonce, &key)
-			if ok1 || ok2 || p1 != nil {
+			if ok1 || ok2 || p1 != nil || VerifyHead(head, bad, &nonce, &key) {
 				impl = bestImpl
 				t.Fatalf("%s: a box with a flipped bit opened (ours %v, x/crypto %v)", implNames[i], ok1, ok2)
 			}
@@ -414,4 +430,80 @@ func BenchmarkKeyStream(b *testing.B) {
 			salsa.XORKeyStream(buf, buf, &counter, &key)
 		}
 	})
+}
+
+// checkSplit checks SealPrefixed against x/crypto's Seal of prefix and
+// message together, sealing both aside and in place, and VerifyHead plus
+// DecryptAt (in pieces cut at cut, aside and in place) against the message.
+func checkSplit(t *testing.T, r *rand.Rand, prefix, msg []byte, cut int) {
+	t.Helper()
+	key, nonce := randKeyNonce(r)
+	want := xsecretbox.Seal(nil, append(append([]byte(nil), prefix...), msg...), &nonce, &key)
+	if got := SealPrefixed([]byte{9}, prefix, msg, &nonce, &key); got[0] != 9 || !bytes.Equal(got[1:], want) {
+		t.Fatalf("SealPrefixed(prefix %d, message %d) differs from x/crypto at octet %d", len(prefix), len(msg), firstDiff(got[1:], want))
+	}
+	// In place: the message already lies where its cipher text goes.
+	buf := make([]byte, Overhead+len(prefix)+len(msg))
+	copy(buf[Overhead+len(prefix):], msg)
+	if got := SealPrefixed(buf[:0], prefix, buf[Overhead+len(prefix):], &nonce, &key); !bytes.Equal(got, want) {
+		t.Fatalf("SealPrefixed in place (prefix %d, message %d) differs at octet %d", len(prefix), len(msg), firstDiff(got, want))
+	}
+
+	head := make([]byte, min(len(prefix), 32))
+	if !VerifyHead(head, want, &nonce, &key) || !bytes.Equal(head, prefix[:len(head)]) {
+		t.Fatalf("VerifyHead: %v, head %x, want %x", VerifyHead(head, want, &nonce, &key), head, prefix)
+	}
+	plain := append(append([]byte(nil), prefix...), msg...)
+	cut = min(cut, len(plain))
+	out := make([]byte, len(plain))
+	DecryptAt(out[:cut], want, 0, &nonce, &key)
+	DecryptAt(out[cut:], want, cut, &nonce, &key)
+	if !bytes.Equal(out, plain) {
+		t.Fatalf("DecryptAt cut at %d of %d differs at octet %d", cut, len(plain), firstDiff(out, plain))
+	}
+	inPlace := append([]byte(nil), want...)
+	DecryptAt(inPlace[Overhead+cut:], inPlace, cut, &nonce, &key)
+	if !bytes.Equal(inPlace[Overhead+cut:], plain[cut:]) {
+		t.Fatalf("DecryptAt in place from %d of %d differs", cut, len(plain))
+	}
+	bad := append([]byte(nil), want...)
+	bad[r.IntN(len(bad))] ^= 1 << r.IntN(8)
+	h := []byte{0x5a}[:len(head)&1]
+	if VerifyHead(h, bad, &nonce, &key) || (len(h) == 1 && h[0] != 0x5a) {
+		t.Fatal("VerifyHead accepted a box with a flipped bit, or wrote into head")
+	}
+}
+
+func TestSealPrefixedVerifyHeadDecryptAt(t *testing.T) {
+	forEachImpl(t, func(t *testing.T) {
+		r := rand.New(rand.NewPCG(5, 6))
+		for _, np := range []int{0, 1, 31, 32} {
+			for n := 0; n <= 1200; n += 1 + n/16 {
+				checkSplit(t, r, randBytes(r, np), randBytes(r, n), r.IntN(n+np+1))
+			}
+			for _, n := range []int{chunkSize - 1, chunkSize + 33, 1<<20 + 13} {
+				checkSplit(t, r, randBytes(r, np), randBytes(r, n), r.IntN(n))
+				checkSplit(t, r, randBytes(r, np), randBytes(r, n), 0)
+			}
+		}
+	})
+}
+
+func TestSealPrefixedOverlapPanics(t *testing.T) {
+	key, nonce := randKeyNonce(rand.New(rand.NewPCG(7, 8)))
+	buf := make([]byte, 4096)
+	for name, f := range map[string]func(){
+		"message under the prefix's cipher text": func() { SealPrefixed(buf[:0], []byte{1}, buf[Overhead:100], &nonce, &key) },
+		"prefix in the output":                   func() { SealPrefixed(buf[:0], buf[Overhead:Overhead+1], buf[1000:1100], &nonce, &key) },
+		"prefix too long":                        func() { SealPrefixed(nil, make([]byte, 33), nil, &nonce, &key) },
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s: no panic", name)
+				}
+			}()
+			f()
+		}()
+	}
 }

@@ -71,7 +71,10 @@ type conn struct {
 	rframes  int                 // frames of the current inbound message so far
 	rbytes   int                 // bytes of the current inbound message so far
 	rbuf     []byte              // CURVE: ciphertext of one frame (reused)
-	rplain   []byte              // CURVE: header + plaintext handed to zmq4 (reused)
+	rplain   []byte              // CURVE: header (+ plaintext without rdec) handed to zmq4 (reused)
+	rdec     Decrypter           // CURVE: the cipher, when it decrypts into zmq4's buffer
+	roff     int                 // rdec: frame octets of rbuf decrypted for zmq4 so far
+	rleft    int                 // rdec: frame octets of rbuf still to decrypt for zmq4
 	subs     map[string]struct{} // subscriptions admitted (filtering only)
 	rmid     bool                // filtering: inside a multi-frame message
 
@@ -113,6 +116,9 @@ func newConn(raw net.Conn, br *bufio.Reader, cfg *Config, peer *Peer, id []byte)
 		done:   make(chan struct{}),
 	}
 	c.cond = sync.NewCond(&c.mu)
+	if d, ok := peer.Cipher.(Decrypter); ok && !cfg.filters() {
+		c.rdec = d // filtering needs each frame's plain text before zmq4 does
+	}
 	// What zmq4 reads first: a NULL greeting and a READY carrying the peer's
 	// socket type and the routing identity this side assigned.
 	g := greeting("NULL", false)
@@ -136,7 +142,7 @@ func newConn(raw net.Conn, br *bufio.Reader, cfg *Config, peer *Peer, id []byte)
 
 // Read implements net.Conn for zmq4's reader goroutine.
 func (c *conn) Read(p []byte) (int, error) {
-	if len(c.rpending) == 0 && c.rpass == 0 {
+	if len(c.rpending) == 0 && c.rpass == 0 && c.rleft == 0 {
 		if err := c.next(); err != nil {
 			c.fail(err)
 			return 0, asNetError(err)
@@ -145,6 +151,14 @@ func (c *conn) Read(p []byte) (int, error) {
 	if len(c.rpending) > 0 {
 		n := copy(p, c.rpending)
 		c.rpending = c.rpending[n:]
+		return n, nil
+	}
+	if c.rleft > 0 {
+		// zmq4 reads the body into a buffer of its own: decrypt into it.
+		n := min(len(p), c.rleft)
+		c.rdec.Decrypt(p[:n], c.rbuf, c.roff)
+		c.roff += n
+		c.rleft -= n
 		return n, nil
 	}
 	if len(p) > c.rpass {
@@ -215,6 +229,24 @@ func (c *conn) next() error {
 		plainLen := size - c.cipher.Overhead()
 		if plainLen < 0 {
 			return fmt.Errorf("%w: MESSAGE too short", errFrame)
+		}
+		if c.rdec != nil {
+			// Authenticate now, decrypt as zmq4 reads (Read).
+			mflags, n, err := c.rdec.Verify(c.rbuf)
+			if err != nil {
+				return err
+			}
+			if mflags&FlagCommand != 0 {
+				continue
+			}
+			zflags := mflags & FlagMore
+			if err := c.account(n, zflags != 0); err != nil {
+				return err
+			}
+			c.rplain = appendFrameHeader(c.rplain[:0], zflags, n)
+			c.rpending = c.rplain
+			c.roff, c.rleft = 0, n
+			return nil
 		}
 		hdr := appendFrameHeader(c.rplain[:0], 0, plainLen)
 		mflags, out, err := c.cipher.Open(hdr, c.rbuf)

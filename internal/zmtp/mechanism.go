@@ -55,6 +55,19 @@ type Cipher interface {
 	Open(dst []byte, body []byte) (flags byte, frame []byte, err error)
 }
 
+// Decrypter is a Cipher that can authenticate a MESSAGE first and decrypt
+// its frame afterwards: the connection then decrypts each frame straight
+// into the buffer zmq4 reads it into, instead of into its own and copying
+// it over (curve's cipher is one).
+type Decrypter interface {
+	// Verify authenticates body as Open does and returns the flags and
+	// the length of the frame it carries.
+	Verify(body []byte) (flags byte, size int, err error)
+	// Decrypt writes the frame octets off to off+len(dst) of the body
+	// that Verify accepted last into dst.
+	Decrypt(dst []byte, body []byte, off int)
+}
+
 // Flags carried inside a CURVE MESSAGE box (libzmq curve_mechanism_base).
 const (
 	FlagMore    = 0x01

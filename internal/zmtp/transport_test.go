@@ -3,13 +3,16 @@ package zmtp_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/zpipes/zp/internal/curve"
 	"github.com/zpipes/zp/internal/zmtp"
 )
 
@@ -123,5 +126,125 @@ func TestGarbageAndOversize(t *testing.T) {
 	m, err := router.Recv()
 	if err != nil || string(m.Frames[1]) != "ok" {
 		t.Fatalf("got %v %v", m, err)
+	}
+}
+
+// TestRouterDealerCurve: frames of every size class, several to a message,
+// both ways over CURVE, where the reader decrypts each frame straight into
+// zmq4's buffer (zmtp.Decrypter).
+func TestRouterDealerCurve(t *testing.T) {
+	server, client := keyPair(t), keyPair(t)
+	router, ep := listen(t, &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect,
+		Mechanism: &curve.Server{Key: server, Authorize: curve.AllowKeys(client.Public)}}, zmq4.NewRouter)
+	dealer := dial(t, &zmtp.Config{SocketType: "DEALER", Mechanism: &curve.Client{Key: client, ServerKey: server.Public}}, zmq4.NewDealer, ep)
+
+	sizes := []int{0, 1, 30, 31, 32, 33, 255, 256, 4095, 65536, 1<<20 + 7}
+	frame := func(n, salt int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i*31 + salt)
+		}
+		return b
+	}
+	for i, n := range sizes {
+		if err := dealer.Send(zmq4.NewMsgFrom(frame(n, i), []byte("tail"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var id []byte
+	for i, n := range sizes {
+		m, err := router.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Frames) != 3 || !bytes.Equal(m.Frames[1], frame(n, i)) || string(m.Frames[2]) != "tail" {
+			t.Fatalf("message %d (%d octets): %d frames, or wrong contents", i, n, len(m.Frames))
+		}
+		id = m.Frames[0]
+	}
+	for i, n := range sizes {
+		if err := router.Send(zmq4.NewMsgFrom(id, frame(n, 100+i))); err != nil {
+			t.Fatal(err)
+		}
+		m, err := dealer.Recv()
+		if err != nil || len(m.Frames) != 1 || !bytes.Equal(m.Frames[0], frame(n, 100+i)) {
+			t.Fatalf("reply %d (%d octets): %v", i, n, err)
+		}
+	}
+}
+
+// TestCurveTamperedFrame: one bit flipped on the wire inside a large frame
+// (after the handshake) closes the connection with the box's failure; no
+// part of that message reaches the socket, and the earlier one does.
+func TestCurveTamperedFrame(t *testing.T) {
+	server, client := keyPair(t), keyPair(t)
+	closed := make(chan error, 1)
+	router, ep := listen(t, &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect,
+		Mechanism: &curve.Server{Key: server, Authorize: curve.AllowKeys(client.Public)},
+		OnClose:   func(_ []byte, _ *zmtp.Peer, err error) { closed <- err }}, zmq4.NewRouter)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// A proxy that flips one bit 200,000 octets into the client's stream:
+	// well inside the second message's 256 KiB frame.
+	go func() {
+		in, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		out, err := net.Dial("tcp", ep[len("zptcp://"):])
+		if err != nil {
+			in.Close()
+			return
+		}
+		go func() { io.Copy(in, out); in.Close() }()
+		buf := make([]byte, 32<<10)
+		total := 0
+		for {
+			n, err := in.Read(buf)
+			if n > 0 {
+				if at := 200000 - total; at >= 0 && at < n {
+					buf[at] ^= 0x10
+				}
+				total += n
+				if _, err := out.Write(buf[:n]); err != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		out.Close()
+	}()
+	dealer := dial(t, &zmtp.Config{SocketType: "DEALER", Mechanism: &curve.Client{Key: client, ServerKey: server.Public}},
+		zmq4.NewDealer, "zptcp://"+ln.Addr().String())
+	dealer.Send(zmq4.NewMsgFrom([]byte("first"), make([]byte, 100000)))
+	dealer.Send(zmq4.NewMsgFrom([]byte("second"), make([]byte, 256<<10)))
+	m, err := router.Recv()
+	if err != nil || string(m.Frames[1]) != "first" {
+		t.Fatalf("first message: %v", err)
+	}
+	select {
+	case err := <-closed:
+		if !errors.Is(err, curve.ErrMessageAuth) {
+			t.Fatalf("connection closed with %v, want %v", err, curve.ErrMessageAuth)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the tampered connection was not closed")
+	}
+	got := make(chan zmq4.Msg, 1)
+	go func() {
+		m, _ := router.Recv()
+		got <- m
+	}()
+	select {
+	case m := <-got:
+		if len(m.Frames) > 1 {
+			t.Fatalf("a message arrived after the tampered frame: %q", m.Frames[1])
+		}
+	case <-time.After(300 * time.Millisecond):
 	}
 }
