@@ -100,10 +100,21 @@ func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, err
 	if p.existed {
 		_ = unix.Unlinkat(dfd, p.staleState(), 0)
 	}
-	n, err := io.Copy(p.h, p.f)
-	if err != nil {
+	// What an earlier attempt wrote is hashed again. An empty partial (the
+	// common case: a new one) costs one fstat, not a read and a 32 KiB
+	// buffer: that was an eighth of zpd's CPU in a copy of small files.
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		p.Close()
 		return nil, fmt.Errorf("reading partial %s: %w", p.f.Name(), err)
+	}
+	var n int64
+	if st.Size > 0 {
+		n, err = io.Copy(p.h, p.f)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("reading partial %s: %w", p.f.Name(), err)
+		}
 	}
 	p.written = uint64(n)
 	p.synced = p.written
