@@ -13,5 +13,6 @@ import (
 func main() {
 	// No signal context: zp forwards INT, TERM and HUP to the remote
 	// command instead of dying of them (zp.go).
+	cli.TuneGC(0)
 	os.Exit(MainZP(context.Background(), os.Args[1:], cli.System()))
 }

@@ -12,5 +12,6 @@ import (
 
 func main() {
 	// zpc handles INT, TERM and HUP itself (a clean stop that resumes).
+	cli.TuneGC(0)
 	os.Exit(MainZPC(context.Background(), os.Args[1:], cli.System()))
 }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -159,9 +158,7 @@ func zpdRun(ctx context.Context, opts *zpdOptions) error {
 	if err := os.MkdirAll(opts.state, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	if opts.memoryLimit > 0 && io.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(opts.memoryLimit)
-	}
+	cli.TuneGC(opts.memoryLimit) // GOMEMLIMIT, if set, wins
 	cfg := broker.Config{
 		Endpoint:  ep,
 		StateDir:  opts.state,
