@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"sync/atomic"
 )
 
 // gcFloor is the memory (heap, stacks and runtime, as debug.SetMemoryLimit
@@ -40,7 +41,7 @@ func TuneGC(ceiling int64) {
 	}
 	debug.SetGCPercent(-1)
 	debug.SetMemoryLimit(min(gcFloor, ceiling))
-	rearmGC(ceiling)
+	rearmGC(gcTuning.Add(1), ceiling)
 }
 
 // gcSentinel's finalizer runs after each collection that found it
@@ -49,15 +50,22 @@ type gcSentinel struct{ _ [16]byte }
 
 var liveSample = []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 
-func rearmGC(ceiling int64) {
+// gcTuning is the generation of the tuner that may run: a sentinel of an
+// older one (a test's, after it stopped) does nothing and is not re-armed.
+var gcTuning atomic.Int64
+
+func rearmGC(gen, ceiling int64) {
 	s := &gcSentinel{}
 	runtime.SetFinalizer(s, func(*gcSentinel) {
+		if gcTuning.Load() != gen {
+			return
+		}
 		metrics.Read(liveSample)
 		live := int64(0)
 		if liveSample[0].Value.Kind() == metrics.KindUint64 {
 			live = int64(liveSample[0].Value.Uint64())
 		}
 		debug.SetMemoryLimit(min(max(gcFloor, 2*live), ceiling))
-		rearmGC(ceiling)
+		rearmGC(gen, ceiling)
 	})
 }
