@@ -140,16 +140,11 @@ func seal(out, head, message []byte, nonce *[24]byte, key *[32]byte) []byte {
 // which lets a reader decrypt straight into the buffer that is to hold
 // it. It writes nothing when the box does not authenticate.
 func VerifyHead(head, box []byte, nonce *[24]byte, key *[32]byte) bool {
-	if len(box) < Overhead || len(head) > 32 || len(head) > len(box)-Overhead {
+	if len(head) > 32 || len(head) > len(box)-Overhead {
 		return false
 	}
-	var subKey [32]byte
-	var counter [16]byte
-	setup(&subKey, &counter, nonce, key)
-	polyKey, ks := firstBlock(&subKey, &counter)
-	var tag [Overhead]byte
-	copy(tag[:], box)
-	if !polyVerify(&tag, box[Overhead:], &polyKey) {
+	_, _, ks, ok := authenticate(box, nonce, key)
+	if !ok {
 		return false
 	}
 	for i := range head {
@@ -189,6 +184,20 @@ func DecryptAt(dst, box []byte, off int, nonce *[24]byte, key *[32]byte) {
 	}
 }
 
+// authenticate checks box's tag in constant time and returns what
+// decrypting it needs: the XSalsa20 sub-key, the counter at block 1 and
+// the rest of keystream block 0.
+func authenticate(box []byte, nonce *[24]byte, key *[32]byte) (subKey [32]byte, counter [16]byte, ks [32]byte, ok bool) {
+	if len(box) < Overhead {
+		return subKey, counter, ks, false
+	}
+	setup(&subKey, &counter, nonce, key)
+	polyKey, ks := firstBlock(&subKey, &counter)
+	var tag [Overhead]byte
+	copy(tag[:], box)
+	return subKey, counter, ks, polyVerify(&tag, box[Overhead:], &polyKey)
+}
+
 // Open authenticates and decrypts a box produced by Seal, appends the
 // message to out and returns the extended slice and true. If the box does
 // not authenticate it returns nil and false and writes nothing.
@@ -197,22 +206,12 @@ func DecryptAt(dst, box []byte, off int, nonce *[24]byte, key *[32]byte) {
 // starts exactly where box[Overhead:] does, the message replaces the cipher
 // text. Any other overlap of out's extension with box panics.
 func Open(out, box []byte, nonce *[24]byte, key *[32]byte) ([]byte, bool) {
-	if len(box) < Overhead {
+	// Authenticate before writing anything.
+	subKey, counter, ks, ok := authenticate(box, nonce, key)
+	if !ok {
 		return nil, false
 	}
-
-	var subKey [32]byte
-	var counter [16]byte
-	setup(&subKey, &counter, nonce, key)
-	polyKey, ks := firstBlock(&subKey, &counter)
-
-	// Authenticate (in constant time) before writing anything.
-	var tag [Overhead]byte
-	copy(tag[:], box)
 	ct := box[Overhead:]
-	if !polyVerify(&tag, ct, &polyKey) {
-		return nil, false
-	}
 
 	ret, o := sliceForAppend(out, len(ct))
 	if anyOverlap(o, box[:Overhead]) || inexactOverlap(o, ct) {
