@@ -165,6 +165,9 @@ type connInfo struct {
 	agentLink, tunneled bool
 	// fetcher: a relay's child fetching what it missed (relayrepair.go).
 	fetcher bool
+	// send queues a message on the connection without zmq4's Send
+	// (zmtp.Config.OnDirect); reply uses it for everything.
+	send func(frames [][]byte) error
 }
 
 // New validates cfg and binds the control socket.
@@ -221,6 +224,7 @@ func New(cfg Config) (*Broker, error) {
 		MaxFrames:          3,
 		Identity:           routingID,
 		OnConnect:          b.onConnect,
+		OnDirect:           b.onDirect,
 		OnClose:            b.onClose,
 		OnHandshakeFailure: b.onHandshakeFailure,
 		Inject:             b.inject[wire.PortControl],
@@ -382,6 +386,17 @@ func (b *Broker) onConnect(id []byte, p *zmtp.Peer, remote net.Addr, closeConn f
 	b.log.Debug("connection", "peer", remote.String())
 }
 
+// onDirect keeps the connection's own send (zmtp.Config.OnDirect): zmq4's
+// ROUTER Send takes a socket-wide lock, a context, a timer and a goroutine
+// for every message.
+func (b *Broker) onDirect(id []byte, send func([][]byte) error) {
+	b.mu.Lock()
+	if c := b.conns[string(id)]; c != nil {
+		c.send = send
+	}
+	b.mu.Unlock()
+}
+
 func (b *Broker) onClose(id []byte, _ *zmtp.Peer, err error) {
 	b.mu.Lock()
 	c := b.conns[string(id)]
@@ -537,8 +552,19 @@ func (b *Broker) reply(id []byte, m wire.Message) {
 	if e, ok := m.(*wire.Error); ok {
 		b.m.Errors.WithLabelValues(strconv.Itoa(int(e.Code))).Inc()
 	}
-	frames := append([][]byte{id}, wire.Frames(m)...)
-	if err := b.router.Send(zmq4.NewMsgFrom(frames...)); err != nil {
+	b.mu.Lock()
+	var send func([][]byte) error
+	if c := b.conns[string(id)]; c != nil {
+		send = c.send
+	}
+	b.mu.Unlock()
+	var err error
+	if send != nil {
+		err = send(wire.Frames(m))
+	} else { // gone (zmq4 drops it too), or not through internal/zmtp
+		err = b.router.Send(zmq4.NewMsgFrom(append([][]byte{id}, wire.Frames(m)...)...))
+	}
+	if err != nil {
 		b.log.Debug("send failed", "err", err)
 	}
 }

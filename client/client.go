@@ -187,9 +187,11 @@ type Session struct {
 	wg       sync.WaitGroup
 }
 
-// link is one connection of a session.
+// link is one connection of a session. Everything it sends goes straight
+// to the transport (direct), not through zmq4's Send.
 type link struct {
 	dealer  zmq4.Socket
+	direct  func(frames [][]byte) error
 	cancel  context.CancelFunc
 	sendMu  sync.Mutex
 	dead    chan struct{}
@@ -283,10 +285,15 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 
 // connect dials a new link and opens (or resumes) the session on it.
 func (s *Session) connect(ctx context.Context, resume bool) error {
-	sctx, cancel := context.WithCancel(zmtp.WithConfig(context.Background(), s.zcfg))
+	l := &link{dead: make(chan struct{})}
+	zcfg := *s.zcfg
+	// Set before dealer.Dial returns (the handshake ends in it), read
+	// only after.
+	zcfg.OnDirect = func(_ []byte, send func([][]byte) error) { l.direct = send }
+	sctx, cancel := context.WithCancel(zmtp.WithConfig(context.Background(), &zcfg))
 	dealer := zmq4.NewDealer(sctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(s.cfg.connectTimeout()),
 		zmq4.WithLogger(log.New(io.Discard, "", 0)), zmq4.WithTimeout(24*time.Hour))
-	l := &link{dealer: dealer, cancel: cancel, dead: make(chan struct{})}
+	l.dealer, l.cancel = dealer, cancel
 	dialDone := make(chan error, 1)
 	go func() { dialDone <- dealer.Dial(s.ep) }()
 	var err error
@@ -397,7 +404,10 @@ func (l *link) send(m wire.Message) error {
 		return net.ErrClosed
 	default:
 	}
-	return l.dealer.Send(zmq4.NewMsgFrom(wire.Frames(m)...))
+	if l.direct == nil { // not through internal/zmtp's transport
+		return l.dealer.Send(zmq4.NewMsgFrom(wire.Frames(m)...))
+	}
+	return l.direct(wire.Frames(m))
 }
 
 // unwrapDial strips zmq4's wrapping ("zmq4: could not dial to …") so users

@@ -480,6 +480,51 @@ func (c *conn) frameDone() error {
 	return nil
 }
 
+// sendDirect queues one message, its frames in order (Config.OnDirect).
+// With NoCopy the queue references the frames; else it copies them.
+func (c *conn) sendDirect(frames [][]byte) error {
+	total := 0
+	for _, f := range frames {
+		total += len(f)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if c.closed {
+			return c.errLocked()
+		}
+		if c.queued+total <= c.cfg.sendQueue() || c.queued == 0 {
+			break
+		}
+		switch c.cfg.OnFull {
+		case Disconnect:
+			c.failLocked(ErrSlowPeer)
+			return ErrSlowPeer
+		case DropMessage:
+			c.dropped++
+			if c.cfg.OnDrop != nil {
+				c.cfg.OnDrop()
+			}
+			return nil
+		default:
+			c.cond.Wait()
+		}
+	}
+	for i, f := range frames {
+		of := outFrame{body: f, borrowed: true}
+		if !c.cfg.NoCopy {
+			of = outFrame{body: append(getBuf(len(f)), f...)}
+		}
+		if i < len(frames)-1 {
+			of.flags = FlagMore
+		}
+		c.queue = append(c.queue, of)
+	}
+	c.queued += total
+	c.cond.Broadcast()
+	return nil
+}
+
 // writeBatch bounds the octets the writer takes from the queue at once,
 // and so the sealing buffer it needs.
 const writeBatch = 256 << 10

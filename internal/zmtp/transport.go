@@ -95,7 +95,15 @@ type Config struct {
 	Inject <-chan net.Conn
 	// Hooks; each may be nil and must not block.
 	// OnConnect receives a function that closes this connection.
-	OnConnect          func(id []byte, p *Peer, remote net.Addr, closeConn func())
+	OnConnect func(id []byte, p *Peer, remote net.Addr, closeConn func())
+	// OnDirect receives a function that queues one message (its frames)
+	// on this connection as zmq4's Send would, under the same SendQueue
+	// and OnFull policy, but without zmq4: its Send makes a context, a
+	// timer and an errgroup goroutine for every message, which small
+	// messages (a FILE per entry of a tree) pay in full. An owner that uses
+	// it must send nothing through zmq4's Send on this connection, or the
+	// frames of the two could interleave.
+	OnDirect           func(id []byte, send func(frames [][]byte) error)
 	OnClose            func(id []byte, p *Peer, err error)
 	OnHandshakeFailure func(remote net.Addr, err *HandshakeError)
 	OnDrop             func()
@@ -583,6 +591,9 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, asServer bool, gr
 	c = newConn(raw, br, cfg, peer, id)
 	if cfg.OnConnect != nil {
 		cfg.OnConnect(id, peer, raw.RemoteAddr(), func() { c.Close() })
+	}
+	if cfg.OnDirect != nil {
+		cfg.OnDirect(id, c.sendDirect)
 	}
 	return c, nil
 }

@@ -248,3 +248,48 @@ func TestCurveTamperedFrame(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 }
+
+// TestDirectSend: messages queued through Config.OnDirect (not zmq4's
+// Send) arrive whole and in order, several frames each, both ways over
+// CURVE; without NoCopy the frames are copied when queued.
+func TestDirectSend(t *testing.T) {
+	server, client := keyPair(t), keyPair(t)
+	sends := make(chan func([][]byte) error, 2)
+	router, ep := listen(t, &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect, SendQueue: 1 << 20, NoCopy: true,
+		Mechanism: &curve.Server{Key: server, Authorize: curve.AllowKeys(client.Public)},
+		OnDirect:  func(_ []byte, send func([][]byte) error) { sends <- send }}, zmq4.NewRouter)
+	var dealerSend func([][]byte) error
+	dealer := dial(t, &zmtp.Config{SocketType: "DEALER", OnFull: zmtp.Block, // NoCopy unset: the frames are copied
+		Mechanism: &curve.Client{Key: client, ServerKey: server.Public},
+		OnDirect:  func(_ []byte, send func([][]byte) error) { dealerSend = send }}, zmq4.NewDealer, ep)
+	if dealerSend == nil {
+		t.Fatal("OnDirect was not called before Dial returned")
+	}
+	routerSend := <-sends
+	big := bytes.Repeat([]byte{0xa5}, 300000)
+	for i := range 50 {
+		frames := [][]byte{[]byte(fmt.Sprint("m", i)), big[:i*997], nil}
+		if err := dealerSend(frames); err != nil {
+			t.Fatal(err)
+		}
+		frames[0] = []byte("changed after sending") // copied: must not show
+	}
+	for i := range 50 {
+		m, err := router.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Frames) != 4 || string(m.Frames[1]) != fmt.Sprint("m", i) || !bytes.Equal(m.Frames[2], big[:i*997]) || len(m.Frames[3]) != 0 {
+			t.Fatalf("message %d: %d frames, first %q", i, len(m.Frames), m.Frames[1])
+		}
+	}
+	for i := range 50 {
+		if err := routerSend([][]byte{[]byte(fmt.Sprint("r", i)), big[:i*1009]}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := dealer.Recv()
+		if err != nil || len(m.Frames) != 2 || string(m.Frames[0]) != fmt.Sprint("r", i) || !bytes.Equal(m.Frames[1], big[:i*1009]) {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+	}
+}
