@@ -230,26 +230,17 @@ func (c *conn) next() error {
 		if plainLen < 0 {
 			return fmt.Errorf("%w: MESSAGE too short", errFrame)
 		}
-		if c.rdec != nil && plainLen >= splitOpenMin {
-			// Authenticate now, decrypt as zmq4 reads (Read).
-			mflags, n, err := c.rdec.Verify(c.rbuf)
-			if err != nil {
-				return err
-			}
-			if mflags&FlagCommand != 0 {
-				continue
-			}
-			zflags := mflags & FlagMore
-			if err := c.account(n, zflags != 0); err != nil {
-				return err
-			}
-			c.rplain = appendFrameHeader(c.rplain[:0], zflags, n)
-			c.rpending = c.rplain
-			c.roff, c.rleft = 0, n
-			return nil
+		// A large frame is authenticated now and decrypted as zmq4 reads
+		// it (Read); a small one is opened here in one go.
+		split := c.rdec != nil && plainLen >= splitOpenMin
+		var mflags byte
+		var hdr, out []byte
+		if split {
+			mflags, _, err = c.rdec.Verify(c.rbuf)
+		} else {
+			hdr = appendFrameHeader(c.rplain[:0], 0, plainLen)
+			mflags, out, err = c.cipher.Open(hdr, c.rbuf)
 		}
-		hdr := appendFrameHeader(c.rplain[:0], 0, plainLen)
-		mflags, out, err := c.cipher.Open(hdr, c.rbuf)
 		if err != nil {
 			return err
 		}
@@ -259,6 +250,12 @@ func (c *conn) next() error {
 		zflags := mflags & FlagMore
 		if err := c.account(plainLen, zflags != 0); err != nil {
 			return err
+		}
+		if split {
+			c.rplain = appendFrameHeader(c.rplain[:0], zflags, plainLen)
+			c.rpending = c.rplain
+			c.roff, c.rleft = 0, plainLen
+			return nil
 		}
 		out[0] |= zflags
 		c.rplain = out
