@@ -9,12 +9,22 @@ import (
 	"sync/atomic"
 )
 
-// gcFloor is the memory (heap, stacks and runtime, as debug.SetMemoryLimit
-// counts it) below which the collector does not run.
-const gcFloor = 48 << 20
+// The collector's floor: the memory (heap, stacks and runtime, as
+// debug.SetMemoryLimit counts it) below which it does not run. A process
+// starts at gcFloorStart and moves to gcFloor once it has allocated
+// gcGrowAfter octets: a bulk transfer then pays fewer collections, while
+// a short command, a small copy or a follower of bursty output never
+// touches 48 MiB of fresh pages (a page fault each: on a VM where faults
+// are dear, a 48 MiB floor cost `zp job follow` of 100 MiB a third more
+// CPU and twice the RSS; bench/README.md).
+const (
+	gcFloorStart = 24 << 20
+	gcFloor      = 48 << 20
+	gcGrowAfter  = 256 << 20
+)
 
 // TuneGC makes the collector run when the process's memory reaches
-// max(gcFloor, twice the live heap of the last collection), capped at
+// max(floor, twice the live heap of the last collection), capped at
 // ceiling (0: none), instead of at Go's default of twice the live heap
 // alone. zmq4 allocates every frame it receives (up to 1 MiB each), so a
 // pipe or a copy allocates as many octets as it moves while what is live
@@ -40,15 +50,25 @@ func TuneGC(ceiling int64) {
 		ceiling = math.MaxInt64
 	}
 	debug.SetGCPercent(-1)
-	debug.SetMemoryLimit(min(gcFloor, ceiling))
+	debug.SetMemoryLimit(gcLimit(0, 0, ceiling))
 	rearmGC(gcTuning.Add(1), ceiling)
+}
+
+// gcLimit is the memory limit after a collection that left live octets
+// live, in a process that has allocated allocs octets since it started.
+func gcLimit(live, allocs, ceiling int64) int64 {
+	floor := int64(gcFloorStart)
+	if allocs >= gcGrowAfter {
+		floor = gcFloor
+	}
+	return min(max(floor, 2*live), ceiling)
 }
 
 // gcSentinel's finalizer runs after each collection that found it
 // unreachable: it sets the next limit and arms a new sentinel.
 type gcSentinel struct{ _ [16]byte }
 
-var liveSample = []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+var gcSamples = []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/allocs:bytes"}}
 
 // gcTuning is the generation of the tuner that may run: a sentinel of an
 // older one (a test's, after it stopped) does nothing and is not re-armed.
@@ -60,12 +80,14 @@ func rearmGC(gen, ceiling int64) {
 		if gcTuning.Load() != gen {
 			return
 		}
-		metrics.Read(liveSample)
-		live := int64(0)
-		if liveSample[0].Value.Kind() == metrics.KindUint64 {
-			live = int64(liveSample[0].Value.Uint64())
+		metrics.Read(gcSamples)
+		var v [2]int64
+		for i, s := range gcSamples {
+			if s.Value.Kind() == metrics.KindUint64 {
+				v[i] = int64(min(s.Value.Uint64(), math.MaxInt64))
+			}
 		}
-		debug.SetMemoryLimit(min(max(gcFloor, 2*live), ceiling))
+		debug.SetMemoryLimit(gcLimit(v[0], v[1], ceiling))
 		rearmGC(gen, ceiling)
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"math"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"testing"
 	"time"
 )
@@ -23,6 +24,31 @@ func limitAfterGC(t *testing.T, want func(int64) bool) int64 {
 	}
 }
 
+var sink []byte
+
+// allocated is what the process has allocated since it started.
+func allocated() int64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	return int64(s[0].Value.Uint64())
+}
+
+func TestGCLimit(t *testing.T) {
+	for _, c := range []struct{ live, allocs, ceiling, want int64 }{
+		{0, 0, math.MaxInt64, gcFloorStart},
+		{1 << 20, gcGrowAfter - 1, math.MaxInt64, gcFloorStart},
+		{1 << 20, gcGrowAfter, math.MaxInt64, gcFloor},
+		{20 << 20, 0, math.MaxInt64, 40 << 20},
+		{30 << 20, gcGrowAfter, math.MaxInt64, 60 << 20},
+		{0, 0, 16 << 20, 16 << 20},
+		{100 << 20, 1 << 40, 150 << 20, 150 << 20},
+	} {
+		if got := gcLimit(c.live, c.allocs, c.ceiling); got != c.want {
+			t.Errorf("gcLimit(live %d, allocs %d, ceiling %d) = %d, want %d", c.live, c.allocs, c.ceiling, got, c.want)
+		}
+	}
+}
+
 func TestTuneGC(t *testing.T) {
 	t.Setenv("GOGC", "")
 	t.Setenv("GOMEMLIMIT", "")
@@ -33,8 +59,18 @@ func TestTuneGC(t *testing.T) {
 	}()
 
 	TuneGC(0)
+	if allocated() < gcGrowAfter-64<<20 {
+		if l := limitAfterGC(t, func(l int64) bool { return l == gcFloorStart }); l != gcFloorStart {
+			t.Fatalf("small live heap, little allocated: limit %d MiB, want the first floor %d MiB", l>>20, gcFloorStart>>20)
+		}
+	}
+	// Allocating past gcGrowAfter raises the floor.
+	for range (gcGrowAfter >> 20) + 16 {
+		sink = make([]byte, 1<<20)
+	}
+	sink = nil
 	if l := limitAfterGC(t, func(l int64) bool { return l == gcFloor }); l != gcFloor {
-		t.Fatalf("small live heap: limit %d MiB, want the floor %d MiB", l>>20, gcFloor>>20)
+		t.Fatalf("small live heap, %d MiB allocated: limit %d MiB, want the floor %d MiB", allocated()>>20, l>>20, gcFloor>>20)
 	}
 	live := make([][]byte, 100) // 100 MiB live: the limit follows it
 	for i := range live {
