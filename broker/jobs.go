@@ -787,22 +787,27 @@ func (jm *jobManager) expire(retention time.Duration) {
 	}
 }
 
-// fetch serves part of a job's log as DATA messages, then FETCH_OK.
-func (jm *jobManager) fetch(s *session, j *job, m *wire.Fetch) {
+// fetch serves part of a job's log as DATA messages, then FETCH_OK. It
+// calls release before the answer's last message: a client that sends its
+// next FETCH on that answer finds the slot free (released after it, two
+// FETCHes in flight got ERROR 429 when the next came quickly).
+func (jm *jobManager) fetch(s *session, j *job, m *wire.Fetch, release func()) {
 	j.mu.Lock()
 	size := j.sizes[m.Stream]
 	final := j.meta.Done
 	j.mu.Unlock()
 	f, err := os.Open(j.logPath(m.Stream))
 	if err != nil {
+		release()
 		s.send(wire.Errorf(m.Channel, wire.CodeInternal, "reading log: %v", err))
 		return
 	}
-	defer f.Close()
 	off := publisher.ServeFetch(f, m, size, uint64(s.b.cfg.chunk()), func(d *wire.Data) {
 		s.send(d)
 		s.b.m.Bytes.WithLabelValues("out", "job").Add(float64(len(d.Bytes)))
 	})
+	f.Close()
+	release()
 	s.send(&wire.FetchOK{Channel: m.Channel, Stream: m.Stream, Next: off, Size: size, Final: final})
 }
 

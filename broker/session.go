@@ -240,8 +240,7 @@ func (s *session) handle(m wire.Message) {
 			select {
 			case s.fetchSem <- struct{}{}:
 				s.b.spawn(func() {
-					defer func() { <-s.fetchSem }()
-					s.b.jobs.fetch(s, j, m)
+					s.b.jobs.fetch(s, j, m, func() { <-s.fetchSem })
 				})
 			default:
 				s.sendErr(wire.Errorf(m.Channel, wire.CodeTooMany, "too many fetches in progress"))

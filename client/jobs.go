@@ -151,6 +151,10 @@ func (s *Session) RemoveJob(ctx context.Context, job string) error {
 	return public(err)
 }
 
+// followRetry is how long Follow waits to fetch again after zpd refused a
+// FETCH (ERROR 429).
+const followRetry = 20 * time.Millisecond
+
 // FollowOptions says what Follow writes and from where.
 type FollowOptions struct {
 	Stdout, Stderr io.Writer // nil: that stream is not followed
@@ -279,12 +283,17 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (_
 	}
 	poll := time.NewTicker(time.Second)
 	defer poll.Stop()
+	var retry <-chan time.Time // after a FETCH was refused: when to fetch again
 	for !f.Done() {
-		if err := send(f.Fetches()); err != nil {
-			res.Next = f.Next()
-			return res, err
+		if retry == nil {
+			if err := send(f.Fetches()); err != nil {
+				res.Next = f.Next()
+				return res, err
+			}
 		}
 		select {
+		case <-retry:
+			retry = nil
 		case m := <-inbox:
 			switch m := m.(type) {
 			case *wire.Data:
@@ -294,6 +303,15 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (_
 			case *wire.FetchOK:
 				f.FetchOK(m)
 			case *wire.Error:
+				if m.Code == wire.CodeTooMany {
+					// FETCH is a request, not a channel: a refused one
+					// is asked again (PROTOCOL §9.2).
+					f.Refused()
+					if retry == nil {
+						retry = time.After(followRetry)
+					}
+					continue
+				}
 				res.Next = f.Next()
 				return res, m
 			}

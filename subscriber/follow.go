@@ -1,9 +1,13 @@
 package subscriber
 
-import "github.com/zpipes/zp/internal/wire"
+import (
+	"github.com/zpipes/zp/internal/wire"
+	"github.com/zpipes/zp/publisher"
+)
 
-// FetchLength is the most a Follower asks for in one FETCH.
-const FetchLength = 1 << 20
+// FetchLength is the most a Follower asks for in one FETCH: what zpd
+// serves of one.
+const FetchLength = publisher.MaxFetch
 
 // Fetch is a FETCH a Follower wants sent for one stream.
 type Fetch struct {
@@ -99,6 +103,18 @@ func (f *Follower) Done() bool {
 func (f *Follower) fetch(st wire.Stream, length uint64) Fetch {
 	f.inflight[st] = true
 	return Fetch{Stream: st, Offset: f.next[st], Length: uint32(min(length, FetchLength))}
+}
+
+// Refused applies an ERROR 429 that answered a FETCH: zpd had no slot for
+// it (a zpd older than 2026-12-02 freed a FETCH's slot only after its
+// FETCH_OK, so following two streams, a FETCH sent on that answer could
+// find both taken). The answer does not say which FETCH it refused: every
+// stream may be fetched again (what an answer still on its way brings
+// twice is trimmed).
+func (f *Follower) Refused() {
+	for _, st := range f.followed {
+		f.inflight[st] = false
+	}
 }
 
 // Fetches returns the FETCHes to send now, at most one in flight per

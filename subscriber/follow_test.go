@@ -160,3 +160,36 @@ func TestFollowWriteErrorStops(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A refused FETCH (ERROR 429 from an older zpd, following two streams)
+// is asked again, and the follower completes.
+func TestFollowRefusedFetch(t *testing.T) {
+	const size = 3*FetchLength + 100
+	log := bytes.Repeat([]byte("abcdefgh"), size/8+1)[:size]
+	c := &followed{}
+	f := NewFollower([]wire.Stream{wire.Stdout, wire.Stderr}, [3]uint64{}, [3]uint64{wire.Stdout: size, wire.Stderr: size}, map[string]string{"done": "true"}, c.write)
+	fetches := f.Fetches()
+	if len(fetches) != 2 || fetches[0].Stream != wire.Stdout || fetches[1].Stream != wire.Stderr {
+		t.Fatalf("fetches %+v, want one per stream", fetches)
+	}
+	if again := f.Fetches(); len(again) != 0 {
+		t.Fatalf("a second FETCH for a stream: %+v", again)
+	}
+	f.Refused() // the stderr one was refused; stdout's answer is on its way
+	again := f.Fetches()
+	if len(again) != 2 {
+		t.Fatalf("after a refusal: fetches %+v, want both streams again", again)
+	}
+	serve(t, f, fetches[:1], string(log), true)
+	serve(t, f, again, string(log), true)
+	for range 10 {
+		next := f.Fetches()
+		if len(next) == 0 {
+			break
+		}
+		serve(t, f, next, string(log), true)
+	}
+	if !bytes.Equal(c.out[wire.Stdout].Bytes(), log) || !bytes.Equal(c.out[wire.Stderr].Bytes(), log) || !f.Done() {
+		t.Fatalf("delivered %d and %d octets (done %v), want %d each", c.out[wire.Stdout].Len(), c.out[wire.Stderr].Len(), f.Done(), size)
+	}
+}
