@@ -17,11 +17,8 @@ import (
 const jobChunk = 128 << 10
 
 // MaxFetch bounds what one FETCH returns: with two fetches per session
-// in flight, a follower makes zpd queue at most 2 MiB, less than one exec
-// channel's window. (It was 256 KiB: a follower catching up over a link
-// with a 20 ms round trip moved 100 MiB in 9.4-9.7 s, a round trip per
-// 256 KiB; bench/README.md.)
-const MaxFetch = 1 << 20
+// in flight, what a follower can make zpd queue stays small.
+const MaxFetch = 256 << 10
 
 // JobOutput publishes a job's output logs from where publishing stands:
 // each call to Next frames what one log gained since.

@@ -67,7 +67,7 @@ func TestJobEndTopic(t *testing.T) {
 }
 
 func TestServeFetch(t *testing.T) {
-	log := bytes.NewReader(bytes.Repeat([]byte("0123456789"), 200<<10)) // 2000 KiB
+	log := bytes.NewReader(bytes.Repeat([]byte("0123456789"), 100<<10)) // 1000 KiB
 	cases := []struct {
 		off, length, size uint64
 		next              uint64
@@ -75,8 +75,8 @@ func TestServeFetch(t *testing.T) {
 		{0, 100, 1000, 100},
 		{990, 100, 1000, 1000},                     // capped at what is readable
 		{2000, 100, 1000, 1000},                    // beyond: nothing, the size
-		{0, 4 << 20, 4 << 20, MaxFetch},            // one FETCH returns at most MaxFetch
-		{2000<<10 - 10, 100, 10 << 20, 2000 << 10}, // the log holds less than size says: what it holds
+		{0, 1 << 20, 1 << 20, MaxFetch},            // one FETCH returns at most MaxFetch
+		{1000<<10 - 10, 100, 10 << 20, 1000 << 10}, // the log holds less than size says: what it holds
 	}
 	for _, c := range cases {
 		var next uint64 = c.off

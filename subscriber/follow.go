@@ -1,13 +1,9 @@
 package subscriber
 
-import (
-	"github.com/zpipes/zp/internal/wire"
-	"github.com/zpipes/zp/publisher"
-)
+import "github.com/zpipes/zp/internal/wire"
 
-// FetchLength is the most a Follower asks for in one FETCH: what zpd
-// serves of one.
-const FetchLength = publisher.MaxFetch
+// FetchLength is the most a Follower asks for in one FETCH.
+const FetchLength = 1 << 20
 
 // Fetch is a FETCH a Follower wants sent for one stream.
 type Fetch struct {

@@ -164,7 +164,7 @@ func TestFollowWriteErrorStops(t *testing.T) {
 // A refused FETCH (ERROR 429 from an older zpd, following two streams)
 // is asked again, and the follower completes.
 func TestFollowRefusedFetch(t *testing.T) {
-	const size = 3*FetchLength + 100
+	const size = 3<<20 + 100
 	log := bytes.Repeat([]byte("abcdefgh"), size/8+1)[:size]
 	c := &followed{}
 	f := NewFollower([]wire.Stream{wire.Stdout, wire.Stderr}, [3]uint64{}, [3]uint64{wire.Stdout: size, wire.Stderr: size}, map[string]string{"done": "true"}, c.write)
