@@ -372,7 +372,7 @@ func TestFollowRidesOutCuts(t *testing.T) {
 		}
 	}
 	cmd := exec.Command(bin("zp"), append(args, pd.Addr, id)...)
-	cmd.Env = append(os.Environ(), pd.env()...)
+	cmd.Env = append(append(os.Environ(), pd.env()...), "ZP_FOLLOW_STATS=1")
 	cmd.Stdout, cmd.Stderr = h, &errb
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -394,6 +394,18 @@ func TestFollowRidesOutCuts(t *testing.T) {
 	}
 	if px.Accepted() < 2 || !strings.Contains(errb.String(), "reconnecting") || !strings.Contains(errb.String(), "reconnected to") {
 		t.Fatalf("the follower did not reconnect (%d connections): %s", px.Accepted(), errb.String())
+	}
+	// ZP_FOLLOW_STATS counts every connection's octets, not the last one's.
+	var hist, live, missed int
+	stats := strings.Index(errb.String(), "zp: follow stats:")
+	if stats < 0 {
+		t.Fatalf("no follow stats: %s", errb.String())
+	}
+	if _, err := fmt.Sscanf(errb.String()[stats:], "zp: follow stats: history=%d live=%d missed=%d", &hist, &live, &missed); err != nil {
+		t.Fatalf("follow stats: %v: %s", err, errb.String())
+	}
+	if hist+live+missed != len(out) {
+		t.Errorf("follow stats: history %d + live %d + missed %d != %d octets", hist, live, missed, len(out))
 	}
 	t.Logf("%d octets through %d connections; stderr:\n%s", len(out), px.Accepted(), errb.String())
 }

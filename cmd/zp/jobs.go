@@ -277,8 +277,9 @@ func followRun(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hostArg, id
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	backoff := 200 * time.Millisecond
-	var lostSince time.Time // first loss since output last moved: bounds the retries
-	var lostAt time.Time    // latest loss
+	var lostSince time.Time          // first loss since output last moved: bounds the retries
+	var lostAt time.Time             // latest loss
+	var history, live, missed uint64 // ZP_FOLLOW_STATS: over every attempt
 	for {
 		s, t, err := conn.Dial(ctx, io, hostArg)
 		if err == nil && !lostAt.IsZero() {
@@ -300,9 +301,10 @@ func followRun(ctx context.Context, io *cli.IO, conn *cli.ConnFlags, hostArg, id
 		}
 		res, err := s.Follow(ctx, id, fo)
 		s.Close()
+		history, live, missed = history+res.History, live+res.Live, missed+res.Missed
 		if err == nil {
 			if os.Getenv("ZP_FOLLOW_STATS") != "" {
-				fmt.Fprintf(io.Err, "zp: follow stats: history=%d live=%d missed=%d\n", res.History, res.Live, res.Missed)
+				fmt.Fprintf(io.Err, "zp: follow stats: history=%d live=%d missed=%d\n", history, live, missed)
 			}
 			return exitStatusCode(res.Info.ExitCode)
 		}
