@@ -107,13 +107,14 @@ func (f *Fleet) PublishManifest(ctx context.Context, agents []string, t *Tree) (
 }
 
 // PublishContent publishes the content of the files in n for the agents
-// named. changed, if set, reports a file that changed since the tree was
+// named, in full records: agents in a version 4 session skip the records
+// of files they hold. changed, if set, reports a file that changed since the tree was
 // built (the agents refuse it; the rest of the tree is unaffected). The
 // content is sent once start is closed (nil: at once): the agents, told
 // the publication's topic, subscribe to it first, so that it reaches
 // them live and not by repair.
 func (f *Fleet) PublishContent(ctx context.Context, agents []string, t *Tree, n *Need, changed func(path string), start <-chan struct{}) (*Publication, error) {
-	return f.Publish(ctx, agents, &gatedReader{r: t.m.Content(n.bits, changed), start: start})
+	return f.publish(ctx, agents, &gatedReader{r: t.m.Content(n.bits, changed), start: start}, true)
 }
 
 // gatedReader reads nothing until start is closed.

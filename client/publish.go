@@ -52,7 +52,14 @@ type Publication struct {
 // sends it there, encrypted, as the hub grants credit. It returns once the
 // hub has accepted the publication; the content follows in the background
 // until r's EOF.
-func (f *Fleet) Publish(ctx context.Context, agents []string, r io.Reader) (_ *Publication, err error) {
+func (f *Fleet) Publish(ctx context.Context, agents []string, r io.Reader) (*Publication, error) {
+	return f.publish(ctx, agents, r, false)
+}
+
+// publish is Publish; full cuts r in full records (every record but the
+// last holds Record octets: docs/PROTOCOL.md §14.6), which lets a reader
+// start at any record, rather than in records of what each read gives.
+func (f *Fleet) publish(ctx context.Context, agents []string, r io.Reader, full bool) (_ *Publication, err error) {
 	defer func() { err = public(err) }()
 	s := f.s
 	id, inbox := s.openChannel()
@@ -89,7 +96,7 @@ func (f *Fleet) Publish(ctx context.Context, agents []string, r io.Reader) (_ *P
 	pctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	go p.acks(pctx, inbox)
-	go p.pump(pctx, r)
+	go p.pump(pctx, r, full)
 	return p, nil
 }
 
@@ -135,14 +142,24 @@ func (p *Publication) Err() error {
 	return public(p.err)
 }
 
-// pump reads r into records, encrypts and sends them within the credit.
-// A read that blocks when the publication is closed is left behind (a
-// terminal stdin).
-func (p *Publication) pump(ctx context.Context, r io.Reader) {
+// pump reads r into records, encrypts and sends them within the credit:
+// a record of what each read gives, or, full, of Record octets but the
+// last. A read that blocks when the publication is closed is left behind
+// (a terminal stdin).
+func (p *Publication) pump(ctx context.Context, r io.Reader, full bool) {
 	buf := make([]byte, p.Shared.Record)
 	var i uint64
 	for {
-		n, rerr := r.Read(buf)
+		var n int
+		var rerr error
+		if full {
+			n, rerr = io.ReadFull(r, buf)
+			if errors.Is(rerr, io.ErrUnexpectedEOF) {
+				rerr = io.EOF
+			}
+		} else {
+			n, rerr = r.Read(buf)
+		}
 		if ctx.Err() != nil {
 			return
 		}

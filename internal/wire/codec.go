@@ -12,13 +12,13 @@ import (
 var Signature = [2]byte{0x5A, 0x50}
 
 // Version is the newest protocol version this package speaks, and
-// MinVersion the oldest: version 2 adds the fleet, 3 broadcasts
-// (docs/PROTOCOL.md §12).
+// MinVersion the oldest: version 2 adds the fleet, 3 broadcasts, 4
+// broadcast content in full records (docs/PROTOCOL.md §12).
 const (
-	Version    = 3
+	Version    = 4
 	MinVersion = 1
 	// JoinVersion is the version of an agent's link to its hub (JOIN),
-	// which version 3 left unchanged.
+	// which version 4 left unchanged.
 	JoinVersion = 3
 )
 
