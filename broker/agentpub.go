@@ -348,6 +348,11 @@ type recordReader struct {
 	done  bool // the final record was read
 	w     io.Writer
 	werr  error // the command stopped reading: the rest is discarded
+	// full: every record but the last data record holds max octets (a
+	// broadcast's content in a version 4 session, docs/PROTOCOL.md
+	// §14.6), so record i starts at i*(max+20) and may be jumped to.
+	full  bool
+	short bool // full, and a record of fewer octets came: only the final may follow
 }
 
 // errRecord is a record that does not decrypt, or a malformed stream.
@@ -389,6 +394,12 @@ func (r *recordReader) feed(p []byte) error {
 			return &errRecord{fmt.Sprintf("record %d does not decrypt: altered, or not for this key", r.i)}
 		}
 		r.plain = out
+		if r.full && !final {
+			if r.short {
+				return &errRecord{fmt.Sprintf("record %d follows a short record in a publication of full records", r.i)}
+			}
+			r.short = len(out) < r.max
+		}
 		if len(out) > 0 && r.werr == nil {
 			if _, err := r.w.Write(out); err != nil {
 				r.werr = err
@@ -408,6 +419,26 @@ func (r *recordReader) feed(p []byte) error {
 	return nil
 }
 
+// jump makes record i the next one, dropping the partial record held:
+// the publication is then fed from record i's first octet, i*(max+20).
+// Only for full records.
+func (r *recordReader) jump(i uint64) {
+	r.i = i
+	r.buf = r.buf[:0]
+}
+
+// skipWriter is a writer that may not want all of a publication's
+// plaintext (skipPipe): Wanted is the offset of the next octet it wants
+// (what lies before it was read or is not wanted), Seek says at which
+// offset the next Write's octets start (never past Wanted), and Demand
+// waits until the writer should fetch what it wants.
+type skipWriter interface {
+	io.Writer
+	Wanted() uint64
+	Seek(off uint64)
+	Demand(ctx context.Context)
+}
+
 // feedShared feeds a command's stdin (w) from the publication named in
 // its EXEC, and closes w at the end. A stream that does not decrypt, or
 // ends without its final record, ends the channel with ERROR 422; a
@@ -416,7 +447,7 @@ func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 	defer w.Close()
 	var key [32]byte
 	copy(key[:], m.Key)
-	e := ch.s.b.agent.readPublication(ch.ctx, ch.id, "shared stdin", m.Topic, key, int(m.Record), w, func(n int, _ bool) {
+	e := ch.s.b.agent.readPublication(ch.ctx, ch.id, "shared stdin", m.Topic, key, int(m.Record), false, w, func(n int, _ bool) {
 		ch.s.b.m.Bytes.WithLabelValues("in", "exec").Add(float64(n))
 	}, nil)
 	if e != nil {
@@ -445,12 +476,34 @@ func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 // relay, if set, is handed every piece of the publication in order
 // (sealed, as published; eof on the publication's last) before it is
 // decrypted: a relay republishes it (relay.go).
-func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topic string, key [32]byte, record int, w io.Writer, count func(n int, live bool), relay func(off uint64, p []byte, eof bool)) *wire.Error {
-	r := &recordReader{max: record, w: w, key: key}
+//
+// full says that the publication is cut in full records (recordReader).
+// Then, without relay, a w that is a skipWriter may skip plaintext: the
+// whole records before the first octet it wants are neither fetched nor
+// decrypted (a broadcast agent skips the files it holds).
+func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topic string, key [32]byte, record int, full bool, w io.Writer, count func(n int, live bool), relay func(off uint64, p []byte, eof bool)) *wire.Error {
+	r := &recordReader{max: record, w: w, key: key, full: full}
 	live := a.addLive(topic)
 	defer a.dropLive(topic, live)
-	var want uint64 // the next octet of the publication
+	var want uint64    // the next octet of the publication
+	var liveEnd uint64 // the end of the newest live publication seen
 	var ahead reorder
+	sk, _ := w.(skipWriter)
+	if !full || relay != nil {
+		sk = nil
+	}
+	// skip goes on at the record that holds the first octet w wants,
+	// when whole records lie before it.
+	skip := func() {
+		if sk == nil || r.done {
+			return
+		}
+		if i := sk.Wanted() / uint64(record); i > r.i {
+			r.jump(i)
+			want = i * (uint64(record) + 4 + secretbox.Overhead)
+			sk.Seek(i * uint64(record))
+		}
+	}
 	feed := func(p []byte, isLive, eof bool) *wire.Error {
 		if relay != nil {
 			relay(want, p, eof)
@@ -460,6 +513,7 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 		}
 		want += uint64(len(p))
 		count(len(p), isLive)
+		skip()
 		return nil
 	}
 	// take feeds what of pd is new; then what waited for it.
@@ -485,6 +539,7 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 			select {
 			case pd := <-live:
 				got = true
+				liveEnd = max(liveEnd, pd.Offset+uint64(len(pd.Bytes)))
 				if pd.Offset+uint64(len(pd.Bytes)) > want {
 					ahead.add(pd)
 				}
@@ -494,7 +549,14 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 		}
 	}
 	for !r.done && r.werr == nil {
+		skip()
 		if needFetch {
+			if sk != nil {
+				// Fetch once the reader wants more: it may be about to
+				// skip what comes next.
+				sk.Demand(ctx)
+				skip()
+			}
 			sawLive := drain() || !ahead.empty()
 			if e := take(ahead.next(want)); e != nil {
 				return e
@@ -530,10 +592,11 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 			if ans.ok.Final && want >= ans.ok.Size && !r.done {
 				return ended
 			}
-			// Behind the live stream (a gap before what waits, or nothing
-			// seen live): fetch on. Caught up with it: wait for it.
+			// Behind the live stream (a gap before what waits, live
+			// octets past want that did not wait, or nothing seen live):
+			// fetch on. Caught up with it: wait for it.
 			_, gapped := ahead.gap(want)
-			needFetch = want < ans.ok.Size && (gapped || !sawLive)
+			needFetch = want < ans.ok.Size && (gapped || !sawLive || want < liveEnd)
 			continue
 		}
 		if !idle.Stop() {
@@ -548,6 +611,7 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 			return nil
 		case pd := <-live:
 			end := pd.Offset + uint64(len(pd.Bytes))
+			liveEnd = max(liveEnd, end)
 			switch {
 			case pd.Offset > want:
 				ahead.add(pd) // past a gap: keep it (if there is room) and fetch the gap
@@ -559,6 +623,9 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 			}
 			if pd.EOF() && end <= want && !r.done {
 				return ended
+			}
+			if want < liveEnd {
+				needFetch = true // what was published there did not wait (skipped to, or dropped)
 			}
 		case <-idle.C:
 			needFetch = true

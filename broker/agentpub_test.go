@@ -64,8 +64,8 @@ func TestRecordReader(t *testing.T) {
 	}
 }
 
-// FuzzRecordReader: whatever the hub (or its disk) sends, the reader
-// never panics, never holds more than a record and a message, and writes
+// FuzzRecordReader: whatever the hub (or its disk) sends, the reader (of
+// full records, or not: by split's parity) never panics, never holds more than a record and a message, and writes
 // only plaintext that decrypted, in order.
 func FuzzRecordReader(f *testing.F) {
 	f.Add(records("hello ", "world\n"), 3)
@@ -78,7 +78,7 @@ func FuzzRecordReader(f *testing.F) {
 			split = len(data)
 		}
 		var out bytes.Buffer
-		r := &recordReader{key: fuzzKey, max: 64, w: &out}
+		r := &recordReader{key: fuzzKey, max: 64, w: &out, full: split%2 == 1}
 		err := r.feed(data[:split])
 		if err == nil {
 			err = r.feed(data[split:])
@@ -94,4 +94,39 @@ func FuzzRecordReader(f *testing.F) {
 			t.Fatalf("done, but %d octets of %d unaccounted for", len(data)-out.Len()-20*int(r.i), len(data))
 		}
 	})
+}
+
+// Full records (a broadcast's content, protocol 4): a short record may
+// only be followed by the final one, and jump goes on at any record.
+func TestRecordReaderFull(t *testing.T) {
+	var out bytes.Buffer
+	r := &recordReader{key: fuzzKey, max: 3, w: &out, full: true}
+	if err := r.feed(records("abc", "def", "g")); err != nil || !r.done || out.String() != "abcdefg" {
+		t.Fatalf("full records: %v, done %v, %q", err, r.done, out.String())
+	}
+	out.Reset()
+	r = &recordReader{key: fuzzKey, max: 3, w: &out, full: true}
+	var re *errRecord
+	if err := r.feed(records("ab", "cde")); !errors.As(err, &re) || out.String() != "ab" {
+		t.Fatalf("a record after a short one: %v, %q", err, out.String())
+	}
+	// Records 0 to 2 and the final 3; a jump to record 2 skips 0 and 1,
+	// and the partial record 0 held.
+	stream := records("abc", "def", "g")
+	out.Reset()
+	r = &recordReader{key: fuzzKey, max: 3, w: &out, full: true}
+	rec := 4 + 3 + secretbox.Overhead
+	if err := r.feed(stream[:5]); err != nil {
+		t.Fatal(err)
+	}
+	r.jump(2)
+	if err := r.feed(stream[2*rec:]); err != nil || !r.done || out.String() != "g" {
+		t.Fatalf("after a jump: %v, done %v, %q", err, r.done, out.String())
+	}
+	// A record fed where another was expected does not decrypt.
+	r = &recordReader{key: fuzzKey, max: 3, w: &out, full: true}
+	r.jump(1)
+	if err := r.feed(stream[2*rec:]); !errors.As(err, &re) {
+		t.Fatalf("record 2 taken for record 1: %v", err)
+	}
 }

@@ -195,7 +195,7 @@ func (c *bcastChan) manifest(m *wire.Bcast) ([]*wire.File, *wire.Error) {
 	var key [32]byte
 	copy(key[:], m.Key)
 	buf := &limitBuffer{max: int(m.Size)}
-	if e := c.s.b.agent.readPublication(c.ctx, c.id, "manifest", m.Topic, key, int(m.Record), buf, func(int, bool) {}, nil); e != nil {
+	if e := c.s.b.agent.readPublication(c.ctx, c.id, "manifest", m.Topic, key, int(m.Record), false, buf, func(int, bool) {}, nil); e != nil {
 		return nil, e
 	}
 	if c.ctx.Err() != nil {
@@ -218,7 +218,11 @@ func (c *bcastChan) manifest(m *wire.Bcast) ([]*wire.File, *wire.Error) {
 func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber.ReceiverConfig, st *bcastStats, failure func(string, error)) (subscriber.ApplyStats, error) {
 	var key [32]byte
 	copy(key[:], g.Key)
-	pr, pw := io.Pipe()
+	// Apply skips the files this agent does not need (subscriber.Skipper);
+	// in a version 4 session the content comes in full records and the
+	// reader then skips their records too (docs/PROTOCOL.md §14.6).
+	pipe := newSkipPipe()
+	full := c.s.version >= 4
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
 	read := make(chan *wire.Error, 1)
@@ -244,7 +248,7 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 	}
 	if (wanted || relaying) && g.Topic != "" {
 		go func() {
-			e := c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), pw, func(n int, isLive bool) {
+			e := c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), full, pipe, func(n int, isLive bool) {
 				if isLive {
 					st.live.Add(uint64(n))
 				} else {
@@ -252,21 +256,21 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 				}
 			}, relay)
 			if e != nil {
-				pw.CloseWithError(e)
+				pipe.CloseWrite(e)
 			} else {
-				pw.Close()
+				pipe.CloseWrite(nil)
 			}
 			read <- e
 		}()
 	} else {
-		pw.Close()
+		pipe.CloseWrite(nil)
 		read <- nil
 	}
-	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure}, pr)
+	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure}, pipe)
 	if relaying && ctx.Err() == nil {
-		_, _ = io.Copy(io.Discard, pr) // the rest is for the children
+		_, _ = io.Copy(io.Discard, pipe) // the rest is for the children
 	}
-	pr.Close() // the rest of the content is for other agents
+	pipe.CloseRead() // the rest of the content is for other agents
 	cancel()
 	if e := <-read; e != nil && err == nil && e.Code == wire.CodeNotFound {
 		err = e

@@ -247,6 +247,115 @@ func TestBroadcast(t *testing.T) {
 	}
 }
 
+// TestBroadcastSkipsHeldFiles: an agent that holds the big file and takes
+// nothing live (it drops every live publication, so all it gets it
+// fetches from the hub) fetches about the small files it lacks, not the
+// whole content publication, which also holds the big file for the other
+// agent: it skips the records of files it holds (protocol 4, full
+// records).
+func TestBroadcastSkipsHeldFiles(t *testing.T) {
+	needUnshare(t)
+	names := []string{"s1", "s2"}
+	f := newTestFleet(t, names)
+	src := filepath.Join(f.dir, "src")
+	writeTree(t, src, 8<<20, 300)
+	disks := map[string]string{}
+	for _, n := range names {
+		disks[n] = filepath.Join(f.dir, "disk-"+n)
+		os.MkdirAll(filepath.Join(disks[n], "dest"), 0o755)
+	}
+	b, _ := os.ReadFile(filepath.Join(src, "big.bin"))
+	os.WriteFile(filepath.Join(disks["s2"], "dest", "big.bin"), b, 0o644)
+	f.startAgentOnDisk("s1", disks["s1"])
+	f.startAgentOnDiskEnv("s2", disks["s2"], []string{"ZP_FAULT_DROP_LIVE=1"})
+	f.waitStates(30*time.Second, "up", names...)
+
+	r := f.zpc("--fleet", f.hub.Addr, "-r", "--json", src+"/", ":"+filepath.Join(f.mnt(), "dest"))
+	rep, hosts := parseBcast(t, r)
+	if r.Code != 0 || len(hosts) != 2 {
+		t.Fatalf("broadcast: exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
+	}
+	for _, n := range names {
+		if h := hosts[n]; h.State != "ok" || h.Digest != rep.Digest {
+			t.Errorf("%s: %+v", n, h)
+		}
+		sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
+	}
+	small := rep.Bytes - 8<<20 // what s2 lacks
+	h := hosts["s2"]
+	t.Logf("content %d octets; s2 lacked %d, wrote %d, took %d live and fetched %d", rep.Bytes, small, h.Written, h.Received-h.Repaired, h.Repaired)
+	if h.Written != small || h.Deduped != 8<<20 {
+		t.Errorf("s2 held big.bin: wrote %d, deduplicated %d", h.Written, h.Deduped)
+	}
+	// Whole records of 256 KiB: at most one record more on each side of
+	// what it lacks, and the records' lengths and tags.
+	if h.Repaired > small+small/50+2*256<<10 {
+		t.Errorf("s2 fetched %d octets for %d it lacked", h.Repaired, small)
+	}
+}
+
+// TestBroadcastResumeSkips: an agent killed mid-way through a tree of 24
+// files and started again fetches, on resume, the files it still lacks:
+// not the content publication from its start again. It takes nothing live
+// (ZP_FAULT_DROP_LIVE=1): all it gets it fetches, and the hub counts it.
+func TestBroadcastResumeSkips(t *testing.T) {
+	needUnshare(t)
+	f := newTestFleet(t, []string{"k0"}, "--metrics", "127.0.0.1:0")
+	m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
+	if m == nil {
+		t.Fatalf("no metrics address in the hub's log")
+	}
+	fetched := func() float64 { return metric(t, m[1], "zp_fleet_publication_fetched_bytes_total") }
+	disk := filepath.Join(f.dir, "disk-k0") // kept across the restart
+	os.MkdirAll(disk, 0o755)
+	f.startAgentOnDiskEnv("k0", disk, []string{"ZP_FAULT_DROP_LIVE=1"})
+	f.waitStates(30*time.Second, "up", "k0")
+	src := filepath.Join(f.dir, "src")
+	os.MkdirAll(src, 0o755)
+	const files, size = 24, 4 << 20
+	for i := range files {
+		b := make([]byte, size)
+		rand.Read(b)
+		os.WriteFile(filepath.Join(src, fmt.Sprintf("f%02d", i)), b, 0o644)
+	}
+	want := localTreeSum(t, src)
+	dest := filepath.Join(f.mnt(), "dest")
+	// Files in place on k0's disk (not the temporary ones).
+	inPlace := func() int {
+		l, _ := filepath.Glob(filepath.Join(disk, "dest", "f[0-9][0-9]"))
+		return len(l)
+	}
+	finished := make(chan result, 1)
+	go func() { finished <- f.zpc("--fleet", f.hub.Addr, "-r", "--json", src+"/", ":"+dest) }()
+	eventually(t, 60*time.Second, "k0 half-way", func() bool { return inPlace() >= files/2 })
+	f.agents["k0"].cmd.Process.Kill()
+	<-f.agents["k0"].done
+	before, done := fetched(), inPlace()
+	time.Sleep(time.Second)
+	f.startAgentOnDiskEnv("k0", disk, []string{"ZP_FAULT_DROP_LIVE=1"})
+	var r result
+	select {
+	case r = <-finished:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("zpc --fleet did not finish")
+	}
+	rep, hosts := parseBcast(t, r)
+	h := hosts["k0"]
+	if r.Code != 0 || h.State != "ok" || h.Digest != rep.Digest || h.Retries == 0 {
+		t.Fatalf("exit %d: %+v\n%s", r.Code, h, r.Stderr)
+	}
+	f.sameTreeSums(dest, want, 1)
+	after := fetched() - before
+	lacked := (files - done) * size
+	t.Logf("%d octets; killed with %d files of %d in place, having fetched %.0f; then fetched %.0f for the %d octets it lacked",
+		rep.Bytes, done, files, before, after, lacked)
+	// The records that hold what it lacked (one more at the start, where
+	// a record holds the end of a file it has), and the manifest.
+	if after > float64(lacked+1<<20) {
+		t.Errorf("k0 fetched %.0f octets on resume for the %d it lacked", after, lacked)
+	}
+}
+
 // treeSum is a shell pipeline that prints one digest of every file's
 // name and content beneath the current directory.
 const treeSum = `find . -type f | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum`

@@ -90,6 +90,13 @@ type ApplyConfig struct {
 	Failure func(path string, err error)
 }
 
+// Skipper is a content stream that can pass over octets without them
+// being read: Apply skips the content of entries it does not write, so
+// that the stream's source need not fetch or decrypt it.
+type Skipper interface {
+	Skip(n uint64)
+}
+
 // ApplyStats counts what Apply did.
 type ApplyStats struct {
 	RecvStats
@@ -116,7 +123,8 @@ type applier struct {
 }
 
 // Apply writes entries into cfg.Receiver.Root, taking from content the
-// octets of the entries set in cfg.Content, in order. It returns once the
+// octets of the entries set in cfg.Content, in order, and skipping those
+// of entries it does not write when content is a Skipper. It returns once the
 // receiver has answered the end of the transfer; entries that failed are
 // in the stats (and reported to cfg.Failure), the error is for the whole.
 func Apply(ctx context.Context, cfg ApplyConfig, content io.Reader) (ApplyStats, error) {
@@ -343,6 +351,7 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 			}
 		}
 	}()
+	skipper, _ := content.(Skipper)
 	for i, e := range a.cfg.Entries {
 		inStream := wire.BitmapHas(a.cfg.Content, i) && e.Kind == wire.KindFile
 		// Wait for the receiver's answer before taking the entry's
@@ -365,6 +374,9 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 				return discarded, errors.New("bug: the receiver's inbox is full")
 			}
 			a.finish(e.FID)
+		case inStream && skipper != nil:
+			skipper.Skip(e.Size)
+			discarded += e.Size
 		case inStream:
 			n, err := io.CopyN(io.Discard, content, int64(e.Size))
 			discarded += uint64(n)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -60,6 +61,11 @@ func sampleBcast() *bcastTree {
 
 func applyTree(t *testing.T, dir string, tree *bcastTree, stream []byte, content []byte) (ApplyStats, []string, error) {
 	t.Helper()
+	return applyFrom(t, dir, tree, bytes.NewReader(stream), content)
+}
+
+func applyFrom(t *testing.T, dir string, tree *bcastTree, stream io.Reader, content []byte) (ApplyStats, []string, error) {
+	t.Helper()
 	root, err := chunkstore.OpenRoot(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +76,7 @@ func applyTree(t *testing.T, dir string, tree *bcastTree, stream []byte, content
 		Receiver: ReceiverConfig{Root: root, Flags: wire.XferRecursive, Umask: 0o022},
 		Entries:  tree.entries, Content: content,
 		Failure: func(path string, err error) { failed = append(failed, path+": "+err.Error()) },
-	}, bytes.NewReader(stream))
+	}, stream)
 	return st, failed, err
 }
 
@@ -149,6 +155,40 @@ func TestApplyBroadcast(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(dir, "a/small")); string(got) != "SMALL!\n" {
 		t.Fatalf("a/small is %q", got)
 	}
+
+	// Again, from a stream that can skip: the big file is skipped, not
+	// read.
+	tree.entries[3].Size, tree.data[4] = 6, []byte("again\n")
+	d = sha256.Sum256(tree.data[4])
+	tree.entries[3].Digest = d[:]
+	sr := &skipReader{r: bytes.NewReader(tree.stream(content))}
+	st, failed, err = applyFrom(t, dir, tree, sr, content)
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("apply: %v %v", err, failed)
+	}
+	if st.Bytes != 6 || st.Discarded != 4800000 || sr.read != 6 || sr.skipped != 4800000 {
+		t.Fatalf("apply from a skipping stream: %+v; %d octets read, %d skipped", st, sr.read, sr.skipped)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "a/small")); string(got) != "again\n" {
+		t.Fatalf("a/small is %q", got)
+	}
+}
+
+// skipReader is a Skipper that counts what was read and what skipped.
+type skipReader struct {
+	r             *bytes.Reader
+	read, skipped int
+}
+
+func (s *skipReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	s.read += n
+	return n, err
+}
+
+func (s *skipReader) Skip(n uint64) {
+	s.r.Seek(int64(n), io.SeekCurrent)
+	s.skipped += int(n)
 }
 
 // Content that does not match the manifest's digest fails that entry (the
