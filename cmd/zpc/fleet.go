@@ -552,7 +552,9 @@ func (b *broadcast) apply(ctx context.Context, h *hostCopy, ab *client.AgentBroa
 			h.State, h.err = "failed", errors.New("it lacks files that no agent lacked when the broadcast began (they changed there meanwhile): run zpc again")
 			return
 		}
+		var last *client.BroadcastStats // the attempt's latest counts
 		r, err := ab.Go(ctx, b.content, b.union, func(st client.BroadcastStats) {
+			last = &st
 			following()
 			if ab.Relaying != nil {
 				h.relayOK.Store(true)
@@ -561,9 +563,13 @@ func (b *broadcast) apply(ctx context.Context, h *hostCopy, ab *client.AgentBroa
 			b.view.update(h, st)
 		})
 		h.sess.Close()
-		if r != nil {
+		switch {
+		case r != nil:
 			h.record(r)
 			b.view.update(h, r.Stats)
+		case last != nil:
+			// The session was lost: what the agent took before counts.
+			h.record(&client.BroadcastResult{Stats: *last})
 		}
 		if err == nil {
 			h.State, h.Digest = "ok", r.Digest
