@@ -91,6 +91,9 @@ type agentRunner struct {
 	// faultDrop is the share of live publications dropped on purpose
 	// (ZP_FAULT_DROP_LIVE, for fault tests): what is dropped is fetched.
 	faultDrop float64
+	// faultSlow is how long a broadcast's writer waits for every MiB of
+	// content it reads (ZP_FAULT_SLOW_APPLY, for fault tests: a slow disk).
+	faultSlow time.Duration
 }
 
 func newAgent(b *Broker, cfg *AgentConfig) (*agentRunner, error) {
@@ -125,6 +128,14 @@ func newAgent(b *Broker, cfg *AgentConfig) (*agentRunner, error) {
 		}
 		a.faultDrop = p
 		b.log.Warn("fault injection: dropping live publications", "share", p)
+	}
+	if v := os.Getenv("ZP_FAULT_SLOW_APPLY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("broker: ZP_FAULT_SLOW_APPLY=%q: want a duration per MiB", v)
+		}
+		a.faultSlow = d
+		b.log.Warn("fault injection: broadcasts written slowly", "per_mib", d)
 	}
 	return a, nil
 }

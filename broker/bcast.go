@@ -246,28 +246,83 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 			st.relayed.Add(uint64(len(p)))
 		}
 	}
-	if (wanted || relaying) && g.Topic != "" {
-		go func() {
-			e := c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), full, pipe, func(n int, isLive bool) {
-				if isLive {
-					st.live.Add(uint64(n))
-				} else {
-					st.repaired.Add(uint64(n))
-				}
-			}, relay)
-			if e != nil {
-				pipe.CloseWrite(e)
-			} else {
-				pipe.CloseWrite(nil)
-			}
-			read <- e
-		}()
-	} else {
-		pipe.CloseWrite(nil)
-		read <- nil
+	count := func(n int, isLive bool) {
+		if isLive {
+			st.live.Add(uint64(n))
+		} else {
+			st.repaired.Add(uint64(n))
+		}
 	}
-	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure}, pipe)
-	if relaying && ctx.Err() == nil {
+	closeWrite := func(e *wire.Error) {
+		if e != nil {
+			pipe.CloseWrite(e)
+		} else {
+			pipe.CloseWrite(nil)
+		}
+		read <- e
+	}
+	// relayed is closed when a relay that keeps what it relays has taken
+	// the whole content (or failed): nil otherwise.
+	var relayed chan struct{}
+	switch {
+	case g.Topic == "" || !wanted && !relaying:
+		closeWrite(nil)
+	case relaying && c.store != nil:
+		// Two readers: one takes the content as it comes, republishes it
+		// and keeps it in the store; the other reads the store for this
+		// agent's own copy, at its disk's pace. So the children never
+		// wait for this agent's writes.
+		relayed = make(chan struct{})
+		var relayErr *wire.Error
+		sctx, stopStore := context.WithCancel(ctx)
+		go func() {
+			defer close(relayed)
+			relayErr = c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), false, io.Discard, count, relay)
+			if relayErr != nil {
+				stopStore() // the store will not be whole
+			}
+		}()
+		if !wanted {
+			closeWrite(nil)
+			break
+		}
+		go func() {
+			defer stopStore()
+			r := &recordReader{max: int(g.Record), w: pipe, key: key, full: full}
+			err := c.store.read(sctx, r, pipe)
+			var e *wire.Error
+			switch {
+			case errors.Is(err, errStoreFailed):
+				// Read it again from upstream, for this agent only: the
+				// pipe drops what was read already.
+				c.s.b.log.Warn("relay: reading the content from upstream", "session", c.s.id, "err", err)
+				pipe.Seek(0)
+				e = c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), full, pipe, func(int, bool) {}, nil)
+			case err != nil:
+				e = wire.Errorf(c.id, wire.CodeFlowControl, "content: %v", err)
+			case sctx.Err() != nil && ctx.Err() == nil:
+				<-relayed
+				e = relayErr // the reader of the content failed
+			}
+			closeWrite(e)
+		}()
+	default:
+		go func() {
+			closeWrite(c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), full, pipe, count, relay))
+		}()
+	}
+	var content io.Reader = pipe
+	if d := c.s.b.agent.faultSlow; d > 0 {
+		content = &slowReader{skipPipe: pipe, perMiB: d}
+	}
+	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure}, content)
+	switch {
+	case relayed != nil:
+		select {
+		case <-relayed: // the children got it all
+		case <-ctx.Done():
+		}
+	case relaying && ctx.Err() == nil:
 		_, _ = io.Copy(io.Discard, pipe) // the rest is for the children
 	}
 	pipe.CloseRead() // the rest of the content is for other agents
@@ -276,6 +331,22 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 		err = e
 	}
 	return stats, err
+}
+
+// slowReader reads a content stream slowly, sleeping perMiB for every MiB
+// read (ZP_FAULT_SLOW_APPLY, for fault tests: an agent whose disk is slow).
+type slowReader struct {
+	*skipPipe
+	perMiB time.Duration
+	n      int
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	n, err := s.skipPipe.Read(p)
+	for s.n += n; s.n >= 1<<20; s.n -= 1 << 20 {
+		time.Sleep(s.perMiB)
+	}
+	return n, err
 }
 
 // progress sends BCAST_PROGRESS until the returned function is called.

@@ -14,6 +14,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/zpipes/zp/internal/curve"
+	"github.com/zpipes/zp/internal/secretbox"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
 )
@@ -42,6 +43,7 @@ type relayStore struct {
 	final  bool
 	failed bool // a write failed: children ask the hub
 	closed bool
+	more   chan struct{} // closed and replaced when size, failed or closed changes (read)
 }
 
 // openRelayStore makes the store of a relayed publication, an unlinked
@@ -62,7 +64,7 @@ func (b *Broker) openRelayStore(topic string, children [][]byte) (*relayStore, e
 		f.Close()
 		return nil, err
 	}
-	st := &relayStore{topic: topic, children: make(map[string]bool, len(children)), f: f}
+	st := &relayStore{topic: topic, children: make(map[string]bool, len(children)), f: f, more: make(chan struct{})}
 	for _, k := range children {
 		st.children[string(k)] = true
 	}
@@ -85,17 +87,76 @@ func (st *relayStore) write(off uint64, p []byte, eof bool) {
 		st.size = off + uint64(len(p))
 		st.final = eof
 	}
+	st.moved()
 	st.mu.Unlock()
+}
+
+// moved wakes read; st.mu held.
+func (st *relayStore) moved() {
+	close(st.more)
+	st.more = make(chan struct{})
 }
 
 func (st *relayStore) close() {
 	st.mu.Lock()
 	f := st.f
 	st.closed, st.f = true, nil
+	st.moved()
 	st.mu.Unlock()
 	if f != nil {
 		f.Close()
 	}
+}
+
+// errStoreFailed: the relay could not keep what it relays (a write to its
+// state directory failed), so its own copy cannot be read from there.
+var errStoreFailed = errors.New("the relay could not keep the content it relays (writing to its state directory failed)")
+
+// read feeds r the publication from the store, from its start, as the
+// relay stores it: it waits for what is not stored yet, until the final
+// record, ctx's end or r's writer failing. So a relay writes its own copy
+// at its own pace, and its children, whom it republishes to as the
+// content arrives, never wait for its disk. With full records, the
+// records before the first octet sk wants are not read.
+func (st *relayStore) read(ctx context.Context, r *recordReader, sk skipWriter) error {
+	buf := make([]byte, maxPubFetch)
+	var pos uint64
+	for !r.done && r.werr == nil {
+		if sk != nil && r.full {
+			if i := sk.Wanted() / uint64(r.max); i > r.i {
+				r.jump(i)
+				pos = i * (uint64(r.max) + 4 + secretbox.Overhead)
+				sk.Seek(i * uint64(r.max))
+			}
+		}
+		st.mu.RLock()
+		f, size, final, failed, closed, more := st.f, st.size, st.final, st.failed, st.closed, st.more
+		st.mu.RUnlock()
+		switch {
+		case failed:
+			return errStoreFailed
+		case closed:
+			return errors.New("the relay's store closed")
+		case pos < size:
+			n, err := f.ReadAt(buf[:min(uint64(len(buf)), size-pos)], int64(pos))
+			if err != nil && !errors.Is(err, io.EOF) {
+				return err
+			}
+			if err := r.feed(buf[:n]); err != nil {
+				return err
+			}
+			pos += uint64(n)
+			continue
+		case final:
+			return errors.New("the publication ended without its final record")
+		}
+		select {
+		case <-more:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
 }
 
 // fetch answers a child's PUB_FETCH from the store.

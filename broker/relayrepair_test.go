@@ -117,3 +117,45 @@ func TestRelayRouterDenial(t *testing.T) {
 		t.Fatal("the child's key still passes the handshake after the broadcast")
 	}
 }
+
+// A relay's own copy is read from its store as the store grows (full
+// records: from the record its reader wants), and a store that failed
+// says so.
+func TestRelayStoreRead(t *testing.T) {
+	b := &Broker{cfg: Config{StateDir: t.TempDir()}}
+	st, err := b.openRelayStore("p/t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	stream := records("abc", "def", "ghi", "j")
+	pipe := newSkipPipe()
+	r := &recordReader{key: fuzzKey, max: 3, w: pipe, full: true}
+	done := make(chan error, 1)
+	go func() { done <- st.read(context.Background(), r, pipe) }()
+	// The reader wants octets 0-1, then skips to 7 (record 2).
+	got := make([]byte, 2)
+	st.write(0, stream[:30], false)
+	if _, err := io.ReadFull(pipe, got); err != nil || string(got) != "ab" {
+		t.Fatalf("read %q %v", got, err)
+	}
+	pipe.Skip(5)
+	st.write(30, stream[30:], true)
+	rest, err := io.ReadAll(io.LimitReader(pipe, 3))
+	if err != nil || string(rest) != "hij" {
+		t.Fatalf("after a skip: %q %v", rest, err)
+	}
+	if err := <-done; err != nil || !r.done {
+		t.Fatalf("read ended with %v, done %v", err, r.done)
+	}
+	// A store whose write failed.
+	st2, _ := b.openRelayStore("p/u", nil)
+	st2.mu.Lock()
+	st2.failed = true
+	st2.moved()
+	st2.mu.Unlock()
+	if err := st2.read(context.Background(), &recordReader{key: fuzzKey, max: 3, w: io.Discard}, nil); !errors.Is(err, errStoreFailed) {
+		t.Fatalf("a failed store: %v", err)
+	}
+	st2.close()
+}

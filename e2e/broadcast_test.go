@@ -356,6 +356,45 @@ func TestBroadcastResumeSkips(t *testing.T) {
 	}
 }
 
+// TestBroadcastSlowRelay: a relay whose own disk is slow (it writes 1 MiB
+// per 100 ms: ZP_FAULT_SLOW_APPLY) still republishes the content as it
+// comes: its child, and that child's child, finish long before it, and
+// take the content from their relays, not from the hub.
+func TestBroadcastSlowRelay(t *testing.T) {
+	f, names := tmpfsFleet(t, "s%d", 3, map[string][]string{"s0": {"ZP_FAULT_SLOW_APPLY=100ms"}})
+	src := filepath.Join(f.dir, "src")
+	writeTree(t, src, 32<<20, 20)
+	want := localTreeSum(t, src)
+	dest := filepath.Join(f.mnt(), "dest")
+	// Fanout 1, placed by name: the hub feeds s0, s0 feeds s1, s1 s2.
+	r := f.zpc("--fleet", f.hub.Addr, "--fanout", "1", "-r", "--json", src+"/", ":"+dest)
+	rep, hosts := parseBcast(t, r)
+	if r.Code != 0 || len(hosts) != 3 {
+		t.Fatalf("exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
+	}
+	parents := map[string]string{"s0": "", "s1": "s0", "s2": "s1"}
+	var per []string
+	for _, n := range names {
+		h := hosts[n]
+		if h.State != "ok" || h.Digest != rep.Digest || h.Parent != parents[n] {
+			t.Errorf("%s: %+v", n, h)
+		}
+		per = append(per, fmt.Sprintf("%s<-%q %.2fs received %d (from relay %d, repaired %d) relayed %d reparented %v",
+			n, h.Parent, h.Seconds, h.Received, h.FromRelay, h.Repaired, h.Relayed, h.Reparented))
+	}
+	t.Logf("per host:\n%s", strings.Join(per, "\n"))
+	slow := hosts["s0"].Seconds
+	if slow < 3 {
+		t.Fatalf("s0 wrote 32 MiB at 1 MiB per 100 ms in %.2f s: the fault did not apply", slow)
+	}
+	for _, n := range []string{"s1", "s2"} {
+		if h := hosts[n]; h.Seconds > slow/2 || h.FromRelay < rep.Bytes/2 || h.Reparented {
+			t.Errorf("%s waited for its slow relay: %.2f s against s0's %.2f s; %d octets from its relay, reparented %v", n, h.Seconds, slow, h.FromRelay, h.Reparented)
+		}
+	}
+	f.sameTreeSums(dest, want, 3)
+}
+
 // treeSum is a shell pipeline that prints one digest of every file's
 // name and content beneath the current directory.
 const treeSum = `find . -type f | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum`
