@@ -431,12 +431,13 @@ func (r *recordReader) jump(i uint64) {
 // plaintext (skipPipe): Wanted is the offset of the next octet it wants
 // (what lies before it was read or is not wanted), Seek says at which
 // offset the next Write's octets start (never past Wanted), and Demand
-// waits until the writer should fetch what it wants.
+// waits until the writer should fetch what it wants (false: it wants
+// nothing more).
 type skipWriter interface {
 	io.Writer
 	Wanted() uint64
 	Seek(off uint64)
-	Demand(ctx context.Context)
+	Demand(ctx context.Context) bool
 }
 
 // feedShared feeds a command's stdin (w) from the publication named in
@@ -554,7 +555,9 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 			if sk != nil {
 				// Fetch once the reader wants more: it may be about to
 				// skip what comes next.
-				sk.Demand(ctx)
+				if !sk.Demand(ctx) {
+					return nil
+				}
 				skip()
 			}
 			sawLive := drain() || !ahead.empty()

@@ -129,11 +129,12 @@ func (p *skipPipe) Skip(n uint64) {
 	p.mu.Unlock()
 }
 
-// Demand returns once a Read waits for octets, the reader closed, or ctx
-// ended. A writer that must fetch what it writes calls it first: it then
-// fetches what the reader wants, not the next octets of a file the reader
-// is about to skip (it decides after hashing its own copy).
-func (p *skipPipe) Demand(ctx context.Context) {
+// Demand returns once a Read waits for octets (true), the reader closed,
+// or ctx ended (false). A writer that must fetch what it writes calls it
+// first: it then fetches what the reader wants, not the next octets of a
+// file the reader is about to skip (it decides after hashing its own
+// copy), and nothing once the reader is done.
+func (p *skipPipe) Demand(ctx context.Context) bool {
 	stop := context.AfterFunc(ctx, func() {
 		p.mu.Lock()
 		p.cond.Broadcast()
@@ -145,6 +146,7 @@ func (p *skipPipe) Demand(ctx context.Context) {
 	for !p.waiting && !p.rclosed && ctx.Err() == nil {
 		p.cond.Wait()
 	}
+	return p.waiting && !p.rclosed && ctx.Err() == nil
 }
 
 // CloseRead ends the reading: a blocked Write, and those after, fail.

@@ -66,7 +66,11 @@ func TestSkipPipe(t *testing.T) {
 	// once when ctx ended or the reader closed.
 	p = newSkipPipe()
 	demanded := make(chan struct{})
-	go func() { p.Demand(context.Background()); close(demanded) }()
+	go func() {
+		if p.Demand(context.Background()) {
+			close(demanded)
+		}
+	}()
 	p.Skip(3)
 	select {
 	case <-demanded:
@@ -87,9 +91,13 @@ func TestSkipPipe(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { time.Sleep(10 * time.Millisecond); cancel() }()
-	p.Demand(ctx)
+	if p.Demand(ctx) {
+		t.Fatal("Demand after ctx ended: true")
+	}
 	go func() { time.Sleep(10 * time.Millisecond); p.CloseRead() }()
-	p.Demand(context.Background())
+	if p.Demand(context.Background()) {
+		t.Fatal("Demand after the reader closed: true")
+	}
 
 	// The reader closing unblocks a writer.
 	p = newSkipPipe()
