@@ -294,65 +294,94 @@ func TestBroadcastSkipsHeldFiles(t *testing.T) {
 	}
 }
 
-// TestBroadcastResumeSkips: an agent killed mid-way through a tree of 24
-// files and started again fetches, on resume, the files it still lacks:
-// not the content publication from its start again. It takes nothing live
-// (ZP_FAULT_DROP_LIVE=1): all it gets it fetches, and the hub counts it.
+// TestBroadcastResumeSkips: an agent killed mid-way and started again
+// fetches, on resume, what it still lacks: not the content publication
+// from its start again. With 24 files, it is killed once half are in
+// place; with one file, once its partial holds 40 MiB, which the agent
+// keeps (the file's digest is checked at the end, as always). It takes
+// nothing live (ZP_FAULT_DROP_LIVE=1): all it gets it fetches, and the
+// hub counts it. It writes 1 MiB per 20 ms (ZP_FAULT_SLOW_APPLY), so that
+// it is killed mid-way.
 func TestBroadcastResumeSkips(t *testing.T) {
 	needUnshare(t)
-	f := newTestFleet(t, []string{"k0"}, "--metrics", "127.0.0.1:0")
-	m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
-	if m == nil {
-		t.Fatalf("no metrics address in the hub's log")
-	}
-	fetched := func() float64 { return metric(t, m[1], "zp_fleet_publication_fetched_bytes_total") }
-	disk := filepath.Join(f.dir, "disk-k0") // kept across the restart
-	os.MkdirAll(disk, 0o755)
-	f.startAgentOnDiskEnv("k0", disk, []string{"ZP_FAULT_DROP_LIVE=1"})
-	f.waitStates(30*time.Second, "up", "k0")
-	src := filepath.Join(f.dir, "src")
-	os.MkdirAll(src, 0o755)
-	const files, size = 24, 4 << 20
-	for i := range files {
-		b := make([]byte, size)
-		rand.Read(b)
-		os.WriteFile(filepath.Join(src, fmt.Sprintf("f%02d", i)), b, 0o644)
-	}
-	want := localTreeSum(t, src)
-	dest := filepath.Join(f.mnt(), "dest")
-	// Files in place on k0's disk (not the temporary ones).
-	inPlace := func() int {
-		l, _ := filepath.Glob(filepath.Join(disk, "dest", "f[0-9][0-9]"))
-		return len(l)
-	}
-	finished := make(chan result, 1)
-	go func() { finished <- f.zpc("--fleet", f.hub.Addr, "-r", "--json", src+"/", ":"+dest) }()
-	eventually(t, 60*time.Second, "k0 half-way", func() bool { return inPlace() >= files/2 })
-	f.agents["k0"].cmd.Process.Kill()
-	<-f.agents["k0"].done
-	before, done := fetched(), inPlace()
-	time.Sleep(time.Second)
-	f.startAgentOnDiskEnv("k0", disk, []string{"ZP_FAULT_DROP_LIVE=1"})
-	var r result
-	select {
-	case r = <-finished:
-	case <-time.After(2 * time.Minute):
-		t.Fatal("zpc --fleet did not finish")
-	}
-	rep, hosts := parseBcast(t, r)
-	h := hosts["k0"]
-	if r.Code != 0 || h.State != "ok" || h.Digest != rep.Digest || h.Retries == 0 {
-		t.Fatalf("exit %d: %+v\n%s", r.Code, h, r.Stderr)
-	}
-	f.sameTreeSums(dest, want, 1)
-	after := fetched() - before
-	lacked := (files - done) * size
-	t.Logf("%d octets; killed with %d files of %d in place, having fetched %.0f; then fetched %.0f for the %d octets it lacked",
-		rep.Bytes, done, files, before, after, lacked)
-	// The records that hold what it lacked (one more at the start, where
-	// a record holds the end of a file it has), and the manifest.
-	if after > float64(lacked+1<<20) {
-		t.Errorf("k0 fetched %.0f octets on resume for the %d it lacked", after, lacked)
+	for _, c := range []struct {
+		name        string
+		files, size int
+	}{{"files", 24, 4 << 20}, {"one file", 1, 96 << 20}} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newTestFleet(t, []string{"k0"}, "--metrics", "127.0.0.1:0")
+			m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
+			if m == nil {
+				t.Fatalf("no metrics address in the hub's log")
+			}
+			fetched := func() float64 { return metric(t, m[1], "zp_fleet_publication_fetched_bytes_total") }
+			disk := filepath.Join(f.dir, "disk-k0") // kept across the restart
+			os.MkdirAll(disk, 0o755)
+			env := []string{"ZP_FAULT_DROP_LIVE=1", "ZP_FAULT_SLOW_APPLY=20ms"}
+			f.startAgentOnDiskEnv("k0", disk, env)
+			f.waitStates(30*time.Second, "up", "k0")
+			src := filepath.Join(f.dir, "src")
+			os.MkdirAll(src, 0o755)
+			for i := range c.files {
+				b := make([]byte, c.size)
+				rand.Read(b)
+				os.WriteFile(filepath.Join(src, fmt.Sprintf("f%02d", i)), b, 0o644)
+			}
+			want := localTreeSum(t, src)
+			dest := filepath.Join(f.mnt(), "dest")
+			// What k0 holds: files in place, and the partial's octets.
+			held := func() (files int, partial int64) {
+				l, _ := filepath.Glob(filepath.Join(disk, "dest", "f[0-9][0-9]"))
+				p, _ := filepath.Glob(filepath.Join(disk, "dest", ".zpc-*"))
+				for _, n := range p {
+					if st, err := os.Stat(n); err == nil {
+						partial = max(partial, st.Size())
+					}
+				}
+				return len(l), partial
+			}
+			finished := make(chan result, 1)
+			go func() { finished <- f.zpc("--fleet", f.hub.Addr, "-r", "--json", src+"/", ":"+dest) }()
+			eventually(t, 60*time.Second, "k0 half-way", func() bool {
+				n, p := held()
+				return c.files > 1 && n >= c.files/2 || c.files == 1 && p >= 40<<20
+			})
+			f.agents["k0"].cmd.Process.Kill()
+			<-f.agents["k0"].done
+			before := fetched()
+			done, partial := held()
+			time.Sleep(time.Second)
+			f.startAgentOnDiskEnv("k0", disk, env)
+			var r result
+			select {
+			case r = <-finished:
+			case <-time.After(2 * time.Minute):
+				t.Fatal("zpc --fleet did not finish")
+			}
+			rep, hosts := parseBcast(t, r)
+			h := hosts["k0"]
+			if r.Code != 0 || h.State != "ok" || h.Digest != rep.Digest || h.Retries == 0 {
+				t.Fatalf("exit %d: %+v\n%s", r.Code, h, r.Stderr)
+			}
+			f.sameTreeSums(dest, want, 1)
+			after := fetched() - before
+			lacked := int64(c.files-done) * int64(c.size)
+			if c.files == 1 {
+				lacked -= partial
+			}
+			t.Logf("%d octets; killed with %d files of %d in place and a partial of %d, having fetched %.0f; then fetched %.0f for the %d octets it lacked",
+				rep.Bytes, done, c.files, partial, before, after, lacked)
+			// The records that hold what it lacked (one more at the
+			// start, where a record holds the end of what it has), the
+			// manifest, and for files, the partial it was writing.
+			slack := int64(1 << 20)
+			if c.files > 1 {
+				slack += int64(c.size)
+			}
+			if after > float64(lacked+slack) {
+				t.Errorf("k0 fetched %.0f octets on resume for the %d it lacked", after, lacked)
+			}
+		})
 	}
 }
 

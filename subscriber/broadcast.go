@@ -365,7 +365,7 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 		a.mu.Unlock()
 		switch {
 		case ok != nil && inStream:
-			if err := a.content(ctx, e, content); err != nil {
+			if err := a.content(ctx, e, content, ok.Have); err != nil {
 				return discarded, err
 			}
 		case ok != nil:
@@ -404,10 +404,23 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 
 // content hands the receiver e's content from the stream, within its
 // credit, and COMMIT with the manifest's size and digest: the receiver
-// checks what it wrote against them.
-func (a *applier) content(ctx context.Context, e *wire.File, r io.Reader) error {
+// checks what it wrote against them. have is what the receiver holds of
+// the file from an earlier attempt (FILE_OK): the first have octets are
+// passed over and the partial is kept. Nothing tells whether that partial
+// holds this content (its name says the manifest's size and mtime), but
+// the digest at COMMIT covers it: one that does not fails that entry, and
+// the receiver removes it, so the next broadcast writes the file whole.
+func (a *applier) content(ctx context.Context, e *wire.File, r io.Reader, have uint64) error {
 	const chunk = 1 << 20
 	var off uint64
+	if have > 0 && have <= e.Size {
+		if sk, ok := r.(Skipper); ok {
+			sk.Skip(have)
+		} else if _, err := io.CopyN(io.Discard, r, int64(have)); err != nil {
+			return streamErr(e, err)
+		}
+		off = have
+	}
 	for off < e.Size {
 		n, err := a.credit.Credit(ctx, int(min(chunk, e.Size-off)))
 		if err != nil {

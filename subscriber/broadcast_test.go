@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -216,6 +217,60 @@ func TestApplyBroadcastBadContent(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(dir2, "a/big")); len(got) != 4800000 {
 		t.Fatalf("a/big has %d octets", len(got))
+	}
+}
+
+// A broadcast cut in a file's content leaves its partial; the next one
+// keeps what the partial holds, passes over those octets of the stream
+// and writes the rest.
+func TestApplyBroadcastResumes(t *testing.T) {
+	dir := t.TempDir()
+	tree := sampleBcast()
+	need, _ := needs(t, dir, tree)
+	full := tree.stream(need)
+	if _, _, err := applyTree(t, dir, tree, full[:2500000], need); !errors.Is(err, ErrShortContent) {
+		t.Fatalf("cut stream: %v", err)
+	}
+	sr := &skipReader{r: bytes.NewReader(full)}
+	st, failed, err := applyFrom(t, dir, tree, sr, need)
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("apply: %v %v", err, failed)
+	}
+	if st.BytesResumed < 1<<20 || sr.skipped != int(st.BytesResumed) || sr.read != len(full)-sr.skipped {
+		t.Fatalf("resumed %d octets; %d skipped, %d read of %d", st.BytesResumed, sr.skipped, sr.read, len(full))
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "a/big")); !bytes.Equal(got, tree.data[3]) {
+		t.Fatalf("a/big: %d octets, not its content", len(got))
+	}
+
+	// A partial that does not hold the content (planted, or from a file
+	// that changed keeping its size and mtime) fails its entry at COMMIT
+	// and is removed: the next broadcast writes the file whole.
+	dir = t.TempDir()
+	if _, _, err := applyTree(t, dir, tree, full[:2500000], need); !errors.Is(err, ErrShortContent) {
+		t.Fatalf("cut stream: %v", err)
+	}
+	parts, _ := filepath.Glob(filepath.Join(dir, "a", ".zpc-*"))
+	var bigPart string // a/big's: the largest
+	for _, p := range parts {
+		if st, err := os.Stat(p); err == nil && st.Size() >= 1<<20 {
+			bigPart = p
+		}
+	}
+	if bigPart == "" {
+		t.Fatalf("no partial of a/big among %v", parts)
+	}
+	f, _ := os.OpenFile(bigPart, os.O_WRONLY, 0)
+	f.WriteAt([]byte("planted"), 100)
+	f.Close()
+	if _, failed, err := applyTree(t, dir, tree, full, need); err != nil || len(failed) != 1 || !strings.Contains(failed[0], "a/big") {
+		t.Fatalf("apply over a bad partial: %v %v", err, failed)
+	}
+	if st, failed, err := applyTree(t, dir, tree, full, need); err != nil || len(failed) != 0 || st.BytesResumed != 0 {
+		t.Fatalf("apply after it: %v %v %+v", err, failed, st)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "a/big")); !bytes.Equal(got, tree.data[3]) {
+		t.Fatalf("a/big: %d octets, not its content", len(got))
 	}
 }
 
