@@ -352,12 +352,7 @@ func TestBroadcastResumeSkips(t *testing.T) {
 			done, partial := held()
 			time.Sleep(time.Second)
 			f.startAgentOnDiskEnv("k0", disk, env)
-			var r result
-			select {
-			case r = <-finished:
-			case <-time.After(2 * time.Minute):
-				t.Fatal("zpc --fleet did not finish")
-			}
+			r := awaitResult(t, finished, 2*time.Minute, "zpc --fleet")
 			rep, hosts := parseBcast(t, r)
 			h := hosts["k0"]
 			if r.Code != 0 || h.State != "ok" || h.Digest != rep.Digest || h.Retries == 0 {
@@ -462,12 +457,7 @@ func TestBroadcastFaults(t *testing.T) {
 	f.startAgentOnDiskEnv("b05", "", nil)
 	time.Sleep(4 * time.Second)
 	stopped.Signal(syscall.SIGCONT)
-	var r result
-	select {
-	case r = <-finished:
-	case <-time.After(3 * time.Minute):
-		t.Fatal("zpc --fleet did not finish")
-	}
+	r := awaitResult(t, finished, 3*time.Minute, "zpc --fleet")
 	rep, hosts := parseBcast(t, r)
 	if r.Code != 0 || len(hosts) != 20 {
 		t.Fatalf("exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
@@ -583,6 +573,19 @@ func TestBroadcastRetry(t *testing.T) {
 	}
 }
 
+// awaitResult is what a command started in the background (finished)
+// returned; the test fails if it takes longer than d.
+func awaitResult(t *testing.T, finished <-chan result, d time.Duration, what string) result {
+	t.Helper()
+	select {
+	case r := <-finished:
+		return r
+	case <-time.After(d):
+		t.Fatalf("%s did not finish in %v", what, d)
+		return result{}
+	}
+}
+
 // tmpfsFleet starts a hub (hubArgs) and n agents named by format (one %d),
 // each on a tmpfs of its own with its env, and waits until all are up.
 func tmpfsFleet(t *testing.T, format string, n int, env map[string][]string, hubArgs ...string) (*testFleet, []string) {
@@ -667,12 +670,7 @@ func TestBroadcastRelay(t *testing.T) {
 	t.Logf("t1 killed after t4 wrote %d octets", procWrote(f.agents["t4"].PID()))
 	time.Sleep(time.Second)
 	f.startAgentOnDisk("t1", "")
-	var r result
-	select {
-	case r = <-finished:
-	case <-time.After(3 * time.Minute):
-		t.Fatal("zpc --fleet --fanout 2 did not finish")
-	}
+	r := awaitResult(t, finished, 3*time.Minute, "zpc --fleet --fanout 2")
 	rep, hosts := parseBcast(t, r)
 	if r.Code != 0 || len(hosts) != 7 {
 		t.Fatalf("exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
