@@ -24,6 +24,7 @@ type skipPipe struct {
 	werr    error  // the writer closed: what Read returns once p is empty
 	rclosed bool   // the reader closed: Write fails
 	waiting bool   // a Read waits for octets
+	expect  uint64 // the reader will read what lies before this offset (Expect)
 }
 
 func newSkipPipe() *skipPipe {
@@ -129,11 +130,22 @@ func (p *skipPipe) Skip(n uint64) {
 	p.mu.Unlock()
 }
 
-// Demand returns once a Read waits for octets (true), the reader closed,
-// or ctx ended (false). A writer that must fetch what it writes calls it
-// first: it then fetches what the reader wants, not the next octets of a
-// file the reader is about to skip (it decides after hashing its own
-// copy), and nothing once the reader is done.
+// Expect says that the reader will read the next n octets (an entry's
+// content it writes): the writer may fetch them before the reader asks.
+func (p *skipPipe) Expect(n uint64) {
+	p.mu.Lock()
+	p.expect = max(p.expect, p.wanted+n)
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+// Demand returns once the reader wants more (true): a Read waits for
+// octets, or the next octet wanted is one the reader said it will read
+// (Expect); or once the reader closed, or ctx ended (false). A writer that
+// must fetch what it writes calls it first: it then fetches what the
+// reader wants, not the next octets of a file the reader is about to skip
+// (it decides after hashing its own copy), and nothing once the reader is
+// done.
 func (p *skipPipe) Demand(ctx context.Context) bool {
 	stop := context.AfterFunc(ctx, func() {
 		p.mu.Lock()
@@ -143,10 +155,10 @@ func (p *skipPipe) Demand(ctx context.Context) bool {
 	defer stop()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for !p.waiting && !p.rclosed && ctx.Err() == nil {
+	for !p.waiting && p.wanted >= p.expect && !p.rclosed && ctx.Err() == nil {
 		p.cond.Wait()
 	}
-	return p.waiting && !p.rclosed && ctx.Err() == nil
+	return !p.rclosed && ctx.Err() == nil
 }
 
 // CloseRead ends the reading: a blocked Write, and those after, fail.

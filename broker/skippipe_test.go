@@ -89,6 +89,13 @@ func TestSkipPipe(t *testing.T) {
 	if got := <-read; got != "abc" {
 		t.Fatalf("read %q", got)
 	}
+	// Expect: the octets the reader said it will read are demanded at
+	// once, and only those.
+	p.Expect(2)
+	if !p.Demand(context.Background()) {
+		t.Fatal("Demand after Expect: false")
+	}
+	p.Skip(2)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { time.Sleep(10 * time.Millisecond); cancel() }()
 	if p.Demand(ctx) {

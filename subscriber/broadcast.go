@@ -97,6 +97,13 @@ type Skipper interface {
 	Skip(n uint64)
 }
 
+// Expecter is a content stream that Apply tells what it will read: it
+// calls Expect(n) before it reads an entry's n octets, so that the
+// stream's source may fetch them ahead (and only them).
+type Expecter interface {
+	Expect(n uint64)
+}
+
 // ApplyStats counts what Apply did.
 type ApplyStats struct {
 	RecvStats
@@ -420,6 +427,9 @@ func (a *applier) content(ctx context.Context, e *wire.File, r io.Reader, have u
 			return streamErr(e, err)
 		}
 		off = have
+	}
+	if ex, ok := r.(Expecter); ok && off < e.Size {
+		ex.Expect(e.Size - off)
 	}
 	for off < e.Size {
 		n, err := a.credit.Credit(ctx, int(min(chunk, e.Size-off)))
