@@ -297,7 +297,11 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 				// pipe drops what was read already.
 				c.s.b.log.Warn("relay: reading the content from upstream", "session", c.s.id, "err", err)
 				pipe.Seek(0)
-				e = c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), full, pipe, func(int, bool) {}, nil)
+				e = c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), full, pipe, func(n int, isLive bool) {
+					if !isLive { // what it takes live, the other reader counted
+						st.repaired.Add(uint64(n))
+					}
+				}, nil)
 			case err != nil:
 				e = wire.Errorf(c.id, wire.CodeFlowControl, "content: %v", err)
 			case sctx.Err() != nil && ctx.Err() == nil:
