@@ -419,6 +419,53 @@ func TestBroadcastSlowRelay(t *testing.T) {
 	f.sameTreeSums(dest, want, 3)
 }
 
+// TestBroadcastRelayStoreFull: a relay whose state directory fills up
+// cannot keep what it relays (its store is a 4 MiB tmpfs here): it reads
+// its own copy from upstream again, its children repair from the hub,
+// and all three prove the tree.
+func TestBroadcastRelayStoreFull(t *testing.T) {
+	needUnshare(t)
+	names := []string{"s0", "s1", "s2"}
+	f := newTestFleet(t, names)
+	// s0's state directory, with its relay store on a small tmpfs: the
+	// agent's mount namespace copies the mount when it starts.
+	st := filepath.Join(f.dir, "state-s0")
+	f.agentState["s0"] = st
+	store := filepath.Join(st, "relay")
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "zp-relay-full", store).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", store).Run() })
+	for _, n := range names {
+		f.startAgentOnDisk(n, "")
+	}
+	f.waitStates(30*time.Second, "up", names...)
+	src := filepath.Join(f.dir, "src")
+	writeTree(t, src, 32<<20, 20)
+	want := localTreeSum(t, src)
+	dest := filepath.Join(f.mnt(), "dest")
+	r := f.zpc("--fleet", f.hub.Addr, "--fanout", "1", "-r", "--json", src+"/", ":"+dest)
+	rep, hosts := parseBcast(t, r)
+	if r.Code != 0 || len(hosts) != 3 {
+		t.Fatalf("exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
+	}
+	for _, n := range names {
+		if h := hosts[n]; h.State != "ok" || h.Digest != rep.Digest {
+			t.Errorf("%s: %+v", n, h)
+		}
+	}
+	if hosts["s1"].Parent != "s0" {
+		t.Fatalf("s1's parent is %q, not s0", hosts["s1"].Parent)
+	}
+	if !strings.Contains(f.agents["s0"].Log(), "relay: reading the content from upstream") {
+		t.Errorf("s0's store filled up, yet it did not read its copy from upstream:\n%s", f.agents["s0"].Log())
+	}
+	f.sameTreeSums(dest, want, 3)
+}
+
 // treeSum is a shell pipeline that prints one digest of every file's
 // name and content beneath the current directory.
 const treeSum = `find . -type f | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum`
