@@ -210,7 +210,13 @@ func (a *agentRunner) recvPub(sub zmq4.Socket) (string, *wire.PubData, error) {
 		return "", nil, nil
 	}
 	pd, ok := m.(*wire.PubData)
-	if !ok || a.faultDrop > 0 && rand.Float64() < a.faultDrop {
+	if !ok {
+		return "", nil, nil
+	}
+	// What arrives, whether a reader takes it or not: what following a
+	// publication live costs this agent's link.
+	a.b.m.Bytes.WithLabelValues("in", "live").Add(float64(len(pd.Bytes)))
+	if a.faultDrop > 0 && rand.Float64() < a.faultDrop {
 		return "", nil, nil
 	}
 	return string(msg.Frames[0]), pd, nil
@@ -419,6 +425,12 @@ func (r *recordReader) feed(p []byte) error {
 	return nil
 }
 
+// pubOpts says how readPublication reads a publication.
+type pubOpts struct {
+	full      bool // cut in full records: a broadcast's content in a version 4 session
+	fetchOnly bool // take nothing live: fetch what is wanted
+}
+
 // jump makes record i the next one, dropping the partial record held:
 // the publication is then fed from record i's first octet, i*(max+20).
 // Only for full records.
@@ -448,7 +460,7 @@ func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 	defer w.Close()
 	var key [32]byte
 	copy(key[:], m.Key)
-	e := ch.s.b.agent.readPublication(ch.ctx, ch.id, "shared stdin", m.Topic, key, int(m.Record), false, w, func(n int, _ bool) {
+	e := ch.s.b.agent.readPublication(ch.ctx, ch.id, "shared stdin", m.Topic, key, int(m.Record), pubOpts{}, w, func(n int, _ bool) {
 		ch.s.b.m.Bytes.WithLabelValues("in", "exec").Add(float64(n))
 	}, nil)
 	if e != nil {
@@ -478,14 +490,24 @@ func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 // (sealed, as published; eof on the publication's last) before it is
 // decrypted: a relay republishes it (relay.go).
 //
-// full says that the publication is cut in full records (recordReader).
-// Then, without relay, a w that is a skipWriter may skip plaintext: the
-// whole records before the first octet it wants are neither fetched nor
-// decrypted (a broadcast agent skips the files it holds).
-func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topic string, key [32]byte, record int, full bool, w io.Writer, count func(n int, live bool), relay func(off uint64, p []byte, eof bool)) *wire.Error {
+// opts.full says that the publication is cut in full records
+// (recordReader). Then, without relay, a w that is a skipWriter may skip
+// plaintext: the whole records before the first octet it wants are
+// neither fetched nor decrypted (a broadcast agent skips the files it
+// holds). opts.fetchOnly takes nothing live: everything is fetched (an
+// agent that needs little of a broadcast's content).
+func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topic string, key [32]byte, record int, opts pubOpts, w io.Writer, count func(n int, live bool), relay func(off uint64, p []byte, eof bool)) *wire.Error {
+	full := opts.full
 	r := &recordReader{max: record, w: w, key: key, full: full}
-	live := a.addLive(topic)
-	defer a.dropLive(topic, live)
+	var live chan *wire.PubData // nil: never ready
+	if !opts.fetchOnly {
+		live = a.addLive(topic)
+		defer a.dropLive(topic, live)
+	}
+	// What the last fetch said is stored (it only grows), and whether
+	// that is all.
+	var knownSize uint64
+	var knownFinal bool
 	var want uint64    // the next octet of the publication
 	var liveEnd uint64 // the end of the newest live publication seen
 	var ahead reorder
@@ -564,11 +586,16 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 			if e := take(ahead.next(want)); e != nil {
 				return e
 			}
-			n := uint64(maxPubFetch)
+			off, n := want, uint64(maxPubFetch)
 			if gap, ok := ahead.gap(want); ok {
 				n = min(n, gap) // fetch only the gap: the rest waits in ahead
 			}
-			ans, err := a.fetch(ctx, topic, want, uint32(n))
+			if want > max(knownSize, liveEnd) && !knownFinal {
+				// Skipped past what is known to be published: ask how
+				// much is (no octets) rather than for octets not there.
+				off, n = knownSize, 0
+			}
+			ans, err := a.fetch(ctx, topic, off, uint32(n))
 			var we *wire.Error
 			switch {
 			case ctx.Err() != nil:
@@ -582,6 +609,14 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 					return nil
 				case <-time.After(pubIdle):
 				}
+				continue
+			}
+			knownSize, knownFinal = max(knownSize, ans.ok.Size), ans.ok.Final
+			if off != want {
+				if ans.ok.Final && want >= ans.ok.Size && !r.done {
+					return ended
+				}
+				needFetch = want < ans.ok.Size // published: fetch it; else wait for it
 				continue
 			}
 			if len(ans.data) > 0 && ans.ok.Next == want+uint64(len(ans.data)) {

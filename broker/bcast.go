@@ -30,7 +30,16 @@ type bcastChan struct {
 	gos    chan *wire.BcastGo
 	gone   atomic.Bool // a BCAST_GO came
 	store  *relayStore // a relay's: what it republished, for its children's repairs
+	// fetchOnly: this agent needs little of the content (a quarter or
+	// less), so it fetches that instead of taking all of it live.
+	fetchOnly bool
 }
+
+// fetchOnlyShare: an agent that needs at most 1/fetchOnlyShare of a
+// broadcast's content (full records) fetches what it needs instead of
+// following the content live: the hub then sends it its need, not the
+// whole union.
+const fetchOnlyShare = 4
 
 // bcastProgress is how often an agent reports a broadcast's progress.
 const bcastProgress = 250 * time.Millisecond
@@ -140,7 +149,9 @@ func (c *bcastChan) run(m *wire.Bcast) {
 			s.b.log.Warn("partial file not resumed", "session", s.id, "user", s.acct.Name, "dest", m.Dest, "path", name, "reason", notice)
 		},
 	}
-	if g.Topic != "" {
+	c.fetchOnly = s.version >= 4 && g.Parent == "" && len(g.Children) == 0 &&
+		fetchOnlyShare*bitmapBytes(entries, need) <= bitmapBytes(entries, g.Content)
+	if g.Topic != "" && !c.fetchOnly {
 		if g.Parent != "" {
 			// A relay tree: live from the parent's XPUB, not the hub's.
 			defer c.s.b.agent.fromRelay(c.ctx, g.Topic, g.Parent, g.ParentControl, g.ParentKey, &st.fromRelay, &st.reparented)()
@@ -190,12 +201,23 @@ func (c *bcastChan) run(m *wire.Bcast) {
 	s.release(c.id, c)
 }
 
+// bitmapBytes sums the sizes of the regular files set in bitmap.
+func bitmapBytes(entries []*wire.File, bitmap []byte) uint64 {
+	var n uint64
+	for i, e := range entries {
+		if e.Kind == wire.KindFile && wire.BitmapHas(bitmap, i) {
+			n += e.Size
+		}
+	}
+	return n
+}
+
 // manifest reads and checks the broadcast's manifest.
 func (c *bcastChan) manifest(m *wire.Bcast) ([]*wire.File, *wire.Error) {
 	var key [32]byte
 	copy(key[:], m.Key)
 	buf := &limitBuffer{max: int(m.Size)}
-	if e := c.s.b.agent.readPublication(c.ctx, c.id, "manifest", m.Topic, key, int(m.Record), false, buf, func(int, bool) {}, nil); e != nil {
+	if e := c.s.b.agent.readPublication(c.ctx, c.id, "manifest", m.Topic, key, int(m.Record), pubOpts{}, buf, func(int, bool) {}, nil); e != nil {
 		return nil, e
 	}
 	if c.ctx.Err() != nil {
@@ -277,7 +299,7 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 		sctx, stopStore := context.WithCancel(ctx)
 		go func() {
 			defer close(relayed)
-			relayErr = c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), false, io.Discard, count, relay)
+			relayErr = c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), pubOpts{}, io.Discard, count, relay)
 			if relayErr != nil {
 				stopStore() // the store will not be whole
 			}
@@ -297,7 +319,7 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 				// pipe drops what was read already.
 				c.s.b.log.Warn("relay: reading the content from upstream", "session", c.s.id, "err", err)
 				pipe.Seek(0)
-				e = c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), full, pipe, func(n int, isLive bool) {
+				e = c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), pubOpts{full: full}, pipe, func(n int, isLive bool) {
 					if !isLive { // what it takes live, the other reader counted
 						st.repaired.Add(uint64(n))
 					}
@@ -312,7 +334,7 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 		}()
 	default:
 		go func() {
-			closeWrite(c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), full, pipe, count, relay))
+			closeWrite(c.s.b.agent.readPublication(ctx, c.id, "content", g.Topic, key, int(g.Record), pubOpts{full: full, fetchOnly: c.fetchOnly}, pipe, count, relay))
 		}()
 	}
 	var content io.Reader = pipe

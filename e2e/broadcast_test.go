@@ -163,10 +163,17 @@ func TestBroadcast(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(src, "big.bin"))
 	os.WriteFile(filepath.Join(disks["a2"], "dest", "big.bin"), b, 0o644)
 	for _, n := range names {
-		f.startAgentOnDisk(n, disks[n])
+		f.startAgentOnDisk(n, disks[n], "--metrics", "127.0.0.1:0")
 	}
 	f.waitStates(30*time.Second, "up", names...)
 	dest := ":" + filepath.Join(f.mnt(), "dest")
+	liveIn := func(n string) float64 {
+		m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.agents[n].Log())
+		if m == nil {
+			t.Fatalf("no metrics address in %s's log", n)
+		}
+		return metric(t, m[1], `zp_bytes_total{direction="in",kind="live"}`)
+	}
 
 	r := f.zpc("--fleet", f.hub.Addr, "-r", "--json", src+"/", dest)
 	rep, hosts := parseBcast(t, r)
@@ -182,6 +189,13 @@ func TestBroadcast(t *testing.T) {
 	}
 	if h := hosts["a2"]; h.Deduped < 8<<20 || h.Written > rep.Bytes-8<<20 {
 		t.Errorf("a2 held big.bin: %d octets deduplicated, %d written", h.Deduped, h.Written)
+	}
+	// Needing a small part of the content, a2 fetched that part rather
+	// than take all of it live; a1 took the content live.
+	a1, a2 := liveIn("a1"), liveIn("a2")
+	t.Logf("octets that arrived live: a1 %.0f, a2 %.0f; a2 fetched %d", a1, a2, hosts["a2"].Repaired)
+	if a2 > 1<<20 || a1 < float64(rep.Bytes) {
+		t.Errorf("octets that arrived live: a1 %.0f, a2 %.0f (it needed %d of %d)", a1, a2, rep.Bytes-8<<20, rep.Bytes)
 	}
 	if h := hosts["a1"]; h.Written != rep.Bytes || h.Deduped != 0 {
 		t.Errorf("a1 had nothing: %d of %d octets written, %d deduplicated", h.Written, rep.Bytes, h.Deduped)

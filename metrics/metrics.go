@@ -68,7 +68,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.01, 4, 10),
 		}),
 		Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "zp_bytes_total", Help: "Payload octets moved, by direction (in: from clients) and kind.",
+			Name: "zp_bytes_total", Help: "Payload octets moved, by direction (in: from clients) and kind (live: an agent's publications from its hub's or relay's XPUB).",
 		}, []string{"direction", "kind"}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zp_errors_total", Help: "ERROR messages sent to clients, by code.",
