@@ -400,16 +400,7 @@ func TestBroadcastResumeSkips(t *testing.T) {
 // take the content from their relays, not from the hub.
 func TestBroadcastSlowRelay(t *testing.T) {
 	f, names := tmpfsFleet(t, "s%d", 3, map[string][]string{"s0": {"ZP_FAULT_SLOW_APPLY=100ms"}})
-	src := filepath.Join(f.dir, "src")
-	writeTree(t, src, 32<<20, 20)
-	want := localTreeSum(t, src)
-	dest := filepath.Join(f.mnt(), "dest")
-	// Fanout 1, placed by name: the hub feeds s0, s0 feeds s1, s1 s2.
-	r := f.zpc("--fleet", f.hub.Addr, "--fanout", "1", "-r", "--json", src+"/", ":"+dest)
-	rep, hosts := parseBcast(t, r)
-	if r.Code != 0 || len(hosts) != 3 {
-		t.Fatalf("exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
-	}
+	want, dest, rep, hosts := f.chainBroadcast(3)
 	parents := map[string]string{"s0": "", "s1": "s0", "s2": "s1"}
 	var per []string
 	for _, n := range names {
@@ -457,15 +448,7 @@ func TestBroadcastRelayStoreFull(t *testing.T) {
 		f.startAgentOnDisk(n, "")
 	}
 	f.waitStates(30*time.Second, "up", names...)
-	src := filepath.Join(f.dir, "src")
-	writeTree(t, src, 32<<20, 20)
-	want := localTreeSum(t, src)
-	dest := filepath.Join(f.mnt(), "dest")
-	r := f.zpc("--fleet", f.hub.Addr, "--fanout", "1", "-r", "--json", src+"/", ":"+dest)
-	rep, hosts := parseBcast(t, r)
-	if r.Code != 0 || len(hosts) != 3 {
-		t.Fatalf("exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
-	}
+	want, dest, rep, hosts := f.chainBroadcast(3)
 	for _, n := range names {
 		if h := hosts[n]; h.State != "ok" || h.Digest != rep.Digest {
 			t.Errorf("%s: %+v", n, h)
@@ -632,6 +615,24 @@ func TestBroadcastRetry(t *testing.T) {
 			t.Errorf("%s: new is %q, %v", n, b, err)
 		}
 	}
+}
+
+// chainBroadcast broadcasts a tree of a 32 MiB file and 20 small ones to
+// the n agents with fanout 1 (placed by name: the hub feeds the first,
+// each feeds the next) and checks that zpc succeeded for all. It returns
+// the tree's treeSum, where it went, and zpc's report.
+func (f *testFleet) chainBroadcast(n int) (want, dest string, rep bcastReport, hosts map[string]bcastHost) {
+	f.t.Helper()
+	src := filepath.Join(f.dir, "src")
+	writeTree(f.t, src, 32<<20, 20)
+	want = localTreeSum(f.t, src)
+	dest = filepath.Join(f.mnt(), "dest")
+	r := f.zpc("--fleet", f.hub.Addr, "--fanout", "1", "-r", "--json", src+"/", ":"+dest)
+	rep, hosts = parseBcast(f.t, r)
+	if r.Code != 0 || len(hosts) != n {
+		f.t.Fatalf("exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
+	}
+	return want, dest, rep, hosts
 }
 
 // awaitResult is what a command started in the background (finished)
