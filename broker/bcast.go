@@ -276,11 +276,11 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 		}
 	}
 	closeWrite := func(e *wire.Error) {
+		var err error // nil, not a nil *wire.Error
 		if e != nil {
-			pipe.CloseWrite(e)
-		} else {
-			pipe.CloseWrite(nil)
+			err = e
 		}
+		pipe.CloseWrite(err)
 		read <- e
 	}
 	// relayed is closed when a relay that keeps what it relays has taken
