@@ -33,6 +33,9 @@ type bcastChan struct {
 	// fetchOnly: this agent needs little of the content (a quarter or
 	// less), so it fetches that instead of taking all of it live.
 	fetchOnly bool
+	// copies: entries written from another file of the tree this agent
+	// holds (the same SHA-256), by fid (subscriber.Needs).
+	copies map[uint32]string
 }
 
 // fetchOnlyShare: an agent that needs at most 1/fetchOnlyShare of a
@@ -113,11 +116,12 @@ func (c *bcastChan) run(m *wire.Bcast) {
 	if single && mode == wire.TargetAs {
 		entries[0].Path = "" // the one file becomes DEST itself; else it goes into DEST by its name
 	}
-	need, have, err := subscriber.Needs(c.ctx, root, asName, entries, s.acct.fsThread())
+	need, have, copies, err := subscriber.Needs(c.ctx, root, asName, entries, s.acct.fsThread())
 	if err != nil {
 		s.release(c.id, c)
 		return
 	}
+	c.copies = copies
 	s.send(&wire.BcastNeed{Channel: c.id, Need: need, Have: have})
 	var g *wire.BcastGo
 	select {
@@ -341,7 +345,7 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 	if d := c.s.b.agent.faultSlow; d > 0 {
 		content = &slowReader{skipPipe: pipe, perMiB: d}
 	}
-	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure}, content)
+	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure, Copies: c.copies}, content)
 	switch {
 	case relayed != nil:
 		select {

@@ -261,7 +261,8 @@ func TestBroadcast(t *testing.T) {
 	}
 }
 
-// TestBroadcastSkipsHeldFiles: an agent that holds the big file and takes
+// TestBroadcastSkipsHeldFiles: an agent that holds the big file (which
+// the tree holds twice: it copies the second from its own) and takes
 // nothing live (it drops every live publication, so all it gets it
 // fetches from the hub) fetches about the small files it lacks, not the
 // whole content publication, which also holds the big file for the other
@@ -273,12 +274,14 @@ func TestBroadcastSkipsHeldFiles(t *testing.T) {
 	f := newTestFleet(t, names)
 	src := filepath.Join(f.dir, "src")
 	writeTree(t, src, 8<<20, 300)
+	// The tree holds big.bin's content twice: s2 copies it from its own.
+	b, _ := os.ReadFile(filepath.Join(src, "big.bin"))
+	os.WriteFile(filepath.Join(src, "big-copy.bin"), b, 0o644)
 	disks := map[string]string{}
 	for _, n := range names {
 		disks[n] = filepath.Join(f.dir, "disk-"+n)
 		os.MkdirAll(filepath.Join(disks[n], "dest"), 0o755)
 	}
-	b, _ := os.ReadFile(filepath.Join(src, "big.bin"))
 	os.WriteFile(filepath.Join(disks["s2"], "dest", "big.bin"), b, 0o644)
 	f.startAgentOnDisk("s1", disks["s1"])
 	f.startAgentOnDiskEnv("s2", disks["s2"], []string{"ZP_FAULT_DROP_LIVE=1"})
@@ -295,11 +298,11 @@ func TestBroadcastSkipsHeldFiles(t *testing.T) {
 		}
 		sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
 	}
-	small := rep.Bytes - 8<<20 // what s2 lacks
+	small := rep.Bytes - 16<<20 // what s2 lacks
 	h := hosts["s2"]
 	t.Logf("content %d octets; s2 lacked %d, wrote %d, took %d live and fetched %d", rep.Bytes, small, h.Written, h.Received-h.Repaired, h.Repaired)
-	if h.Written != small || h.Deduped != 8<<20 {
-		t.Errorf("s2 held big.bin: wrote %d, deduplicated %d", h.Written, h.Deduped)
+	if h.Written != small+8<<20 || h.Deduped != 16<<20 {
+		t.Errorf("s2 held big.bin (and so big-copy.bin): wrote %d, deduplicated %d", h.Written, h.Deduped)
 	}
 	// Whole records of 256 KiB: at most one record more on each side of
 	// what it lacks, and the records' lengths and tags.

@@ -29,7 +29,12 @@ import (
 // file), or "". thread, if set, runs first on the goroutine that reads
 // files (the user's file-system identity). Names the receiver would refuse
 // are not needed: their entries fail when applied.
-func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []*wire.File, thread func()) (need []byte, have uint64, err error) {
+//
+// A file root lacks that has the SHA-256 of another entry root holds (the
+// tree holds the same content twice) is not needed either: copies maps its
+// fid to the name of the file it is copied from when applied (ApplyConfig),
+// and its octets count in have.
+func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []*wire.File, thread func()) (need []byte, have uint64, copies map[uint32]string, err error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -38,6 +43,8 @@ func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []
 			thread()
 		}
 		need = make([]byte, wire.BitmapLen(len(entries)))
+		held := make(map[string]string) // SHA-256 → a name root holds it at
+		var lacking []int
 		for i, e := range entries {
 			if ctx.Err() != nil {
 				err = ctx.Err()
@@ -52,13 +59,28 @@ func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []
 			}
 			if root.SameDigest(name, e.Size, e.Digest) {
 				have += e.Size
+				if e.Size > 0 {
+					held[string(e.Digest)] = name
+				}
+				continue
+			}
+			lacking = append(lacking, i)
+		}
+		for _, i := range lacking {
+			e := entries[i]
+			if from, ok := held[string(e.Digest)]; ok {
+				if copies == nil {
+					copies = make(map[uint32]string)
+				}
+				copies[e.FID] = from
+				have += e.Size
 				continue
 			}
 			wire.BitmapSet(need, i)
 		}
 	}()
 	<-done
-	return need, have, err
+	return need, have, copies, err
 }
 
 // entryName maps an entry's path to its name in the root, as the Receiver
@@ -88,6 +110,10 @@ type ApplyConfig struct {
 	Content []byte
 	// Failure, if set, reports an entry that failed.
 	Failure func(path string, err error)
+	// Copies are the entries (by fid) written from a file the
+	// destination holds (Needs), not from the stream. They are read on a
+	// goroutine that runs Receiver.Thread first (the user's identity).
+	Copies map[uint32]string
 }
 
 // Skipper is a content stream that can pass over octets without them
@@ -358,7 +384,6 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 			}
 		}
 	}()
-	skipper, _ := content.(Skipper)
 	for i, e := range a.cfg.Entries {
 		inStream := wire.BitmapHas(a.cfg.Content, i) && e.Kind == wire.KindFile
 		// Wait for the receiver's answer before taking the entry's
@@ -370,7 +395,18 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 		ok := a.answers[e.FID]
 		delete(a.answers, e.FID)
 		a.mu.Unlock()
+		from, local := a.cfg.Copies[e.FID]
 		switch {
+		case ok != nil && local:
+			if inStream { // for other agents
+				if err := skipContent(content, e); err != nil {
+					return discarded, err
+				}
+				discarded += e.Size
+			}
+			if err := a.copyLocal(ctx, e, from, ok.Have); err != nil {
+				return discarded, err
+			}
 		case ok != nil && inStream:
 			if err := a.content(ctx, e, content, ok.Have); err != nil {
 				return discarded, err
@@ -381,15 +417,11 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 				return discarded, errors.New("bug: the receiver's inbox is full")
 			}
 			a.finish(e.FID)
-		case inStream && skipper != nil:
-			skipper.Skip(e.Size)
-			discarded += e.Size
 		case inStream:
-			n, err := io.CopyN(io.Discard, content, int64(e.Size))
-			discarded += uint64(n)
-			if err != nil {
-				return discarded, streamErr(e, err)
+			if err := skipContent(content, e); err != nil {
+				return discarded, err
 			}
+			discarded += e.Size
 		}
 	}
 	if err := <-announced; err != nil {
@@ -418,19 +450,24 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 // the digest at COMMIT covers it: one that does not fails that entry, and
 // the receiver removes it, so the next broadcast writes the file whole.
 func (a *applier) content(ctx context.Context, e *wire.File, r io.Reader, have uint64) error {
-	const chunk = 1 << 20
 	var off uint64
 	if have > 0 && have <= e.Size {
-		if sk, ok := r.(Skipper); ok {
-			sk.Skip(have)
-		} else if _, err := io.CopyN(io.Discard, r, int64(have)); err != nil {
-			return streamErr(e, err)
+		if err := skip(r, e, have); err != nil {
+			return err
 		}
 		off = have
 	}
 	if ex, ok := r.(Expecter); ok && off < e.Size {
 		ex.Expect(e.Size - off)
 	}
+	return a.chunks(ctx, e, r, off, streamErr)
+}
+
+// chunks hands the receiver e's content from r, from offset off on,
+// within its credit, and COMMIT; readErr makes the error of a read that
+// failed.
+func (a *applier) chunks(ctx context.Context, e *wire.File, r io.Reader, off uint64, readErr func(*wire.File, error) error) error {
+	const chunk = 1 << 20
 	for off < e.Size {
 		n, err := a.credit.Credit(ctx, int(min(chunk, e.Size-off)))
 		if err != nil {
@@ -438,7 +475,7 @@ func (a *applier) content(ctx context.Context, e *wire.File, r io.Reader, have u
 		}
 		buf := make([]byte, n)
 		if _, err := io.ReadFull(r, buf); err != nil {
-			return streamErr(e, err)
+			return readErr(e, err)
 		}
 		seq := a.credit.Sent(buf)
 		if !a.recv.Deliver(&wire.Chunk{Channel: 1, FID: e.FID, Offset: off, Seq: seq, Bytes: buf}) {
@@ -451,6 +488,71 @@ func (a *applier) content(ctx context.Context, e *wire.File, r io.Reader, have u
 	}
 	return nil
 }
+
+// skipContent passes over e's content in the stream.
+func skipContent(r io.Reader, e *wire.File) error { return skip(r, e, e.Size) }
+
+// skip passes over n octets of e's content in the stream: without reading
+// them if it is a Skipper.
+func skip(r io.Reader, e *wire.File, n uint64) error {
+	if sk, ok := r.(Skipper); ok {
+		sk.Skip(n)
+		return nil
+	}
+	if _, err := io.CopyN(io.Discard, r, int64(n)); err != nil {
+		return streamErr(e, err)
+	}
+	return nil
+}
+
+// copyLocal hands the receiver e's content read from the file from in the
+// destination (an entry with the same SHA-256), from have on, and COMMIT.
+// It reads on a goroutine of its own that runs the receiver's Thread
+// first, so the file is read as the user, whatever zpd may read. A file
+// that cannot be read fails that entry only (FILE_DONE 409), and one that
+// changed since Needs hashed it fails at COMMIT (its digest), as any.
+func (a *applier) copyLocal(ctx context.Context, e *wire.File, from string, have uint64) error {
+	failed := func(err error) error {
+		if !a.recv.Deliver(&wire.FileDone{Channel: 1, FID: e.FID, Code: uint16(wire.CodeConflict), Reason: fmt.Sprintf("copying from %s: %v", from, err)}) {
+			return errors.New("bug: the receiver's inbox is full")
+		}
+		a.finish(e.FID)
+		return nil
+	}
+	var localErr error
+	errc := make(chan error, 1)
+	go func() {
+		if t := a.cfg.Receiver.Thread; t != nil {
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+			t()
+		}
+		f, err := a.cfg.Receiver.Root.OpenFile(from)
+		if err != nil {
+			localErr = err
+			errc <- nil
+			return
+		}
+		defer f.Close()
+		off := min(have, e.Size)
+		if _, err := f.Seek(int64(off), io.SeekStart); err != nil {
+			localErr = err
+			errc <- nil
+			return
+		}
+		errc <- a.chunks(ctx, e, f, off, func(_ *wire.File, err error) error {
+			localErr = err
+			return errLocal
+		})
+	}()
+	err := <-errc
+	if localErr != nil && (err == nil || errors.Is(err, errLocal)) {
+		return failed(localErr)
+	}
+	return err
+}
+
+// errLocal: reading the local file an entry is copied from failed.
+var errLocal = errors.New("reading the local copy failed")
 
 // ErrShortContent: the content stream ended before an entry's content.
 var ErrShortContent = errors.New("the broadcast's content ended early")

@@ -8,7 +8,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,7 +90,7 @@ func needs(t *testing.T, dir string, tree *bcastTree) ([]byte, uint64) {
 		t.Fatal(err)
 	}
 	defer root.Close()
-	need, have, err := Needs(context.Background(), root, "", tree.entries, nil)
+	need, have, _, err := Needs(context.Background(), root, "", tree.entries, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,6 +274,83 @@ func TestApplyBroadcastResumes(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(dir, "a/big")); !bytes.Equal(got, tree.data[3]) {
 		t.Fatalf("a/big: %d octets, not its content", len(got))
 	}
+}
+
+// A file the destination lacks whose content it holds under another name
+// of the tree is not needed: it is copied from there (as the user), and
+// the stream's copy, there for other agents, is passed over. A source that
+// is gone by then fails that entry alone.
+func TestApplyBroadcastCopies(t *testing.T) {
+	dir := t.TempDir()
+	same := bytes.Repeat([]byte("same content "), 120000) // 1.5 MB
+	tree := &bcastTree{data: map[uint32][]byte{}}
+	tree.add("", wire.KindDir, nil, "")
+	tree.add("a", wire.KindDir, nil, "")
+	tree.add("a/one", wire.KindFile, same, "")
+	tree.add("b", wire.KindDir, nil, "")
+	tree.add("b/two", wire.KindFile, same, "")
+	tree.add("c", wire.KindFile, []byte("other\n"), "")
+	os.MkdirAll(filepath.Join(dir, "a"), 0o755)
+	os.WriteFile(filepath.Join(dir, "a/one"), same, 0o644)
+	root, err := chunkstore.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	need, have, copies, err := Needs(context.Background(), root, "", tree.entries, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if countBits(need, len(tree.entries)) != 1 || !wire.BitmapHas(need, 5) || have != 2*uint64(len(same)) || copies[5] != "a/one" {
+		t.Fatalf("need %08b, have %d, copies %v", need, have, copies)
+	}
+	// Another agent lacked b/two: the stream holds it too.
+	content := append([]byte(nil), need...)
+	wire.BitmapSet(content, 4)
+	sr := &skipReader{r: bytes.NewReader(tree.stream(content))}
+	st, failed, err := applyCopies(t, dir, tree, sr, content, copies)
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("apply: %v %v", err, failed)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "b/two")); !bytes.Equal(got, same) {
+		t.Fatalf("b/two: %d octets, not its content", len(got))
+	}
+	if sr.read != len("other\n") || sr.skipped != len(same) || st.Bytes != uint64(len(same))+6 {
+		t.Fatalf("%d octets read from the stream, %d skipped; stats %+v", sr.read, sr.skipped, st)
+	}
+
+	// The source is gone when it is copied (Needs saw it): b/two fails,
+	// and so does a/one (its content is not in the stream); c lands.
+	dir2 := t.TempDir()
+	_, failed, err = applyCopies(t, dir2, tree, bytes.NewReader(tree.stream(need)), need, copies)
+	sort.Strings(failed)
+	if err != nil || len(failed) != 2 || !strings.HasPrefix(failed[0], "a/one: ") || !strings.HasPrefix(failed[1], "b/two: copying from a/one") {
+		t.Fatalf("apply without the source: %v %v", err, failed)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir2, "c")); string(got) != "other\n" {
+		t.Fatalf("c is %q", got)
+	}
+}
+
+func applyCopies(t *testing.T, dir string, tree *bcastTree, stream io.Reader, content []byte, copies map[uint32]string) (ApplyStats, []string, error) {
+	t.Helper()
+	root, err := chunkstore.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	var failed []string
+	var mu sync.Mutex // the receiver's writers report failures
+	st, err := Apply(context.Background(), ApplyConfig{
+		Receiver: ReceiverConfig{Root: root, Flags: wire.XferRecursive, Umask: 0o022},
+		Entries:  tree.entries, Content: content, Copies: copies,
+		Failure: func(path string, err error) {
+			mu.Lock()
+			failed = append(failed, path+": "+err.Error())
+			mu.Unlock()
+		},
+	}, stream)
+	return st, failed, err
 }
 
 // Names the receiver refuses are not needed and fail when applied; the
