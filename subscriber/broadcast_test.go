@@ -69,32 +69,27 @@ func applyTree(t *testing.T, dir string, tree *bcastTree, stream []byte, content
 
 func applyFrom(t *testing.T, dir string, tree *bcastTree, stream io.Reader, content []byte) (ApplyStats, []string, error) {
 	t.Helper()
-	root, err := chunkstore.OpenRoot(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
-	var failed []string
-	st, err := Apply(context.Background(), ApplyConfig{
-		Receiver: ReceiverConfig{Root: root, Flags: wire.XferRecursive, Umask: 0o022},
-		Entries:  tree.entries, Content: content,
-		Failure: func(path string, err error) { failed = append(failed, path+": "+err.Error()) },
-	}, stream)
-	return st, failed, err
+	return applyCopies(t, dir, tree, stream, content, nil)
 }
 
 func needs(t *testing.T, dir string, tree *bcastTree) ([]byte, uint64) {
+	t.Helper()
+	need, have, _ := needsCopies(t, dir, tree)
+	return need, have
+}
+
+func needsCopies(t *testing.T, dir string, tree *bcastTree) ([]byte, uint64, map[uint32]string) {
 	t.Helper()
 	root, err := chunkstore.OpenRoot(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer root.Close()
-	need, have, _, err := Needs(context.Background(), root, "", tree.entries, nil)
+	need, have, copies, err := Needs(context.Background(), root, "", tree.entries, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return need, have
+	return need, have, copies
 }
 
 func countBits(b []byte, n int) int {
@@ -292,15 +287,7 @@ func TestApplyBroadcastCopies(t *testing.T) {
 	tree.add("c", wire.KindFile, []byte("other\n"), "")
 	os.MkdirAll(filepath.Join(dir, "a"), 0o755)
 	os.WriteFile(filepath.Join(dir, "a/one"), same, 0o644)
-	root, err := chunkstore.OpenRoot(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
-	need, have, copies, err := Needs(context.Background(), root, "", tree.entries, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	need, have, copies := needsCopies(t, dir, tree)
 	if countBits(need, len(tree.entries)) != 1 || !wire.BitmapHas(need, 5) || have != 2*uint64(len(same)) || copies[5] != "a/one" {
 		t.Fatalf("need %08b, have %d, copies %v", need, have, copies)
 	}
