@@ -439,6 +439,23 @@ func (r *recordReader) jump(i uint64) {
 	r.buf = r.buf[:0]
 }
 
+// skipTo jumps to the record that holds the first octet sk wants, when
+// whole records lie before it (full records only), and tells sk where the
+// next octets written start. It returns the publication offset to feed
+// from then, and whether it jumped.
+func (r *recordReader) skipTo(sk skipWriter) (uint64, bool) {
+	if sk == nil || !r.full || r.done {
+		return 0, false
+	}
+	i := sk.Wanted() / uint64(r.max)
+	if i <= r.i {
+		return 0, false
+	}
+	r.jump(i)
+	sk.Seek(i * uint64(r.max))
+	return i * (uint64(r.max) + 4 + secretbox.Overhead), true
+}
+
 // skipWriter is a writer that may not want all of a publication's
 // plaintext (skipPipe): Wanted is the offset of the next octet it wants
 // (what lies before it was read or is not wanted), Seek says at which
@@ -497,8 +514,7 @@ func (ch *execChan) feedShared(w io.WriteCloser, m *wire.Exec) {
 // holds). opts.fetchOnly takes nothing live: everything is fetched (an
 // agent that needs little of a broadcast's content).
 func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topic string, key [32]byte, record int, opts pubOpts, w io.Writer, count func(n int, live bool), relay func(off uint64, p []byte, eof bool)) *wire.Error {
-	full := opts.full
-	r := &recordReader{max: record, w: w, key: key, full: full}
+	r := &recordReader{max: record, w: w, key: key, full: opts.full}
 	var live chan *wire.PubData // nil: never ready
 	if !opts.fetchOnly {
 		live = a.addLive(topic)
@@ -512,19 +528,13 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 	var liveEnd uint64 // the end of the newest live publication seen
 	var ahead reorder
 	sk, _ := w.(skipWriter)
-	if !full || relay != nil {
-		sk = nil
+	if !opts.full || relay != nil {
+		sk = nil // records of any length; or a relay, which takes every record for its children
 	}
-	// skip goes on at the record that holds the first octet w wants,
-	// when whole records lie before it.
+	// skip goes on at the record that holds the first octet w wants.
 	skip := func() {
-		if sk == nil || r.done {
-			return
-		}
-		if i := sk.Wanted() / uint64(record); i > r.i {
-			r.jump(i)
-			want = i * (uint64(record) + 4 + secretbox.Overhead)
-			sk.Seek(i * uint64(record))
+		if off, ok := r.skipTo(sk); ok {
+			want = off
 		}
 	}
 	feed := func(p []byte, isLive, eof bool) *wire.Error {
@@ -612,14 +622,7 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 				continue
 			}
 			knownSize, knownFinal = max(knownSize, ans.ok.Size), ans.ok.Final
-			if off != want {
-				if ans.ok.Final && want >= ans.ok.Size && !r.done {
-					return ended
-				}
-				needFetch = want < ans.ok.Size // published: fetch it; else wait for it
-				continue
-			}
-			if len(ans.data) > 0 && ans.ok.Next == want+uint64(len(ans.data)) {
+			if off == want && len(ans.data) > 0 && ans.ok.Next == want+uint64(len(ans.data)) {
 				if e := feed(ans.data, false, ans.ok.Final && ans.ok.Next >= ans.ok.Size); e != nil {
 					return e
 				}
@@ -629,6 +632,10 @@ func (a *agentRunner) readPublication(ctx context.Context, id uint32, what, topi
 			}
 			if ans.ok.Final && want >= ans.ok.Size && !r.done {
 				return ended
+			}
+			if off != want {
+				needFetch = want < ans.ok.Size // asked the size: published now, fetch it; else wait for it
+				continue
 			}
 			// Behind the live stream (a gap before what waits, live
 			// octets past want that did not wait, or nothing seen live):

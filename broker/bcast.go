@@ -154,7 +154,7 @@ func (c *bcastChan) run(m *wire.Bcast) {
 		},
 	}
 	c.fetchOnly = s.version >= 4 && g.Parent == "" && len(g.Children) == 0 &&
-		fetchOnlyShare*bitmapBytes(entries, need) <= bitmapBytes(entries, g.Content)
+		fetchOnlyShare*wire.BitmapBytes(entries, need) <= wire.BitmapBytes(entries, g.Content)
 	if g.Topic != "" && !c.fetchOnly {
 		if g.Parent != "" {
 			// A relay tree: live from the parent's XPUB, not the hub's.
@@ -203,17 +203,6 @@ func (c *bcastChan) run(m *wire.Bcast) {
 		"entries", len(entries), "written", stats.Bytes, "failed", stats.Failed, "code", done.Code)
 	s.send(done)
 	s.release(c.id, c)
-}
-
-// bitmapBytes sums the sizes of the regular files set in bitmap.
-func bitmapBytes(entries []*wire.File, bitmap []byte) uint64 {
-	var n uint64
-	for i, e := range entries {
-		if e.Kind == wire.KindFile && wire.BitmapHas(bitmap, i) {
-			n += e.Size
-		}
-	}
-	return n
 }
 
 // manifest reads and checks the broadcast's manifest.

@@ -14,7 +14,6 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/zpipes/zp/internal/curve"
-	"github.com/zpipes/zp/internal/secretbox"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
 )
@@ -122,12 +121,8 @@ func (st *relayStore) read(ctx context.Context, r *recordReader, sk skipWriter) 
 	buf := make([]byte, maxPubFetch)
 	var pos uint64
 	for !r.done && r.werr == nil {
-		if sk != nil && r.full {
-			if i := sk.Wanted() / uint64(r.max); i > r.i {
-				r.jump(i)
-				pos = i * (uint64(r.max) + 4 + secretbox.Overhead)
-				sk.Seek(i * uint64(r.max))
-			}
+		if off, ok := r.skipTo(sk); ok {
+			pos = off
 		}
 		st.mu.RLock()
 		f, size, final, failed, closed, more := st.f, st.size, st.final, st.failed, st.closed, st.more

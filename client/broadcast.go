@@ -91,15 +91,7 @@ func (n *Need) Covers(o *Need) bool {
 }
 
 // NeedBytes is the content octets of the files in n.
-func (t *Tree) NeedBytes(n *Need) uint64 {
-	var b uint64
-	for i, e := range t.m.Entries {
-		if wire.BitmapHas(n.bits, i) {
-			b += e.Size
-		}
-	}
-	return b
-}
+func (t *Tree) NeedBytes(n *Need) uint64 { return wire.BitmapBytes(t.m.Entries, n.bits) }
 
 // PublishManifest publishes t's manifest to the hub for the agents named.
 func (f *Fleet) PublishManifest(ctx context.Context, agents []string, t *Tree) (*Publication, error) {

@@ -81,6 +81,18 @@ func manifestEntry(f *File, fid uint32) error {
 // BitmapLen is the octets of a bitmap of n entries.
 func BitmapLen(n int) int { return (n + 7) / 8 }
 
+// BitmapBytes sums the sizes of the entries set in bitmap (regular files:
+// every other entry has size 0).
+func BitmapBytes(entries []*File, bitmap []byte) uint64 {
+	var n uint64
+	for i, e := range entries {
+		if BitmapHas(bitmap, i) {
+			n += e.Size
+		}
+	}
+	return n
+}
+
 // BitmapHas reports whether bit i (entry i from 0) is set.
 func BitmapHas(b []byte, i int) bool {
 	return i/8 < len(b) && b[i/8]&(0x80>>(i%8)) != 0
