@@ -11,6 +11,7 @@ const (
 	IDBcastDone     MsgID = 0x64
 	IDBcastTree     MsgID = 0x65
 	IDBcastTreeOK   MsgID = 0x66
+	IDBcastChunks   MsgID = 0x67 // version 5
 )
 
 // MaxFanout bounds a relay tree's fanout: the children one node feeds.
@@ -27,7 +28,8 @@ const (
 
 func init() {
 	for id, n := range map[MsgID]string{IDBcast: "BCAST", IDBcastNeed: "BCAST_NEED", IDBcastGo: "BCAST_GO",
-		IDBcastProgress: "BCAST_PROGRESS", IDBcastDone: "BCAST_DONE", IDBcastTree: "BCAST_TREE", IDBcastTreeOK: "BCAST_TREE_OK"} {
+		IDBcastProgress: "BCAST_PROGRESS", IDBcastDone: "BCAST_DONE", IDBcastTree: "BCAST_TREE", IDBcastTreeOK: "BCAST_TREE_OK",
+		IDBcastChunks: "BCAST_CHUNKS"} {
 		names[id] = n
 	}
 	registry[IDBcast] = func() Message { return new(Bcast) }
@@ -37,6 +39,7 @@ func init() {
 	registry[IDBcastDone] = func() Message { return new(BcastDone) }
 	registry[IDBcastTree] = func() Message { return new(BcastTree) }
 	registry[IDBcastTreeOK] = func() Message { return new(BcastTreeOK) }
+	registry[IDBcastChunks] = func() Message { return new(BcastChunks) }
 }
 
 // Bcast asks an agent to apply a broadcast (client → agent, through a
@@ -80,7 +83,7 @@ func (m *Bcast) decode(d *decoder) {
 }
 func (m *Bcast) validate() error {
 	switch {
-	case m.Flags&^(XferRecursive|XferPreserve|XferSingle) != 0:
+	case m.Flags&^(XferRecursive|XferPreserve|XferSingle|XferChunks) != 0:
 		return fmt.Errorf("%w: BCAST flags %#x", ErrInvalid, m.Flags)
 	case m.Topic == "":
 		return fmt.Errorf("%w: empty manifest topic", ErrInvalid)
@@ -94,6 +97,58 @@ func (m *Bcast) validate() error {
 		return fmt.Errorf("%w: manifest of %d entries (at most %d)", ErrInvalid, m.Count, MaxManifestEntries)
 	case len(m.Digest) != 32:
 		return fmt.Errorf("%w: tree digest of %d octets", ErrInvalid, len(m.Digest))
+	}
+	return nil
+}
+
+// BcastChunks names the publication of a broadcast's chunk lists (client
+// → agent, version 5, right after a BCAST with XferChunks): Size octets
+// of plaintext (the chunk index, §14.12) in records of at most Record
+// octets sealed with Key, whose SHA-256 is Digest; Chunk is the chunk
+// size.
+type BcastChunks struct {
+	Channel uint32
+	Topic   string
+	Key     []byte
+	Record  uint32
+	Size    uint64
+	Chunk   uint32
+	Digest  []byte
+}
+
+func (*BcastChunks) ID() MsgID { return IDBcastChunks }
+func (m *BcastChunks) encode(e *encoder) {
+	e.u32(m.Channel)
+	e.str(m.Topic)
+	e.long(m.Key)
+	e.u32(m.Record)
+	e.u64(m.Size)
+	e.u32(m.Chunk)
+	e.long(m.Digest)
+}
+func (m *BcastChunks) decode(d *decoder) {
+	m.Channel = d.u32("channel")
+	m.Topic = d.str("topic")
+	m.Key = d.long("key")
+	m.Record = d.u32("record")
+	m.Size = d.u64("size")
+	m.Chunk = d.u32("chunk")
+	m.Digest = d.long("digest")
+}
+func (m *BcastChunks) validate() error {
+	switch {
+	case m.Topic == "":
+		return fmt.Errorf("%w: empty chunk index topic", ErrInvalid)
+	case len(m.Key) != 32:
+		return fmt.Errorf("%w: chunk index key of %d octets", ErrInvalid, len(m.Key))
+	case m.Record == 0 || m.Record > MaxRecord:
+		return fmt.Errorf("%w: chunk index record of %d octets", ErrInvalid, m.Record)
+	case m.Size > MaxChunkIndex || m.Size%32 != 0:
+		return fmt.Errorf("%w: chunk index of %d octets", ErrInvalid, m.Size)
+	case !ValidChunk(m.Chunk):
+		return fmt.Errorf("%w: chunk size %d (a power of two, %d to %d)", ErrInvalid, m.Chunk, MinChunk, MaxChunk)
+	case len(m.Digest) != 32:
+		return fmt.Errorf("%w: chunk index digest of %d octets", ErrInvalid, len(m.Digest))
 	}
 	return nil
 }

@@ -83,6 +83,10 @@ func samples() map[string]Message {
 
 		"bcast": &Bcast{Channel: 10, Flags: XferRecursive, Dest: "/srv/www", Topic: "f/abcdefghijklmnopqrstuvwx",
 			Key: bytes.Repeat([]byte{4}, 32), Record: 256 << 10, Size: 123456, Count: 2001, Digest: bytes.Repeat([]byte{5}, 32)},
+		"bcast-chunked": &Bcast{Channel: 10, Flags: XferRecursive | XferChunks, Dest: "/srv/www", Topic: "f/abcdefghijklmnopqrstuvwx",
+			Key: bytes.Repeat([]byte{4}, 32), Record: 256 << 10, Size: 123456, Count: 2001, Digest: bytes.Repeat([]byte{5}, 32)},
+		"bcast-chunks": &BcastChunks{Channel: 10, Topic: "f/cbcdefghijklmnopqrstuvwx", Key: bytes.Repeat([]byte{9}, 32),
+			Record: 262124, Size: 6400, Chunk: 1 << 20, Digest: bytes.Repeat([]byte{10}, 32)},
 		"bcast-need": &BcastNeed{Channel: 10, Need: []byte{0x80, 0x01}, Have: 1 << 30},
 		"bcast-go": &BcastGo{Channel: 10, Topic: "f/bbcdefghijklmnopqrstuvwx", Key: bytes.Repeat([]byte{6}, 32),
 			Record: 256 << 10, Content: []byte{0xC0, 0x01}},
@@ -346,6 +350,78 @@ func FuzzManifest(f *testing.F) {
 		}
 		if !bytes.Equal(again, data) {
 			t.Fatalf("re-encodes differently")
+		}
+	})
+}
+
+// sampleChunkIndex: a manifest of a small file, a directory and two files
+// of 3 and 2 chunks of 64 KiB, and its index.
+func sampleChunkIndex() ([]*File, []byte) {
+	files := []*File{
+		{FID: 1, Path: "small", Kind: KindFile, Size: MinChunk, Digest: bytes.Repeat([]byte{1}, 32)},
+		{FID: 2, Path: "d", Kind: KindDir},
+		{FID: 3, Path: "three", Kind: KindFile, Size: 2*MinChunk + 1, Digest: bytes.Repeat([]byte{2}, 32)},
+		{FID: 4, Path: "two", Kind: KindFile, Size: 2 * MinChunk, Digest: bytes.Repeat([]byte{3}, 32)},
+	}
+	var b []byte
+	for i := range 5 {
+		b = append(b, bytes.Repeat([]byte{byte(0x10 + i)}, 32)...)
+	}
+	return files, b
+}
+
+func TestChunkIndex(t *testing.T) {
+	files, b := sampleChunkIndex()
+	got, err := DecodeChunkIndex(b, files, MinChunk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0] != nil || got[1] != nil || len(got[2]) != 3*32 || len(got[3]) != 2*32 || got[3][0] != 0x13 {
+		t.Fatalf("split as %d, %d, %d, %d octets", len(got[0]), len(got[1]), len(got[2]), len(got[3]))
+	}
+	for name, c := range map[string]struct {
+		b     []byte
+		chunk uint32
+	}{
+		"short": {b[:len(b)-32], MinChunk}, "long": {append(b, make([]byte, 32)...), MinChunk},
+		"odd": {b[:len(b)-1], MinChunk}, "chunk not a power of two": {b, MinChunk + 1},
+		"chunk too small": {b, MinChunk / 2}, "chunk too large": {b, MaxChunk * 2},
+		// In chunks of 128 KiB the files list 2 and 0 chunks: 64 octets.
+		"another chunk size": {b, 2 * MinChunk},
+	} {
+		if _, err := DecodeChunkIndex(c.b, files, c.chunk); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if n := ChunkCount(1<<20, 1<<20); n != 0 {
+		t.Errorf("one chunk listed as %d", n)
+	}
+	if n := ChunkCount(1<<20+1, 1<<20); n != 2 {
+		t.Errorf("a chunk and an octet listed as %d", n)
+	}
+}
+
+// FuzzChunkIndex: DecodeChunkIndex never panics, and what it accepts
+// splits b whole, each file's list as long as its chunks.
+func FuzzChunkIndex(f *testing.F) {
+	files, b := sampleChunkIndex()
+	f.Add(b, uint32(MinChunk), uint64(2*MinChunk+1))
+	f.Add(b[:40], uint32(MinChunk), uint64(1<<62))
+	f.Fuzz(func(t *testing.T, data []byte, chunk uint32, size uint64) {
+		files[2].Size = size
+		got, err := DecodeChunkIndex(data, files, chunk)
+		if err != nil {
+			return
+		}
+		var n int
+		for i, d := range got {
+			if uint64(len(d)) != 32*ChunkCount(files[i].Size, chunk) && files[i].Kind == KindFile {
+				t.Fatalf("entry %d: %d octets", i, len(d))
+			}
+			n += len(d)
+		}
+		if n != len(data) {
+			t.Fatalf("split %d of %d octets", n, len(data))
 		}
 	})
 }

@@ -37,6 +37,8 @@ const (
 	XferPreserve  uint8 = 1 << 1 // owner too, where the receiver may set it
 	XferChecksum  uint8 = 1 << 2 // skip files whose digest matches, not size+mtime
 	XferSingle    uint8 = 1 << 3 // one source that is a file: the target may be that file
+	// XferChunks, in BCAST only (version 5): a BCAST_CHUNKS follows.
+	XferChunks uint8 = 1 << 4
 )
 
 // Send starts an upload: the client will send entries for Dest.

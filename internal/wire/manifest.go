@@ -100,3 +100,61 @@ func BitmapHas(b []byte, i int) bool {
 
 // BitmapSet sets bit i; b must be long enough.
 func BitmapSet(b []byte, i int) { b[i/8] |= 0x80 >> (i % 8) }
+
+// Chunk lists (docs/PROTOCOL.md §14.12, version 5): a regular file of more
+// than one chunk is cut in chunks of C octets (the last may be shorter),
+// and the chunk index lists the SHA-256 of each, for every such file in
+// manifest order. A file of at most C octets lists none: its one chunk's
+// digest is the file's.
+const (
+	MinChunk      = 64 << 10
+	MaxChunk      = 64 << 20
+	MaxChunkIndex = 64 << 20 // octets: 2^21 chunks
+	// BcastChunk is the chunk size zp's client uses.
+	BcastChunk = 1 << 20
+)
+
+// ValidChunk reports whether c is a chunk size the protocol allows: a
+// power of two from MinChunk to MaxChunk.
+func ValidChunk(c uint32) bool { return c >= MinChunk && c <= MaxChunk && c&(c-1) == 0 }
+
+// ChunkCount is the chunks the index lists for a file of size octets: 0
+// when it is one chunk.
+func ChunkCount(size uint64, c uint32) uint64 {
+	if size <= uint64(c) {
+		return 0
+	}
+	return (size-1)/uint64(c) + 1
+}
+
+// DecodeChunkIndex splits a chunk index for entries into each entry's
+// digests, by position: 32 octets per chunk, nil for an entry that lists
+// none. It never panics; it rejects a chunk size the protocol does not
+// allow, and an index that is not exactly as long as entries make it. The
+// slices share b's octets.
+func DecodeChunkIndex(b []byte, entries []*File, c uint32) ([][]byte, error) {
+	if !ValidChunk(c) {
+		return nil, fmt.Errorf("%w: chunk size %d", ErrInvalid, c)
+	}
+	if len(b) > MaxChunkIndex {
+		return nil, fmt.Errorf("%w: chunk index of %d octets", ErrInvalid, len(b))
+	}
+	out := make([][]byte, len(entries))
+	for i, e := range entries {
+		if e.Kind != KindFile {
+			continue
+		}
+		n := ChunkCount(e.Size, c)
+		if n == 0 {
+			continue
+		}
+		if n > uint64(len(b)/32) {
+			return nil, fmt.Errorf("chunk index: %w at entry %d", ErrTruncated, i+1)
+		}
+		out[i], b = b[:n*32:n*32], b[n*32:]
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("chunk index: %w", ErrTrailing)
+	}
+	return out, nil
+}

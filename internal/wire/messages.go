@@ -499,6 +499,8 @@ func ChannelOf(m Message) (uint32, bool) {
 		return m.Channel, true
 	case *BcastGo:
 		return m.Channel, true
+	case *BcastChunks:
+		return m.Channel, true
 	case *BcastProgress:
 		return m.Channel, true
 	case *BcastDone:
