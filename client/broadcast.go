@@ -3,6 +3,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -98,6 +99,17 @@ func (f *Fleet) PublishManifest(ctx context.Context, agents []string, t *Tree) (
 	return f.Publish(ctx, agents, bytes.NewReader(t.m.Encoded))
 }
 
+// PublishChunks publishes t's chunk index (docs/PROTOCOL.md §14.12) to
+// the hub for the agents named: agents in a version 5 session then take
+// the chunks of a changed file they already hold from their old copy.
+// It returns nil, nil when no file of t is more than one chunk.
+func (f *Fleet) PublishChunks(ctx context.Context, agents []string, t *Tree) (*Publication, error) {
+	if len(t.m.Chunks) == 0 {
+		return nil, nil
+	}
+	return f.Publish(ctx, agents, bytes.NewReader(t.m.Chunks))
+}
+
 // PublishContent publishes the content of the files in n for the agents
 // named, in full records: agents in a version 4 session skip the records
 // of files they hold. changed, if set, reports a file that changed since the tree was
@@ -125,9 +137,12 @@ func (g *gatedReader) Read(p []byte) (int, error) {
 
 // BroadcastRequest is what one agent is asked to apply.
 type BroadcastRequest struct {
-	Tree      *Tree
-	Manifest  *Publication // from PublishManifest
-	Dest      string       // on the agent, relative to the user's home
+	Tree     *Tree
+	Manifest *Publication // from PublishManifest
+	// Chunks, if set, is the chunk index (from PublishChunks): an agent
+	// in a version 5 session is told of it.
+	Chunks    *Publication
+	Dest      string // on the agent, relative to the user's home
 	Recursive bool
 	Preserve  bool // whole modes, and owners where the agent may set them
 	// Single: the tree is one file, which becomes Dest itself unless Dest
@@ -242,6 +257,10 @@ func (s *Session) StartBroadcast(ctx context.Context, req BroadcastRequest) (_ *
 	if req.Single {
 		flags |= wire.XferSingle
 	}
+	chunks := req.Chunks != nil && s.info.Version >= 5
+	if chunks {
+		flags |= wire.XferChunks
+	}
 	sh := req.Manifest.Shared
 	id, inbox := s.openChannel()
 	b := &AgentBroadcast{s: s, id: id, inbox: inbox}
@@ -251,6 +270,15 @@ func (s *Session) StartBroadcast(ctx context.Context, req BroadcastRequest) (_ *
 	if err := s.send(m); err != nil {
 		s.closeChannel(id)
 		return nil, err
+	}
+	if chunks {
+		ch := req.Chunks.Shared
+		d := sha256.Sum256(req.Tree.m.Chunks)
+		if err := s.send(&wire.BcastChunks{Channel: id, Topic: ch.Topic, Key: append([]byte(nil), ch.Key[:]...),
+			Record: uint32(ch.Record), Size: uint64(len(req.Tree.m.Chunks)), Chunk: wire.BcastChunk, Digest: d[:]}); err != nil {
+			b.Close()
+			return nil, err
+		}
 	}
 	for {
 		select {

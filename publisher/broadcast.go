@@ -21,6 +21,10 @@ type Manifest struct {
 	Encoded []byte
 	Digest  [32]byte
 	Bytes   uint64 // content octets of the regular files
+	// Chunks is the chunk index (docs/PROTOCOL.md §14.12): the SHA-256
+	// of every wire.BcastChunk octets of each file of more than one
+	// chunk, in manifest order; empty when no file is that large.
+	Chunks []byte
 }
 
 // BuildManifest walks sources as Walk does and reads every regular file
@@ -38,11 +42,16 @@ func BuildManifest(sources []string, recursive, single bool, warn func(msg strin
 			return nil
 		}
 		if f.Kind == wire.KindFile {
-			if f.Digest, err = fileDigest(e.Path); err != nil {
+			var chunks []byte
+			if f.Digest, chunks, err = fileDigests(e.Path, f.Size, wire.BcastChunk); err != nil {
 				warn(fmt.Sprintf("%s: %v", e.Path, unwrap(err)), true)
 				return nil
 			}
 			m.Bytes += f.Size
+			m.Chunks = append(m.Chunks, chunks...)
+			if len(m.Chunks) > wire.MaxChunkIndex {
+				return fmt.Errorf("the chunk index exceeds %d MiB: broadcast the tree in parts", wire.MaxChunkIndex>>20)
+			}
 		}
 		m.Entries = append(m.Entries, f)
 		m.Paths = append(m.Paths, e.Path)
@@ -57,6 +66,71 @@ func BuildManifest(sources []string, recursive, single bool, warn func(msg strin
 	}
 	m.Digest = sha256.Sum256(m.Encoded)
 	return m, nil
+}
+
+// fileDigests reads the file at path once for its SHA-256 and, when its
+// size (as the walk saw it) is more than one chunk, the SHA-256 of each
+// chunk of its first size octets. A file that shrank since has its
+// missing octets hashed as zeros in the chunks, as the content stream
+// sends them; its own digest is of what it holds (the agents refuse it).
+func fileDigests(path string, size uint64, chunk uint32) (digest, chunks []byte, err error) {
+	n := wire.ChunkCount(size, chunk)
+	if n == 0 {
+		digest, err = fileDigest(path)
+		return digest, nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	// The chunks are hashed on a goroutine of their own while this one
+	// reads and hashes the whole: the two hashes take about the time of one.
+	chunks = make([]byte, n*32)
+	type block struct {
+		b []byte
+		k uint64
+	}
+	work, free, done := make(chan block, 2), make(chan []byte, 3), make(chan struct{})
+	for range cap(free) {
+		free <- make([]byte, chunk)
+	}
+	go func() {
+		defer close(done)
+		for w := range work {
+			d := sha256.Sum256(w.b)
+			copy(chunks[w.k*32:], d[:])
+			free <- w.b
+		}
+	}()
+	defer func() {
+		close(work)
+		<-done
+	}()
+	h := sha256.New()
+	eof := false
+	for k := range n {
+		b := (<-free)[:min(uint64(chunk), size-k*uint64(chunk))]
+		got := 0
+		if !eof {
+			got, err = io.ReadFull(f, b)
+			switch {
+			case err == io.EOF || err == io.ErrUnexpectedEOF:
+				eof = true
+			case err != nil:
+				return nil, nil, err
+			}
+		}
+		h.Write(b[:got])
+		clear(b[got:])
+		work <- block{b, k}
+	}
+	if !eof {
+		if _, err := io.Copy(h, f); err != nil { // it grew
+			return nil, nil, err
+		}
+	}
+	return h.Sum(nil), chunks, nil
 }
 
 func unwrap(err error) error {

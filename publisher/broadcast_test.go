@@ -73,3 +73,41 @@ func TestManifestAndContent(t *testing.T) {
 		t.Fatalf("after changes: %q, changed %v", all, changed)
 	}
 }
+
+// fileDigests lists each chunk's SHA-256 of a file of several chunks (and
+// none of a file of one), with the whole file's; a file that shrank since
+// its size was taken has its missing octets hashed as zeros in the chunks,
+// as the content stream sends them.
+func TestFileDigests(t *testing.T) {
+	const c = wire.MinChunk
+	data := make([]byte, 5*c+7)
+	for i := range data {
+		data[i] = byte(i * 7 / 5)
+	}
+	path := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(path, data, 0o644)
+	list := func(b []byte) []byte {
+		var l []byte
+		for off := 0; off < len(b); off += c {
+			d := sha256.Sum256(b[off:min(off+c, len(b))])
+			l = append(l, d[:]...)
+		}
+		return l
+	}
+	whole := sha256.Sum256(data)
+	d, chunks, err := fileDigests(path, uint64(len(data)), c)
+	if err != nil || !bytes.Equal(d, whole[:]) || !bytes.Equal(chunks, list(data)) {
+		t.Fatalf("digests: %v, %d octets of chunk digests", err, len(chunks))
+	}
+	if _, chunks, _ := fileDigests(path, c, c); chunks != nil {
+		t.Fatalf("one chunk listed")
+	}
+	// It shrank by 2 chunks since the walk.
+	os.WriteFile(path, data[:3*c], 0o644)
+	padded := append(append([]byte(nil), data[:3*c]...), make([]byte, 2*c+7)...)
+	short := sha256.Sum256(data[:3*c])
+	d, chunks, err = fileDigests(path, uint64(len(data)), c)
+	if err != nil || !bytes.Equal(d, short[:]) || !bytes.Equal(chunks, list(padded)) {
+		t.Fatalf("a file that shrank: %v", err)
+	}
+}

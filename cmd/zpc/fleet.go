@@ -353,6 +353,7 @@ type broadcast struct {
 	sem      chan struct{}
 	view     *fleetView
 	manifest *client.Publication
+	chunks   *client.Publication // the chunk index, or nil
 	rec      *bcastRecord
 
 	mu      sync.Mutex
@@ -396,6 +397,12 @@ func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy 
 	}
 	b.manifest = m
 	defer m.Close()
+	if b.chunks, err = b.fl.PublishChunks(ctx, names, b.tree); err != nil {
+		// Only the agents' dedupe of chunks is lost: go on without.
+		b.view.warn(fmt.Sprintf("publishing the chunk index to the hub: %v (changed files are sent whole)", err))
+	} else if b.chunks != nil {
+		defer b.chunks.Close()
+	}
 
 	var asked, wg sync.WaitGroup
 	sessions := make([]*client.AgentBroadcast, len(hosts))
@@ -491,7 +498,7 @@ func (b *broadcast) ask(ctx context.Context, h *hostCopy) (*client.AgentBroadcas
 		}
 		var ab *client.AgentBroadcast
 		if err == nil {
-			ab, err = sess.StartBroadcast(ctx, client.BroadcastRequest{Tree: b.tree, Manifest: b.manifest, Dest: b.dest,
+			ab, err = sess.StartBroadcast(ctx, client.BroadcastRequest{Tree: b.tree, Manifest: b.manifest, Chunks: b.chunks, Dest: b.dest,
 				Recursive: b.opts.recursive, Preserve: b.opts.preserve, Single: b.single})
 			if err != nil {
 				sess.Close()
