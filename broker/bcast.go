@@ -29,13 +29,20 @@ type bcastChan struct {
 	cancel context.CancelFunc
 	gos    chan *wire.BcastGo
 	gone   atomic.Bool // a BCAST_GO came
-	store  *relayStore // a relay's: what it republished, for its children's repairs
+	// chunks gets the BCAST_CHUNKS that follows a BCAST with XferChunks
+	// (nil without); chunked says it came.
+	chunks  chan *wire.BcastChunks
+	chunked atomic.Bool
+	store   *relayStore // a relay's: what it republished, for its children's repairs
 	// fetchOnly: this agent needs little of the content (a quarter or
 	// less), so it fetches that instead of taking all of it live.
 	fetchOnly bool
 	// copies: entries written from another file of the tree this agent
 	// holds (the same SHA-256), by fid (subscriber.Needs).
 	copies map[uint32]string
+	// bases: entries this agent holds an older version of, with some of
+	// the new content's chunks (subscriber.Bases), by fid.
+	bases map[uint32]*subscriber.Basis
 }
 
 // fetchOnlyShare: an agent that needs at most 1/fetchOnlyShare of a
@@ -48,6 +55,13 @@ const fetchOnlyShare = 4
 const bcastProgress = 250 * time.Millisecond
 
 func (c *bcastChan) deliver(m wire.Message) *wire.Error {
+	if ch, ok := m.(*wire.BcastChunks); ok {
+		if c.chunks == nil || c.chunked.Swap(true) {
+			return wire.Errorf(c.id, wire.CodeBadRequest, "BCAST_CHUNKS without a BCAST that announced it")
+		}
+		c.chunks <- ch // buffered for one: never blocks
+		return nil
+	}
 	g, ok := m.(*wire.BcastGo)
 	if !ok {
 		return wire.Errorf(c.id, wire.CodeBadRequest, "%s on a broadcast channel", m.ID())
@@ -73,12 +87,18 @@ func (s *session) bcast(m *wire.Bcast) {
 	case s.version < 3:
 		s.sendErr(wire.Errorf(m.Channel, wire.CodeBadRequest, "BCAST needs protocol version 3"))
 		return
+	case m.Flags&wire.XferChunks != 0 && s.version < 5:
+		s.sendErr(wire.Errorf(m.Channel, wire.CodeBadRequest, "BCAST with chunk lists needs protocol version 5"))
+		return
 	case s.b.agent == nil:
 		s.sendErr(wire.Errorf(m.Channel, wire.CodeBadRequest, "this zpd is not a fleet agent (zpd --join)"))
 		return
 	}
 	ctx, cancel := context.WithCancel(s.b.ctx)
 	c := &bcastChan{s: s, id: m.Channel, ctx: ctx, cancel: cancel, gos: make(chan *wire.BcastGo, 1)}
+	if m.Flags&wire.XferChunks != 0 {
+		c.chunks = make(chan *wire.BcastChunks, 1)
+	}
 	if !s.addChannel(m.Channel, c) {
 		cancel()
 		return
@@ -122,6 +142,19 @@ func (c *bcastChan) run(m *wire.Bcast) {
 		return
 	}
 	c.copies = copies
+	var held uint64 // octets of the files needed that bases hold
+	if c.chunks != nil {
+		lists, chunk, e := c.chunkIndex(entries)
+		if e != nil {
+			fail(e)
+			return
+		}
+		if c.bases, held, err = subscriber.Bases(c.ctx, root, asName, entries, need, lists, chunk, s.acct.fsThread()); err != nil {
+			s.release(c.id, c)
+			return
+		}
+		have += held
+	}
 	s.send(&wire.BcastNeed{Channel: c.id, Need: need, Have: have})
 	var g *wire.BcastGo
 	select {
@@ -154,7 +187,7 @@ func (c *bcastChan) run(m *wire.Bcast) {
 		},
 	}
 	c.fetchOnly = s.version >= 4 && g.Parent == "" && len(g.Children) == 0 &&
-		fetchOnlyShare*wire.BitmapBytes(entries, need) <= wire.BitmapBytes(entries, g.Content)
+		fetchOnlyShare*(wire.BitmapBytes(entries, need)-held) <= wire.BitmapBytes(entries, g.Content)
 	if g.Topic != "" && !c.fetchOnly {
 		if g.Parent != "" {
 			// A relay tree: live from the parent's XPUB, not the hub's.
@@ -207,26 +240,57 @@ func (c *bcastChan) run(m *wire.Bcast) {
 
 // manifest reads and checks the broadcast's manifest.
 func (c *bcastChan) manifest(m *wire.Bcast) ([]*wire.File, *wire.Error) {
+	b, e := c.readWhole("manifest", m.Topic, m.Key, m.Record, m.Size, m.Digest, "the tree digest announced")
+	if e != nil {
+		return nil, e
+	}
+	entries, err := wire.DecodeManifest(b, m.Count)
+	if err != nil {
+		return nil, wire.Errorf(c.id, wire.CodeBadRequest, "manifest: %v", err)
+	}
+	return entries, nil
+}
+
+// chunkIndex waits for the BCAST_CHUNKS its BCAST announced, then reads
+// and checks the chunk index it names: each entry's chunk digests, by
+// position (wire.DecodeChunkIndex), and the chunk size.
+func (c *bcastChan) chunkIndex(entries []*wire.File) ([][]byte, uint32, *wire.Error) {
+	var m *wire.BcastChunks
+	select {
+	case m = <-c.chunks:
+	case <-c.ctx.Done():
+		return nil, 0, wire.Errorf(c.id, wire.CodeGone, "the broadcast ended") // not sent: the channel is gone
+	}
+	b, e := c.readWhole("chunk index", m.Topic, m.Key, m.Record, m.Size, m.Digest, "the digest announced")
+	if e != nil {
+		return nil, 0, e
+	}
+	lists, err := wire.DecodeChunkIndex(b, entries, m.Chunk)
+	if err != nil {
+		return nil, 0, wire.Errorf(c.id, wire.CodeBadRequest, "chunk index: %v", err)
+	}
+	return lists, m.Chunk, nil
+}
+
+// readWhole reads a publication of size octets (the manifest, the chunk
+// index) and checks it against its SHA-256, digest (named as which).
+func (c *bcastChan) readWhole(what, topic string, k []byte, record uint32, size uint64, digest []byte, which string) ([]byte, *wire.Error) {
 	var key [32]byte
-	copy(key[:], m.Key)
-	buf := &limitBuffer{max: int(m.Size)}
-	if e := c.s.b.agent.readPublication(c.ctx, c.id, "manifest", m.Topic, key, int(m.Record), pubOpts{}, buf, func(int, bool) {}, nil); e != nil {
+	copy(key[:], k)
+	buf := &limitBuffer{max: int(size)}
+	if e := c.s.b.agent.readPublication(c.ctx, c.id, what, topic, key, int(record), pubOpts{}, buf, func(int, bool) {}, nil); e != nil {
 		return nil, e
 	}
 	if c.ctx.Err() != nil {
 		return nil, wire.Errorf(c.id, wire.CodeGone, "the broadcast ended") // not sent: the channel is gone
 	}
-	if buf.over || buf.b.Len() != int(m.Size) {
-		return nil, wire.Errorf(c.id, wire.CodeBadRequest, "manifest: %d octets, not the %d announced", buf.n, m.Size)
+	if buf.over || buf.b.Len() != int(size) {
+		return nil, wire.Errorf(c.id, wire.CodeBadRequest, "%s: %d octets, not the %d announced", what, buf.n, size)
 	}
-	if d := sha256.Sum256(buf.b.Bytes()); !bytes.Equal(d[:], m.Digest) {
-		return nil, wire.Errorf(c.id, wire.CodeConflict, "manifest: its SHA-256 is not the tree digest announced")
+	if d := sha256.Sum256(buf.b.Bytes()); !bytes.Equal(d[:], digest) {
+		return nil, wire.Errorf(c.id, wire.CodeConflict, "%s: its SHA-256 is not %s", what, which)
 	}
-	entries, err := wire.DecodeManifest(buf.b.Bytes(), m.Count)
-	if err != nil {
-		return nil, wire.Errorf(c.id, wire.CodeBadRequest, "manifest: %v", err)
-	}
-	return entries, nil
+	return buf.b.Bytes(), nil
 }
 
 // apply writes the tree with the content of g's publication.
@@ -334,7 +398,7 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 	if d := c.s.b.agent.faultSlow; d > 0 {
 		content = &slowReader{skipPipe: pipe, perMiB: d}
 	}
-	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure, Copies: c.copies}, content)
+	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure, Copies: c.copies, Bases: c.bases}, content)
 	switch {
 	case relayed != nil:
 		select {

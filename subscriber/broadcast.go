@@ -114,6 +114,10 @@ type ApplyConfig struct {
 	// destination holds (Needs), not from the stream. They are read on a
 	// goroutine that runs Receiver.Thread first (the user's identity).
 	Copies map[uint32]string
+	// Bases are the entries (by fid) whose older version the destination
+	// holds (Bases): the chunks it holds are read from it, read as
+	// Copies are, and passed over in the stream.
+	Bases map[uint32]*Basis
 }
 
 // Skipper is a content stream that can pass over octets without them
@@ -407,6 +411,10 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 			if err := a.copyLocal(ctx, e, from, ok.Have); err != nil {
 				return discarded, err
 			}
+		case ok != nil && inStream && a.cfg.Bases[e.FID] != nil:
+			if err := a.patch(ctx, e, content, ok.Have, a.cfg.Bases[e.FID]); err != nil {
+				return discarded, err
+			}
 		case ok != nil && inStream:
 			if err := a.content(ctx, e, content, ok.Have); err != nil {
 				return discarded, err
@@ -467,9 +475,17 @@ func (a *applier) content(ctx context.Context, e *wire.File, r io.Reader, have u
 // within its credit, and COMMIT; readErr makes the error of a read that
 // failed.
 func (a *applier) chunks(ctx context.Context, e *wire.File, r io.Reader, off uint64, readErr func(*wire.File, error) error) error {
+	if err := a.run(ctx, e, r, off, e.Size, readErr); err != nil {
+		return err
+	}
+	return a.commit(e)
+}
+
+// run hands the receiver e's octets off to end from r, within its credit.
+func (a *applier) run(ctx context.Context, e *wire.File, r io.Reader, off, end uint64, readErr func(*wire.File, error) error) error {
 	const chunk = 1 << 20
-	for off < e.Size {
-		n, err := a.credit.Credit(ctx, int(min(chunk, e.Size-off)))
+	for off < end {
+		n, err := a.credit.Credit(ctx, int(min(chunk, end-off)))
 		if err != nil {
 			return err
 		}
@@ -483,6 +499,11 @@ func (a *applier) chunks(ctx context.Context, e *wire.File, r io.Reader, off uin
 		}
 		off += uint64(n)
 	}
+	return nil
+}
+
+// commit ends e with the manifest's size and digest.
+func (a *applier) commit(e *wire.File) error {
 	if !a.recv.Deliver(&wire.Commit{Channel: 1, FID: e.FID, Size: e.Size, Digest: e.Digest}) {
 		return errors.New("bug: the receiver's inbox is full")
 	}

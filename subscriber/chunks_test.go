@@ -1,0 +1,137 @@
+package subscriber
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/zpipes/zp/chunkstore"
+	"github.com/zpipes/zp/internal/wire"
+)
+
+// chunkList is the chunk digests of data in chunks of c (the index's list
+// for one file).
+func chunkList(data []byte, c int) []byte {
+	var list []byte
+	for off := 0; off < len(data); off += c {
+		d := sha256.Sum256(data[off:min(off+c, len(data))])
+		list = append(list, d[:]...)
+	}
+	return list
+}
+
+func bases(t *testing.T, dir string, tree *bcastTree, need []byte, lists [][]byte) (map[uint32]*Basis, uint64) {
+	t.Helper()
+	root, err := chunkstore.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	b, held, err := Bases(context.Background(), root, "", tree.entries, need, lists, wire.MinChunk, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, held
+}
+
+// An agent holding an older version of a large file takes the chunks it
+// holds from it, wherever they are in it (at a chunk boundary), and reads
+// only the others from the stream, passing over the rest unread.
+func TestApplyBroadcastBases(t *testing.T) {
+	const c = wire.MinChunk
+	rng := rand.New(rand.NewPCG(1, 2))
+	data := make([]byte, 10*c+1000)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	tree := &bcastTree{data: map[uint32][]byte{}}
+	tree.add("", wire.KindDir, nil, "")
+	tree.add("f", wire.KindFile, data, "")
+	tree.add("g", wire.KindFile, []byte("small\n"), "")
+	lists := [][]byte{nil, chunkList(data, c), nil}
+
+	// The old f: chunk 3 differs, chunks 7 and 8 are swapped, and it
+	// lacks the last 1000 octets.
+	old := append([]byte(nil), data[:10*c]...)
+	old[3*c+5] ^= 0xFF
+	copy(old[7*c:], data[8*c:9*c])
+	copy(old[8*c:], data[7*c:8*c])
+	dir := t.TempDir()
+	writeOld := func() {
+		if err := os.WriteFile(filepath.Join(dir, "f"), old, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeOld()
+	need, _ := needs(t, dir, tree)
+	b, held := bases(t, dir, tree, need, lists)
+	if held != 9*c || b[2] == nil || b[2].From[7] != 8*c || b[2].From[8] != 7*c || b[2].From[3] != -1 || b[2].From[10] != -1 {
+		t.Fatalf("held %d; basis %+v", held, b[2])
+	}
+	apply := func(dir string) (*skipReader, []string, error) {
+		sr := &skipReader{r: bytes.NewReader(tree.stream(need))}
+		root, err := chunkstore.OpenRoot(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer root.Close()
+		var failed []string
+		_, err = Apply(context.Background(), ApplyConfig{
+			Receiver: ReceiverConfig{Root: root, Flags: wire.XferRecursive, Umask: 0o022},
+			Entries:  tree.entries, Content: need, Bases: b,
+			Failure: func(path string, err error) { failed = append(failed, path+": "+err.Error()) },
+		}, sr)
+		return sr, failed, err
+	}
+	sr, failed, err := apply(dir)
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("apply: %v %v", err, failed)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "f")); !bytes.Equal(got, data) {
+		t.Fatal("f is not the new content")
+	}
+	if sr.read != c+1000+len("small\n") || sr.skipped != 9*c {
+		t.Fatalf("%d octets read from the stream, %d skipped", sr.read, sr.skipped)
+	}
+
+	// The basis is gone when applied: f comes whole from the stream.
+	dir2 := t.TempDir()
+	sr, failed, err = apply(dir2)
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("apply without the basis: %v %v", err, failed)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir2, "f")); !bytes.Equal(got, data) || sr.read != len(data)+len("small\n") {
+		t.Fatalf("without the basis: %d octets read", sr.read)
+	}
+
+	// The basis changed since Bases hashed it: f fails at COMMIT (and
+	// keeps its old content); g lands.
+	old[c] ^= 0xFF
+	writeOld()
+	os.Remove(filepath.Join(dir, "g"))
+	_, failed, err = apply(dir)
+	if err != nil || len(failed) != 1 || !strings.HasPrefix(failed[0], "f: ") {
+		t.Fatalf("apply with a changed basis: %v %v", err, failed)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "f")); !bytes.Equal(got, old) {
+		t.Fatal("f was replaced")
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "g")); string(got) != "small\n" {
+		t.Fatalf("g is %q", got)
+	}
+
+	// A file with no chunk in common, or none at all, is no basis.
+	os.WriteFile(filepath.Join(dir, "f"), make([]byte, 3*c), 0o644)
+	if b, held := bases(t, dir, tree, need, lists); b != nil || held != 0 {
+		t.Fatalf("a basis of zeros: %v, %d", b, held)
+	}
+	os.Remove(filepath.Join(dir, "f"))
+	if b, _ := bases(t, dir, tree, need, lists); b != nil {
+		t.Fatalf("no file, a basis: %v", b)
+	}
+}
