@@ -281,3 +281,31 @@ func TestOpenVersions(t *testing.T) {
 		expectError(t, s, wire.CodeVersion)
 	}
 }
+
+// BCAST announcing chunk lists needs a version 5 session: in a version 4
+// one it is refused (ERROR 400) before anything else is looked at.
+func TestBroadcastChunksNeedVersion5(t *testing.T) {
+	d := startInsecureZPD(t)
+	bcast := &wire.Bcast{Channel: 3, Flags: wire.XferRecursive | wire.XferChunks, Topic: "f/x", Key: make([]byte, 32),
+		Record: 1 << 10, Count: 1, Digest: make([]byte, 32)}
+	for _, c := range []struct {
+		version uint16
+		reason  string
+	}{{4, "needs protocol version 5"}, {5, "not a fleet agent"}} {
+		s := rawDealer(t, d)
+		s.Send(zmq4.NewMsgFrom(wire.Frames(&wire.Open{Version: c.version})...))
+		if m, err := recvMsg(t, s); err != nil {
+			t.Fatal(err)
+		} else if _, ok := m.(*wire.OpenOK); !ok {
+			t.Fatalf("OPEN version %d got %#v", c.version, m)
+		}
+		s.Send(zmq4.NewMsgFrom(wire.Frames(bcast)...))
+		m, err := recvMsg(t, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := m.(*wire.Error); !ok || e.Code != wire.CodeBadRequest || !strings.Contains(e.Reason, c.reason) {
+			t.Fatalf("version %d: BCAST with chunk lists got %#v", c.version, m)
+		}
+	}
+}
