@@ -20,12 +20,18 @@
 # the source after it (cmp, untimed). zpc runs twice per row: the hub feeding every agent itself
 # ("zpc"), and a relay tree of fanout BCAST_TREE (2; "zpc-tree": `zpc --fanout K`), for rows of
 # more than K hosts.
+#
+# With BCAST_DELTA=1 (the default), after zpc's, scp's and rsync's full copy the file changes in one
+# octet at its middle and the same command runs again ("TOOL-delta": zpc's agents take the chunks
+# they hold from their copy, PROTOCOL §14.12; rsync's delta transfer; scp copies it whole); then
+# the octet is changed back.
 set -euo pipefail
 
 BCAST_SIZES=${BCAST_SIZES:-1 10 50}
 BCAST_MIB=${BCAST_MIB:-1024}
 BCAST_FANOUT=${BCAST_FANOUT:-32}
 BCAST_TREE=${BCAST_TREE:-2}
+BCAST_DELTA=${BCAST_DELTA:-1}
 export BCAST_TREE
 GROUPS_TO_RUN=rows_broadcast # for bench.sh's setup_packages: no pdsh, no iproute2
 # shellcheck source=bench/bench.sh
@@ -155,10 +161,36 @@ rows_broadcast() {
       python3 "$BC_PY" probe "$DIR/bc-after.json"
       python3 "$BC_PY" record "$tool" "$n" "$BIG_BYTES" "$start" "$end" "$err" >>"$BC_RECORDS"
       [ -z "$err" ] || FAILURES+=("$tool to $n hosts: $err")
+      bc_check "$tool" "$n" || continue
+      [ "$BCAST_DELTA" = 1 ] && [ $tool != zpc-tree ] && [ -z "$err" ] || continue
+      bc_flip "$BC_SRC/big"
+      log "broadcast of $BIG_NAME, one octet changed, to $n hosts: $tool"
+      python3 "$BC_PY" probe "$DIR/bc-before.json"
+      err=''
+      start=$EPOCHREALTIME
+      timeit "$cmd" "$out" || err="\`$cmd\` (one octet changed) $T_ERR; last stderr: $(tail -3 "$ERRLOG" | tr '\n' ' ')"
+      end=$EPOCHREALTIME
+      python3 "$BC_PY" probe "$DIR/bc-after.json"
+      python3 "$BC_PY" record "$tool-delta" "$n" "$BIG_BYTES" "$start" "$end" "$err" >>"$BC_RECORDS"
+      [ -z "$err" ] || FAILURES+=("$tool to $n hosts, one octet changed: $err")
       bc_check "$tool" "$n" || true
+      bc_flip "$BC_SRC/big"
     done
   done
   bc_reset 0
+}
+
+# bc_flip FILE: inverts the octet at FILE's middle, in place (twice: as it was).
+bc_flip() {
+  python3 - "$1" <<'FLIP'
+import os, sys
+with open(sys.argv[1], "r+b") as f:
+    at = os.fstat(f.fileno()).st_size // 2
+    f.seek(at)
+    b = f.read(1)
+    f.seek(at)
+    f.write(bytes([b[0] ^ 0xFF]))
+FLIP
 }
 
 # bc_cmd TOOL N: the timed command.
@@ -264,6 +296,7 @@ def record(tool, n, size, start, end, err):
     # completion per host: when the copy was in place, from the destination file's ctime (zpc and
     # rsync rename it into place; scp writes it in place), counted from the command's start
     done = []
+    base = tool.replace("-delta", "")
     for h in names:
         zp = tool.startswith("zpc")
         p = "%s/%s/%s/%s" % (env["BC_DISKS"], "zp" if zp else "ssh", h, "dest/big" if zp else "big")
@@ -302,7 +335,7 @@ def record(tool, n, size, start, end, err):
         sent, recv = [], []
         for h in names:
             try:
-                t = open("%s/%s-%s.err" % (env["BC_LOGS"], tool, h[2:])).read()
+                t = open("%s/%s-%s.err" % (env["BC_LOGS"], base, h[2:])).read()
             except OSError:
                 t = ""
             m = re.search(r"Transferred: sent (\d+), received (\d+) bytes", t)
@@ -337,9 +370,10 @@ def report(path):
         print("### Broadcast of one %s file to %d host%s" % (name, n, "" if n == 1 else "s"))
         print()
         print("| tool | hosts with the copy | wall s | per host: done p50 s | p99 s | zpc's own per-host s p50 | p99 | sender | sender sent GiB | = × file | busiest receiver sent MiB | repaired MiB (hub PUB_FETCH) | hub peak RSS MiB | largest agent peak RSS MiB |")
-        labels = {"zpc": "zpc (no relays)", "zpc-tree": "zpc --fanout %s" % env.get("BCAST_TREE", "2")}
+        labels = {"zpc": "zpc (no relays)", "zpc-tree": "zpc --fanout %s" % env.get("BCAST_TREE", "2"),
+                  "zpc-delta": "zpc, one octet changed", "scp-delta": "scp, one octet changed", "rsync-delta": "rsync, one octet changed"}
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for tool in ("zpc", "zpc-tree", "scp", "rsync"):
+        for tool in ("zpc", "zpc-tree", "scp", "rsync", "zpc-delta", "scp-delta", "rsync-delta"):
             r = by.get(tool)
             if r is None:
                 continue
@@ -359,7 +393,8 @@ def report(path):
         print("| ratio | wall | per host p50 | per host p99 | sender sent |")
         print("|---|---|---|---|---|")
         ratio = lambda x, y: "—" if x is None or not y else "%.2f" % (x / y)
-        for mine, other in (("zpc", "scp"), ("zpc", "rsync"), ("zpc-tree", "scp"), ("zpc-tree", "rsync"), ("zpc-tree", "zpc")):
+        for mine, other in (("zpc", "scp"), ("zpc", "rsync"), ("zpc-tree", "scp"), ("zpc-tree", "rsync"), ("zpc-tree", "zpc"),
+                            ("zpc-delta", "scp-delta"), ("zpc-delta", "rsync-delta")):
             m, o = by.get(mine), by.get(other)
             if not m or not o or m["error"] or o["error"]:
                 continue

@@ -41,7 +41,7 @@ type bcastChan struct {
 	// holds (the same SHA-256), by fid (subscriber.Needs).
 	copies map[uint32]string
 	// bases: entries this agent holds an older version of, with some of
-	// the new content's chunks (subscriber.Bases), by fid.
+	// the new content's chunks (subscriber.Needs), by fid.
 	bases map[uint32]*subscriber.Basis
 }
 
@@ -136,25 +136,22 @@ func (c *bcastChan) run(m *wire.Bcast) {
 	if single && mode == wire.TargetAs {
 		entries[0].Path = "" // the one file becomes DEST itself; else it goes into DEST by its name
 	}
-	need, have, copies, err := subscriber.Needs(c.ctx, root, asName, entries, s.acct.fsThread())
-	if err != nil {
-		s.release(c.id, c)
-		return
-	}
-	c.copies = copies
-	var held uint64 // octets of the files needed that bases hold
+	var idx *subscriber.Index
 	if c.chunks != nil {
 		lists, chunk, e := c.chunkIndex(entries)
 		if e != nil {
 			fail(e)
 			return
 		}
-		if c.bases, held, err = subscriber.Bases(c.ctx, root, asName, entries, need, lists, chunk, s.acct.fsThread()); err != nil {
-			s.release(c.id, c)
-			return
-		}
-		have += held
+		idx = &subscriber.Index{Lists: lists, Chunk: chunk}
 	}
+	n, err := subscriber.Needs(c.ctx, root, asName, entries, idx, s.acct.fsThread())
+	if err != nil {
+		s.release(c.id, c)
+		return
+	}
+	need, have, held := n.Need, n.Have, n.Held
+	c.copies, c.bases = n.Copies, n.Bases
 	s.send(&wire.BcastNeed{Channel: c.id, Need: need, Have: have})
 	var g *wire.BcastGo
 	select {

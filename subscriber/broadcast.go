@@ -23,18 +23,41 @@ import (
 // atomic rename, nothing outside the root), playing the sender's part
 // itself with the content stream as its source.
 
-// Needs returns the bitmap of the manifest's regular files that root does
-// not hold with the manifest's size and SHA-256, and the octets of those it
-// does hold. asName is the name the entry "" becomes in root (a single
-// file), or "". thread, if set, runs first on the goroutine that reads
-// files (the user's file-system identity). Names the receiver would refuse
-// are not needed: their entries fail when applied.
-//
-// A file root lacks that has the SHA-256 of another entry root holds (the
-// tree holds the same content twice) is not needed either: copies maps its
-// fid to the name of the file it is copied from when applied (ApplyConfig),
-// and its octets count in have.
-func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []*wire.File, thread func()) (need []byte, have uint64, copies map[uint32]string, err error) {
+// Needed is what Needs found.
+type Needed struct {
+	// Need is the bitmap of the regular files the destination lacks.
+	Need []byte
+	// Have counts the octets of the files it holds, of those it copies
+	// (Copies) and of the chunks bases hold (Held).
+	Have uint64
+	// Copies maps the fid of a file the destination lacks whose SHA-256
+	// is that of another entry it holds (the tree holds the same content
+	// twice) to that entry's name: it is copied from there when applied
+	// (ApplyConfig), and not needed.
+	Copies map[uint32]string
+	// Bases are the needed files whose older version the destination
+	// holds, with some of the new content's chunks, by fid.
+	Bases map[uint32]*Basis
+	Held  uint64
+}
+
+// Index is a broadcast's chunk index (docs/PROTOCOL.md §14.12): each
+// entry's chunk digests by position (wire.DecodeChunkIndex), and the chunk
+// size.
+type Index struct {
+	Lists [][]byte
+	Chunk uint32
+}
+
+// Needs says which of the manifest's regular files root does not hold
+// with the manifest's size and SHA-256. asName is the name the entry ""
+// becomes in root (a single file), or "". thread, if set, runs first on
+// the goroutine that reads files (the user's file-system identity). Names
+// the receiver would refuse are not needed: their entries fail when
+// applied. With idx, a file that lists chunks is read once for both its
+// SHA-256 and its chunks: if it is not the manifest's, it is the file's
+// basis when some of its chunks are the new content's (Basis).
+func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []*wire.File, idx *Index, thread func()) (n Needed, err error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -42,9 +65,11 @@ func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []
 			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
 			thread()
 		}
-		need = make([]byte, wire.BitmapLen(len(entries)))
+		n.Need = make([]byte, wire.BitmapLen(len(entries)))
 		held := make(map[string]string) // SHA-256 → a name root holds it at
 		var lacking []int
+		bases := make(map[int]*Basis)
+		var buf []byte
 		for i, e := range entries {
 			if ctx.Err() != nil {
 				err = ctx.Err()
@@ -57,8 +82,20 @@ func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []
 			if cerr != nil {
 				continue
 			}
-			if root.SameDigest(name, e.Size, e.Digest) {
-				have += e.Size
+			var same bool
+			if idx != nil && i < len(idx.Lists) && len(idx.Lists[i]) > 0 {
+				if buf == nil {
+					buf = make([]byte, idx.Chunk)
+				}
+				var b *Basis
+				if same, b = basis(root, name, e, idx.Lists[i], buf); b != nil {
+					bases[i] = b
+				}
+			} else {
+				same = root.SameDigest(name, e.Size, e.Digest)
+			}
+			if same {
+				n.Have += e.Size
 				if e.Size > 0 {
 					held[string(e.Digest)] = name
 				}
@@ -69,18 +106,26 @@ func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []
 		for _, i := range lacking {
 			e := entries[i]
 			if from, ok := held[string(e.Digest)]; ok {
-				if copies == nil {
-					copies = make(map[uint32]string)
+				if n.Copies == nil {
+					n.Copies = make(map[uint32]string)
 				}
-				copies[e.FID] = from
-				have += e.Size
+				n.Copies[e.FID] = from
+				n.Have += e.Size
 				continue
 			}
-			wire.BitmapSet(need, i)
+			wire.BitmapSet(n.Need, i)
+			if b := bases[i]; b != nil {
+				if n.Bases == nil {
+					n.Bases = make(map[uint32]*Basis)
+				}
+				n.Bases[e.FID] = b
+				n.Held += b.Held
+			}
 		}
+		n.Have += n.Held
 	}()
 	<-done
-	return need, have, copies, err
+	return n, err
 }
 
 // entryName maps an entry's path to its name in the root, as the Receiver
@@ -115,7 +160,7 @@ type ApplyConfig struct {
 	// goroutine that runs Receiver.Thread first (the user's identity).
 	Copies map[uint32]string
 	// Bases are the entries (by fid) whose older version the destination
-	// holds (Bases): the chunks it holds are read from it, read as
+	// holds (Needed.Bases): the chunks it holds are read from it, read as
 	// Copies are, and passed over in the stream.
 	Bases map[uint32]*Basis
 }

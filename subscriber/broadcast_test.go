@@ -85,11 +85,11 @@ func needsCopies(t *testing.T, dir string, tree *bcastTree) ([]byte, uint64, map
 		t.Fatal(err)
 	}
 	defer root.Close()
-	need, have, copies, err := Needs(context.Background(), root, "", tree.entries, nil)
+	n, err := Needs(context.Background(), root, "", tree.entries, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return need, have, copies
+	return n.Need, n.Have, n.Copies
 }
 
 func countBits(b []byte, n int) int {

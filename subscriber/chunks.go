@@ -1,10 +1,12 @@
 package subscriber
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"runtime"
@@ -30,59 +32,27 @@ type Basis struct {
 	Held  uint64  // octets of the new content it holds
 }
 
-// Bases finds the bases of the files set in need that list chunks (lists,
-// from wire.DecodeChunkIndex, by entry position): the regular file root
-// holds under each name is read once, its chunks hashed at every chunk
-// boundary and matched against the list. A file with no chunk in common
-// is no basis. It reads on a goroutine that runs thread first (the user's
-// file-system identity), and returns the bases by fid and the octets they
-// hold. A name that cannot be read is no basis: its file comes whole.
-func Bases(ctx context.Context, root *chunkstore.Root, asName string, entries []*wire.File, need []byte, lists [][]byte, chunk uint32, thread func()) (bases map[uint32]*Basis, held uint64, err error) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if thread != nil {
-			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-			thread()
-		}
-		buf := make([]byte, chunk)
-		for i, e := range entries {
-			if ctx.Err() != nil {
-				err = ctx.Err()
-				return
-			}
-			if i >= len(lists) || len(lists[i]) == 0 || !wire.BitmapHas(need, i) || e.Kind != wire.KindFile {
-				continue
-			}
-			name, cerr := entryName(e.Path, asName)
-			if cerr != nil {
-				continue
-			}
-			b := basis(root, name, e, lists[i], buf)
-			if b == nil {
-				continue
-			}
-			if bases == nil {
-				bases = make(map[uint32]*Basis)
-			}
-			bases[e.FID] = b
-			held += b.Held
-		}
-	}()
-	<-done
-	return bases, held, err
-}
-
-// basis hashes the file root holds at name in chunks of len(buf) and
-// matches them against list, e's chunk digests: nil when none matches.
-func basis(root *chunkstore.Root, name string, e *wire.File, list []byte, buf []byte) *Basis {
+// basis reads the file root holds at name once: whether it is e's content
+// (its size and SHA-256), and, when it is not, which of e's chunks (list)
+// it holds, hashed in chunks of len(buf) at every chunk boundary: nil when
+// none (or when it cannot be read).
+func basis(root *chunkstore.Root, name string, e *wire.File, list []byte, buf []byte) (same bool, b *Basis) {
 	f, err := root.OpenFile(name)
 	if err != nil {
-		return nil
+		return false, nil
 	}
 	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return false, nil
+	}
+	var whole hash.Hash
+	if uint64(st.Size()) == e.Size {
+		whole = sha256.New()
+	}
 	c := uint64(len(buf))
 	at := make(map[[32]byte]int64)
+	var read uint64
 	for off := int64(0); ; off += int64(c) {
 		n, err := io.ReadFull(f, buf)
 		if n > 0 {
@@ -90,12 +60,19 @@ func basis(root *chunkstore.Root, name string, e *wire.File, list []byte, buf []
 			if _, dup := at[d]; !dup {
 				at[d] = off
 			}
+			if whole != nil {
+				whole.Write(buf[:n])
+			}
+			read += uint64(n)
 		}
 		if err != nil { // the end, or a file that cannot be read: what was read counts
 			break
 		}
 	}
-	b := &Basis{Name: name, Chunk: c, From: make([]int64, len(list)/32)}
+	if whole != nil && read == e.Size && bytes.Equal(whole.Sum(nil), e.Digest) {
+		return true, nil
+	}
+	b = &Basis{Name: name, Chunk: c, From: make([]int64, len(list)/32)}
 	for k := range b.From {
 		from, ok := at[[32]byte(list[k*32:k*32+32])]
 		if !ok {
@@ -106,9 +83,9 @@ func basis(root *chunkstore.Root, name string, e *wire.File, list []byte, buf []
 		b.Held += min(c, e.Size-uint64(k)*c)
 	}
 	if b.Held == 0 {
-		return nil
+		return false, nil
 	}
-	return b
+	return false, b
 }
 
 // patch hands the receiver e's content from the stream, taking the
@@ -118,7 +95,7 @@ func basis(root *chunkstore.Root, name string, e *wire.File, list []byte, buf []
 // goroutine that runs the receiver's Thread first, so the basis is read
 // as the user. A basis that cannot be opened leaves the whole file to the
 // stream; one that fails later fails that entry only (FILE_DONE 409), and
-// one that changed since Bases hashed it fails at COMMIT (its digest).
+// one that changed since Needs hashed it fails at COMMIT (its digest).
 func (a *applier) patch(ctx context.Context, e *wire.File, r io.Reader, have uint64, b *Basis) error {
 	errc := make(chan error, 1)
 	go func() {

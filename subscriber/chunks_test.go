@@ -25,18 +25,19 @@ func chunkList(data []byte, c int) []byte {
 	return list
 }
 
-func bases(t *testing.T, dir string, tree *bcastTree, need []byte, lists [][]byte) (map[uint32]*Basis, uint64) {
+// needsChunks is Needs with a chunk index of lists in chunks of 64 KiB.
+func needsChunks(t *testing.T, dir string, tree *bcastTree, lists [][]byte) Needed {
 	t.Helper()
 	root, err := chunkstore.OpenRoot(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer root.Close()
-	b, held, err := Bases(context.Background(), root, "", tree.entries, need, lists, wire.MinChunk, nil)
+	n, err := Needs(context.Background(), root, "", tree.entries, &Index{Lists: lists, Chunk: wire.MinChunk}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b, held
+	return n
 }
 
 // An agent holding an older version of a large file takes the chunks it
@@ -68,9 +69,9 @@ func TestApplyBroadcastBases(t *testing.T) {
 		}
 	}
 	writeOld()
-	need, _ := needs(t, dir, tree)
-	b, held := bases(t, dir, tree, need, lists)
-	if held != 9*c || b[2] == nil || b[2].From[7] != 8*c || b[2].From[8] != 7*c || b[2].From[3] != -1 || b[2].From[10] != -1 {
+	n := needsChunks(t, dir, tree, lists)
+	need, b, held := n.Need, n.Bases, n.Held
+	if held != 9*c || n.Have != held || b[2] == nil || b[2].From[7] != 8*c || b[2].From[8] != 7*c || b[2].From[3] != -1 || b[2].From[10] != -1 {
 		t.Fatalf("held %d; basis %+v", held, b[2])
 	}
 	apply := func(dir string) (*skipReader, []string, error) {
@@ -125,13 +126,18 @@ func TestApplyBroadcastBases(t *testing.T) {
 		t.Fatalf("g is %q", got)
 	}
 
-	// A file with no chunk in common, or none at all, is no basis.
+	// A file with no chunk in common, or none at all, is no basis; the
+	// new content is held, not needed (one read for both).
 	os.WriteFile(filepath.Join(dir, "f"), make([]byte, 3*c), 0o644)
-	if b, held := bases(t, dir, tree, need, lists); b != nil || held != 0 {
-		t.Fatalf("a basis of zeros: %v, %d", b, held)
+	if n := needsChunks(t, dir, tree, lists); n.Bases != nil || n.Held != 0 || !wire.BitmapHas(n.Need, 1) {
+		t.Fatalf("a basis of zeros: %+v", n)
 	}
 	os.Remove(filepath.Join(dir, "f"))
-	if b, _ := bases(t, dir, tree, need, lists); b != nil {
-		t.Fatalf("no file, a basis: %v", b)
+	if n := needsChunks(t, dir, tree, lists); n.Bases != nil || !wire.BitmapHas(n.Need, 1) {
+		t.Fatalf("no file, a basis: %+v", n)
+	}
+	os.WriteFile(filepath.Join(dir, "f"), data, 0o644)
+	if n := needsChunks(t, dir, tree, lists); n.Bases != nil || wire.BitmapHas(n.Need, 1) || n.Have != uint64(len(data))+6 {
+		t.Fatalf("f in place: %+v", n)
 	}
 }
