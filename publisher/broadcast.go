@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/internal/wire"
 )
 
@@ -84,51 +85,15 @@ func fileDigests(path string, size uint64, chunk uint32) (digest, chunks []byte,
 		return nil, nil, err
 	}
 	defer f.Close()
-	// The chunks are hashed on a goroutine of their own while this one
-	// reads and hashes the whole: the two hashes take about the time of one.
-	chunks = make([]byte, n*32)
-	type block struct {
-		b []byte
-		k uint64
-	}
-	work, free, done := make(chan block, 2), make(chan []byte, 3), make(chan struct{})
-	for range cap(free) {
-		free <- make([]byte, chunk)
-	}
-	go func() {
-		defer close(done)
-		for w := range work {
-			d := sha256.Sum256(w.b)
-			copy(chunks[w.k*32:], d[:])
-			free <- w.b
-		}
-	}()
-	defer func() {
-		close(work)
-		<-done
-	}()
 	h := sha256.New()
-	eof := false
-	for k := range n {
-		b := (<-free)[:min(uint64(chunk), size-k*uint64(chunk))]
-		got := 0
-		if !eof {
-			got, err = io.ReadFull(f, b)
-			switch {
-			case err == io.EOF || err == io.ErrUnexpectedEOF:
-				eof = true
-			case err != nil:
-				return nil, nil, err
-			}
-		}
-		h.Write(b[:got])
-		clear(b[got:])
-		work <- block{b, k}
+	chunks = make([]byte, 0, n*32)
+	if _, err := chunkstore.HashChunks(f, int(chunk), int64(size), h, func(_ int64, d [32]byte) {
+		chunks = append(chunks, d[:]...)
+	}); err != nil {
+		return nil, nil, err
 	}
-	if !eof {
-		if _, err := io.Copy(h, f); err != nil { // it grew
-			return nil, nil, err
-		}
+	if _, err := io.Copy(h, f); err != nil { // it grew
+		return nil, nil, err
 	}
 	return h.Sum(nil), chunks, nil
 }

@@ -69,7 +69,6 @@ func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []
 		held := make(map[string]string) // SHA-256 → a name root holds it at
 		var lacking []int
 		bases := make(map[int]*Basis)
-		var buf []byte
 		for i, e := range entries {
 			if ctx.Err() != nil {
 				err = ctx.Err()
@@ -84,11 +83,8 @@ func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []
 			}
 			var same bool
 			if idx != nil && i < len(idx.Lists) && len(idx.Lists[i]) > 0 {
-				if buf == nil {
-					buf = make([]byte, idx.Chunk)
-				}
 				var b *Basis
-				if same, b = basis(root, name, e, idx.Lists[i], buf); b != nil {
+				if same, b = basis(root, name, e, idx.Lists[i], uint64(idx.Chunk)); b != nil {
 					bases[i] = b
 				}
 			} else {

@@ -34,9 +34,9 @@ type Basis struct {
 
 // basis reads the file root holds at name once: whether it is e's content
 // (its size and SHA-256), and, when it is not, which of e's chunks (list)
-// it holds, hashed in chunks of len(buf) at every chunk boundary: nil when
+// it holds, hashed in chunks of c octets at every chunk boundary: nil when
 // none (or when it cannot be read).
-func basis(root *chunkstore.Root, name string, e *wire.File, list []byte, buf []byte) (same bool, b *Basis) {
+func basis(root *chunkstore.Root, name string, e *wire.File, list []byte, c uint64) (same bool, b *Basis) {
 	f, err := root.OpenFile(name)
 	if err != nil {
 		return false, nil
@@ -50,26 +50,14 @@ func basis(root *chunkstore.Root, name string, e *wire.File, list []byte, buf []
 	if uint64(st.Size()) == e.Size {
 		whole = sha256.New()
 	}
-	c := uint64(len(buf))
 	at := make(map[[32]byte]int64)
-	var read uint64
-	for off := int64(0); ; off += int64(c) {
-		n, err := io.ReadFull(f, buf)
-		if n > 0 {
-			d := sha256.Sum256(buf[:n])
-			if _, dup := at[d]; !dup {
-				at[d] = off
-			}
-			if whole != nil {
-				whole.Write(buf[:n])
-			}
-			read += uint64(n)
+	// A file that cannot be read to its end: what was read counts.
+	read, _ := chunkstore.HashChunks(f, int(c), -1, whole, func(off int64, d [32]byte) {
+		if _, dup := at[d]; !dup {
+			at[d] = off
 		}
-		if err != nil { // the end, or a file that cannot be read: what was read counts
-			break
-		}
-	}
-	if whole != nil && read == e.Size && bytes.Equal(whole.Sum(nil), e.Digest) {
+	})
+	if whole != nil && uint64(read) == e.Size && bytes.Equal(whole.Sum(nil), e.Digest) {
 		return true, nil
 	}
 	b = &Basis{Name: name, Chunk: c, From: make([]int64, len(list)/32)}
