@@ -161,13 +161,14 @@ func (c *contentReader) Read(p []byte) (int, error) {
 
 // open starts the next entry in the stream; false at the end.
 func (c *contentReader) open() bool {
-	for ; c.next < len(c.m.Entries); c.next++ {
-		e := c.m.Entries[c.next]
-		if e.Kind != wire.KindFile || !wire.BitmapHas(c.bitmap, c.next) {
+	for c.next < len(c.m.Entries) {
+		i := c.next
+		c.next++
+		e := c.m.Entries[i]
+		if e.Kind != wire.KindFile || !wire.BitmapHas(c.bitmap, i) {
 			continue
 		}
-		c.curIdx, c.left, c.failed = c.next, e.Size, false
-		c.next++
+		c.curIdx, c.left, c.failed = i, e.Size, false
 		c.hash = sha256.New()
 		f, err := os.Open(c.m.Paths[c.curIdx])
 		if err != nil {

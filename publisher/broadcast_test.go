@@ -111,3 +111,22 @@ func TestFileDigests(t *testing.T) {
 		t.Fatalf("a file that shrank: %v", err)
 	}
 }
+// An empty file in the stream contributes nothing, and the file after it
+// is not passed over.
+func TestContentAfterEmptyFile(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a"), nil, 0o644)
+	os.WriteFile(filepath.Join(dir, "b"), []byte("data"), 0o644)
+	m, err := BuildManifest([]string{dir + "/"}, true, false, func(string, bool) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bitmap := make([]byte, wire.BitmapLen(len(m.Entries)))
+	for i := range m.Entries {
+		wire.BitmapSet(bitmap, i)
+	}
+	all, err := io.ReadAll(m.Content(bitmap, nil))
+	if err != nil || string(all) != "data" {
+		t.Fatalf("stream %q, %v (entries %d)", all, err, len(m.Entries))
+	}
+}
