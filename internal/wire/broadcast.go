@@ -4,14 +4,16 @@ import "fmt"
 
 // Broadcast message ids (docs/PROTOCOL.md, section 14; protocol version 3).
 const (
-	IDBcast         MsgID = 0x60
-	IDBcastNeed     MsgID = 0x61
-	IDBcastGo       MsgID = 0x62
-	IDBcastProgress MsgID = 0x63
-	IDBcastDone     MsgID = 0x64
-	IDBcastTree     MsgID = 0x65
-	IDBcastTreeOK   MsgID = 0x66
-	IDBcastChunks   MsgID = 0x67 // version 5
+	IDBcast           MsgID = 0x60
+	IDBcastNeed       MsgID = 0x61
+	IDBcastGo         MsgID = 0x62
+	IDBcastProgress   MsgID = 0x63
+	IDBcastDone       MsgID = 0x64
+	IDBcastTree       MsgID = 0x65
+	IDBcastTreeOK     MsgID = 0x66
+	IDBcastChunks     MsgID = 0x67 // version 5
+	IDBcastNeedChunks MsgID = 0x68 // version 5
+	IDBcastGoChunks   MsgID = 0x69 // version 5
 )
 
 // MaxFanout bounds a relay tree's fanout: the children one node feeds.
@@ -29,7 +31,7 @@ const (
 func init() {
 	for id, n := range map[MsgID]string{IDBcast: "BCAST", IDBcastNeed: "BCAST_NEED", IDBcastGo: "BCAST_GO",
 		IDBcastProgress: "BCAST_PROGRESS", IDBcastDone: "BCAST_DONE", IDBcastTree: "BCAST_TREE", IDBcastTreeOK: "BCAST_TREE_OK",
-		IDBcastChunks: "BCAST_CHUNKS"} {
+		IDBcastChunks: "BCAST_CHUNKS", IDBcastNeedChunks: "BCAST_NEED_CHUNKS", IDBcastGoChunks: "BCAST_GO_CHUNKS"} {
 		names[id] = n
 	}
 	registry[IDBcast] = func() Message { return new(Bcast) }
@@ -40,6 +42,8 @@ func init() {
 	registry[IDBcastTree] = func() Message { return new(BcastTree) }
 	registry[IDBcastTreeOK] = func() Message { return new(BcastTreeOK) }
 	registry[IDBcastChunks] = func() Message { return new(BcastChunks) }
+	registry[IDBcastNeedChunks] = func() Message { return new(BcastNeedChunks) }
+	registry[IDBcastGoChunks] = func() Message { return new(BcastGoChunks) }
 }
 
 // Bcast asks an agent to apply a broadcast (client → agent, through a
@@ -149,6 +153,56 @@ func (m *BcastChunks) validate() error {
 		return fmt.Errorf("%w: chunk size %d (a power of two, %d to %d)", ErrInvalid, m.Chunk, MinChunk, MaxChunk)
 	case len(m.Digest) != 32:
 		return fmt.Errorf("%w: chunk index digest of %d octets", ErrInvalid, len(m.Digest))
+	}
+	return nil
+}
+
+// BcastNeedChunks says which chunks an agent lacks (agent → client, version 5,
+// right before BCAST_NEED on a channel whose BCAST had XferChunks): a
+// chunk map (§14.12) whose bit k of a file is set when the agent needs
+// chunk k of it (a file it does not need has none set).
+type BcastNeedChunks struct {
+	Channel uint32
+	Chunks  []byte
+}
+
+func (*BcastNeedChunks) ID() MsgID { return IDBcastNeedChunks }
+func (m *BcastNeedChunks) encode(e *encoder) {
+	e.u32(m.Channel)
+	e.long(m.Chunks)
+}
+func (m *BcastNeedChunks) decode(d *decoder) {
+	m.Channel = d.u32("channel")
+	m.Chunks = d.long("chunks")
+}
+func (m *BcastNeedChunks) validate() error {
+	if len(m.Chunks) > MaxChunkMap {
+		return fmt.Errorf("%w: chunk map of %d octets", ErrInvalid, len(m.Chunks))
+	}
+	return nil
+}
+
+// BcastGoChunks says which chunks of the files that list chunks the content
+// publication holds (client → agent, version 5, right before BCAST_GO): a
+// chunk map (§14.12) whose bit k of a file is set when the content stream
+// holds chunk k of it. Without it, the stream holds whole files.
+type BcastGoChunks struct {
+	Channel uint32
+	Chunks  []byte
+}
+
+func (*BcastGoChunks) ID() MsgID { return IDBcastGoChunks }
+func (m *BcastGoChunks) encode(e *encoder) {
+	e.u32(m.Channel)
+	e.long(m.Chunks)
+}
+func (m *BcastGoChunks) decode(d *decoder) {
+	m.Channel = d.u32("channel")
+	m.Chunks = d.long("chunks")
+}
+func (m *BcastGoChunks) validate() error {
+	if len(m.Chunks) > MaxChunkMap {
+		return fmt.Errorf("%w: chunk map of %d octets", ErrInvalid, len(m.Chunks))
 	}
 	return nil
 }

@@ -87,7 +87,9 @@ func samples() map[string]Message {
 			Key: bytes.Repeat([]byte{4}, 32), Record: 256 << 10, Size: 123456, Count: 2001, Digest: bytes.Repeat([]byte{5}, 32)},
 		"bcast-chunks": &BcastChunks{Channel: 10, Topic: "f/cbcdefghijklmnopqrstuvwx", Key: bytes.Repeat([]byte{9}, 32),
 			Record: 262124, Size: 6400, Chunk: 1 << 20, Digest: bytes.Repeat([]byte{10}, 32)},
-		"bcast-need": &BcastNeed{Channel: 10, Need: []byte{0x80, 0x01}, Have: 1 << 30},
+		"bcast-need-chunks": &BcastNeedChunks{Channel: 10, Chunks: []byte{0x10, 0x00, 0x40}},
+		"bcast-go-chunks":   &BcastGoChunks{Channel: 10, Chunks: []byte{0x30, 0x00, 0x40}},
+		"bcast-need":        &BcastNeed{Channel: 10, Need: []byte{0x80, 0x01}, Have: 1 << 30},
 		"bcast-go": &BcastGo{Channel: 10, Topic: "f/bbcdefghijklmnopqrstuvwx", Key: bytes.Repeat([]byte{6}, 32),
 			Record: 256 << 10, Content: []byte{0xC0, 0x01}},
 		"bcast-go-relay": &BcastGo{Channel: 10, Topic: "f/bbcdefghijklmnopqrstuvwx", Key: bytes.Repeat([]byte{6}, 32),
@@ -419,6 +421,48 @@ func FuzzChunkIndex(f *testing.F) {
 				t.Fatalf("entry %d: %d octets", i, len(d))
 			}
 			n += len(d)
+		}
+		if n != len(data) {
+			t.Fatalf("split %d of %d octets", n, len(data))
+		}
+	})
+}
+
+func TestChunkMap(t *testing.T) {
+	files, _ := sampleChunkIndex() // 3 and 2 chunks of 64 KiB: one octet each
+	got, err := SplitChunkMap([]byte{0xA0, 0xC0}, files, MinChunk)
+	if err != nil || got[0] != nil || got[1] != nil || !bytes.Equal(got[2], []byte{0xA0}) || !bytes.Equal(got[3], []byte{0xC0}) {
+		t.Fatalf("split: %v %v", got, err)
+	}
+	for name, b := range map[string][]byte{"short": {0xA0}, "long": {0xA0, 0xC0, 0}, "a bit past the last chunk": {0xB0, 0xC0}} {
+		if _, err := SplitChunkMap(b, files, MinChunk); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	huge := []*File{{Kind: KindFile, Size: 1 << 62}}
+	if n := ChunkMapLen(huge, MinChunk); n != -1 {
+		t.Errorf("a file of 2^62 octets: a map of %d octets", n)
+	}
+}
+
+// FuzzChunkMap: SplitChunkMap never panics, and what it accepts splits b
+// whole, each file's bitmap as long as its chunks make it.
+func FuzzChunkMap(f *testing.F) {
+	files, _ := sampleChunkIndex()
+	f.Add([]byte{0xA0, 0xC0}, uint64(2*MinChunk+1))
+	f.Add([]byte{0xFF}, uint64(1<<62))
+	f.Fuzz(func(t *testing.T, data []byte, size uint64) {
+		files[2].Size = size
+		got, err := SplitChunkMap(data, files, MinChunk)
+		if err != nil {
+			return
+		}
+		var n int
+		for i, m := range got {
+			if files[i].Kind == KindFile && len(m) != BitmapLen(int(ChunkCount(files[i].Size, MinChunk))) {
+				t.Fatalf("entry %d: %d octets", i, len(m))
+			}
+			n += len(m)
 		}
 		if n != len(data) {
 			t.Fatalf("split %d of %d octets", n, len(data))

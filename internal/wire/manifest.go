@@ -112,6 +112,8 @@ const (
 	MaxChunkIndex = 64 << 20 // octets: 2^21 chunks
 	// BcastChunk is the chunk size zp's client uses.
 	BcastChunk = 1 << 20
+	// MaxChunkMap bounds a chunk map: a bit per chunk the index lists.
+	MaxChunkMap = MaxChunkIndex / 32 / 8
 )
 
 // ValidChunk reports whether c is a chunk size the protocol allows: a
@@ -157,4 +159,86 @@ func DecodeChunkIndex(b []byte, entries []*File, c uint32) ([][]byte, error) {
 		return nil, fmt.Errorf("chunk index: %w", ErrTrailing)
 	}
 	return out, nil
+}
+
+// A chunk map (docs/PROTOCOL.md §14.12) has a bitmap for every entry that
+// lists chunks, in manifest order: ceil(n / 8) octets for n chunks, bit k
+// (0x80 >> k%8 of octet k/8) for chunk k, the bits past n − 1 zero.
+
+// ChunkMapLen is the octets of a chunk map for entries in chunks of c.
+func ChunkMapLen(entries []*File, c uint32) int {
+	var n uint64
+	for _, e := range entries {
+		if e.Kind == KindFile {
+			k := ChunkCount(e.Size, c)
+			if k > MaxChunkMap*8 {
+				return -1 // more than an index may list: no map fits
+			}
+			n += (k + 7) / 8
+			if n > MaxChunkMap {
+				return -1
+			}
+		}
+	}
+	return int(n)
+}
+
+// SplitChunkMap splits a chunk map by entry position (nil for an entry
+// that lists no chunks; the slices share b). It rejects a map that is not
+// ChunkMapLen octets or sets a bit past a file's last chunk; c must be
+// valid (ValidChunk).
+func SplitChunkMap(b []byte, entries []*File, c uint32) ([][]byte, error) {
+	if len(b) != ChunkMapLen(entries, c) {
+		return nil, fmt.Errorf("%w: a chunk map of %d octets, not %d", ErrInvalid, len(b), ChunkMapLen(entries, c))
+	}
+	out := make([][]byte, len(entries))
+	for i, e := range entries {
+		if e.Kind != KindFile {
+			continue
+		}
+		n := int(ChunkCount(e.Size, c))
+		if n == 0 {
+			continue
+		}
+		m := BitmapLen(n)
+		if n%8 != 0 && b[m-1]&(0xFF>>(n%8)) != 0 {
+			return nil, fmt.Errorf("%w: chunk map of entry %d sets a bit past its chunk %d", ErrInvalid, i+1, n-1)
+		}
+		out[i], b = b[:m:m], b[m:]
+	}
+	return out, nil
+}
+
+// SliceLen is the octets past from of a file of size octets that a
+// content stream holds when its chunk map (in chunks of c) is in (nil: all
+// of them).
+func SliceLen(size uint64, in []byte, c, from uint64) uint64 {
+	if in == nil {
+		return size - min(from, size)
+	}
+	var n uint64
+	for k := from / c; k*c < size; k++ {
+		if BitmapHas(in, int(k)) {
+			n += min((k+1)*c, size) - max(k*c, from)
+		}
+	}
+	return n
+}
+
+// StreamBytes is the octets of the content stream of the files set in
+// content (§14.6), which holds of each file that has a chunk map in slices
+// (by entry position, in chunks of c) only the chunks it sets.
+func StreamBytes(entries []*File, content []byte, slices [][]byte, c uint64) uint64 {
+	var n uint64
+	for i, e := range entries {
+		if e.Kind != KindFile || !BitmapHas(content, i) {
+			continue
+		}
+		var in []byte
+		if i < len(slices) {
+			in = slices[i]
+		}
+		n += SliceLen(e.Size, in, c, 0)
+	}
+	return n
 }

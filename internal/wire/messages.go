@@ -501,6 +501,10 @@ func ChannelOf(m Message) (uint32, bool) {
 		return m.Channel, true
 	case *BcastChunks:
 		return m.Channel, true
+	case *BcastNeedChunks:
+		return m.Channel, true
+	case *BcastGoChunks:
+		return m.Channel, true
 	case *BcastProgress:
 		return m.Channel, true
 	case *BcastDone:
