@@ -33,7 +33,11 @@ type bcastChan struct {
 	// (nil without); chunked says it came.
 	chunks  chan *wire.BcastChunks
 	chunked atomic.Bool
-	store   *relayStore // a relay's: what it republished, for its children's repairs
+	// goChunks gets the BCAST_GO_CHUNKS that may come before BCAST_GO on
+	// such a channel (nil without the flag).
+	goChunks  chan *wire.BcastGoChunks
+	goChunked atomic.Bool
+	store     *relayStore // a relay's: what it republished, for its children's repairs
 	// fetchOnly: this agent needs little of the content (a quarter or
 	// less), so it fetches that instead of taking all of it live.
 	fetchOnly bool
@@ -60,6 +64,13 @@ func (c *bcastChan) deliver(m wire.Message) *wire.Error {
 			return wire.Errorf(c.id, wire.CodeBadRequest, "BCAST_CHUNKS without a BCAST that announced it")
 		}
 		c.chunks <- ch // buffered for one: never blocks
+		return nil
+	}
+	if ch, ok := m.(*wire.BcastGoChunks); ok {
+		if c.goChunks == nil || c.gone.Load() || c.goChunked.Swap(true) {
+			return wire.Errorf(c.id, wire.CodeBadRequest, "BCAST_GO_CHUNKS but once before BCAST_GO on a channel whose BCAST announced chunk lists")
+		}
+		c.goChunks <- ch // buffered for one: never blocks
 		return nil
 	}
 	g, ok := m.(*wire.BcastGo)
@@ -98,6 +109,7 @@ func (s *session) bcast(m *wire.Bcast) {
 	c := &bcastChan{s: s, id: m.Channel, ctx: ctx, cancel: cancel, gos: make(chan *wire.BcastGo, 1)}
 	if m.Flags&wire.XferChunks != 0 {
 		c.chunks = make(chan *wire.BcastChunks, 1)
+		c.goChunks = make(chan *wire.BcastGoChunks, 1)
 	}
 	if !s.addChannel(m.Channel, c) {
 		cancel()
@@ -152,12 +164,30 @@ func (c *bcastChan) run(m *wire.Bcast) {
 	}
 	need, have, held := n.Need, n.Have, n.Held
 	c.copies, c.bases = n.Copies, n.Bases
+	if idx != nil {
+		s.send(&wire.BcastNeedChunks{Channel: c.id, Chunks: n.ChunkMap(entries, idx.Chunk)})
+	}
 	s.send(&wire.BcastNeed{Channel: c.id, Need: need, Have: have})
 	var g *wire.BcastGo
 	select {
 	case g = <-c.gos:
 	case <-c.ctx.Done():
 		return
+	}
+	// The stream holds whole files, or of those that list chunks the
+	// chunks BCAST_GO_CHUNKS sets, if one came first.
+	var slices [][]byte
+	var chunk uint64
+	if idx != nil {
+		chunk = uint64(idx.Chunk)
+		select {
+		case gc := <-c.goChunks:
+			if slices, err = wire.SplitChunkMap(gc.Chunks, entries, idx.Chunk); err != nil {
+				fail(wire.Errorf(c.id, wire.CodeBadRequest, "BCAST_GO_CHUNKS: %v", err))
+				return
+			}
+		default:
+		}
 	}
 	var st bcastStats
 	st.deduped.Store(have)
@@ -184,7 +214,7 @@ func (c *bcastChan) run(m *wire.Bcast) {
 		},
 	}
 	c.fetchOnly = s.version >= 4 && g.Parent == "" && len(g.Children) == 0 &&
-		fetchOnlyShare*(wire.BitmapBytes(entries, need)-held) <= wire.BitmapBytes(entries, g.Content)
+		fetchOnlyShare*(wire.BitmapBytes(entries, need)-held) <= wire.StreamBytes(entries, g.Content, slices, chunk)
 	if g.Topic != "" && !c.fetchOnly {
 		if g.Parent != "" {
 			// A relay tree: live from the parent's XPUB, not the hub's.
@@ -203,7 +233,7 @@ func (c *bcastChan) run(m *wire.Bcast) {
 	}
 	s.send(&wire.BcastProgress{Channel: c.id, Stats: st.wire()})
 	stopProgress := c.progress(&st)
-	stats, err := c.apply(g, entries, rcfg, &st, func(path string, err error) {
+	stats, err := c.apply(g, entries, slices, chunk, rcfg, &st, func(path string, err error) {
 		fmu.Lock()
 		if len(failures) < wire.MaxBcastFailures {
 			failures = append(failures, fmt.Sprintf("%s: %v", path, err))
@@ -291,7 +321,7 @@ func (c *bcastChan) readWhole(what, topic string, k []byte, record uint32, size 
 }
 
 // apply writes the tree with the content of g's publication.
-func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber.ReceiverConfig, st *bcastStats, failure func(string, error)) (subscriber.ApplyStats, error) {
+func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, slices [][]byte, chunk uint64, rcfg subscriber.ReceiverConfig, st *bcastStats, failure func(string, error)) (subscriber.ApplyStats, error) {
 	var key [32]byte
 	copy(key[:], g.Key)
 	// Apply skips the files this agent does not need (subscriber.Skipper);
@@ -395,7 +425,8 @@ func (c *bcastChan) apply(g *wire.BcastGo, entries []*wire.File, rcfg subscriber
 	if d := c.s.b.agent.faultSlow; d > 0 {
 		content = &slowReader{skipPipe: pipe, perMiB: d}
 	}
-	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure, Copies: c.copies, Bases: c.bases}, content)
+	stats, err := subscriber.Apply(ctx, subscriber.ApplyConfig{Receiver: rcfg, Entries: entries, Content: g.Content, Failure: failure, Copies: c.copies, Bases: c.bases,
+		Slices: slices, Chunk: chunk}, content)
 	switch {
 	case relayed != nil:
 		select {

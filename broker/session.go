@@ -187,7 +187,7 @@ func (s *session) handle(m wire.Message) {
 		if ch := s.channel(m.Channel); ch != nil {
 			s.release(m.Channel, ch)
 		}
-	case *wire.Data, *wire.Ack, *wire.Signal, *wire.File, *wire.FileOK, *wire.Chunk, *wire.Commit, *wire.FileDone, *wire.End, *wire.BcastGo, *wire.BcastChunks:
+	case *wire.Data, *wire.Ack, *wire.Signal, *wire.File, *wire.FileOK, *wire.Chunk, *wire.Commit, *wire.FileDone, *wire.End, *wire.BcastGo, *wire.BcastChunks, *wire.BcastGoChunks:
 		id, _ := wire.ChannelOf(m)
 		ch := s.channel(id)
 		if ch == nil {

@@ -61,38 +61,82 @@ func (t *Tree) Bytes() uint64 { return t.m.Bytes }
 // ManifestBytes is the size of the encoded manifest.
 func (t *Tree) ManifestBytes() int { return len(t.m.Encoded) }
 
-// Need is the set of the tree's files one or more agents lack.
+// Need is the set of the tree's files one or more agents lack and, when
+// every one of those agents said which chunks it lacks (protocol 5), of
+// the chunks of the files that list chunks.
 type Need struct {
-	bits []byte
-	n    int
+	bits   []byte
+	n      int
+	chunks []byte // a chunk map (docs/PROTOCOL.md §14.12); nil: whole files
 }
 
 // NewNeed returns an empty set for t.
 func (t *Tree) NewNeed() *Need {
-	return &Need{bits: make([]byte, wire.BitmapLen(len(t.m.Entries))), n: len(t.m.Entries)}
+	n := &Need{bits: make([]byte, wire.BitmapLen(len(t.m.Entries))), n: len(t.m.Entries)}
+	if len(t.m.Chunks) > 0 {
+		n.chunks = make([]byte, wire.ChunkMapLen(t.m.Entries, wire.BcastChunk))
+	}
+	return n
 }
 
-// Add adds another set to n.
+// Add adds another set to n. A set of whole files makes n one.
 func (n *Need) Add(o *Need) {
 	for i := range n.bits {
 		if i < len(o.bits) {
 			n.bits[i] |= o.bits[i]
 		}
 	}
+	if o.chunks == nil || len(o.chunks) != len(n.chunks) {
+		n.chunks = nil
+		return
+	}
+	for i := range n.chunks {
+		n.chunks[i] |= o.chunks[i]
+	}
 }
 
-// Covers reports whether n holds every file of o.
+// Covers reports whether n holds every file (and chunk) of o.
 func (n *Need) Covers(o *Need) bool {
 	for i := range o.bits {
 		if i >= len(n.bits) || o.bits[i]&^n.bits[i] != 0 {
 			return false
 		}
 	}
+	if n.chunks == nil {
+		return true
+	}
+	if len(o.chunks) != len(n.chunks) {
+		return false
+	}
+	for i := range o.chunks {
+		if o.chunks[i]&^n.chunks[i] != 0 {
+			return false
+		}
+	}
 	return true
 }
 
-// NeedBytes is the content octets of the files in n.
+// NeedBytes is the content octets of the files in n: what its agents
+// write.
 func (t *Tree) NeedBytes(n *Need) uint64 { return wire.BitmapBytes(t.m.Entries, n.bits) }
+
+// ContentBytes is the octets of the content stream of n: its files, or
+// of those that list chunks the chunks in n.
+func (t *Tree) ContentBytes(n *Need) uint64 {
+	return wire.StreamBytes(t.m.Entries, n.bits, t.slices(n), wire.BcastChunk)
+}
+
+// slices splits n's chunk map by entry (nil: whole files).
+func (t *Tree) slices(n *Need) [][]byte {
+	if n.chunks == nil {
+		return nil
+	}
+	s, err := wire.SplitChunkMap(n.chunks, t.m.Entries, wire.BcastChunk)
+	if err != nil {
+		panic("bug: a chunk map checked on arrival does not split: " + err.Error())
+	}
+	return s
+}
 
 // PublishManifest publishes t's manifest to the hub for the agents named.
 func (f *Fleet) PublishManifest(ctx context.Context, agents []string, t *Tree) (*Publication, error) {
@@ -118,7 +162,7 @@ func (f *Fleet) PublishChunks(ctx context.Context, agents []string, t *Tree) (*P
 // the publication's topic, subscribe to it first, so that it reaches
 // them live and not by repair.
 func (f *Fleet) PublishContent(ctx context.Context, agents []string, t *Tree, n *Need, changed func(path string), start <-chan struct{}) (*Publication, error) {
-	return f.publish(ctx, agents, &gatedReader{r: t.m.Content(n.bits, changed), start: start}, true)
+	return f.publish(ctx, agents, &gatedReader{r: t.m.Content(n.bits, t.slices(n), changed), start: start}, true)
 }
 
 // gatedReader reads nothing until start is closed.
@@ -234,7 +278,13 @@ type AgentBroadcast struct {
 	// Need is what the agent lacks; Have the octets of files it holds.
 	Need *Need
 	Have uint64
+	// chunked: the agent reads chunk lists (BCAST with flag chunks).
+	chunked bool
 }
+
+// ErrNoChunks: the broadcast's content holds chunks of files, which the
+// agent's session cannot read (it reconnected to an older zpd).
+var ErrNoChunks = errors.New("the agent's zpd does not speak protocol version 5 (chunk lists), which this broadcast's content needs: broadcast again")
 
 // ErrNoBroadcast: the agent's zpd predates broadcasts (protocol 3).
 var ErrNoBroadcast = errors.New("the agent's zpd does not speak protocol version 3 (no broadcast): upgrade it")
@@ -263,7 +313,7 @@ func (s *Session) StartBroadcast(ctx context.Context, req BroadcastRequest) (_ *
 	}
 	sh := req.Manifest.Shared
 	id, inbox := s.openChannel()
-	b := &AgentBroadcast{s: s, id: id, inbox: inbox}
+	b := &AgentBroadcast{s: s, id: id, inbox: inbox, chunked: chunks}
 	m := &wire.Bcast{Channel: id, Flags: flags, Dest: req.Dest, Topic: sh.Topic, Key: append([]byte(nil), sh.Key[:]...),
 		Record: uint32(sh.Record), Size: uint64(len(req.Tree.m.Encoded)), Count: uint32(len(req.Tree.m.Entries)),
 		Digest: append([]byte(nil), req.Tree.m.Digest[:]...)}
@@ -280,16 +330,27 @@ func (s *Session) StartBroadcast(ctx context.Context, req BroadcastRequest) (_ *
 			return nil, err
 		}
 	}
+	var held []byte // BCAST_NEED_CHUNKS, if it came
 	for {
 		select {
 		case m := <-inbox:
 			switch m := m.(type) {
+			case *wire.BcastNeedChunks:
+				if want := wire.ChunkMapLen(req.Tree.m.Entries, wire.BcastChunk); !chunks || held != nil || len(m.Chunks) != want {
+					b.Close()
+					return nil, &ProtocolError{fmt.Errorf("unexpected BCAST_NEED_CHUNKS (%d octets)", len(m.Chunks))}
+				}
+				if _, err := wire.SplitChunkMap(m.Chunks, req.Tree.m.Entries, wire.BcastChunk); err != nil {
+					b.Close()
+					return nil, &ProtocolError{fmt.Errorf("BCAST_NEED_CHUNKS: %w", err)}
+				}
+				held = m.Chunks
 			case *wire.BcastNeed:
 				if len(m.Need) != wire.BitmapLen(len(req.Tree.m.Entries)) {
 					b.Close()
 					return nil, &ProtocolError{fmt.Errorf("BCAST_NEED of %d octets for %d entries", len(m.Need), len(req.Tree.m.Entries))}
 				}
-				b.Need, b.Have = &Need{bits: m.Need, n: len(req.Tree.m.Entries)}, m.Have
+				b.Need, b.Have = &Need{bits: m.Need, n: len(req.Tree.m.Entries), chunks: held}, m.Have
 				return b, nil
 			case *wire.Error:
 				s.closeChannel(id)
@@ -343,6 +404,16 @@ func (b *AgentBroadcast) Go(ctx context.Context, content *Publication, n *Need, 
 				}
 				g.Children = append(g.Children, k[:]...)
 			}
+		}
+	}
+	if n.chunks != nil {
+		// The stream holds some chunks only: an agent that cannot be told
+		// which could not read it.
+		if !b.chunked {
+			return nil, ErrNoChunks
+		}
+		if err := b.s.send(&wire.BcastGoChunks{Channel: b.id, Chunks: n.chunks}); err != nil {
+			return nil, err
 		}
 	}
 	if err := b.s.send(g); err != nil {

@@ -801,14 +801,19 @@ func TestBroadcastRelay(t *testing.T) {
 }
 
 // TestBroadcastChunks: a rebroadcast after a large file changed in place
-// and grew moves about the chunks that changed to each agent, not the
-// file: each takes the other chunks from its old copy (protocol 5, chunk
-// lists). Through a relay tree too, where the relays still pass the whole
-// file on.
+// and grew moves about the chunks that changed, not the file, from the
+// client to the hub and from the hub to each agent: each takes the other
+// chunks from its old copy (protocol 5, chunk lists). Through a relay tree
+// too.
 func TestBroadcastChunks(t *testing.T) {
 	needUnshare(t)
 	names := []string{"s1", "s2", "s3"}
-	f := newTestFleet(t, names)
+	f := newTestFleet(t, names, "--metrics", "127.0.0.1:0")
+	m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
+	if m == nil {
+		t.Fatalf("no metrics address in the hub's log")
+	}
+	published := func() float64 { return metric(t, m[1], "zp_fleet_published_bytes_total") }
 	src := filepath.Join(f.dir, "src")
 	writeTree(t, src, 32<<20, 50)
 	disks := map[string]string{}
@@ -862,7 +867,15 @@ func TestBroadcastChunks(t *testing.T) {
 	// One octet in chunk 10, and 100 KiB more: chunk 32 is new.
 	change(10<<20+5, 100<<10)
 	lacked := uint64(1<<20 + 100<<10)
+	before := published()
 	hosts := broadcast()
+	// The client published the manifest, the chunk index and, of the
+	// content, the two chunks the agents lack: not the file.
+	if p := published() - before; p > float64(lacked)+1<<20 {
+		t.Errorf("the client published %.0f octets to the hub for %d octets of changed chunks", p, lacked)
+	} else {
+		t.Logf("the client published %.0f octets to the hub", p)
+	}
 	for _, n := range names {
 		h := hosts[n]
 		t.Logf("%s: took %d live, fetched %d, deduplicated %d, wrote %d", n, h.Received-h.Repaired, h.Repaired, h.Deduped, h.Written)

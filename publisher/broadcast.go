@@ -106,30 +106,51 @@ func unwrap(err error) error {
 }
 
 // Content returns the content stream for the entries set in bitmap, in
-// manifest order: each file's Size octets as the manifest has them. A
-// file that changed since (its octets no longer match its digest, or it
-// shrank) is reported to changed; its octets are sent as they are (the
-// agents then refuse that file), or padded with zeros to its size, so
-// that the stream stays aligned with the manifest.
-func (m *Manifest) Content(bitmap []byte, changed func(path string)) io.Reader {
-	return &contentReader{m: m, bitmap: bitmap, next: 0, changed: changed}
+// manifest order: each file's Size octets as the manifest has them, or,
+// for a file with a chunk map in slices (by entry position, chunks of
+// wire.BcastChunk), the chunks it sets. A file that changed since (its
+// octets no longer match its digest or a sent chunk's, or it shrank) is
+// reported to changed; its octets are sent as they are (the agents then
+// refuse that file), or padded with zeros to its size, so that the stream
+// stays aligned with the manifest.
+func (m *Manifest) Content(bitmap []byte, slices [][]byte, changed func(path string)) io.Reader {
+	c := &contentReader{m: m, bitmap: bitmap, slices: slices, changed: changed}
+	if slices != nil {
+		lists, err := wire.DecodeChunkIndex(m.Chunks, m.Entries, wire.BcastChunk)
+		if err != nil {
+			panic("bug: the manifest's own chunk index does not decode: " + err.Error())
+		}
+		c.lists = lists
+	}
+	return c
 }
 
 type contentReader struct {
 	m       *Manifest
 	bitmap  []byte
-	next    int // the next entry to consider
+	slices  [][]byte // chunk maps by entry, or nil
+	lists   [][]byte // the chunk index by entry, with slices
+	next    int      // the next entry to consider
 	cur     *os.File
 	curIdx  int
 	left    uint64
-	hash    hash.Hash
+	hash    hash.Hash // of the current file, or of its current chunk when sliced
 	changed func(string)
-	failed  bool // the current file could not be read in full
+	failed  bool // the current file could not be read in full, or a chunk did not match
+	// A sliced file (a chunk map in slices) is sent chunk by chunk:
+	// ranges are the chunks still to send, chunk the one being sent.
+	sliced  bool
+	inChunk bool
+	ranges  []uint64
+	chunk   uint64
 }
 
 func (c *contentReader) Read(p []byte) (int, error) {
 	for c.left == 0 {
-		if c.cur != nil || c.failed {
+		if c.sliced && c.nextChunk() {
+			break
+		}
+		if c.cur != nil || c.failed || c.sliced {
 			c.endFile()
 		}
 		if !c.open() {
@@ -176,6 +197,19 @@ func (c *contentReader) open() bool {
 		} else {
 			c.cur = f
 		}
+		if c.curIdx < len(c.slices) && c.slices[c.curIdx] != nil {
+			c.sliced, c.inChunk, c.ranges, c.left = true, false, c.ranges[:0], 0
+			for k := range wire.ChunkCount(e.Size, wire.BcastChunk) {
+				if wire.BitmapHas(c.slices[c.curIdx], int(k)) {
+					c.ranges = append(c.ranges, k)
+				}
+			}
+			if c.nextChunk() {
+				return true
+			}
+			c.endFile() // none of its chunks is in the stream
+			continue
+		}
 		if e.Size == 0 {
 			c.endFile()
 			continue
@@ -185,6 +219,34 @@ func (c *contentReader) open() bool {
 	return false
 }
 
+// nextChunk checks the chunk of a sliced file just sent against the
+// index, and starts the next one: false when none is left.
+func (c *contentReader) nextChunk() bool {
+	if c.inChunk {
+		c.inChunk = false
+		k := c.chunk * 32
+		if !bytes.Equal(c.hash.Sum(nil), c.lists[c.curIdx][k:k+32]) {
+			c.failed = true
+		}
+	}
+	if len(c.ranges) == 0 {
+		return false
+	}
+	c.chunk, c.ranges = c.ranges[0], c.ranges[1:]
+	off := c.chunk * wire.BcastChunk
+	c.left = min(wire.BcastChunk, c.m.Entries[c.curIdx].Size-off)
+	c.hash.Reset()
+	c.inChunk = true
+	if c.cur != nil {
+		if _, err := c.cur.Seek(int64(off), io.SeekStart); err != nil {
+			c.cur.Close()
+			c.cur = nil
+			c.failed = true
+		}
+	}
+	return true
+}
+
 // endFile closes the current file and reports it if it changed.
 func (c *contentReader) endFile() {
 	if c.cur != nil {
@@ -192,8 +254,8 @@ func (c *contentReader) endFile() {
 		c.cur = nil
 	}
 	e := c.m.Entries[c.curIdx]
-	if (c.failed || !bytes.Equal(c.hash.Sum(nil), e.Digest)) && c.changed != nil {
+	if (c.failed || !c.sliced && !bytes.Equal(c.hash.Sum(nil), e.Digest)) && c.changed != nil {
 		c.changed(c.m.Paths[c.curIdx])
 	}
-	c.failed = false
+	c.failed, c.sliced = false, false
 }

@@ -55,7 +55,7 @@ func TestManifestAndContent(t *testing.T) {
 	wire.BitmapSet(bitmap, idx("b"))
 	wire.BitmapSet(bitmap, idx("e"))
 	var changed []string
-	all, err := io.ReadAll(m.Content(bitmap, func(p string) { changed = append(changed, p) }))
+	all, err := io.ReadAll(m.Content(bitmap, nil, func(p string) { changed = append(changed, p) }))
 	must(err)
 	want := "aaaa" + "bb"
 	if idx("b") < idx("d/a") {
@@ -67,7 +67,7 @@ func TestManifestAndContent(t *testing.T) {
 	// d/a shrinks, b changes: both are reported, the stream keeps its size.
 	must(os.WriteFile(filepath.Join(src, "d", "a"), []byte("a"), 0o644))
 	must(os.WriteFile(filepath.Join(src, "b"), []byte("BB"), 0o600))
-	all, err = io.ReadAll(m.Content(bitmap, func(p string) { changed = append(changed, p) }))
+	all, err = io.ReadAll(m.Content(bitmap, nil, func(p string) { changed = append(changed, p) }))
 	must(err)
 	if len(all) != 6 || len(changed) != 2 || !bytes.Contains(all, []byte("a\x00\x00\x00")) {
 		t.Fatalf("after changes: %q, changed %v", all, changed)
@@ -111,6 +111,73 @@ func TestFileDigests(t *testing.T) {
 		t.Fatalf("a file that shrank: %v", err)
 	}
 }
+
+// With a chunk map, the stream holds of a file only the chunks it sets,
+// each checked against the chunk index: one that changed since is
+// reported, one not sent is not.
+func TestContentSlices(t *testing.T) {
+	const c = wire.BcastChunk
+	dir := t.TempDir()
+	data := make([]byte, 5*c+7)
+	for i := range data {
+		data[i] = byte(i * 31 / 7)
+	}
+	os.WriteFile(filepath.Join(dir, "big"), data, 0o644)
+	os.WriteFile(filepath.Join(dir, "small"), []byte("small\n"), 0o644)
+	m, err := BuildManifest([]string{dir + "/"}, true, false, func(string, bool) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var big, small int = -1, -1
+	for i, e := range m.Entries {
+		switch e.Path {
+		case "big":
+			big = i
+		case "small":
+			small = i
+		}
+	}
+	if big < 0 || small < 0 || len(m.Chunks) != 6*32 {
+		t.Fatalf("entries %d and %d, an index of %d octets", big, small, len(m.Chunks))
+	}
+	bitmap := make([]byte, wire.BitmapLen(len(m.Entries)))
+	wire.BitmapSet(bitmap, big)
+	wire.BitmapSet(bitmap, small)
+	slices := make([][]byte, len(m.Entries))
+	slices[big] = []byte{0x48} // chunks 1 and 4
+	read := func() ([]byte, []string) {
+		var changed []string
+		all, err := io.ReadAll(m.Content(bitmap, slices, func(p string) { changed = append(changed, p) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return all, changed
+	}
+	want := append(append(append([]byte(nil), data[c:2*c]...), data[4*c:5*c]...), "small\n"...)
+	if big > small {
+		want = append([]byte("small\n"), want[:len(want)-6]...)
+	}
+	if all, changed := read(); !bytes.Equal(all, want) || len(changed) != 0 {
+		t.Fatalf("%d octets, changed %v", len(all), changed)
+	}
+	// A chunk not sent changes: nothing to report; one sent: reported.
+	f, _ := os.OpenFile(filepath.Join(dir, "big"), os.O_RDWR, 0)
+	f.WriteAt([]byte{0xAA}, 2*c+1)
+	if _, changed := read(); len(changed) != 0 {
+		t.Fatalf("a chunk not sent changed: %v reported", changed)
+	}
+	f.WriteAt([]byte{0xAA}, 4*c+1)
+	f.Close()
+	if all, changed := read(); len(all) != len(want) || len(changed) != 1 || changed[0] != filepath.Join(dir, "big") {
+		t.Fatalf("a chunk sent changed: %d octets, %v reported", len(all), changed)
+	}
+	// No chunk of it: nothing of it, nothing reported.
+	slices[big] = []byte{0}
+	if all, changed := read(); string(all) != "small\n" || len(changed) != 0 {
+		t.Fatalf("no chunk: %q, %v", all, changed)
+	}
+}
+
 // An empty file in the stream contributes nothing, and the file after it
 // is not passed over.
 func TestContentAfterEmptyFile(t *testing.T) {
@@ -125,7 +192,7 @@ func TestContentAfterEmptyFile(t *testing.T) {
 	for i := range m.Entries {
 		wire.BitmapSet(bitmap, i)
 	}
-	all, err := io.ReadAll(m.Content(bitmap, nil))
+	all, err := io.ReadAll(m.Content(bitmap, nil, nil))
 	if err != nil || string(all) != "data" {
 		t.Fatalf("stream %q, %v (entries %d)", all, err, len(m.Entries))
 	}

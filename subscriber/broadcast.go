@@ -159,6 +159,11 @@ type ApplyConfig struct {
 	// holds (Needed.Bases): the chunks it holds are read from it, read as
 	// Copies are, and passed over in the stream.
 	Bases map[uint32]*Basis
+	// Slices, when set, say which chunks of Chunk octets the stream holds
+	// of each file that lists chunks, by entry position (BCAST_GO_CHUNKS,
+	// wire.SplitChunkMap): only those, in order. Without, whole files.
+	Slices [][]byte
+	Chunk  uint64
 }
 
 // Skipper is a content stream that can pass over octets without them
@@ -444,16 +449,17 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 		switch {
 		case ok != nil && local:
 			if inStream { // for other agents
-				if err := skipContent(content, e); err != nil {
+				n := a.streamLen(i)
+				if err := skip(content, e, n); err != nil {
 					return discarded, err
 				}
-				discarded += e.Size
+				discarded += n
 			}
 			if err := a.copyLocal(ctx, e, from, ok.Have); err != nil {
 				return discarded, err
 			}
-		case ok != nil && inStream && a.cfg.Bases[e.FID] != nil:
-			if err := a.patch(ctx, e, content, ok.Have, a.cfg.Bases[e.FID]); err != nil {
+		case ok != nil && inStream && (a.cfg.Bases[e.FID] != nil || a.slices(i) != nil):
+			if err := a.patch(ctx, e, content, ok.Have, a.cfg.Bases[e.FID], a.slices(i)); err != nil {
 				return discarded, err
 			}
 		case ok != nil && inStream:
@@ -467,10 +473,11 @@ func (a *applier) send(ctx context.Context, content io.Reader) (discarded uint64
 			}
 			a.finish(e.FID)
 		case inStream:
-			if err := skipContent(content, e); err != nil {
+			n := a.streamLen(i)
+			if err := skip(content, e, n); err != nil {
 				return discarded, err
 			}
-			discarded += e.Size
+			discarded += n
 		}
 	}
 	if err := <-announced; err != nil {
@@ -550,9 +557,6 @@ func (a *applier) commit(e *wire.File) error {
 	}
 	return nil
 }
-
-// skipContent passes over e's content in the stream.
-func skipContent(r io.Reader, e *wire.File) error { return skip(r, e, e.Size) }
 
 // skip passes over n octets of e's content in the stream: without reading
 // them if it is a Skipper.

@@ -76,43 +76,101 @@ func basis(root *chunkstore.Root, name string, e *wire.File, list []byte, c uint
 	return false, b
 }
 
-// patch hands the receiver e's content from the stream, taking the
-// chunks b holds from b's file instead: their octets in the stream are
-// skipped, not read. Then COMMIT, whose digest covers the whole file.
-// have is what the receiver holds already (FILE_OK). It runs on a
-// goroutine that runs the receiver's Thread first, so the basis is read
-// as the user. A basis that cannot be opened leaves the whole file to the
-// stream; one that fails later fails that entry only (FILE_DONE 409), and
-// one that changed since Needs hashed it fails at COMMIT (its digest).
-func (a *applier) patch(ctx context.Context, e *wire.File, r io.Reader, have uint64, b *Basis) error {
+// slices is the chunk map of the stream's part of entry i (ApplyConfig),
+// or nil when the stream holds the whole file.
+func (a *applier) slices(i int) []byte {
+	if i < len(a.cfg.Slices) {
+		return a.cfg.Slices[i]
+	}
+	return nil
+}
+
+// streamLen is the octets of entry i's content the stream holds, when its
+// bit is set in the content bitmap.
+func (a *applier) streamLen(i int) uint64 {
+	e := a.cfg.Entries[i]
+	return wire.SliceLen(e.Size, a.slices(i), a.cfg.Chunk, 0)
+}
+
+// patch hands the receiver e's content chunk by chunk, each from where it
+// is: a chunk the basis b holds from b's file (its octets in the stream,
+// if there, passed over unread), any other from the stream, which holds
+// the chunks set in its chunk map in (nil: all of them). Then COMMIT, whose
+// digest covers the whole file. have is what the receiver holds already
+// (FILE_OK). It runs on a goroutine that runs the receiver's Thread first,
+// so the basis is read as the user. A basis that cannot be opened is none;
+// a chunk neither held nor in the stream, or a basis that fails later,
+// fails that entry only (FILE_DONE 409), and a basis that changed since
+// Needs hashed it fails at COMMIT (its digest).
+func (a *applier) patch(ctx context.Context, e *wire.File, r io.Reader, have uint64, b *Basis, in []byte) error {
+	c := a.cfg.Chunk
+	if b != nil {
+		c = b.Chunk
+	}
 	errc := make(chan error, 1)
 	go func() {
-		if t := a.cfg.Receiver.Thread; t != nil {
+		if t := a.cfg.Receiver.Thread; t != nil && b != nil {
 			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
 			t()
 		}
-		f, err := a.cfg.Receiver.Root.OpenFile(b.Name)
-		if err != nil {
-			errc <- a.content(ctx, e, r, have)
-			return
+		var f *os.File
+		if b != nil {
+			var err error
+			if f, err = a.cfg.Receiver.Root.OpenFile(b.Name); err != nil {
+				b = nil
+			} else {
+				defer f.Close()
+			}
 		}
-		defer f.Close()
-		errc <- a.patchFrom(ctx, e, r, have, b, f)
+		errc <- a.patchFrom(ctx, e, r, have, b, f, in, c)
 	}()
 	return <-errc
 }
 
-func (a *applier) patchFrom(ctx context.Context, e *wire.File, r io.Reader, have uint64, b *Basis, f *os.File) error {
+func (a *applier) patchFrom(ctx context.Context, e *wire.File, r io.Reader, have uint64, b *Basis, f *os.File, in []byte, c uint64) error {
+	held := func(k uint64) bool { return b != nil && k < uint64(len(b.From)) && b.From[k] >= 0 }
+	inStream := func(k uint64) bool { return in == nil || wire.BitmapHas(in, int(k)) }
+	// fail passes over the rest of e's content in the stream, from off,
+	// and fails e.
+	fail := func(off uint64, reason string) error {
+		if err := skip(r, e, wire.SliceLen(e.Size, in, c, off)); err != nil {
+			return err
+		}
+		if !a.recv.Deliver(&wire.FileDone{Channel: 1, FID: e.FID, Code: uint16(wire.CodeConflict), Reason: reason}) {
+			return errors.New("bug: the receiver's inbox is full")
+		}
+		a.finish(e.FID)
+		return nil
+	}
 	off := min(have, e.Size)
-	if err := skip(r, e, off); err != nil {
+	if err := skip(r, e, wire.SliceLen(e.Size, in, c, 0)-wire.SliceLen(e.Size, in, c, off)); err != nil {
 		return err
 	}
 	for off < e.Size {
-		k := off / b.Chunk
-		end := min((k+1)*b.Chunk, e.Size)
-		if k >= uint64(len(b.From)) || b.From[k] < 0 {
-			for end < e.Size && end/b.Chunk < uint64(len(b.From)) && b.From[end/b.Chunk] < 0 {
-				end = min(end+b.Chunk, e.Size)
+		k := off / c
+		end := min((k+1)*c, e.Size)
+		switch {
+		case held(k):
+			if inStream(k) {
+				if err := skip(r, e, end-off); err != nil {
+					return err
+				}
+			}
+			var localErr error
+			from := io.NewSectionReader(f, b.From[k]+int64(off-k*c), int64(end-off))
+			err := a.run(ctx, e, from, off, end, func(_ *wire.File, err error) error {
+				localErr = err
+				return errLocal
+			})
+			if localErr != nil {
+				return fail(end, fmt.Sprintf("reading %s: %v", b.Name, localErr))
+			}
+			if err != nil {
+				return err
+			}
+		case inStream(k):
+			for end < e.Size && !held(end/c) && inStream(end/c) {
+				end = min(end+c, e.Size)
 			}
 			if ex, ok := r.(Expecter); ok {
 				ex.Expect(end - off)
@@ -120,33 +178,37 @@ func (a *applier) patchFrom(ctx context.Context, e *wire.File, r io.Reader, have
 			if err := a.run(ctx, e, r, off, end, streamErr); err != nil {
 				return err
 			}
-			off = end
-			continue
-		}
-		if err := skip(r, e, end-off); err != nil {
-			return err
-		}
-		var localErr error
-		from := io.NewSectionReader(f, b.From[k]+int64(off-k*b.Chunk), int64(end-off))
-		err := a.run(ctx, e, from, off, end, func(_ *wire.File, err error) error {
-			localErr = err
-			return errLocal
-		})
-		if localErr != nil {
-			// The rest of e's content in the stream is passed over.
-			if err := skip(r, e, e.Size-end); err != nil {
-				return err
-			}
-			if !a.recv.Deliver(&wire.FileDone{Channel: 1, FID: e.FID, Code: uint16(wire.CodeConflict), Reason: fmt.Sprintf("reading %s: %v", b.Name, localErr)}) {
-				return errors.New("bug: the receiver's inbox is full")
-			}
-			a.finish(e.FID)
-			return nil
-		}
-		if err != nil {
-			return err
+		default:
+			return fail(off, errNotInBroadcast.Error())
 		}
 		off = end
 	}
 	return a.commit(e)
+}
+
+// ChunkMap is the chunk map of what n needs (BCAST_NEED_CHUNKS, docs/
+// PROTOCOL.md §14.12) for entries in chunks of c: every chunk of a file
+// it needs that its basis does not hold.
+func (n Needed) ChunkMap(entries []*wire.File, c uint32) []byte {
+	out := make([]byte, 0, max(wire.ChunkMapLen(entries, c), 0))
+	for i, e := range entries {
+		if e.Kind != wire.KindFile {
+			continue
+		}
+		k := int(wire.ChunkCount(e.Size, c))
+		if k == 0 {
+			continue
+		}
+		m := make([]byte, wire.BitmapLen(k))
+		if wire.BitmapHas(n.Need, i) {
+			b := n.Bases[e.FID]
+			for j := range k {
+				if b == nil || b.From[j] < 0 {
+					wire.BitmapSet(m, j)
+				}
+			}
+		}
+		out = append(out, m...)
+	}
+	return out
 }

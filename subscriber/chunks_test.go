@@ -141,3 +141,72 @@ func TestApplyBroadcastBases(t *testing.T) {
 		t.Fatalf("f in place: %+v", n)
 	}
 }
+
+// With a chunk map, the stream holds only the chunks some agent lacks: an
+// agent takes those and the rest from its basis; a chunk neither held nor
+// in the stream fails the file alone, and the stream stays aligned.
+func TestApplyBroadcastSlices(t *testing.T) {
+	const c = wire.MinChunk
+	rng := rand.New(rand.NewPCG(3, 4))
+	data := make([]byte, 4*c+10)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	tree := &bcastTree{data: map[uint32][]byte{}}
+	tree.add("", wire.KindDir, nil, "")
+	tree.add("f", wire.KindFile, data, "")
+	tree.add("g", wire.KindFile, []byte("small\n"), "")
+	lists := [][]byte{nil, chunkList(data, c), nil}
+	old := append([]byte(nil), data...)
+	old[2*c] ^= 1 // chunk 2 differs
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), old, 0o644)
+	n := needsChunks(t, dir, tree, lists)
+	if m := n.ChunkMap(tree.entries, c); !bytes.Equal(m, []byte{0x20}) {
+		t.Fatalf("chunk map %08b", m)
+	}
+	apply := func(in []byte) (*skipReader, []string, error) {
+		// The stream: chunks of f in its map, then g.
+		var stream []byte
+		for k := 0; k*c < len(data); k++ {
+			if wire.BitmapHas(in, k) {
+				stream = append(stream, data[k*c:min((k+1)*c, len(data))]...)
+			}
+		}
+		stream = append(stream, "small\n"...)
+		sr := &skipReader{r: bytes.NewReader(stream)}
+		root, err := chunkstore.OpenRoot(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer root.Close()
+		var failed []string
+		content := []byte{0x60}
+		_, err = Apply(context.Background(), ApplyConfig{
+			Receiver: ReceiverConfig{Root: root, Flags: wire.XferRecursive, Umask: 0o022},
+			Entries:  tree.entries, Content: content, Bases: n.Bases, Slices: [][]byte{nil, in, nil}, Chunk: c,
+			Failure: func(path string, err error) { failed = append(failed, path+": "+err.Error()) },
+		}, sr)
+		return sr, failed, err
+	}
+	// Another agent lacked chunk 4: it is in the stream, passed over here.
+	sr, failed, err := apply([]byte{0x28})
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("apply: %v %v", err, failed)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "f")); !bytes.Equal(got, data) {
+		t.Fatal("f is not the new content")
+	}
+	if sr.read != c+6 || sr.skipped != 10 {
+		t.Fatalf("%d octets read, %d skipped", sr.read, sr.skipped)
+	}
+	// A stream without chunk 2, which this agent lacks: f fails, g lands.
+	os.WriteFile(filepath.Join(dir, "f"), old, 0o644)
+	os.Remove(filepath.Join(dir, "g"))
+	if _, failed, err = apply([]byte{0x08}); err != nil || len(failed) != 1 || !strings.Contains(failed[0], "not in the broadcast") {
+		t.Fatalf("apply without chunk 2: %v %v", err, failed)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "g")); string(got) != "small\n" {
+		t.Fatalf("g is %q", got)
+	}
+}

@@ -443,7 +443,7 @@ func (b *broadcast) run(ctx context.Context, agents []client.Agent) []*hostCopy 
 	for _, h := range hosts {
 		h.ready = make(chan struct{})
 	}
-	if len(receivers) > 0 && b.tree.NeedBytes(b.union) > 0 {
+	if len(receivers) > 0 && b.tree.ContentBytes(b.union) > 0 {
 		if b.opts.fleet.fanout > 0 && len(receivers) > b.opts.fleet.fanout {
 			b.placeTree(ctx, hosts, receivers)
 		}
