@@ -408,6 +408,11 @@ def report(path):
                 n, z.get("published", 0) / 2**20, z.get("relayed_to_agent", 0) / 2**20, sum(rep) / 2**20,
                 max(rep or [0]) / 2**20, sum(1 for x in rep if x), z.get("reconnects", 0),
                 (" zpc's --json could not be read: " + z["zpc_json_error"]) if "zpc_json_error" in z else ""))
+        zd = by.get("zpc-delta")
+        if zd:
+            print()
+            print("Note: zpc, one octet changed, %d host(s): the client published %.2f MiB to the hub (the chunks the agents lacked, PROTOCOL §14.12), the hub sent %.2f MiB, agents fetched %.2f MiB." % (
+                n, zd.get("published", 0) / 2**20, zd["sender_sent"] / 2**20, zd.get("fetched", 0) / 2**20))
         zt = by.get("zpc-tree")
         if zt:
             rel = zt.get("relayed", [])
