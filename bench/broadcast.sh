@@ -150,34 +150,35 @@ rows_broadcast() {
     for tool in scp rsync zpc zpc-tree; do
       [ $tool != zpc-tree ] || ((n > BCAST_TREE)) || continue
       bc_reset "$n"
-      log "broadcast of $BIG_NAME to $n hosts: $tool"
-      python3 "$BC_PY" probe "$DIR/bc-before.json"
-      out=/dev/null; [[ $tool != zpc* ]] || out=$DIR/bc-zpc.json
-      cmd=$(bc_cmd $tool "$n") err=''
-      # wall and per-host times count from here (timeit's own start is later by a fork or so)
-      start=$EPOCHREALTIME
-      timeit "$cmd" "$out" || err="\`$cmd\` $T_ERR; last stderr: $(tail -3 "$ERRLOG" | tr '\n' ' ')"
-      end=$EPOCHREALTIME
-      python3 "$BC_PY" probe "$DIR/bc-after.json"
-      python3 "$BC_PY" record "$tool" "$n" "$BIG_BYTES" "$start" "$end" "$err" >>"$BC_RECORDS"
-      [ -z "$err" ] || FAILURES+=("$tool to $n hosts: $err")
+      bc_run $tool $tool "$n" ""
       bc_check "$tool" "$n" || continue
-      [ "$BCAST_DELTA" = 1 ] && [ $tool != zpc-tree ] && [ -z "$err" ] || continue
+      [ "$BCAST_DELTA" = 1 ] && [ $tool != zpc-tree ] && [ -z "$BC_ERR" ] || continue
       bc_flip "$BC_SRC/big"
-      log "broadcast of $BIG_NAME, one octet changed, to $n hosts: $tool"
-      python3 "$BC_PY" probe "$DIR/bc-before.json"
-      err=''
-      start=$EPOCHREALTIME
-      timeit "$cmd" "$out" || err="\`$cmd\` (one octet changed) $T_ERR; last stderr: $(tail -3 "$ERRLOG" | tr '\n' ' ')"
-      end=$EPOCHREALTIME
-      python3 "$BC_PY" probe "$DIR/bc-after.json"
-      python3 "$BC_PY" record "$tool-delta" "$n" "$BIG_BYTES" "$start" "$end" "$err" >>"$BC_RECORDS"
-      [ -z "$err" ] || FAILURES+=("$tool to $n hosts, one octet changed: $err")
+      bc_run $tool "$tool-delta" "$n" ", one octet changed"
       bc_check "$tool" "$n" || true
       bc_flip "$BC_SRC/big"
     done
   done
   bc_reset 0
+}
+
+# bc_run TOOL RECORD N WHAT: TOOL's command for N hosts, timed between two probes and recorded as
+# RECORD; WHAT (", one octet changed" or "") names the run in the log and in a failure, which is
+# also left in BC_ERR.
+bc_run() {
+  local tool=$1 rec=$2 n=$3 what=$4 out=/dev/null cmd start end
+  [[ $tool != zpc* ]] || out=$DIR/bc-zpc.json
+  cmd=$(bc_cmd "$tool" "$n")
+  BC_ERR=''
+  log "broadcast of $BIG_NAME$what to $n hosts: $tool"
+  python3 "$BC_PY" probe "$DIR/bc-before.json"
+  # wall and per-host times count from here (timeit's own start is later by a fork or so)
+  start=$EPOCHREALTIME
+  timeit "$cmd" "$out" || BC_ERR="\`$cmd\`$what $T_ERR; last stderr: $(tail -3 "$ERRLOG" | tr '\n' ' ')"
+  end=$EPOCHREALTIME
+  python3 "$BC_PY" probe "$DIR/bc-after.json"
+  python3 "$BC_PY" record "$rec" "$n" "$BIG_BYTES" "$start" "$end" "$BC_ERR" >>"$BC_RECORDS"
+  [ -z "$BC_ERR" ] || FAILURES+=("$tool to $n hosts$what: $BC_ERR")
 }
 
 # bc_flip FILE: inverts the octet at FILE's middle, in place (twice: as it was).

@@ -321,6 +321,13 @@ func TestApplyBroadcastCopies(t *testing.T) {
 
 func applyCopies(t *testing.T, dir string, tree *bcastTree, stream io.Reader, content []byte, copies map[uint32]string) (ApplyStats, []string, error) {
 	t.Helper()
+	return applyConfig(t, dir, stream, ApplyConfig{Entries: tree.entries, Content: content, Copies: copies})
+}
+
+// applyConfig applies cfg (its Receiver and Failure set here) into dir,
+// and returns the failures reported.
+func applyConfig(t *testing.T, dir string, stream io.Reader, cfg ApplyConfig) (ApplyStats, []string, error) {
+	t.Helper()
 	root, err := chunkstore.OpenRoot(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -328,15 +335,13 @@ func applyCopies(t *testing.T, dir string, tree *bcastTree, stream io.Reader, co
 	defer root.Close()
 	var failed []string
 	var mu sync.Mutex // the receiver's writers report failures
-	st, err := Apply(context.Background(), ApplyConfig{
-		Receiver: ReceiverConfig{Root: root, Flags: wire.XferRecursive, Umask: 0o022},
-		Entries:  tree.entries, Content: content, Copies: copies,
-		Failure: func(path string, err error) {
-			mu.Lock()
-			failed = append(failed, path+": "+err.Error())
-			mu.Unlock()
-		},
-	}, stream)
+	cfg.Receiver = ReceiverConfig{Root: root, Flags: wire.XferRecursive, Umask: 0o022}
+	cfg.Failure = func(path string, err error) {
+		mu.Lock()
+		failed = append(failed, path+": "+err.Error())
+		mu.Unlock()
+	}
+	st, err := Apply(context.Background(), cfg, stream)
 	return st, failed, err
 }
 

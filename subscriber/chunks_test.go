@@ -76,17 +76,7 @@ func TestApplyBroadcastBases(t *testing.T) {
 	}
 	apply := func(dir string) (*skipReader, []string, error) {
 		sr := &skipReader{r: bytes.NewReader(tree.stream(need))}
-		root, err := chunkstore.OpenRoot(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer root.Close()
-		var failed []string
-		_, err = Apply(context.Background(), ApplyConfig{
-			Receiver: ReceiverConfig{Root: root, Flags: wire.XferRecursive, Umask: 0o022},
-			Entries:  tree.entries, Content: need, Bases: b,
-			Failure: func(path string, err error) { failed = append(failed, path+": "+err.Error()) },
-		}, sr)
+		_, failed, err := applyConfig(t, dir, sr, ApplyConfig{Entries: tree.entries, Content: need, Bases: b})
 		return sr, failed, err
 	}
 	sr, failed, err := apply(dir)
@@ -175,18 +165,8 @@ func TestApplyBroadcastSlices(t *testing.T) {
 		}
 		stream = append(stream, "small\n"...)
 		sr := &skipReader{r: bytes.NewReader(stream)}
-		root, err := chunkstore.OpenRoot(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer root.Close()
-		var failed []string
-		content := []byte{0x60}
-		_, err = Apply(context.Background(), ApplyConfig{
-			Receiver: ReceiverConfig{Root: root, Flags: wire.XferRecursive, Umask: 0o022},
-			Entries:  tree.entries, Content: content, Bases: n.Bases, Slices: [][]byte{nil, in, nil}, Chunk: c,
-			Failure: func(path string, err error) { failed = append(failed, path+": "+err.Error()) },
-		}, sr)
+		_, failed, err := applyConfig(t, dir, sr, ApplyConfig{Entries: tree.entries, Content: []byte{0x60},
+			Bases: n.Bases, Slices: [][]byte{nil, in, nil}, Chunk: c})
 		return sr, failed, err
 	}
 	// Another agent lacked chunk 4: it is in the stream, passed over here.
