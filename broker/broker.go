@@ -127,14 +127,17 @@ func intOr(v, def int) int {
 
 // Broker is a running zpd.
 type Broker struct {
-	cfg    Config
-	log    *slog.Logger
-	m      *metrics.Metrics
-	router zmq4.Socket
-	xsub   zmq4.Socket
-	self   *Account
-	jobs   *jobManager
-	grants *grants // who may subscribe to what on the XPUB
+	cfg Config
+	log *slog.Logger
+	// version is the newest protocol version this zpd accepts: wire.Version,
+	// or lower with ZP_FAULT_MAX_VERSION (for tests: an older zpd).
+	version uint16
+	m       *metrics.Metrics
+	router  zmq4.Socket
+	xsub    zmq4.Socket
+	self    *Account
+	jobs    *jobManager
+	grants  *grants // who may subscribe to what on the XPUB
 	// relayed admits, on the XPUB only, the keys of agents this agent
 	// relays a broadcast to (relay.go).
 	relayed relayAdmits
@@ -185,12 +188,21 @@ func New(cfg Config) (*Broker, error) {
 	b := &Broker{
 		cfg:      cfg,
 		log:      cfg.Logger,
+		version:  wire.Version,
 		m:        metrics.New(cfg.Registerer),
 		self:     self,
 		grants:   newGrants(publicTopicPrefix),
 		logCap:   newRateLimit(10 * time.Second),
 		conns:    make(map[string]*connInfo),
 		sessions: make(map[string]*session),
+	}
+	if v := os.Getenv("ZP_FAULT_MAX_VERSION"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 16)
+		if err != nil || n < wire.MinVersion || n > wire.Version {
+			return nil, fmt.Errorf("broker: ZP_FAULT_MAX_VERSION=%q: want %d to %d", v, wire.MinVersion, wire.Version)
+		}
+		b.version = uint16(n)
+		b.log.Warn("fault injection: speaking an older protocol", "max_version", n)
 	}
 	b.limits = newLimits(&b.cfg, func(limit, user string, logIt bool) {
 		b.m.LimitRefusals.WithLabelValues(limit).Inc()
@@ -570,8 +582,8 @@ func (b *Broker) reply(id []byte, m wire.Message) {
 }
 
 func (b *Broker) open(c *connInfo, m *wire.Open) {
-	if m.Version < wire.MinVersion || m.Version > wire.Version {
-		b.reply(c.id, wire.Errorf(0, wire.CodeVersion, "protocol version %d not supported (this zpd speaks %d to %d)", m.Version, wire.MinVersion, wire.Version))
+	if m.Version < wire.MinVersion || m.Version > b.version {
+		b.reply(c.id, wire.Errorf(0, wire.CodeVersion, "protocol version %d not supported (this zpd speaks %d to %d)", m.Version, wire.MinVersion, b.version))
 		return
 	}
 	if c.sess != nil {

@@ -893,3 +893,60 @@ func TestBroadcastChunks(t *testing.T) {
 	change(20<<20, 0)
 	broadcast("--fanout", "1")
 }
+
+// TestBroadcastChunksMixed: with one agent of version 4 (no chunk lists)
+// in the broadcast, the content holds whole files, which that agent
+// takes; the version 5 agent still takes from its old copy the chunks it
+// holds, and fetches only the one it lacks.
+func TestBroadcastChunksMixed(t *testing.T) {
+	needUnshare(t)
+	names := []string{"new", "old"}
+	f := newTestFleet(t, names, "--metrics", "127.0.0.1:0")
+	m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
+	if m == nil {
+		t.Fatalf("no metrics address in the hub's log")
+	}
+	published := func() float64 { return metric(t, m[1], "zp_fleet_published_bytes_total") }
+	src := filepath.Join(f.dir, "src")
+	writeTree(t, src, 16<<20, 10)
+	disks := map[string]string{}
+	for _, n := range names {
+		disks[n] = filepath.Join(f.dir, "disk-"+n)
+		os.MkdirAll(filepath.Join(disks[n], "dest"), 0o755)
+	}
+	f.startAgentOnDisk("new", disks["new"])
+	f.startAgentOnDiskEnv("old", disks["old"], []string{"ZP_FAULT_MAX_VERSION=4"})
+	f.waitStates(30*time.Second, "up", names...)
+	broadcast := func() map[string]bcastHost {
+		t.Helper()
+		r := f.zpc("--fleet", f.hub.Addr, "-r", "--json", src+"/", ":"+filepath.Join(f.mnt(), "dest"))
+		rep, hosts := parseBcast(t, r)
+		if r.Code != 0 || len(hosts) != 2 {
+			t.Fatalf("broadcast: exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
+		}
+		for _, n := range names {
+			if h := hosts[n]; h.State != "ok" || h.Digest != rep.Digest {
+				t.Errorf("%s: %+v", n, h)
+			}
+			sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
+		}
+		return hosts
+	}
+	broadcast()
+	fh, err := os.OpenFile(filepath.Join(src, "big.bin"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.WriteAt([]byte("changed"), 5<<20)
+	fh.Close()
+	before := published()
+	hosts := broadcast()
+	p := published() - before
+	t.Logf("published %.0f; new received %d, old received %d", p, hosts["new"].Received, hosts["old"].Received)
+	if p < 16<<20 || hosts["old"].Received < 16<<20 {
+		t.Errorf("the content was not whole files: published %.0f, the version 4 agent received %d", p, hosts["old"].Received)
+	}
+	if h := hosts["new"]; h.Received > 1<<20+4*256<<10 || h.Deduped < 15<<20 {
+		t.Errorf("the version 5 agent received %d, deduplicated %d", h.Received, h.Deduped)
+	}
+}
