@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -155,18 +156,24 @@ func TestApplyBroadcastSlices(t *testing.T) {
 	if m := n.ChunkMap(tree.entries, c); !bytes.Equal(m, []byte{0x20}) {
 		t.Fatalf("chunk map %08b", m)
 	}
-	apply := func(in []byte) (*skipReader, []string, error) {
-		// The stream: chunks of f in its map, then g.
-		var stream []byte
+	// stream is the content: the chunks of f in its map in, then g.
+	stream := func(in []byte) []byte {
+		var b []byte
 		for k := 0; k*c < len(data); k++ {
 			if wire.BitmapHas(in, k) {
-				stream = append(stream, data[k*c:min((k+1)*c, len(data))]...)
+				b = append(b, data[k*c:min((k+1)*c, len(data))]...)
 			}
 		}
-		stream = append(stream, "small\n"...)
-		sr := &skipReader{r: bytes.NewReader(stream)}
-		_, failed, err := applyConfig(t, dir, sr, ApplyConfig{Entries: tree.entries, Content: []byte{0x60},
+		return append(b, "small\n"...)
+	}
+	applyCut := func(in []byte, cut int) (*skipReader, ApplyStats, []string, error) {
+		sr := &skipReader{r: bytes.NewReader(stream(in)[:cut])}
+		st, failed, err := applyConfig(t, dir, sr, ApplyConfig{Entries: tree.entries, Content: []byte{0x60},
 			Bases: n.Bases, Slices: [][]byte{nil, in, nil}, Chunk: c})
+		return sr, st, failed, err
+	}
+	apply := func(in []byte) (*skipReader, []string, error) {
+		sr, _, failed, err := applyCut(in, len(stream(in)))
 		return sr, failed, err
 	}
 	// Another agent lacked chunk 4: it is in the stream, passed over here.
@@ -188,5 +195,23 @@ func TestApplyBroadcastSlices(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(dir, "g")); string(got) != "small\n" {
 		t.Fatalf("g is %q", got)
+	}
+
+	// Cut in the middle of chunk 2: the partial keeps chunks 0 and 1, from
+	// the basis (a chunk is handed on whole); the next attempt resumes
+	// it, and takes chunk 2 from the stream (g is in place already).
+	os.WriteFile(filepath.Join(dir, "f"), old, 0o644)
+	if _, _, _, err := applyCut([]byte{0x28}, 30000); !errors.Is(err, ErrShortContent) {
+		t.Fatalf("cut stream: %v", err)
+	}
+	sr, st, failed, err := applyCut([]byte{0x28}, c+10+6)
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("resume: %v %v", err, failed)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "f")); !bytes.Equal(got, data) {
+		t.Fatal("resumed f is not the new content")
+	}
+	if st.BytesResumed != 2*c || sr.read != c || sr.skipped != 10+6 {
+		t.Fatalf("resumed %d octets; %d read, %d skipped", st.BytesResumed, sr.read, sr.skipped)
 	}
 }

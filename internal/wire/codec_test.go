@@ -439,6 +439,17 @@ func TestChunkMap(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+	// SliceLen: what the stream holds of a file of 3 chunks and 5 octets
+	// with chunks 0 and 2 in it, past an offset.
+	const c = MinChunk
+	for _, x := range []struct{ from, want uint64 }{{0, 2 * c}, {c / 2, c/2 + c}, {c, c}, {2*c + 10, c - 10}, {3 * c, 0}, {4 * c, 0}} {
+		if got := SliceLen(3*c+5, []byte{0xA0}, c, x.from); got != x.want {
+			t.Errorf("SliceLen from %d: %d, want %d", x.from, got, x.want)
+		}
+	}
+	if got := SliceLen(3*c+5, nil, c, c); got != 2*c+5 {
+		t.Errorf("SliceLen of a whole file from %d: %d", c, got)
+	}
 	huge := []*File{{Kind: KindFile, Size: 1 << 62}}
 	if n := ChunkMapLen(huge, MinChunk); n != -1 {
 		t.Errorf("a file of 2^62 octets: a map of %d octets", n)
