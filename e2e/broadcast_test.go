@@ -202,11 +202,7 @@ func TestBroadcast(t *testing.T) {
 	}
 	t.Logf("3 agents, %d entries, %d octets: %v; %s", rep.Entries, rep.Bytes, r.Elapsed.Round(time.Millisecond), strings.TrimSpace(r.Stderr))
 	// Sent once: the hub stored (and published) about the tree, not 3 trees.
-	m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
-	if m == nil {
-		t.Fatalf("no metrics address in the hub's log")
-	}
-	published := metric(t, m[1], "zp_fleet_published_bytes_total")
+	published := f.hubMetric(t, "zp_fleet_published_bytes_total")
 	if published < float64(rep.Bytes) || published > 1.1*float64(rep.Bytes)+(1<<20) {
 		t.Errorf("the hub stored %.0f octets for a tree of %d", published, rep.Bytes)
 	}
@@ -226,7 +222,7 @@ func TestBroadcast(t *testing.T) {
 		}
 		sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
 	}
-	if p := metric(t, m[1], "zp_fleet_published_bytes_total") - published; p > 1<<20 {
+	if p := f.hubMetric(t, "zp_fleet_published_bytes_total") - published; p > 1<<20 {
 		t.Errorf("the rebroadcast published %.0f octets", p)
 	}
 
@@ -327,11 +323,7 @@ func TestBroadcastResumeSkips(t *testing.T) {
 	}{{"files", 24, 4 << 20}, {"one file", 1, 96 << 20}} {
 		t.Run(c.name, func(t *testing.T) {
 			f := newTestFleet(t, []string{"k0"}, "--metrics", "127.0.0.1:0")
-			m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
-			if m == nil {
-				t.Fatalf("no metrics address in the hub's log")
-			}
-			fetched := func() float64 { return metric(t, m[1], "zp_fleet_publication_fetched_bytes_total") }
+			fetched := func() float64 { return f.hubMetric(t, "zp_fleet_publication_fetched_bytes_total") }
 			disk := filepath.Join(f.dir, "disk-k0") // kept across the restart
 			os.MkdirAll(disk, 0o755)
 			env := []string{"ZP_FAULT_DROP_LIVE=1", "ZP_FAULT_SLOW_APPLY=20ms"}
@@ -809,11 +801,7 @@ func TestBroadcastChunks(t *testing.T) {
 	needUnshare(t)
 	names := []string{"s1", "s2", "s3"}
 	f := newTestFleet(t, names, "--metrics", "127.0.0.1:0")
-	m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
-	if m == nil {
-		t.Fatalf("no metrics address in the hub's log")
-	}
-	published := func() float64 { return metric(t, m[1], "zp_fleet_published_bytes_total") }
+	published := func() float64 { return f.hubMetric(t, "zp_fleet_published_bytes_total") }
 	src := filepath.Join(f.dir, "src")
 	writeTree(t, src, 32<<20, 50)
 	disks := map[string]string{}
@@ -823,22 +811,7 @@ func TestBroadcastChunks(t *testing.T) {
 		f.startAgentOnDisk(n, disks[n])
 	}
 	f.waitStates(30*time.Second, "up", names...)
-	dest := ":" + filepath.Join(f.mnt(), "dest")
-	broadcast := func(args ...string) map[string]bcastHost {
-		t.Helper()
-		r := f.zpc(append(append([]string{"--fleet", f.hub.Addr, "-r", "--json"}, args...), src+"/", dest)...)
-		rep, hosts := parseBcast(t, r)
-		if r.Code != 0 || len(hosts) != len(names) {
-			t.Fatalf("broadcast: exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
-		}
-		for _, n := range names {
-			if h := hosts[n]; h.State != "ok" || h.Digest != rep.Digest {
-				t.Errorf("%s: %+v", n, h)
-			}
-			sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
-		}
-		return hosts
-	}
+	broadcast := func(args ...string) map[string]bcastHost { return f.broadcastAll(t, src, disks, names, args...) }
 	broadcast()
 
 	big := filepath.Join(src, "big.bin")
@@ -902,11 +875,7 @@ func TestBroadcastChunksMixed(t *testing.T) {
 	needUnshare(t)
 	names := []string{"new", "old"}
 	f := newTestFleet(t, names, "--metrics", "127.0.0.1:0")
-	m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
-	if m == nil {
-		t.Fatalf("no metrics address in the hub's log")
-	}
-	published := func() float64 { return metric(t, m[1], "zp_fleet_published_bytes_total") }
+	published := func() float64 { return f.hubMetric(t, "zp_fleet_published_bytes_total") }
 	src := filepath.Join(f.dir, "src")
 	writeTree(t, src, 16<<20, 10)
 	disks := map[string]string{}
@@ -917,21 +886,7 @@ func TestBroadcastChunksMixed(t *testing.T) {
 	f.startAgentOnDisk("new", disks["new"])
 	f.startAgentOnDiskEnv("old", disks["old"], []string{"ZP_FAULT_MAX_VERSION=4"})
 	f.waitStates(30*time.Second, "up", names...)
-	broadcast := func() map[string]bcastHost {
-		t.Helper()
-		r := f.zpc("--fleet", f.hub.Addr, "-r", "--json", src+"/", ":"+filepath.Join(f.mnt(), "dest"))
-		rep, hosts := parseBcast(t, r)
-		if r.Code != 0 || len(hosts) != 2 {
-			t.Fatalf("broadcast: exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
-		}
-		for _, n := range names {
-			if h := hosts[n]; h.State != "ok" || h.Digest != rep.Digest {
-				t.Errorf("%s: %+v", n, h)
-			}
-			sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
-		}
-		return hosts
-	}
+	broadcast := func() map[string]bcastHost { return f.broadcastAll(t, src, disks, names) }
 	broadcast()
 	fh, err := os.OpenFile(filepath.Join(src, "big.bin"), os.O_RDWR, 0)
 	if err != nil {
@@ -949,4 +904,34 @@ func TestBroadcastChunksMixed(t *testing.T) {
 	if h := hosts["new"]; h.Received > 1<<20+4*256<<10 || h.Deduped < 15<<20 {
 		t.Errorf("the version 5 agent received %d, deduplicated %d", h.Received, h.Deduped)
 	}
+}
+
+// hubMetric reads one of the hub's metrics (the hub started with
+// --metrics 127.0.0.1:0).
+func (f *testFleet) hubMetric(t *testing.T, name string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`msg=metrics addr=(\S+)`).FindStringSubmatch(f.hub.Log())
+	if m == nil {
+		t.Fatalf("no metrics address in the hub's log")
+	}
+	return metric(t, m[1], name)
+}
+
+// broadcastAll broadcasts src/ to DEST on every agent of names (zpc
+// --fleet -r --json, and args) and checks that each proved the tree
+// digest and holds src in disks[name]/dest.
+func (f *testFleet) broadcastAll(t *testing.T, src string, disks map[string]string, names []string, args ...string) map[string]bcastHost {
+	t.Helper()
+	r := f.zpc(append(append([]string{"--fleet", f.hub.Addr, "-r", "--json"}, args...), src+"/", ":"+filepath.Join(f.mnt(), "dest"))...)
+	rep, hosts := parseBcast(t, r)
+	if r.Code != 0 || len(hosts) != len(names) {
+		t.Fatalf("broadcast: exit %d, %d hosts\n%s\n%s", r.Code, len(hosts), r.Stdout, r.Stderr)
+	}
+	for _, n := range names {
+		if h := hosts[n]; h.State != "ok" || h.Digest != rep.Digest {
+			t.Errorf("%s: %+v", n, h)
+		}
+		sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
+	}
+	return hosts
 }

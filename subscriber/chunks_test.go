@@ -26,6 +26,21 @@ func chunkList(data []byte, c int) []byte {
 	return list
 }
 
+// chunkTree is a tree of a directory, a file f of size random octets
+// (seeded) and a small file g, with f's chunk list in chunks of 64 KiB.
+func chunkTree(seed uint64, size int) (tree *bcastTree, data []byte, lists [][]byte) {
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	data = make([]byte, size)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	tree = &bcastTree{data: map[uint32][]byte{}}
+	tree.add("", wire.KindDir, nil, "")
+	tree.add("f", wire.KindFile, data, "")
+	tree.add("g", wire.KindFile, []byte("small\n"), "")
+	return tree, data, [][]byte{nil, chunkList(data, wire.MinChunk), nil}
+}
+
 // needsChunks is Needs with a chunk index of lists in chunks of 64 KiB.
 func needsChunks(t *testing.T, dir string, tree *bcastTree, lists [][]byte) Needed {
 	t.Helper()
@@ -46,16 +61,7 @@ func needsChunks(t *testing.T, dir string, tree *bcastTree, lists [][]byte) Need
 // only the others from the stream, passing over the rest unread.
 func TestApplyBroadcastBases(t *testing.T) {
 	const c = wire.MinChunk
-	rng := rand.New(rand.NewPCG(1, 2))
-	data := make([]byte, 10*c+1000)
-	for i := range data {
-		data[i] = byte(rng.Uint32())
-	}
-	tree := &bcastTree{data: map[uint32][]byte{}}
-	tree.add("", wire.KindDir, nil, "")
-	tree.add("f", wire.KindFile, data, "")
-	tree.add("g", wire.KindFile, []byte("small\n"), "")
-	lists := [][]byte{nil, chunkList(data, c), nil}
+	tree, data, lists := chunkTree(1, 10*c+1000)
 
 	// The old f: chunk 3 differs, chunks 7 and 8 are swapped, and it
 	// lacks the last 1000 octets.
@@ -138,16 +144,7 @@ func TestApplyBroadcastBases(t *testing.T) {
 // in the stream fails the file alone, and the stream stays aligned.
 func TestApplyBroadcastSlices(t *testing.T) {
 	const c = wire.MinChunk
-	rng := rand.New(rand.NewPCG(3, 4))
-	data := make([]byte, 4*c+10)
-	for i := range data {
-		data[i] = byte(rng.Uint32())
-	}
-	tree := &bcastTree{data: map[uint32][]byte{}}
-	tree.add("", wire.KindDir, nil, "")
-	tree.add("f", wire.KindFile, data, "")
-	tree.add("g", wire.KindFile, []byte("small\n"), "")
-	lists := [][]byte{nil, chunkList(data, c), nil}
+	tree, data, lists := chunkTree(3, 4*c+10)
 	old := append([]byte(nil), data...)
 	old[2*c] ^= 1 // chunk 2 differs
 	dir := t.TempDir()
