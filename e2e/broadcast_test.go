@@ -273,11 +273,7 @@ func TestBroadcastSkipsHeldFiles(t *testing.T) {
 	// The tree holds big.bin's content twice: s2 copies it from its own.
 	b, _ := os.ReadFile(filepath.Join(src, "big.bin"))
 	os.WriteFile(filepath.Join(src, "big-copy.bin"), b, 0o644)
-	disks := map[string]string{}
-	for _, n := range names {
-		disks[n] = filepath.Join(f.dir, "disk-"+n)
-		os.MkdirAll(filepath.Join(disks[n], "dest"), 0o755)
-	}
+	disks := f.agentDisks(names)
 	os.WriteFile(filepath.Join(disks["s2"], "dest", "big.bin"), b, 0o644)
 	f.startAgentOnDisk("s1", disks["s1"])
 	f.startAgentOnDiskEnv("s2", disks["s2"], []string{"ZP_FAULT_DROP_LIVE=1"})
@@ -804,10 +800,8 @@ func TestBroadcastChunks(t *testing.T) {
 	published := func() float64 { return f.hubMetric(t, "zp_fleet_published_bytes_total") }
 	src := filepath.Join(f.dir, "src")
 	writeTree(t, src, 32<<20, 50)
-	disks := map[string]string{}
+	disks := f.agentDisks(names)
 	for _, n := range names {
-		disks[n] = filepath.Join(f.dir, "disk-"+n)
-		os.MkdirAll(filepath.Join(disks[n], "dest"), 0o755)
 		f.startAgentOnDisk(n, disks[n])
 	}
 	f.waitStates(30*time.Second, "up", names...)
@@ -878,11 +872,7 @@ func TestBroadcastChunksMixed(t *testing.T) {
 	published := func() float64 { return f.hubMetric(t, "zp_fleet_published_bytes_total") }
 	src := filepath.Join(f.dir, "src")
 	writeTree(t, src, 16<<20, 10)
-	disks := map[string]string{}
-	for _, n := range names {
-		disks[n] = filepath.Join(f.dir, "disk-"+n)
-		os.MkdirAll(filepath.Join(disks[n], "dest"), 0o755)
-	}
+	disks := f.agentDisks(names)
 	f.startAgentOnDisk("new", disks["new"])
 	f.startAgentOnDiskEnv("old", disks["old"], []string{"ZP_FAULT_MAX_VERSION=4"})
 	f.waitStates(30*time.Second, "up", names...)
@@ -934,4 +924,15 @@ func (f *testFleet) broadcastAll(t *testing.T, src string, disks map[string]stri
 		sameTree(t, n, snapshot(t, src), snapshot(t, filepath.Join(disks[n], "dest")))
 	}
 	return hosts
+}
+
+// agentDisks makes a disk for each agent of names, holding an empty
+// dest directory, and returns their paths by name.
+func (f *testFleet) agentDisks(names []string) map[string]string {
+	disks := make(map[string]string, len(names))
+	for _, n := range names {
+		disks[n] = filepath.Join(f.dir, "disk-"+n)
+		os.MkdirAll(filepath.Join(disks[n], "dest"), 0o755)
+	}
+	return disks
 }
