@@ -49,8 +49,33 @@ var lowOrderKey = func() (k sharedKey) {
 
 var errLowOrder = errors.New("curve: peer public key is a low-order point")
 
+var errNonCanonical = errors.New("curve: peer public key is not a canonical Curve25519 point (at least 2^255 - 19)")
+
+// canonical reports whether a public key is the reduced encoding of its
+// u-coordinate: below 2^255 - 19, so its top bit is clear. X25519 ignores
+// the top bit and reduces the rest, so each point has other encodings that
+// give the same shared key: a HELLO whose C' is re-encoded so would still
+// open. Every key libsodium or zp makes is canonical; any other is refused.
+func canonical(k *[32]byte) bool {
+	if k[31]&0x80 != 0 {
+		return false
+	}
+	if k[31] != 0x7f || k[0] < 0xed {
+		return true
+	}
+	for _, b := range k[1:31] {
+		if b != 0xff {
+			return true
+		}
+	}
+	return false
+}
+
 // precompute returns the Box key between secret and the peer's public key.
 func precompute(peer *[32]byte, secret *[32]byte) (sharedKey, error) {
+	if !canonical(peer) {
+		return sharedKey{}, errNonCanonical
+	}
 	var k sharedKey
 	box.Precompute((*[32]byte)(&k), peer, secret)
 	if subtle.ConstantTimeCompare(k[:], lowOrderKey[:]) == 1 {

@@ -490,6 +490,8 @@ func TestServerBadCommands(t *testing.T) {
 		{"HELLO padding", []command{{cmdHello, mut(hello, 40)}}, zmtp.ReasonProtocol},
 		{"HELLO C'", []command{{cmdHello, mut(hello, 80)}}, zmtp.ReasonCrypto},
 		{"HELLO low-order C'", []command{{cmdHello, lowOrderHello(hello)}}, zmtp.ReasonCrypto},
+		// The same C' with its top bit set: X25519 ignores that bit.
+		{"HELLO C' not canonical", []command{{cmdHello, nonCanonicalHello(hello)}}, zmtp.ReasonCrypto},
 		{"HELLO nonce", []command{{cmdHello, mut(hello, 110)}}, zmtp.ReasonCrypto},
 		{"HELLO box", []command{{cmdHello, mut(hello, 150)}}, zmtp.ReasonCrypto},
 		{"garbage HELLO", []command{{cmdHello, bytes.Repeat([]byte{0x5a}, helloBodyLen)}}, zmtp.ReasonProtocol},
@@ -517,6 +519,13 @@ func TestServerBadCommands(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nonCanonicalHello sets the top bit of C', which X25519 ignores.
+func nonCanonicalHello(hello []byte) []byte {
+	h := bytes.Clone(hello)
+	h[105] |= 0x80
+	return h
 }
 
 // lowOrderHello replaces C' with a low-order point (here 0).

@@ -349,3 +349,36 @@ func TestAllowKeys(t *testing.T) {
 		t.Fatal("empty AllowKeys accepted a key")
 	}
 }
+
+// canonical refuses the encodings of a u-coordinate at or above
+// 2^255 - 19, and any with the top bit set.
+func TestCanonical(t *testing.T) {
+	p := [32]byte{0: 0xed, 31: 0x7f}
+	for i := 1; i < 31; i++ {
+		p[i] = 0xff
+	}
+	below := p
+	below[0] = 0xec
+	top := [32]byte{31: 0x80}
+	pPlus := p
+	pPlus[0] = 0xee
+	for _, c := range []struct {
+		name string
+		k    [32]byte
+		want bool
+	}{{"zero", [32]byte{}, true}, {"p - 1", below, true}, {"p", p, false}, {"p + 1", pPlus, false}, {"top bit", top, false}} {
+		if got := canonical(&c.k); got != c.want {
+			t.Errorf("%s: canonical %v", c.name, got)
+		}
+	}
+	// Every key made here is canonical.
+	for range 100 {
+		kp, err := GenerateKeyPair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !canonical((*[32]byte)(&kp.Public)) {
+			t.Fatalf("a generated key is not canonical: %x", kp.Public)
+		}
+	}
+}
