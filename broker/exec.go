@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/zpipes/zp/credit"
+	"github.com/zpipes/zp/internal/bufpool"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 )
@@ -229,6 +230,7 @@ func (ch *execChan) run(m *wire.Exec) {
 func (ch *execChan) pump(st wire.Stream, f *os.File) {
 	defer f.Close()
 	ps := ch.out[st]
+	ps.ReleaseAcked(bufpool.Put) // rd's buffers, once the client has them
 	b := ch.s.b
 	var rd publisher.Reader
 	for {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/zpipes/zp/credit"
+	"github.com/zpipes/zp/internal/bufpool"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 )
@@ -176,6 +177,7 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (_ *ExitStatus, err
 // pumpStdin sends stdin within the server's credit.
 func (s *Session) pumpStdin(ctx context.Context, id uint32, ps *credit.Sender, r io.Reader) {
 	chunk := s.cfg.chunk()
+	ps.ReleaseAcked(bufpool.Put) // rd's buffers, once the server has them
 	var rd publisher.Reader
 	for {
 		n, err := ps.Credit(ctx, chunk)

@@ -44,6 +44,7 @@ type Sender struct {
 	eof       bool // the end of the stream was sent (at next)
 	resend    bool // the next Ack asks for a resend (after a resume)
 	resending bool // a resend is being sent: new data waits for it
+	release   func([]byte)
 }
 
 // NewSender returns a stream starting at offset 0 with the initial credit
@@ -55,6 +56,16 @@ func NewSender(window uint64) *Sender {
 func (s *Sender) notifyLocked() {
 	close(s.changed)
 	s.changed = make(chan struct{})
+}
+
+// ReleaseAcked makes the stream hand each piece of data given to Sent to
+// release once the receiver has acknowledged all of it (to recycle its
+// buffer: bufpool.Put). Nothing is released on Close: what was queued on a
+// connection may still be written from it.
+func (s *Sender) ReleaseAcked(release func([]byte)) {
+	s.mu.Lock()
+	s.release = release
+	s.mu.Unlock()
 }
 
 // Credit waits until the receiver allows at least one octet, or until at
@@ -112,6 +123,9 @@ func (s *Sender) Ack(offset, limit uint64) error {
 		s.acked = offset
 		i := 0
 		for i < len(s.unacked) && s.unacked[i].off+uint64(len(s.unacked[i].data)) <= offset {
+			if s.release != nil {
+				s.release(s.unacked[i].data)
+			}
 			s.unacked[i] = chunk{}
 			i++
 		}

@@ -124,3 +124,29 @@ func TestCloseWakesWaiters(t *testing.T) {
 		t.Fatalf("wait after close: %v", err)
 	}
 }
+
+func TestReleaseAcked(t *testing.T) {
+	s := NewSender(1 << 20)
+	var released [][]byte
+	s.ReleaseAcked(func(b []byte) { released = append(released, b) })
+	a, b, c := []byte("aaaa"), []byte("bbbb"), []byte("cccc")
+	s.Sent(a)
+	s.Sent(b)
+	s.Sent(c)
+	if err := s.Ack(6, 1<<20); err != nil { // a whole, b half
+		t.Fatal(err)
+	}
+	if len(released) != 1 || &released[0][0] != &a[0] {
+		t.Fatalf("released %q, want only the first piece", released)
+	}
+	if _, ok, err := s.TakeResend(8, 1<<20); err != nil || ok {
+		t.Fatalf("TakeResend: ok %v err %v", ok, err)
+	}
+	if len(released) != 2 || &released[1][0] != &b[0] {
+		t.Fatalf("released %q, want the second piece next", released)
+	}
+	s.Close(nil)
+	if len(released) != 2 {
+		t.Fatalf("Close released %d pieces: what was queued may still be written", len(released)-2)
+	}
+}
