@@ -192,6 +192,7 @@ type Session struct {
 type link struct {
 	dealer  zmq4.Socket
 	direct  func(frames [][]byte) error
+	stopped bool // a message ended the session: ignore the rest (receive)
 	cancel  context.CancelFunc
 	sendMu  sync.Mutex
 	dead    chan struct{}
@@ -290,6 +291,9 @@ func (s *Session) connect(ctx context.Context, resume bool) error {
 	// Set before dealer.Dial returns (the handshake ends in it), read
 	// only after.
 	zcfg.OnDirect = func(_ []byte, send func([][]byte) error) { l.direct = send }
+	// Messages arrive on the connection's reader goroutine, not through
+	// zmq4's channel (zmtp.Config.OnRecv); recvLoop waits for the end.
+	zcfg.OnRecv = func(_ []byte, frames [][]byte) { s.receive(l, frames) }
 	sctx, cancel := context.WithCancel(zmtp.WithConfig(context.Background(), &zcfg))
 	dealer := zmq4.NewDealer(sctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(s.cfg.connectTimeout()),
 		zmq4.WithLogger(log.New(io.Discard, "", 0)), zmq4.WithTimeout(24*time.Hour))
@@ -474,42 +478,53 @@ func (s *Session) recvLoop(l *link) {
 			s.linkLost(l, fmt.Errorf("connection lost: %w", unwrapDial(err)))
 			return
 		}
-		s.lastRecv.Store(time.Now().UnixNano())
-		m, err := wire.Decode(msg.Frames)
-		if err != nil {
-			s.fail(&ProtocolError{fmt.Errorf("undecodable message: %w", err)})
+		s.receive(l, msg.Frames) // none with OnRecv set; kept for safety
+	}
+}
+
+// receive handles one message from the server. It runs on the link's
+// reader goroutine (or recvLoop's), one message at a time per link.
+func (s *Session) receive(l *link, frames [][]byte) {
+	if l.stopped {
+		return
+	}
+	s.lastRecv.Store(time.Now().UnixNano())
+	m, err := wire.Decode(frames)
+	if err != nil {
+		l.stopped = true
+		s.fail(&ProtocolError{fmt.Errorf("undecodable message: %w", err)})
+		return
+	}
+	switch m := m.(type) {
+	case *wire.OpenOK:
+		s.opened(m)
+		return
+	case *wire.Ping:
+		_ = l.send(&wire.Pong{Seq: m.Seq})
+		return
+	case *wire.Pong:
+		return
+	case *wire.OK:
+		if m.Channel == 0 { // the answer to CLOSE
+			s.mu.Lock()
+			if s.closing != nil {
+				close(s.closing)
+				s.closing = nil
+			}
+			s.mu.Unlock()
 			return
 		}
-		switch m := m.(type) {
-		case *wire.OpenOK:
-			s.opened(m)
-			continue
-		case *wire.Ping:
-			_ = l.send(&wire.Pong{Seq: m.Seq})
-			continue
-		case *wire.Pong:
-			continue
-		case *wire.OK:
-			if m.Channel == 0 { // the answer to CLOSE
-				s.mu.Lock()
-				if s.closing != nil {
-					close(s.closing)
-					s.closing = nil
-				}
-				s.mu.Unlock()
-				continue
+	case *wire.Error:
+		if m.Channel == 0 {
+			if s.opened(m) {
+				return // connect decides (it may ask again in version 1)
 			}
-		case *wire.Error:
-			if m.Channel == 0 {
-				if s.opened(m) {
-					continue // connect decides (it may ask again in version 1)
-				}
-				s.fail(m)
-				return
-			}
+			l.stopped = true
+			s.fail(m)
+			return
 		}
-		s.route(m)
 	}
+	s.route(m)
 }
 
 // opened hands an OPEN reply to connect; false if none was awaited.

@@ -147,6 +147,7 @@ func (s *Session) Exec(ctx context.Context, req ExecRequest) (_ *ExitStatus, err
 					return nil, &OutputError{Stream: Stream(m.Stream), Err: err}
 				}
 			}
+			bufpool.Put(m.Bytes) // written (an io.Writer keeps nothing)
 			if due, off, lim := out[m.Stream].Consumed(len(fresh)); due {
 				if err := s.send(&wire.Ack{Channel: id, Stream: m.Stream, Offset: off, Limit: lim}); err != nil {
 					return nil, err

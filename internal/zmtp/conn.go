@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/zpipes/zp/internal/bufpool"
 )
 
 // FullPolicy says what a connection does when its send queue is full.
@@ -180,6 +182,9 @@ func (c *conn) next() error {
 	if c.cipher != nil {
 		limit += c.cipher.Overhead()
 	}
+	if c.cfg.direct() {
+		return c.receive(limit)
+	}
 	for {
 		flags, size, err := readFrameHeader(c.br, limit)
 		if err != nil {
@@ -264,6 +269,77 @@ func (c *conn) next() error {
 		}
 		c.rpending = out
 		return nil
+	}
+}
+
+// receive hands every message the peer sends to Config.OnRecv, on zmq4's
+// reader goroutine, until the connection fails; zmq4 sees none of them. A
+// frame of bufpool.Min octets or more is read (or decrypted) into a buffer
+// from bufpool, a smaller one into an allocation of its own size.
+func (c *conn) receive(limit int) error {
+	var frames [][]byte
+	for {
+		flags, size, err := readFrameHeader(c.br, limit)
+		if err != nil {
+			if errors.Is(err, io.EOF) && len(frames) == 0 {
+				return io.EOF
+			}
+			return eofToUnexpected(err)
+		}
+		var body []byte
+		var more bool
+		if c.cipher == nil {
+			if flags&flagCommand != 0 { // no traffic-phase commands in ZMTP 3.0
+				if _, err := c.br.Discard(size); err != nil {
+					return eofToUnexpected(err)
+				}
+				continue
+			}
+			more = flags&flagMore != 0
+			if err := c.account(size, more); err != nil {
+				return err
+			}
+			body = bufpool.Get(size)
+			if _, err := io.ReadFull(c.br, body); err != nil {
+				return eofToUnexpected(err)
+			}
+		} else {
+			if cap(c.rbuf) < size {
+				c.rbuf = make([]byte, size)
+			}
+			c.rbuf = c.rbuf[:size]
+			if _, err := io.ReadFull(c.br, c.rbuf); err != nil {
+				return eofToUnexpected(err)
+			}
+			plainLen := size - c.cipher.Overhead()
+			if plainLen < 0 {
+				return fmt.Errorf("%w: MESSAGE too short", errFrame)
+			}
+			var mflags byte
+			if c.rdec != nil && plainLen >= bufpool.Min {
+				if mflags, _, err = c.rdec.Verify(c.rbuf); err == nil && mflags&FlagCommand == 0 {
+					body = bufpool.Get(plainLen)
+					c.rdec.Decrypt(body, c.rbuf, 0)
+				}
+			} else {
+				mflags, body, err = c.cipher.Open(make([]byte, 0, plainLen), c.rbuf)
+			}
+			if err != nil {
+				return err
+			}
+			if mflags&FlagCommand != 0 {
+				continue
+			}
+			more = mflags&FlagMore != 0
+			if err := c.account(plainLen, more); err != nil {
+				return err
+			}
+		}
+		frames = append(frames, body)
+		if !more {
+			c.cfg.OnRecv(c.id, frames)
+			frames = nil
+		}
 	}
 }
 

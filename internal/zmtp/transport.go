@@ -103,7 +103,16 @@ type Config struct {
 	// messages (a FILE per entry of a tree) pay in full. An owner that uses
 	// it must send nothing through zmq4's Send on this connection, or the
 	// frames of the two could interleave.
-	OnDirect           func(id []byte, send func(frames [][]byte) error)
+	OnDirect func(id []byte, send func(frames [][]byte) error)
+	// OnRecv, when set, takes every message the peer sends instead of
+	// zmq4 (whose reader allocates every frame afresh and hands each
+	// message through a channel): it is called on the connection's reader
+	// goroutine with the message's frames, which it owns; a frame of
+	// bufpool.Min octets or more comes from bufpool, and the owner may
+	// bufpool.Put it once done with it. It may block: the connection then
+	// stops reading from the peer. zmq4's Recv then returns only errors
+	// (the socket's end). Ignored on a filtering connection (Subscribe).
+	OnRecv             func(id []byte, frames [][]byte)
 	OnClose            func(id []byte, p *Peer, err error)
 	OnHandshakeFailure func(remote net.Addr, err *HandshakeError)
 	OnDrop             func()
@@ -127,6 +136,9 @@ func (c *Config) maxFrame() int   { return orDefault(c.MaxFrame, 4<<20) }
 func (c *Config) maxMessage() int { return orDefault(c.MaxMessage, 8<<20) }
 func (c *Config) maxFrames() int  { return orDefault(c.MaxFrames, 16) }
 func (c *Config) sendQueue() int  { return orDefault(c.SendQueue, 8<<20) }
+
+// direct reports whether connections hand messages to OnRecv.
+func (c *Config) direct() bool { return c.OnRecv != nil && !c.filters() }
 
 // filters reports whether connections check what the peer sends (XPUB).
 func (c *Config) filters() bool { return c.Subscribe != nil || c.MaxSubscriptions > 0 }

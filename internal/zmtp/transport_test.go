@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/zpipes/zp/internal/bufpool"
 	"github.com/zpipes/zp/internal/curve"
 	"github.com/zpipes/zp/internal/zmtp"
 )
@@ -176,12 +178,29 @@ func TestRouterDealerCurve(t *testing.T) {
 // TestCurveTamperedFrame: one bit flipped on the wire inside a large frame
 // (after the handshake) closes the connection with the box's failure; no
 // part of that message reaches the socket, and the earlier one does.
+// With Config.OnRecv the same holds for the messages it is handed.
 func TestCurveTamperedFrame(t *testing.T) {
+	t.Run("zmq4", func(t *testing.T) { curveTamperedFrame(t, false) })
+	t.Run("OnRecv", func(t *testing.T) { curveTamperedFrame(t, true) })
+}
+
+func curveTamperedFrame(t *testing.T, direct bool) {
 	server, client := keyPair(t), keyPair(t)
 	closed := make(chan error, 1)
-	router, ep := listen(t, &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect,
+	cfg := &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect,
 		Mechanism: &curve.Server{Key: server, Authorize: curve.AllowKeys(client.Public)},
-		OnClose:   func(_ []byte, _ *zmtp.Peer, err error) { closed <- err }}, zmq4.NewRouter)
+		OnClose:   func(_ []byte, _ *zmtp.Peer, err error) { closed <- err }}
+	received := make(chan zmq4.Msg, 4)
+	if direct {
+		cfg.OnRecv = func(id []byte, frames [][]byte) { received <- zmq4.NewMsgFrom(append([][]byte{id}, frames...)...) }
+	}
+	router, ep := listen(t, cfg, zmq4.NewRouter)
+	recv := func() (zmq4.Msg, error) {
+		if direct {
+			return <-received, nil
+		}
+		return router.Recv()
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +242,7 @@ func TestCurveTamperedFrame(t *testing.T) {
 		zmq4.NewDealer, "zptcp://"+ln.Addr().String())
 	dealer.Send(zmq4.NewMsgFrom([]byte("first"), make([]byte, 100000)))
 	dealer.Send(zmq4.NewMsgFrom([]byte("second"), make([]byte, 256<<10)))
-	m, err := router.Recv()
+	m, err := recv()
 	if err != nil || string(m.Frames[1]) != "first" {
 		t.Fatalf("first message: %v", err)
 	}
@@ -237,7 +256,7 @@ func TestCurveTamperedFrame(t *testing.T) {
 	}
 	got := make(chan zmq4.Msg, 1)
 	go func() {
-		m, _ := router.Recv()
+		m, _ := recv()
 		got <- m
 	}()
 	select {
@@ -291,5 +310,96 @@ func TestDirectSend(t *testing.T) {
 		if err != nil || len(m.Frames) != 2 || string(m.Frames[0]) != fmt.Sprint("r", i) || !bytes.Equal(m.Frames[1], big[:i*1009]) {
 			t.Fatalf("reply %d: %v", i, err)
 		}
+	}
+}
+
+// TestDirectReceive: with Config.OnRecv every message reaches the owner
+// whole and in order, on both sides, NULL and CURVE, frames of every size
+// class (the large ones in bufpool buffers); zmq4's Recv sees none of them,
+// and the per-message limits still close a peer that exceeds them.
+func TestDirectReceive(t *testing.T) {
+	server, client := keyPair(t), keyPair(t)
+	for _, mech := range []string{"NULL", "CURVE"} {
+		t.Run(mech, func(t *testing.T) {
+			type msg struct {
+				id     []byte
+				frames [][]byte
+			}
+			atRouter, atDealer := make(chan msg, 64), make(chan msg, 64)
+			closed := make(chan error, 4)
+			sends := make(chan func([][]byte) error, 4)
+			rcfg := &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect, MaxMessage: 3 << 20,
+				OnRecv:   func(id []byte, f [][]byte) { atRouter <- msg{id, f} },
+				OnDirect: func(_ []byte, send func([][]byte) error) { sends <- send },
+				OnClose:  func(_ []byte, _ *zmtp.Peer, err error) { closed <- err }}
+			dcfg := &zmtp.Config{SocketType: "DEALER", OnFull: zmtp.Block,
+				OnRecv: func(id []byte, f [][]byte) { atDealer <- msg{id, f} }}
+			if mech == "CURVE" {
+				rcfg.Mechanism = &curve.Server{Key: server, Authorize: curve.AllowKeys(client.Public)}
+				dcfg.Mechanism = &curve.Client{Key: client, ServerKey: server.Public}
+			}
+			router, ep := listen(t, rcfg, zmq4.NewRouter)
+			dealer := dial(t, dcfg, zmq4.NewDealer, ep)
+			routerSend := <-sends
+			frame := func(n, salt int) []byte {
+				b := make([]byte, n)
+				for i := range b {
+					b[i] = byte(i*31 + salt)
+				}
+				return b
+			}
+			sizes := []int{0, 1, 33, 4095, 65535, 65536, 65537, 1 << 20, 1<<20 + 7, 2 << 20}
+			for i, n := range sizes {
+				if err := dealer.Send(zmq4.NewMsgFrom(frame(n, i), []byte("tail"))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var id []byte
+			for i, n := range sizes {
+				m := <-atRouter
+				if len(m.frames) != 2 || !bytes.Equal(m.frames[0], frame(n, i)) || string(m.frames[1]) != "tail" {
+					t.Fatalf("message %d (%d octets): %d frames, or wrong contents", i, n, len(m.frames))
+				}
+				if id != nil && !bytes.Equal(id, m.id) {
+					t.Fatalf("routing id changed: %x, %x", id, m.id)
+				}
+				id = m.id
+				bufpool.Put(m.frames[0]) // the owner's to recycle: the next ones must not suffer
+			}
+			for i, n := range sizes {
+				if err := routerSend([][]byte{frame(n, 100+i)}); err != nil {
+					t.Fatal(err)
+				}
+				m := <-atDealer
+				if len(m.frames) != 1 || !bytes.Equal(m.frames[0], frame(n, 100+i)) {
+					t.Fatalf("reply %d (%d octets): %d frames, or wrong contents", i, n, len(m.frames))
+				}
+				bufpool.Put(m.frames[0])
+			}
+			got := make(chan error, 1)
+			go func() {
+				_, err := router.Recv()
+				got <- err
+			}()
+			// Over MaxMessage in two frames: the peer is closed, nothing delivered.
+			if err := dealer.Send(zmq4.NewMsgFrom(frame(2<<20, 1), frame(2<<20, 2))); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-closed:
+				if err == nil || !strings.Contains(err.Error(), "message of 2 frames") {
+					t.Fatalf("closed with %v, want the message limit", err)
+				}
+			case m := <-atRouter:
+				t.Fatalf("an oversized message was delivered (%d frames)", len(m.frames))
+			case <-time.After(5 * time.Second):
+				t.Fatal("the peer over MaxMessage was not closed")
+			}
+			select {
+			case err := <-got:
+				t.Fatalf("zmq4's Recv returned (%v): it should see no traffic", err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		})
 	}
 }
