@@ -134,10 +134,15 @@ type Broker struct {
 	version uint16
 	m       *metrics.Metrics
 	router  zmq4.Socket
-	xsub    zmq4.Socket
-	self    *Account
-	jobs    *jobManager
-	grants  *grants // who may subscribe to what on the XPUB
+	// dispatchMu makes dispatch handle one message at a time: messages
+	// arrive on each connection's reader goroutine (onRecv). stopped, under
+	// it, is set once Run has stopped receiving.
+	dispatchMu sync.Mutex
+	stopped    bool
+	xsub       zmq4.Socket
+	self       *Account
+	jobs       *jobManager
+	grants     *grants // who may subscribe to what on the XPUB
 	// relayed admits, on the XPUB only, the keys of agents this agent
 	// relays a broadcast to (relay.go).
 	relayed relayAdmits
@@ -237,6 +242,7 @@ func New(cfg Config) (*Broker, error) {
 		Identity:           routingID,
 		OnConnect:          b.onConnect,
 		OnDirect:           b.onDirect,
+		OnRecv:             b.onRecv,
 		OnClose:            b.onClose,
 		OnHandshakeFailure: b.onHandshakeFailure,
 		Inject:             b.inject[wire.PortControl],
@@ -409,6 +415,19 @@ func (b *Broker) onDirect(id []byte, send func([][]byte) error) {
 	b.mu.Unlock()
 }
 
+// onRecv takes a message on its connection's reader goroutine
+// (zmtp.Config.OnRecv): zmq4 allocated every frame afresh and passed each
+// message through a channel to Run. Large frames come from bufpool; a
+// channel that is done with a payload may recycle it.
+func (b *Broker) onRecv(id []byte, frames [][]byte) {
+	b.dispatchMu.Lock()
+	defer b.dispatchMu.Unlock()
+	if b.stopped {
+		return
+	}
+	b.dispatch(append([][]byte{id}, frames...))
+}
+
 func (b *Broker) onClose(id []byte, _ *zmtp.Peer, err error) {
 	b.mu.Lock()
 	c := b.conns[string(id)]
@@ -479,6 +498,9 @@ func (b *Broker) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { b.router.Close(); b.xsub.Close() })
 	defer stop()
 	for {
+		// Messages arrive through onRecv; zmq4's Recv returns when the
+		// socket ends (or with a message from a connection that does not
+		// go through internal/zmtp: none).
 		msg, err := b.router.Recv()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -487,9 +509,14 @@ func (b *Broker) Run(ctx context.Context) error {
 			b.log.Error("control socket receive failed", "err", err)
 			break
 		}
+		b.dispatchMu.Lock()
 		b.dispatch(msg.Frames)
+		b.dispatchMu.Unlock()
 	}
 	b.router.Close()
+	b.dispatchMu.Lock()
+	b.stopped = true
+	b.dispatchMu.Unlock()
 	b.mu.Lock()
 	sessions := make([]*session, 0, len(b.sessions))
 	for _, s := range b.sessions {

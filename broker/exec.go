@@ -334,6 +334,7 @@ func (ch *execChan) copyStdin(w io.Writer) (ok bool, werr error) {
 					broken, werr = true, err
 				}
 			}
+			bufpool.Put(it.data) // the payload of its DATA: written or discarded
 			if due, off, lim := ch.in.Consumed(len(it.data)); due || it.eof {
 				if !due {
 					off, lim = ch.in.Ack()
