@@ -17,6 +17,7 @@ import (
 
 	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/credit"
+	"github.com/zpipes/zp/internal/bufpool"
 	"github.com/zpipes/zp/internal/wire"
 )
 
@@ -259,6 +260,7 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer s.credit.Close(nil)
+	s.credit.ReleaseAcked(bufpool.Put) // sendContent's buffers
 	ready := make(chan *wire.FileOK, s.cfg.Outstanding+1)
 	dataErr := make(chan error, 1)
 	go func() { dataErr <- s.data(ctx, ready) }()
@@ -520,7 +522,7 @@ func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK) 
 		if err != nil {
 			return &sendError{err}
 		}
-		buf := make([]byte, n)
+		buf := bufpool.Get(n) // recycled once acknowledged (run: ReleaseAcked)
 		k, rerr := io.ReadFull(file, buf)
 		if k > 0 {
 			h.Write(buf[:k])

@@ -16,6 +16,7 @@ import (
 
 	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/credit"
+	"github.com/zpipes/zp/internal/bufpool"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 	"golang.org/x/sys/unix"
@@ -680,6 +681,7 @@ func (r *Receiver) chunk(ctx context.Context, m *wire.Chunk) error {
 	}
 	return r.queue(ctx, w, func() {
 		r.write(m, fresh)
+		bufpool.Put(m.Bytes) // written: the payload's buffer may serve again
 		r.consumed(len(fresh))
 	})
 }
