@@ -139,6 +139,7 @@ type Broker struct {
 	// it, is set once Run has stopped receiving.
 	dispatchMu sync.Mutex
 	stopped    bool
+	running    chan struct{} // closed once Run may dispatch
 	xsub       zmq4.Socket
 	self       *Account
 	jobs       *jobManager
@@ -191,6 +192,7 @@ func New(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("broker: who am I: %w", err)
 	}
 	b := &Broker{
+		running:  make(chan struct{}),
 		cfg:      cfg,
 		log:      cfg.Logger,
 		version:  wire.Version,
@@ -420,6 +422,7 @@ func (b *Broker) onDirect(id []byte, send func([][]byte) error) {
 // message through a channel to Run. Large frames come from bufpool; a
 // channel that is done with a payload may recycle it.
 func (b *Broker) onRecv(id []byte, frames [][]byte) {
+	<-b.running
 	b.dispatchMu.Lock()
 	defer b.dispatchMu.Unlock()
 	if b.stopped {
@@ -476,6 +479,10 @@ func (b *Broker) onRefuse(p *zmtp.Peer, topic []byte, reason string) {
 func (b *Broker) Run(ctx context.Context) error {
 	b.ctx = ctx
 	if err := b.jobs.load(ctx); err != nil {
+		b.dispatchMu.Lock()
+		b.stopped = true
+		b.dispatchMu.Unlock()
+		close(b.running)
 		return fmt.Errorf("broker: loading jobs: %w", err)
 	}
 	var wg sync.WaitGroup
@@ -497,6 +504,9 @@ func (b *Broker) Run(ctx context.Context) error {
 	}()
 	stop := context.AfterFunc(ctx, func() { b.router.Close(); b.xsub.Close() })
 	defer stop()
+	// Connections are accepted from New on; what they send waits in
+	// onRecv until now, when what dispatch uses is set up.
+	close(b.running)
 	for {
 		// Messages arrive through onRecv; zmq4's Recv returns when the
 		// socket ends (or with a message from a connection that does not
