@@ -12,6 +12,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/zpipes/zp/credit"
+	"github.com/zpipes/zp/internal/bufpool"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
 	"github.com/zpipes/zp/subscriber"
@@ -229,27 +230,29 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (_
 	live := make(chan wire.Message, 1024)
 	subCtx, stopSub := context.WithCancel(ctx)
 	defer stopSub()
-	sub, err := s.subscribe(subCtx, fok.Publish, fok.Topic, followed)
+	// Publications are decoded on the connection's reader goroutine
+	// (zmtp.Config.OnRecv), their payloads in bufpool buffers that the
+	// Follower hands back once written.
+	sub, err := s.subscribe(subCtx, fok.Publish, fok.Topic, followed, func(frames [][]byte) {
+		if len(frames) < 2 {
+			return
+		}
+		m, err := wire.Decode(frames[1:])
+		if err != nil {
+			return
+		}
+		select {
+		case live <- m:
+		default: // we are behind: the gap is fetched later
+			if o, ok := m.(*wire.JobOutput); ok {
+				bufpool.Put(o.Bytes)
+			}
+		}
+	})
 	if err != nil {
 		return res, err
 	}
 	defer sub.Close()
-	go func() {
-		for {
-			msg, err := sub.Recv()
-			if err != nil || len(msg.Frames) < 2 {
-				return
-			}
-			m, err := wire.Decode(msg.Frames[1:])
-			if err != nil {
-				continue
-			}
-			select {
-			case live <- m:
-			default: // we are behind: the gap is fetched later
-			}
-		}
-	}()
 
 	start := opts.Start
 	var size [3]uint64
@@ -272,6 +275,7 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (_
 		}
 		return nil
 	})
+	f.Release = bufpool.Put // writers keep nothing (io.Writer)
 	defer func() { res.History, res.Missed, res.Live = f.Stats() }()
 	send := func(fetches []subscriber.Fetch) error {
 		for _, q := range fetches {
@@ -297,7 +301,9 @@ func (s *Session) Follow(ctx context.Context, job string, opts FollowOptions) (_
 		case m := <-inbox:
 			switch m := m.(type) {
 			case *wire.Data:
-				if err := f.Data(m); err != nil {
+				err := f.Data(m)
+				bufpool.Put(m.Bytes)
+				if err != nil {
 					return res, err
 				}
 			case *wire.FetchOK:
@@ -405,7 +411,9 @@ func (s *Session) fetchRange(ctx context.Context, job string, st wire.Stream, st
 
 // subscribe connects a SUB to the broker's XPUB with the session's
 // security and subscribes to the streams' topics.
-func (s *Session) subscribe(ctx context.Context, publish, topic string, streams []wire.Stream) (zmq4.Socket, error) {
+// Each message goes to onRecv on its connection's reader goroutine; the
+// socket's Recv returns nothing but its end.
+func (s *Session) subscribe(ctx context.Context, publish, topic string, streams []wire.Stream, onRecv func([][]byte)) (zmq4.Socket, error) {
 	ep := publish
 	if strings.HasPrefix(publish, ":") && s.cfg.DialPublish == nil {
 		host, _, err := net.SplitHostPort(strings.TrimPrefix(s.cfg.Endpoint, "tcp://"))
@@ -424,7 +432,7 @@ func (s *Session) subscribe(ctx context.Context, publish, topic string, streams 
 	zcfg := &zmtp.Config{Mechanism: s.cfg.mech, SocketType: string(zmq4.Sub),
 		HandshakeTimeout: s.cfg.connectTimeout(), OnFull: zmtp.Block,
 		MaxFrame: wire.MaxHeader + 64, MaxMessage: wire.MaxHeader + wire.MaxData + 256, MaxFrames: 3,
-		Dial: s.cfg.DialPublish}
+		Dial: s.cfg.DialPublish, OnRecv: func(_ []byte, frames [][]byte) { onRecv(frames) }}
 	sub := zmq4.NewSub(zmtp.WithConfig(ctx, zcfg), zmq4.WithDialerMaxRetries(0),
 		zmq4.WithDialerTimeout(s.cfg.connectTimeout()), zmq4.WithLogger(log.New(io.Discard, "", 0)))
 	topics := []string{topic + "x"}

@@ -38,6 +38,18 @@ type Follower struct {
 	stale bool // live publications stopped coming
 
 	history, missed, live uint64
+
+	// Release, when set, is handed each live payload (JobOutput.Bytes)
+	// once the Follower holds it no more: written, a duplicate, not
+	// followed, or not kept because the reorder buffer was full. The
+	// caller may recycle it (bufpool).
+	Release func([]byte)
+}
+
+func (f *Follower) release(b []byte) {
+	if f.Release != nil {
+		f.Release(b)
+	}
 }
 
 // NewFollower follows the streams from start; size is what the server held
@@ -75,6 +87,7 @@ func (f *Follower) drain(st wire.Stream) error {
 		}
 		f.reorder[st].pop()
 		n, err := f.deliver(st, off, data)
+		f.release(data)
 		if err != nil {
 			return err
 		}
@@ -183,14 +196,18 @@ func (f *Follower) Live(m wire.Message) error {
 	case *wire.JobOutput:
 		st := m.Stream
 		if !f.followedStream(st) {
+			f.release(m.Bytes)
 			return nil
 		}
 		f.liveEnd[st] = max(f.liveEnd[st], m.Offset+uint64(len(m.Bytes)))
 		if m.Offset > f.next[st] {
-			f.reorder[st].add(m.Offset, m.Bytes)
+			if !f.reorder[st].add(m.Offset, m.Bytes) {
+				f.release(m.Bytes)
+			}
 			return nil
 		}
 		n, err := f.deliver(st, m.Offset, m.Bytes)
+		f.release(m.Bytes)
 		if err != nil {
 			return err
 		}
@@ -254,21 +271,24 @@ type liveItem struct {
 
 const maxReorder = 8 << 20
 
-func (b *liveBuffer) add(off uint64, data []byte) {
+// add keeps data at off and reports whether it did (not when full or a
+// duplicate).
+func (b *liveBuffer) add(off uint64, data []byte) bool {
 	if b.bytes+len(data) > maxReorder {
-		return
+		return false
 	}
 	i := len(b.items)
 	for i > 0 && b.items[i-1].off > off {
 		i--
 	}
 	if i > 0 && b.items[i-1].off == off {
-		return // a duplicate
+		return false // a duplicate
 	}
 	b.items = append(b.items, liveItem{})
 	copy(b.items[i+1:], b.items[i:])
 	b.items[i] = liveItem{off, data}
 	b.bytes += len(data)
+	return true
 }
 
 func (b *liveBuffer) first() (uint64, []byte, bool) {

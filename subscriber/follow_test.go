@@ -193,3 +193,37 @@ func TestFollowRefusedFetch(t *testing.T) {
 		t.Fatalf("delivered %d and %d octets (done %v), want %d each", c.out[wire.Stdout].Len(), c.out[wire.Stderr].Len(), f.Done(), size)
 	}
 }
+
+// TestFollowReleasesLivePayloads: each live payload is handed to Release
+// exactly once, and only when the Follower holds it no more: one kept for
+// reordering not before it is written.
+func TestFollowReleasesLivePayloads(t *testing.T) {
+	f, c := newFollowed([3]uint64{}, [3]uint64{}, map[string]string{})
+	released := map[*byte]int{}
+	f.Release = func(b []byte) { released[&b[0]]++ }
+	early := output(3, "def")
+	f.Live(early) // ahead of next: kept
+	if released[&early.Bytes[0]] != 0 {
+		t.Fatal("released a payload still held for reordering")
+	}
+	first := output(0, "abc")
+	f.Live(first) // written, then early drained
+	dup := output(0, "abc")
+	f.Live(dup)
+	other := &wire.JobOutput{Job: "J", Stream: wire.Stderr, Offset: 0, Bytes: []byte("x")}
+	f.Live(other) // not followed
+	for _, m := range []*wire.JobOutput{early, first, dup, other} {
+		if n := released[&m.Bytes[0]]; n != 1 {
+			t.Errorf("payload at %d (%s) released %d times, want once", m.Offset, m.Stream, n)
+		}
+	}
+	if got := c.out[wire.Stdout].String(); got != "abcdef" {
+		t.Fatalf("delivered %q", got)
+	}
+	// Not kept (the reorder buffer is full): released at once.
+	big := &wire.JobOutput{Job: "J", Stream: wire.Stdout, Offset: 100, Bytes: make([]byte, maxReorder+1)}
+	f.Live(big)
+	if released[&big.Bytes[0]] != 1 {
+		t.Fatal("a payload the reorder buffer refused was not released")
+	}
+}
