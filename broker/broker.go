@@ -283,15 +283,26 @@ func sideEndpoint(ep string, offset int) (string, error) {
 }
 
 // pubQueue is how many octets of publications zpd queues per XPUB
-// subscriber before it drops whole messages for that subscriber. A job
-// that writes in bursts (2 MiB at once in bench.sh's fan-out) overflowed
-// the 256 KiB it used to be at once: a watcher that kept up on average
-// still received only 10-13% live and fetched the rest again over the
-// ROUTER. The frames are the publication's own (NoCopy), shared by all
-// subscribers, so the queue costs memory only for what a subscriber that
-// stalls keeps referenced: at most pubQueue each, and only a key granted
-// the job's topic can subscribe.
-const pubQueue = 4 << 20
+// subscriber whatever the others do; past it, a subscriber's queue may
+// grow to pubBurst while all the queues together reference at most
+// pubBurstMax octets (zmtp.Burst: a publication queued on every
+// subscriber counts once, NoCopy). Past that, whole messages are dropped
+// for that subscriber, which fetches them again over the ROUTER.
+//
+// A job that writes in bursts (2 MiB at once in bench.sh's fan-out)
+// overflowed the 256 KiB the queue used to be at once. With 4 MiB and no
+// burst, 100 watchers of one job on a 2-CPU machine either all kept up or,
+// after a stall, fell behind together (35% received live, twice the wall
+// time): a watcher descheduled for 200 ms misses two bursts. With the
+// burst, --insecure watchers received 100% live in every run and CURVE
+// ones a median of 64-98% (bench/README.md, 2026-12-03). The bound is on
+// what stalled subscribers keep referenced: pubQueue each plus
+// pubBurstMax for all, whatever their number.
+const (
+	pubQueue    = 4 << 20
+	pubBurst    = 16 << 20
+	pubBurstMax = 256 << 20
+)
 
 // listenPublish binds the XPUB that publishes job output and the XSUB
 // through which authenticated publishers reach it (topics "p/…" only).
@@ -304,6 +315,7 @@ func (b *Broker) listenPublish(ep string) error {
 	pcfg := &zmtp.Config{
 		Mechanism: b.relayMechanism(), SocketType: string(zmq4.XPub), HandshakeTimeout: b.cfg.HandshakeTimeout,
 		OnFull: zmtp.DropMessage, SendQueue: pubQueue, NoCopy: true,
+		Burst: &zmtp.Burst{PerPeer: pubBurst, Max: pubBurstMax},
 		// Subscribers send only subscriptions: small frames, and only
 		// those their key was granted (grants), a few per connection.
 		MaxFrame: 1024, MaxMessage: 1024, MaxFrames: 1,

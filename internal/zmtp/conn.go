@@ -135,7 +135,7 @@ func newConn(raw net.Conn, br *bufio.Reader, cfg *Config, peer *Peer, id []byte)
 		c.rpending = append(appendFrameHeader(c.rpending, 0, len(sub)), sub...)
 	}
 	for _, h := range cfg.Hello {
-		c.queue = append(c.queue, outFrame{body: append([]byte(nil), h...)})
+		c.enqueueLocked(outFrame{body: append([]byte(nil), h...)})
 		c.queued += len(h)
 	}
 	go c.writer()
@@ -525,8 +525,7 @@ func (c *conn) frameDone() error {
 			putBuf(body)
 			return c.errLocked()
 		}
-		limit := c.cfg.sendQueue()
-		if c.queued+len(body) <= limit || c.queued == 0 || !first {
+		if c.admitLocked(len(body), first) {
 			break
 		}
 		switch c.cfg.OnFull {
@@ -547,10 +546,34 @@ func (c *conn) frameDone() error {
 			c.cond.Wait()
 		}
 	}
-	c.queue = append(c.queue, f)
-	c.queued += len(body)
+	c.enqueueLocked(f)
 	c.cond.Broadcast()
 	return nil
+}
+
+// admitLocked counts n more octets on c's queue if they may join it, and
+// reports whether they may; first is false inside a message whose earlier
+// frames were queued (a message is never split). Past SendQueue, a
+// connection with a Burst may grow to Burst.PerPeer while all the queues
+// sharing it reference at most Burst.Max octets.
+func (c *conn) admitLocked(n int, first bool) bool {
+	q := c.queued + n
+	ok := q <= c.cfg.sendQueue() || c.queued == 0 || !first
+	if b := c.cfg.Burst; !ok && b != nil {
+		ok = q <= b.PerPeer && b.Used()+int64(n) <= b.Max
+	}
+	if ok {
+		c.queued = q
+	}
+	return ok
+}
+
+// enqueueLocked appends f to c's queue (counted by admitLocked).
+func (c *conn) enqueueLocked(f outFrame) {
+	c.queue = append(c.queue, f)
+	if b := c.cfg.Burst; b != nil {
+		b.hold(f.body)
+	}
 }
 
 // sendDirect queues one message, its frames in order (Config.OnDirect).
@@ -566,7 +589,7 @@ func (c *conn) sendDirect(frames [][]byte) error {
 		if c.closed {
 			return c.errLocked()
 		}
-		if c.queued+total <= c.cfg.sendQueue() || c.queued == 0 {
+		if c.admitLocked(total, true) {
 			break
 		}
 		switch c.cfg.OnFull {
@@ -591,9 +614,8 @@ func (c *conn) sendDirect(frames [][]byte) error {
 		if i < len(frames)-1 {
 			of.flags = FlagMore
 		}
-		c.queue = append(c.queue, of)
+		c.enqueueLocked(of)
 	}
-	c.queued += total
 	c.cond.Broadcast()
 	return nil
 }
@@ -656,6 +678,9 @@ func (c *conn) writer() {
 		}
 		_, err := bufs.WriteTo(c.raw)
 		for i := range batch {
+			if b := c.cfg.Burst; b != nil {
+				b.release(batch[i].body)
+			}
 			if !batch[i].borrowed {
 				putBuf(batch[i].body)
 			}
@@ -689,6 +714,12 @@ func (c *conn) fail(err error) {
 func (c *conn) failLocked(err error) {
 	if c.closed {
 		return
+	}
+	if b := c.cfg.Burst; b != nil { // the queue is dropped
+		for _, f := range c.queue {
+			b.release(f.body)
+		}
+		c.queue = nil
 	}
 	c.closed = true
 	c.err = err

@@ -35,6 +35,11 @@ type Config struct {
 	MaxFrame, MaxMessage, MaxFrames int
 	// SendQueue bounds the octets queued to one peer (default 8 MiB).
 	SendQueue int
+	// Burst, when set, lets a peer's queue grow past SendQueue up to
+	// Burst.PerPeer octets while all the queues sharing it hold no more
+	// than Burst.Max: room for a subscriber that falls behind for a moment,
+	// bounded for the whole socket whatever the number of peers.
+	Burst *Burst
 	// NoCopy promises that the socket's owner never modifies a frame after
 	// sending it: queued frames then reference the sender's memory instead
 	// of a copy (an XPUB with many subscribers queues one message, not one
@@ -136,6 +141,68 @@ func (c *Config) maxFrame() int   { return orDefault(c.MaxFrame, 4<<20) }
 func (c *Config) maxMessage() int { return orDefault(c.MaxMessage, 8<<20) }
 func (c *Config) maxFrames() int  { return orDefault(c.MaxFrames, 16) }
 func (c *Config) sendQueue() int  { return orDefault(c.SendQueue, 8<<20) }
+
+// Burst is the room past Config.SendQueue that the connections of one
+// socket share (see Config.Burst). It counts the octets their queues
+// reference, each frame once however many queues hold it (with NoCopy an
+// XPUB queues one publication on every subscriber), until written or the
+// connection ends. Safe for concurrent use.
+type Burst struct {
+	// PerPeer is the most one connection may queue.
+	PerPeer int
+	// Max bounds what all the queues together reference when one of them
+	// grows past its SendQueue; give or take one message, since a message
+	// is admitted by its first frame and never split.
+	Max int64
+
+	mu   sync.Mutex
+	refs map[frameKey]int32
+	used int64
+}
+
+type frameKey struct {
+	p *byte
+	n int
+}
+
+// Used returns the octets the queues sharing b reference.
+func (b *Burst) Used() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
+}
+
+func (b *Burst) hold(f []byte) {
+	if len(f) == 0 {
+		return
+	}
+	k := frameKey{&f[0], len(f)}
+	b.mu.Lock()
+	if b.refs == nil {
+		b.refs = make(map[frameKey]int32)
+	}
+	if b.refs[k]++; b.refs[k] == 1 {
+		b.used += int64(len(f))
+	}
+	b.mu.Unlock()
+}
+
+func (b *Burst) release(f []byte) {
+	if len(f) == 0 {
+		return
+	}
+	k := frameKey{&f[0], len(f)}
+	b.mu.Lock()
+	if n, ok := b.refs[k]; ok {
+		if n <= 1 {
+			delete(b.refs, k)
+			b.used -= int64(len(f))
+		} else {
+			b.refs[k] = n - 1
+		}
+	}
+	b.mu.Unlock()
+}
 
 // direct reports whether connections hand messages to OnRecv.
 func (c *Config) direct() bool { return c.OnRecv != nil && !c.filters() }
