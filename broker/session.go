@@ -187,6 +187,16 @@ func (s *session) handle(m wire.Message) {
 		if ch := s.channel(m.Channel); ch != nil {
 			s.release(m.Channel, ch)
 		}
+	case *wire.Batch:
+		if s.version < 6 {
+			s.sendErr(wire.Errorf(m.Channel, wire.CodeBadRequest, "BATCH needs protocol version 6 (this session speaks %d)", s.version))
+			return
+		}
+		// Each message as if it had come alone: the decoder let in only
+		// FILE, FILE_OK, COMMIT, FILE_DONE and ACK of the batch's channel.
+		for _, in := range m.Msgs {
+			s.handle(in)
+		}
 	case *wire.Data, *wire.Ack, *wire.Signal, *wire.File, *wire.FileOK, *wire.Chunk, *wire.Commit, *wire.FileDone, *wire.End, *wire.BcastGo, *wire.BcastChunks, *wire.BcastGoChunks:
 		id, _ := wire.ChannelOf(m)
 		ch := s.channel(id)

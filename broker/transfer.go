@@ -146,6 +146,7 @@ func (x *xferChan) upload(m *wire.Send) {
 		// less 022, whatever umask zpd itself was started with (README).
 		Umask:  uploadUmask,
 		Window: window, Send: func(msg wire.Message) error { s.send(msg); return nil },
+		Batch:  s.version >= 6,
 		Thread: s.acct.fsThread(),
 		OnChunk: func(n int) {
 			s.b.m.TransferBytes.WithLabelValues("received").Add(float64(n))
@@ -235,6 +236,7 @@ func (x *xferChan) download(m *wire.Recv) {
 	x.send = publisher.NewSender(publisher.SenderConfig{
 		Channel: x.id, Send: func(msg wire.Message) error { s.send(msg); return nil },
 		Window: uint64(m.Window), Chunk: s.b.cfg.xferChunk(), Checksum: m.Flags&wire.XferChecksum != 0,
+		Batch:      s.version >= 6,
 		OnProgress: func(string, uint64, uint64) {},
 	})
 	close(x.ready)

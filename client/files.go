@@ -81,12 +81,18 @@ func (s *Session) forward(ctx context.Context, inbox <-chan wire.Message, delive
 	for {
 		select {
 		case m := <-inbox:
-			if fd, ok := m.(*wire.FileDone); ok && warn != nil && warn(fd) {
-				continue
+			msgs := []wire.Message{m}
+			if b, ok := m.(*wire.Batch); ok {
+				msgs = b.Msgs // each as if it had come alone
 			}
-			if !deliver(m) {
-				abort()
-				return &ProtocolError{errors.New("more messages in flight than the protocol allows")}
+			for _, m := range msgs {
+				if fd, ok := m.(*wire.FileDone); ok && warn != nil && warn(fd) {
+					continue
+				}
+				if !deliver(m) {
+					abort()
+					return &ProtocolError{errors.New("more messages in flight than the protocol allows")}
+				}
 			}
 		case <-ctx.Done():
 			return nil
@@ -147,6 +153,7 @@ func (s *Session) Upload(ctx context.Context, sources []string, dest string, opt
 	}
 	sender := publisher.NewSender(publisher.SenderConfig{
 		Channel: id, Send: s.send, Window: uint64(ok.Window), Chunk: s.cfg.xferChunk(), Checksum: opts.Checksum,
+		Batch: s.info.Version >= 6,
 		OnFile: func(r publisher.FileResult) {
 			if opts.OnFile != nil {
 				opts.OnFile(r.Path, r.Err, r.Skipped)
@@ -235,7 +242,7 @@ func (s *Session) Download(ctx context.Context, sources []string, dest string, o
 	out := &TransferStats{Failures: []Failure{}}
 	var mu sync.Mutex // the receiver reports from its commit goroutines
 	recv := subscriber.NewReceiver(subscriber.ReceiverConfig{
-		Channel: id, Flags: flags, Window: window, Send: s.send,
+		Channel: id, Flags: flags, Window: window, Send: s.send, Batch: s.info.Version >= 6,
 		Chown: opts.Preserve && os.Geteuid() == 0,
 		Umask: umask(),
 		Open: func(first *wire.File) (*chunkstore.Root, string, error) {

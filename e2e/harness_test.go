@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/zpipes/zp/internal/wire"
 	"io"
 	"os"
 	"os/exec"
@@ -134,10 +135,28 @@ func (d *zpd) env() []string { return []string{"ZP_CONFIG=" + d.Home} }
 // it on the same address.
 func startZPDWith(t *testing.T, args ...string) *zpd {
 	t.Helper()
+	return startZPDEnv(t, nil, args...)
+}
+
+// unbatch returns the messages m carries: those of a BATCH (protocol
+// version 6), each as if it had come alone, or m itself.
+func unbatch(m wire.Message) []wire.Message {
+	if b, ok := m.(*wire.Batch); ok {
+		return b.Msgs
+	}
+	return []wire.Message{m}
+}
+
+// startZPDEnv is startZPDWith with env added to zpd's environment.
+func startZPDEnv(t *testing.T, env []string, args ...string) *zpd {
+	t.Helper()
 	d := &zpd{t: t, State: t.TempDir(), Home: t.TempDir(), log: &syncBuffer{}, done: make(chan struct{})}
 	all := append([]string{"--listen", "127.0.0.1:" + strconv.Itoa(freePorts(t)), "--state", d.State}, args...)
 	// A --listen in args comes later and wins (pflag keeps the last value).
 	d.cmd = exec.Command(bin("zpd"), all...)
+	if env != nil {
+		d.cmd.Env = append(os.Environ(), env...)
+	}
 	startAndWait(t, d)
 	return d
 }

@@ -260,11 +260,11 @@ func TestStoppedClientDoesNotSlowOthers(t *testing.T) {
 	}
 }
 
-// A version 5 zpd accepts OPEN with version 1 to 5, answers with the
+// A version 6 zpd accepts OPEN with version 1 to 6, answers with the
 // client's version, and refuses others with 426.
 func TestOpenVersions(t *testing.T) {
 	d := startInsecureZPD(t)
-	for _, v := range []uint16{1, 2, 3, 4, 5} {
+	for _, v := range []uint16{1, 2, 3, 4, 5, 6} {
 		s := rawDealer(t, d)
 		s.Send(zmq4.NewMsgFrom(wire.Frames(&wire.Open{Version: v})...))
 		m, err := recvMsg(t, s)
@@ -275,10 +275,50 @@ func TestOpenVersions(t *testing.T) {
 			t.Fatalf("OPEN version %d got %#v", v, m)
 		}
 	}
-	for _, v := range []uint16{0, 6} {
+	for _, v := range []uint16{0, 7} {
 		s := rawDealer(t, d)
 		s.Send(zmq4.NewMsgFrom(wire.Frames(&wire.Open{Version: v})...))
 		expectError(t, s, wire.CodeVersion)
+	}
+}
+
+// BATCH needs a version 6 session: in a version 5 one it is refused
+// (ERROR 400); in a version 6 one each message in it is handled as if it
+// had come alone (here: ERROR 404, no such channel, for each).
+func TestBatchNeedsVersion6(t *testing.T) {
+	d := startInsecureZPD(t)
+	batch := &wire.Batch{Channel: 9, Msgs: []wire.Message{
+		&wire.FileOK{Channel: 9, FID: 1, Action: wire.ActionSkip},
+		&wire.FileOK{Channel: 9, FID: 2, Action: wire.ActionSkip},
+	}}
+	for _, v := range []uint16{5, 6} {
+		s := rawDealer(t, d)
+		s.Send(zmq4.NewMsgFrom(wire.Frames(&wire.Open{Version: v})...))
+		if m, err := recvMsg(t, s); err != nil {
+			t.Fatal(err)
+		} else if _, ok := m.(*wire.OpenOK); !ok {
+			t.Fatalf("OPEN version %d got %#v", v, m)
+		}
+		s.Send(zmq4.NewMsgFrom(wire.Frames(batch)...))
+		answers := 1
+		if v == 6 {
+			answers = 2
+		}
+		for range answers {
+			m, err := recvMsg(t, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, ok := m.(*wire.Error)
+			switch {
+			case !ok:
+				t.Fatalf("version %d: BATCH got %#v", v, m)
+			case v == 5 && (e.Code != wire.CodeBadRequest || !strings.Contains(e.Reason, "needs protocol version 6")):
+				t.Fatalf("version 5: BATCH got %#v", e)
+			case v == 6 && (e.Code != wire.CodeNotFound || e.Channel != 9):
+				t.Fatalf("version 6: BATCH got %#v", e)
+			}
+		}
 	}
 }
 

@@ -54,20 +54,22 @@ func startScriptedServer(t *testing.T, script func(io scriptIO, m wire.Message))
 				send: func(m wire.Message) { router.Send(zmq4.NewMsgFrom(append([][]byte{id}, wire.Frames(m)...)...)) },
 				raw:  func(frames ...[]byte) { router.Send(zmq4.NewMsgFrom(append([][]byte{id}, frames...)...)) },
 			}
-			m, err := wire.Decode(msg.Frames[1:])
+			batch, err := wire.Decode(msg.Frames[1:])
 			if err != nil {
 				continue
 			}
-			switch m := m.(type) {
-			case *wire.Open:
-				io.send(&wire.OpenOK{Version: wire.Version, Session: "fake", Token: make([]byte, 16), Heartbeat: 1000, Timeout: 5000, Grace: 1000, Server: "fake"})
-			case *wire.Ping:
-				io.send(&wire.Pong{Seq: m.Seq})
-			default:
-				srv.mu.Lock()
-				srv.got = append(srv.got, m)
-				srv.mu.Unlock()
-				script(io, m)
+			for _, m := range unbatch(batch) {
+				switch m := m.(type) {
+				case *wire.Open:
+					io.send(&wire.OpenOK{Version: wire.Version, Session: "fake", Token: make([]byte, 16), Heartbeat: 1000, Timeout: 5000, Grace: 1000, Server: "fake"})
+				case *wire.Ping:
+					io.send(&wire.Pong{Seq: m.Seq})
+				default:
+					srv.mu.Lock()
+					srv.got = append(srv.got, m)
+					srv.mu.Unlock()
+					script(io, m)
+				}
 			}
 		}
 	}()

@@ -171,12 +171,18 @@ func TestZpcUploadHostileNames(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	var queued []wire.Message // the rest of a BATCH from zpd
 	recv := func() wire.Message {
 		t.Helper()
-		m, err := recvMsg(t, s)
-		if err != nil {
-			t.Fatal(err)
+		if len(queued) == 0 {
+			m, err := recvMsg(t, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			queued = unbatch(m)
 		}
+		m := queued[0]
+		queued = queued[1:]
 		return m
 	}
 	send(&wire.Open{Version: wire.Version})
@@ -291,37 +297,39 @@ func startFakeServer(t *testing.T, entries []hostileEntry, earlyEnd bool) *fakeS
 				seq += uint64(len(b))
 				send(&wire.Commit{Channel: ch, FID: fid, Size: uint64(len(hello)), Digest: helloDigest()})
 			}
-			switch m := m.(type) {
-			case *wire.Open:
-				send(&wire.OpenOK{Version: wire.Version, Session: "fake", Token: make([]byte, 16), Heartbeat: 1000, Timeout: 5000, Grace: 1000, Server: "fake"})
-			case *wire.Ping:
-				send(&wire.Pong{Seq: m.Seq})
-			case *wire.Recv:
-				for _, e := range entries {
-					f := e.f
-					f.Channel = m.Channel
-					send(&f)
-				}
-				// Content for refused entries, unasked.
-				content(m.Channel, 1)
-				content(m.Channel, 6)
-				if earlyEnd {
-					send(&wire.End{Channel: m.Channel, Count: uint32(len(entries))})
-				}
-			case *wire.FileOK:
-				switch m.Action {
-				case wire.ActionSend:
-					if !earlyEnd {
-						content(m.Channel, m.FID)
+			for _, m := range unbatch(m) {
+				switch m := m.(type) {
+				case *wire.Open:
+					send(&wire.OpenOK{Version: wire.Version, Session: "fake", Token: make([]byte, 16), Heartbeat: 1000, Timeout: 5000, Grace: 1000, Server: "fake"})
+				case *wire.Ping:
+					send(&wire.Pong{Seq: m.Seq})
+				case *wire.Recv:
+					for _, e := range entries {
+						f := e.f
+						f.Channel = m.Channel
+						send(&f)
 					}
-				default:
+					// Content for refused entries, unasked.
+					content(m.Channel, 1)
+					content(m.Channel, 6)
+					if earlyEnd {
+						send(&wire.End{Channel: m.Channel, Count: uint32(len(entries))})
+					}
+				case *wire.FileOK:
+					switch m.Action {
+					case wire.ActionSend:
+						if !earlyEnd {
+							content(m.Channel, m.FID)
+						}
+					default:
+						answered[m.FID] = true
+					}
+				case *wire.FileDone:
+					fs.mu.Lock()
+					fs.results[m.FID] = m.Code
+					fs.mu.Unlock()
 					answered[m.FID] = true
 				}
-			case *wire.FileDone:
-				fs.mu.Lock()
-				fs.results[m.FID] = m.Code
-				fs.mu.Unlock()
-				answered[m.FID] = true
 			}
 			if !earlyEnd && len(answered) == len(entries) {
 				answered[0] = true // once

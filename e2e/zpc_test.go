@@ -334,6 +334,32 @@ func TestZpcTree(t *testing.T) {
 	}
 }
 
+// A zpd that speaks protocol version 5 (no BATCH) still gets and sends
+// trees: zpc falls back to version 5 and sends each message alone.
+func TestZpcTreeVersion5(t *testing.T) {
+	t.Parallel()
+	flags := []string{"--insecure"}
+	if os.Geteuid() == 0 {
+		flags = append(flags, "--insecure-anyone-is-root")
+	}
+	d := startZPDEnv(t, []string{"ZP_FAULT_MAX_VERSION=5"}, flags...)
+	src := filepath.Join(t.TempDir(), "tree")
+	smallTree(t, src)
+	for i := range 300 {
+		writeFile(t, filepath.Join(src, fmt.Sprintf("many/f%03d", i)), randomBytes(100+i, uint64(i)), 0o644, time.Unix(1e9, 0))
+	}
+	up, down := roundTrip(t, d, src)
+	for _, s := range []zpcStats{up, down} {
+		if s.Files != 307 || s.Links != 4 || s.Dirs != 7 || len(s.Failures) != 0 {
+			t.Errorf("summary %+v", s)
+		}
+	}
+	r := d.zpc(t, "-r", "--json", src, d.at(t.TempDir()))
+	if r.Code != 0 {
+		t.Fatalf("exit %d\n%s", r.Code, r.Stderr)
+	}
+}
+
 // bigSparseish makes a file of size octets that is mostly zeros (a hole)
 // with random blocks here and there, first and last octets included.
 func bigSparseish(t *testing.T, path string, size int64, seed uint64) {

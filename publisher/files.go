@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/credit"
@@ -187,6 +188,9 @@ type SenderConfig struct {
 	Window   uint64 // credit granted by the receiver
 	Chunk    int    // largest CHUNK payload
 	Checksum bool   // send each file's digest with FILE (read twice)
+	// Batch: the peer speaks protocol version 6, so FILE messages may
+	// leave in BATCH messages (a walk's run of entries in one message).
+	Batch bool
 	// Outstanding bounds FILE messages not yet answered (pipelining).
 	Outstanding int
 	// OnFile, if set, reports each finished entry; OnProgress content
@@ -198,6 +202,16 @@ type SenderConfig struct {
 // MaxEntries bounds the entries a sender has announced and not seen
 // finished (docs/PROTOCOL.md): a receiver can rely on it to size its queue.
 const MaxEntries = 1024
+
+// A walk's FILE messages leave in batches of up to fileBatch, or what
+// gathered in fileBatchWait, or before hashing a file of batchHashFlush
+// octets or more (with Checksum): the receiver never waits long for the
+// entries the sender has.
+const (
+	fileBatch      = 128
+	fileBatchWait  = 2 * time.Millisecond
+	batchHashFlush = 1 << 20
+)
 
 // Sender sends entries to a Receiver over one channel: FILE for each,
 // then, for those the receiver asks for, CHUNKs within its credit and a
@@ -272,11 +286,36 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 	var fid uint32
 	var count uint32
 	go func() {
-		walkErr <- walk(func(e Entry) error {
+		// With Batch, FILE messages wait in pend until fileBatch of them
+		// are there, a few milliseconds passed, or the walk would block
+		// (no free slot, a large file to hash first, its end).
+		var pend []wire.Message
+		var since time.Time
+		flush := func() error {
+			var err error
+			switch len(pend) {
+			case 0:
+				return nil
+			case 1:
+				err = s.cfg.Send(pend[0])
+			default:
+				err = s.cfg.Send(&wire.Batch{Channel: s.cfg.Channel, Msgs: pend})
+			}
+			pend = nil
+			return err
+		}
+		err := walk(func(e Entry) error {
 			select {
 			case slots <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
+			default:
+				if err := flush(); err != nil {
+					return err
+				}
+				select {
+				case slots <- struct{}{}:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 			fid++
 			m, err := fileMessage(s.cfg.Channel, fid, e)
@@ -286,6 +325,11 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 				return nil
 			}
 			if s.cfg.Checksum && m.Kind == wire.KindFile {
+				if m.Size >= batchHashFlush {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
 				if m.Digest, err = fileDigest(e.Path); err != nil {
 					<-slots
 					s.finish(&sendFile{fid: fid, entry: e, msg: m}, err)
@@ -296,8 +340,22 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 			s.pending[fid] = &sendFile{fid: fid, entry: e, msg: m}
 			s.mu.Unlock()
 			count++
-			return s.cfg.Send(m)
+			if !s.cfg.Batch {
+				return s.cfg.Send(m)
+			}
+			if len(pend) == 0 {
+				since = time.Now()
+			}
+			pend = append(pend, m)
+			if len(pend) >= fileBatch || time.Since(since) >= fileBatchWait {
+				return flush()
+			}
+			return nil
 		})
+		if err == nil {
+			err = flush()
+		}
+		walkErr <- err
 	}()
 
 	walked := false
@@ -451,14 +509,54 @@ func (s *Sender) snapshot() SendStats {
 }
 
 // data sends the content of files the receiver asked for, one after the
-// other, within the channel's credit.
+// other, within the channel's credit. With Batch, the COMMITs of small
+// files wait while the next file's content is ready to go, and leave
+// together in one BATCH (before this side would wait for a file to send,
+// before a file of batchHashFlush octets or more, or fileBatch of them).
 func (s *Sender) data(ctx context.Context, ready <-chan *wire.FileOK) error {
+	var commits []wire.Message
+	flush := func() error {
+		var err error
+		switch len(commits) {
+		case 0:
+			return nil
+		case 1:
+			err = s.cfg.Send(commits[0])
+		default:
+			err = s.cfg.Send(&wire.Batch{Channel: s.cfg.Channel, Msgs: commits})
+		}
+		commits = nil
+		if err != nil {
+			return &sendError{err}
+		}
+		return nil
+	}
+	commit := func(m *wire.Commit) error {
+		if !s.cfg.Batch {
+			if err := s.cfg.Send(m); err != nil {
+				return &sendError{err}
+			}
+			return nil
+		}
+		commits = append(commits, m)
+		if len(commits) >= fileBatch {
+			return flush()
+		}
+		return nil
+	}
 	for {
 		var ok *wire.FileOK
 		select {
 		case ok = <-ready:
-		case <-ctx.Done():
-			return ctx.Err()
+		default:
+			if err := flush(); err != nil {
+				return err.(*sendError).err
+			}
+			select {
+			case ok = <-ready:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 		s.mu.Lock()
 		f := s.pending[ok.FID]
@@ -466,7 +564,12 @@ func (s *Sender) data(ctx context.Context, ready <-chan *wire.FileOK) error {
 		if f == nil {
 			continue
 		}
-		if err := s.sendContent(ctx, f, ok); err != nil {
+		if f.msg.Size >= batchHashFlush {
+			if err := flush(); err != nil {
+				return err.(*sendError).err
+			}
+		}
+		if err := s.sendContent(ctx, f, ok, commit); err != nil {
 			if errors.Is(err, context.Canceled) || errors.Is(err, credit.ErrClosed) {
 				return err
 			}
@@ -487,7 +590,7 @@ type sendError struct{ err error }
 
 func (e *sendError) Error() string { return e.err.Error() }
 
-func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK) error {
+func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK, commit func(*wire.Commit) error) error {
 	file, err := os.Open(f.entry.Path)
 	if err != nil {
 		return err
@@ -545,10 +648,7 @@ func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK) 
 			return rerr
 		}
 	}
-	if err := s.cfg.Send(&wire.Commit{Channel: s.cfg.Channel, FID: f.fid, Size: off, Digest: h.Sum(nil)}); err != nil {
-		return &sendError{err}
-	}
-	return nil
+	return commit(&wire.Commit{Channel: s.cfg.Channel, FID: f.fid, Size: off, Digest: h.Sum(nil)})
 }
 
 func fileDigest(path string) ([]byte, error) {

@@ -38,9 +38,12 @@ type ReceiverConfig struct {
 	// Umask masks the permission bits an entry gets without the preserve
 	// flag (rsync without -p: the source's permission bits less Umask,
 	// setuid, setgid and sticky dropped); with it, the whole mode.
-	Umask   uint32
-	Window  uint64
-	Send    func(wire.Message) error
+	Umask  uint32
+	Window uint64
+	Send   func(wire.Message) error
+	// Batch: the peer speaks protocol version 6, so answers may leave in
+	// BATCH messages (batcher).
+	Batch   bool
 	Commits int    // concurrent commits (fdatasync+rename); default 16
 	Writers int    // directories written in parallel; default 8
 	Thread  func() // run first on every goroutine that touches files
@@ -319,6 +322,11 @@ func (r *Receiver) lockThread() {
 // ends, or the sender breaks the protocol.
 func (r *Receiver) Run(ctx context.Context) error {
 	r.lockThread()
+	if r.cfg.Batch {
+		b := newBatcher(r.cfg.Channel, r.cfg.Send)
+		r.cfg.Send = b.Send // before any goroutine that sends starts
+		defer b.Close()     // last: after the writers and workers stopped
+	}
 	var workers sync.WaitGroup
 	defer func() {
 		close(r.stop)

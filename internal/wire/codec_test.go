@@ -61,6 +61,13 @@ func samples() map[string]Message {
 		"commit":    &Commit{Channel: 4, FID: 7, Size: 4103, Digest: bytes.Repeat([]byte{2}, 32)},
 		"file-done": &FileDone{Channel: 4, FID: 7, Code: uint16(CodeNoSpace), Reason: "disk full"},
 		"end":       &End{Channel: 4, Count: 3},
+		"batch": &Batch{Channel: 4, Msgs: []Message{
+			&File{Channel: 4, FID: 9, Path: "d/g", Kind: KindFile, Mode: 0o644, MTime: 1, Size: 4096, UID: 1, GID: 2},
+			&FileOK{Channel: 4, FID: 7, Action: ActionSkip},
+			&Commit{Channel: 4, FID: 7, Size: 4103, Digest: bytes.Repeat([]byte{2}, 32)},
+			&FileDone{Channel: 4, FID: 7, Reason: "ok"},
+			&Ack{Channel: 4, Offset: 1, Limit: 2},
+		}},
 
 		"join":           &Join{Version: 3, Name: "web3", Labels: map[string]string{"role": "web", "dc": "par1"}, Software: "zpd/0.2.0", Metrics: ":9750", Heartbeat: 1000, Relay: ":5751", RelayControl: ":5750"},
 		"join-v2":        &Join{Version: 2, Name: "web3", Labels: map[string]string{"role": "web"}, Software: "zpd/0.2.0", Metrics: ":9750", Heartbeat: 1000},
@@ -212,6 +219,24 @@ func TestDecodeErrors(t *testing.T) {
 		{"error code", [][]byte{Encode(nil, &Error{Code: 200})}, ErrInvalid},
 		{"bool", [][]byte{func() []byte { b := Encode(nil, &OpenOK{}); b[len(b)-2] = 7; return b }()}, ErrInvalid},
 		{"oversized header", [][]byte{make([]byte, MaxHeader+1)}, ErrTooLarge},
+		{"empty batch", [][]byte{Encode(nil, &Batch{Channel: 1})}, ErrInvalid},
+		{"batch in a batch", [][]byte{Encode(nil, &Batch{Channel: 1, Msgs: []Message{&Batch{Channel: 1, Msgs: []Message{&Ack{Channel: 1}}}}})}, ErrInvalid},
+		{"chunk in a batch", [][]byte{Encode(nil, &Batch{Channel: 1, Msgs: []Message{&Chunk{Channel: 1, FID: 1}}})}, ErrFrames},
+		{"exec in a batch", [][]byte{Encode(nil, &Batch{Channel: 1, Msgs: []Message{&Exec{Channel: 1, Argv: []string{"x"}}}})}, ErrInvalid},
+		{"other channel in a batch", [][]byte{Encode(nil, &Batch{Channel: 1, Msgs: []Message{&Ack{Channel: 2}}})}, ErrInvalid},
+		{"bad message in a batch", [][]byte{Encode(nil, &Batch{Channel: 1, Msgs: []Message{&Ack{Channel: 1, Offset: 5, Limit: 4}}})}, ErrInvalid},
+		{"batch size past the end", [][]byte{func() []byte {
+			b := Encode(nil, &Batch{Channel: 1, Msgs: []Message{&Ack{Channel: 1}}})
+			b[3+4+4] = 0x01 // the first message's size, high octet
+			return b
+		}()}, ErrTruncated},
+		{"too many in a batch", [][]byte{func() []byte {
+			b := &Batch{Channel: 1}
+			for range MaxBatch + 1 {
+				b.Msgs = append(b.Msgs, &Ack{Channel: 1})
+			}
+			return Encode(nil, b)
+		}()}, ErrInvalid},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -469,6 +469,8 @@ func ChannelOf(m Message) (uint32, bool) {
 		return m.Channel, true
 	case *End:
 		return m.Channel, true
+	case *Batch:
+		return m.Channel, true
 	case *Fleet:
 		return m.Channel, true
 	case *FleetList:
