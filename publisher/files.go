@@ -292,15 +292,7 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 		var pend []wire.Message
 		var since time.Time
 		flush := func() error {
-			var err error
-			switch len(pend) {
-			case 0:
-				return nil
-			case 1:
-				err = s.cfg.Send(pend[0])
-			default:
-				err = s.cfg.Send(&wire.Batch{Channel: s.cfg.Channel, Msgs: pend})
-			}
+			err := s.sendRun(pend)
 			pend = nil
 			return err
 		}
@@ -516,15 +508,7 @@ func (s *Sender) snapshot() SendStats {
 func (s *Sender) data(ctx context.Context, ready <-chan *wire.FileOK) error {
 	var commits []wire.Message
 	flush := func() error {
-		var err error
-		switch len(commits) {
-		case 0:
-			return nil
-		case 1:
-			err = s.cfg.Send(commits[0])
-		default:
-			err = s.cfg.Send(&wire.Batch{Channel: s.cfg.Channel, Msgs: commits})
-		}
+		err := s.sendRun(commits)
 		commits = nil
 		if err != nil {
 			return &sendError{err}
@@ -584,6 +568,18 @@ func (s *Sender) data(ctx context.Context, ready <-chan *wire.FileOK) error {
 			s.finish(f, err)
 		}
 	}
+}
+
+// sendRun sends msgs (batchable, of this channel): one alone, more as a
+// BATCH, none not at all.
+func (s *Sender) sendRun(msgs []wire.Message) error {
+	switch len(msgs) {
+	case 0:
+		return nil
+	case 1:
+		return s.cfg.Send(msgs[0])
+	}
+	return s.cfg.Send(&wire.Batch{Channel: s.cfg.Channel, Msgs: msgs})
 }
 
 type sendError struct{ err error }
