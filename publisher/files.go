@@ -573,13 +573,10 @@ func (s *Sender) data(ctx context.Context, ready <-chan *wire.FileOK) error {
 // sendRun sends msgs (batchable, of this channel): one alone, more as a
 // BATCH, none not at all.
 func (s *Sender) sendRun(msgs []wire.Message) error {
-	switch len(msgs) {
-	case 0:
-		return nil
-	case 1:
-		return s.cfg.Send(msgs[0])
+	if m := wire.Bundle(s.cfg.Channel, msgs); m != nil {
+		return s.cfg.Send(m)
 	}
-	return s.cfg.Send(&wire.Batch{Channel: s.cfg.Channel, Msgs: msgs})
+	return nil
 }
 
 type sendError struct{ err error }

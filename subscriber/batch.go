@@ -24,7 +24,6 @@ type batcher struct {
 
 	mu     sync.Mutex
 	queue  []wire.Message
-	spare  []wire.Message
 	err    error // the first send error: later Sends return it
 	closed bool  // Close was called: Send sends directly
 	wake   chan struct{}
@@ -105,22 +104,18 @@ func (b *batcher) flush() {
 	for {
 		b.mu.Lock()
 		q := b.queue
-		b.queue, b.spare = b.spare[:0], nil
+		b.queue = nil
 		b.mu.Unlock()
 		if len(q) == 0 {
-			b.mu.Lock()
-			b.spare = q
-			b.mu.Unlock()
 			return
 		}
-		err := b.sendAll(q)
-		clear(q)
-		b.mu.Lock()
-		if err != nil && b.err == nil {
-			b.err = err
+		if err := b.sendAll(q); err != nil {
+			b.mu.Lock()
+			if b.err == nil {
+				b.err = err
+			}
+			b.mu.Unlock()
 		}
-		b.spare = q[:0]
-		b.mu.Unlock()
 	}
 }
 
@@ -128,14 +123,12 @@ func (b *batcher) sendAll(q []wire.Message) error {
 	var run []wire.Message
 	octets := 0
 	out := func() error {
-		defer func() { run, octets = nil, 0 }()
-		switch len(run) {
-		case 0:
+		m := wire.Bundle(b.channel, run)
+		run, octets = nil, 0
+		if m == nil {
 			return nil
-		case 1:
-			return b.send(run[0])
 		}
-		return b.send(&wire.Batch{Channel: b.channel, Msgs: run})
+		return b.send(m)
 	}
 	for _, m := range q {
 		if !wire.Batchable(m) {

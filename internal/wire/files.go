@@ -352,6 +352,18 @@ func Batchable(m Message) bool {
 	return false
 }
 
+// Bundle is the one message that carries msgs (batchable, of channel):
+// the message itself when there is one, a BATCH of more, nil for none.
+func Bundle(channel uint32, msgs []Message) Message {
+	switch len(msgs) {
+	case 0:
+		return nil
+	case 1:
+		return msgs[0]
+	}
+	return &Batch{Channel: channel, Msgs: msgs}
+}
+
 func (*Batch) ID() MsgID { return IDBatch }
 func (m *Batch) encode(e *encoder) {
 	e.u32(m.Channel)
