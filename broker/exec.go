@@ -238,7 +238,7 @@ func (ch *execChan) pump(st wire.Stream, f *os.File) {
 		if err != nil {
 			return // abandoned: closing f gives the command EPIPE, as under ssh
 		}
-		buf, rerr := rd.Read(f, n)
+		buf, rerr := rd.ReadPipe(f, n)
 		if len(buf) > 0 {
 			off := ps.Sent(buf)
 			b.m.Bytes.WithLabelValues("out", "exec").Add(float64(len(buf)))
