@@ -70,40 +70,10 @@ func Walk(sources []string, recursive, single bool, warn func(msg string, failed
 			prefix = ""
 		}
 		root := filepath.Clean(src)
-		err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				warn(fmt.Sprintf("%s: %v", p, errors.Unwrap(err)), true)
-				if d != nil && d.IsDir() {
-					return fs.SkipDir
-				}
-				return nil
-			}
-			if p != root && reserved(d.Name()) {
-				warn(skipReserved(p), false)
-				if d.IsDir() {
-					return fs.SkipDir
-				}
-				return nil
-			}
-			rel, _ := filepath.Rel(root, p)
-			name := filepath.ToSlash(rel)
-			if name == "." {
-				name = ""
-			}
-			switch {
-			case prefix == "":
-			case name == "":
-				name = prefix
-			default:
-				name = prefix + "/" + name
-			}
-			info, err := d.Info()
-			if err != nil {
-				warn(fmt.Sprintf("%s: %v", p, err), true)
-				return nil
-			}
-			return emitOne(Entry{Name: name, Path: p, Info: info}, warn, emit)
-		})
+		if err := emitOne(Entry{Name: prefix, Path: root, Info: info}, warn, emit); err != nil {
+			return err
+		}
+		err = walkTree(root, prefix, warn, emit)
 		if err != nil {
 			return err
 		}
@@ -142,8 +112,13 @@ func fileMessage(channel, fid uint32, e Entry) (*wire.File, error) {
 	if mode&fs.ModeSticky != 0 {
 		m.Mode |= 0o1000
 	}
-	if st, ok := e.Info.Sys().(*syscall.Stat_t); ok {
-		m.UID, m.GID = st.Uid, st.Gid
+	switch st := e.Info.(type) {
+	case interface{ owner() (uint32, uint32) }:
+		m.UID, m.GID = st.owner()
+	default:
+		if st, ok := e.Info.Sys().(*syscall.Stat_t); ok {
+			m.UID, m.GID = st.Uid, st.Gid
+		}
 	}
 	switch {
 	case mode.IsDir():
