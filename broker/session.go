@@ -416,12 +416,6 @@ func (s *session) end(reason string) {
 	if c != nil {
 		s.b.mu.Lock()
 		c.sess = nil
-		// The connection, sessionless again, gets the whole time allowed
-		// to one that never opened a session from now, not from when it
-		// connected: otherwise the sweep closed it as "silent" just as
-		// its client, its CLOSE answered, was hanging up, and the client
-		// reported a lost connection after a command that succeeded.
-		c.since = time.Now()
 		s.b.mu.Unlock()
 	}
 	for _, ch := range chans {

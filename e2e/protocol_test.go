@@ -141,46 +141,6 @@ func TestCloseIsConfirmed(t *testing.T) {
 	}
 }
 
-// A connection whose session ended (CLOSE answered) is closed for silence
-// only after the time allowed to one that never opened a session, counted
-// from the end of the session, not from the connection: the sweep closed
-// it as its client was hanging up (100 concurrent `zp HOST sleep 8`: twelve
-// "closing silent connection" in zpd's log as they ended, and a client
-// printing "connection lost; reconnecting" after a command that succeeded).
-func TestSessionlessAgainGetsTheWholeTimeout(t *testing.T) {
-	t.Parallel()
-	// Timeout and heartbeat: 600 ms for a connection without a session;
-	// the sweep runs every 50 ms.
-	d := startInsecureZPD(t, "--heartbeat", "100ms", "--timeout", "500ms")
-	p := rawPeer(t, d)
-	p.open()
-	for i := range 8 { // 800 ms with a session: past the 600 ms
-		p.send(&wire.Ping{Seq: uint64(i)})
-		time.Sleep(100 * time.Millisecond)
-	}
-	p.send(&wire.Close{})
-	if ok, isOK := p.next().(*wire.OK); !isOK || ok.Channel != 0 {
-		t.Fatal("CLOSE not confirmed")
-	}
-	time.Sleep(250 * time.Millisecond) // five sweeps
-	if strings.Contains(d.Log(), "closing silent connection") {
-		t.Fatalf("the connection was closed %v after its session ended:\n%s", 250*time.Millisecond, d.Log())
-	}
-	p.open() // the same connection, another session
-	p.send(&wire.Close{})
-	if _, isOK := p.next().(*wire.OK); !isOK {
-		t.Fatal("second CLOSE not confirmed")
-	}
-	// Left without a session, it is still closed in the end.
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(d.Log(), "closing silent connection") {
-		if time.Now().After(deadline) {
-			t.Fatalf("a connection without a session was never closed:\n%s", d.Log())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // Issue 12: EXEC with window 0 grants no credit: zpd sends no output
 // until the client's first ACK.
 func TestExecWindowZero(t *testing.T) {
