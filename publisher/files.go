@@ -73,7 +73,7 @@ func Walk(sources []string, recursive, single bool, warn func(msg string, failed
 		if err := emitOne(Entry{Name: prefix, Path: root, Info: info}, warn, emit); err != nil {
 			return err
 		}
-		err = walkTree(root, prefix, warn, emit)
+		err = walkDir(root, prefix, true, warn, emit)
 		if err != nil {
 			return err
 		}
@@ -112,13 +112,10 @@ func fileMessage(channel, fid uint32, e Entry) (*wire.File, error) {
 	if mode&fs.ModeSticky != 0 {
 		m.Mode |= 0o1000
 	}
-	switch st := e.Info.(type) {
-	case interface{ owner() (uint32, uint32) }:
-		m.UID, m.GID = st.owner()
-	default:
-		if st, ok := e.Info.Sys().(*syscall.Stat_t); ok {
-			m.UID, m.GID = st.Uid, st.Gid
-		}
+	if o, ok := e.Info.(interface{ owner() (uint32, uint32) }); ok {
+		m.UID, m.GID = o.owner()
+	} else if st, ok := e.Info.Sys().(*syscall.Stat_t); ok {
+		m.UID, m.GID = st.Uid, st.Gid
 	}
 	switch {
 	case mode.IsDir():
