@@ -73,8 +73,7 @@ func Walk(sources []string, recursive, single bool, warn func(msg string, failed
 		if err := emitOne(Entry{Name: prefix, Path: root, Info: info}, warn, emit); err != nil {
 			return err
 		}
-		err = walkDir(root, prefix, true, warn, emit)
-		if err != nil {
+		if err := walkDir(root, prefix, true, warn, emit); err != nil {
 			return err
 		}
 	}

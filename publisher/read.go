@@ -38,13 +38,22 @@ func (b *Reader) Read(r io.Reader, n int) ([]byte, error) {
 	if cap(b.buf) < n {
 		b.buf = bufpool.Get(n)
 	}
-	buf := b.buf[:n]
-	k, err := r.Read(buf)
-	if k >= n/4 && k > 0 {
+	k, err := r.Read(b.buf[:n])
+	out, handed := handOver(b.buf, k, n)
+	if handed {
 		b.buf = nil
-		return buf[:k], err
 	}
-	return append([]byte(nil), buf[:k]...), err
+	return out, err
+}
+
+// handOver returns the k octets read into buf, a chunk of n: the chunk
+// itself when they fill a quarter of it or more (the bulk path, no copy),
+// else a copy of their own size; handed says which.
+func handOver(buf []byte, k, n int) (out []byte, handed bool) {
+	if k > 0 && k >= n/4 {
+		return buf[:k], true
+	}
+	return append([]byte(nil), buf[:k]...), false
 }
 
 // ReadPipe is Read for a pipe that Go's poller watches (the ends os.Pipe
@@ -86,18 +95,14 @@ func (b *Reader) ReadPipe(f *os.File, n int) ([]byte, error) {
 		if cap(b.buf) < n {
 			b.buf = bufpool.Get(n)
 		}
-		buf := b.buf[:n]
-		copy(buf, b.peek[:k])
-		if m, err := readFd(int(fd), buf[k:]); err == nil {
+		copy(b.buf, b.peek[:k])
+		if m, err := readFd(int(fd), b.buf[k:n]); err == nil {
 			k += m
 		}
-		if k >= n/4 {
-			b.buf = nil
-			out = buf[:k]
-			return true
+		var handed bool
+		if out, handed = handOver(b.buf, k, n); !handed {
+			bufpool.Put(b.buf) // hold nothing while waiting for the next burst
 		}
-		out = append([]byte(nil), buf[:k]...)
-		bufpool.Put(b.buf) // hold nothing while waiting for the next burst
 		b.buf = nil
 		return true
 	})
