@@ -16,6 +16,7 @@ import (
 
 	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/credit"
+	"github.com/zpipes/zp/internal/digest"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 	"github.com/zpipes/zp/subscriber"
@@ -147,6 +148,7 @@ func (x *xferChan) upload(m *wire.Send) {
 		Umask:  uploadUmask,
 		Window: window, Send: func(msg wire.Message) error { s.send(msg); return nil },
 		Batch:  s.version >= 6,
+		Hash:   digest.For(s.version),
 		Thread: s.acct.fsThread(),
 		OnChunk: func(n int) {
 			s.b.m.TransferBytes.WithLabelValues("received").Add(float64(n))
@@ -237,6 +239,7 @@ func (x *xferChan) download(m *wire.Recv) {
 		Channel: x.id, Send: func(msg wire.Message) error { s.send(msg); return nil },
 		Window: uint64(m.Window), Chunk: s.b.cfg.xferChunk(), Checksum: m.Flags&wire.XferChecksum != 0,
 		Batch:      s.version >= 6,
+		Hash:       digest.For(s.version),
 		OnProgress: func(string, uint64, uint64) {},
 	})
 	close(x.ready)

@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,7 +22,7 @@ func BenchmarkResume(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	p, err := r.OpenPartial("big", size+1, 1)
+	p, err := r.OpenPartial("big", size+1, 1, sha256.New)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -35,7 +36,7 @@ func BenchmarkResume(b *testing.B) {
 	b.SetBytes(size)
 	b.ResetTimer()
 	for range b.N {
-		q, err := r.OpenPartial("big", size+1, 1)
+		q, err := r.OpenPartial("big", size+1, 1, sha256.New)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -61,7 +62,7 @@ func BenchmarkSmallFile(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		name := "f" + strconv.Itoa(i%5000)
-		p, err := r.OpenPartial(name, 4096, int64(i))
+		p, err := r.OpenPartial(name, 4096, int64(i), sha256.New)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -134,7 +135,7 @@ func BenchmarkCommitBatch(b *testing.B) {
 				// as they arrive; the flush is what differs.
 				ps := make([]*Partial, files)
 				for j := range ps {
-					p, err := r.OpenPartial(fmt.Sprintf("b%d-%d", i, j), 4096, int64(j))
+					p, err := r.OpenPartial(fmt.Sprintf("b%d-%d", i, j), 4096, int64(j), sha256.New)
 					if err != nil {
 						b.Fatal(err)
 					}

@@ -3,7 +3,6 @@ package chunkstore
 import (
 	"bytes"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -35,7 +34,7 @@ var (
 var LockWait = 10 * time.Second
 
 // Partial is a file being received: a temporary name in the destination
-// directory, written sequentially while its SHA-256 is computed. It stays
+// directory, written sequentially while its digest is computed. It stays
 // on disk when the transfer is interrupted, so that the next transfer of
 // the same source resumes from its end.
 type Partial struct {
@@ -58,8 +57,10 @@ type Partial struct {
 const writeback = 8 << 20
 
 // OpenPartial opens (creating if needed) the partial file for the entry
-// name whose source has the given size and modification time. If a partial
-// from an earlier attempt exists, it is kept and its SHA-256 computed from
+// name whose source has the given size and modification time; newHash makes
+// the content digest (SHA-256 or BLAKE3: internal/digest, by protocol
+// version). If a partial from an earlier attempt exists, it is kept and its
+// digest computed from
 // the octets it holds (never from a record beside it, which anyone who can
 // write the directory could forge): Have reports its length and Prefix its
 // digest, for the sender to check against its own first Have octets.
@@ -71,7 +72,7 @@ const writeback = 8 << 20
 // symbolic link, a FIFO) is removed, or, where the caller may not remove
 // it (a sticky directory), left alone while the partial is written under
 // a fresh name. Notice says why.
-func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, error) {
+func (r *Root) OpenPartial(name string, size uint64, mtime int64, newHash func() hash.Hash) (*Partial, error) {
 	if name == "" {
 		return nil, fmt.Errorf("%w: empty name", ErrUnsafePath)
 	}
@@ -84,7 +85,7 @@ func (r *Root) OpenPartial(name string, size uint64, mtime int64) (*Partial, err
 		unix.Close(dfd)
 		return nil, r.pathErr("open", name, unix.EISDIR)
 	}
-	p := &Partial{r: r, name: name, dirfd: dfd, h: sha256.New()}
+	p := &Partial{r: r, name: name, dirfd: dfd, h: newHash()}
 	fd, err := p.claim(partialName(b, size, mtime))
 	if err != nil {
 		unix.Close(dfd)
@@ -293,7 +294,7 @@ func (p *Partial) staleState() string { return p.tmp + ".sha" }
 // Have is how many octets the partial holds.
 func (p *Partial) Have() uint64 { return p.written }
 
-// Prefix is the SHA-256 of the octets the partial holds.
+// Prefix is the digest of the octets the partial holds.
 func (p *Partial) Prefix() []byte {
 	return p.h.Sum(nil)
 }
@@ -361,7 +362,7 @@ func (p *Partial) Seal(size uint64, digest []byte, a Attrs) error {
 	if sum := p.h.Sum(nil); !bytes.Equal(sum, digest) {
 		p.remove()
 		p.Close()
-		return fmt.Errorf("%w: %s: sha256 %x, sender says %x", ErrMismatch, p.r.display(p.name), sum, digest)
+		return fmt.Errorf("%w: %s: digest %x, sender says %x", ErrMismatch, p.r.display(p.name), sum, digest)
 	}
 	if err := p.setAttrs(a); err != nil {
 		p.Close()
@@ -478,13 +479,14 @@ func (p *Partial) remove() {
 	}
 }
 
-// SameDigest reports whether name is a regular file with this SHA-256.
-func (r *Root) SameDigest(name string, size uint64, digest []byte) bool {
+// SameDigest reports whether name is a regular file of this size whose
+// digest (made by newHash) is digest.
+func (r *Root) SameDigest(name string, size uint64, digest []byte, newHash func() hash.Hash) bool {
 	st, err := r.Lstat(name)
 	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Size) != size {
 		return false
 	}
-	d, err := r.Digest(name)
+	d, err := r.Digest(name, newHash)
 	return err == nil && bytes.Equal(d, digest)
 }
 

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	zpdigest "github.com/zpipes/zp/internal/digest"
 )
 
 func randomBytes(n int, seed uint64) []byte {
@@ -49,14 +51,14 @@ func TestPartialResume(t *testing.T) {
 	mtime := time.Date(2022, 5, 6, 7, 8, 9, 123456789, time.UTC).UnixNano()
 	size := uint64(len(content))
 
-	p, err := f.root.OpenPartial("dir/file", size, mtime)
+	p, err := f.root.OpenPartial("dir/file", size, mtime, sha256.New)
 	if err == nil {
 		t.Fatal("OpenPartial without its directory")
 	}
 	if err := f.root.MkdirAll("dir"); err != nil {
 		t.Fatal(err)
 	}
-	p, err = f.root.OpenPartial("dir/file", size, mtime)
+	p, err = f.root.OpenPartial("dir/file", size, mtime, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +95,7 @@ func TestPartialResume(t *testing.T) {
 	}
 
 	// Reopened (the next transfer): it has the first cut octets and says so.
-	p, err = f.root.OpenPartial("dir/file", size, mtime)
+	p, err = f.root.OpenPartial("dir/file", size, mtime, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +104,7 @@ func TestPartialResume(t *testing.T) {
 		t.Fatalf("resume: have %d prefix %x, want %d %x", p.Have(), p.Prefix(), cut, want)
 	}
 	// Another source (other size or time) does not see this partial.
-	q, err := f.root.OpenPartial("dir/file", size, mtime+1)
+	q, err := f.root.OpenPartial("dir/file", size, mtime+1, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,13 +138,13 @@ func TestPartialRestart(t *testing.T) {
 	f := newFixture(t)
 	old := []byte("the old version of the file")
 	content := []byte("a new version, not a prefix match")
-	p, err := f.root.OpenPartial("f", uint64(len(content)), 1)
+	p, err := f.root.OpenPartial("f", uint64(len(content)), 1, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Write(0, old[:10])
 	p.Close()
-	p, err = f.root.OpenPartial("f", uint64(len(content)), 1)
+	p, err = f.root.OpenPartial("f", uint64(len(content)), 1, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +193,7 @@ func TestCommitMismatch(t *testing.T) {
 			mt := time.Date(2010, 1, 1, 0, 0, 0, 0, time.UTC)
 			os.Chtimes(good, mt, mt)
 			content := randomBytes(100_000, 2)
-			p, err := f.root.OpenPartial("f", uint64(len(content)), 5)
+			p, err := f.root.OpenPartial("f", uint64(len(content)), 5, sha256.New)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -214,7 +216,7 @@ func TestCommitMismatch(t *testing.T) {
 				t.Fatalf("partial kept after a mismatch: %v", ps)
 			}
 			// The next attempt starts from nothing.
-			p, err = f.root.OpenPartial("f", uint64(len(content)), 5)
+			p, err = f.root.OpenPartial("f", uint64(len(content)), 5, sha256.New)
 			if err != nil || p.Have() != 0 {
 				t.Fatalf("reopen: %v have %d", err, p.Have())
 			}
@@ -298,7 +300,7 @@ func TestPartialPlanted(t *testing.T) {
 			var p *Partial
 			go func() {
 				var err error
-				p, err = f.root.OpenPartial("f", size, mtime)
+				p, err = f.root.OpenPartial("f", size, mtime, sha256.New)
 				done <- err
 			}()
 			select {
@@ -379,7 +381,7 @@ func TestPartialPlantedSticky(t *testing.T) {
 		runtime.LockOSThread()
 		unix.RawSyscall(unix.SYS_SETFSGID, me, 0, 0)
 		unix.RawSyscall(unix.SYS_SETFSUID, me, 0, 0)
-		p, err := r.OpenPartial("f", size, mtime)
+		p, err := r.OpenPartial("f", size, mtime, sha256.New)
 		if err != nil {
 			errc <- err
 			return
@@ -426,13 +428,13 @@ func TestPartialPlantedSticky(t *testing.T) {
 // is created exclusively: the name is ours alone while we write.
 func TestPartialOwnIsResumed(t *testing.T) {
 	f := newFixture(t)
-	p, err := f.root.OpenPartial("f", 10, 1)
+	p, err := f.root.OpenPartial("f", 10, 1, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Write(0, []byte("01234"))
 	p.Close()
-	p, err = f.root.OpenPartial("f", 10, 1)
+	p, err = f.root.OpenPartial("f", 10, 1, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,7 +446,7 @@ func TestPartialOwnIsResumed(t *testing.T) {
 
 func TestZeroLengthFile(t *testing.T) {
 	f := newFixture(t)
-	p, err := f.root.OpenPartial("empty", 0, 0)
+	p, err := f.root.OpenPartial("empty", 0, 0, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,7 +481,7 @@ func TestResumeHashesWhatItKeeps(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(f.dir, tmp+".sha"), append(rec, state...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p, err := f.root.OpenPartial("f", size, mtime)
+	p, err := f.root.OpenPartial("f", size, mtime, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -512,7 +514,7 @@ func TestResumeHashesWhatItKeeps(t *testing.T) {
 func TestPublishChecksIdentity(t *testing.T) {
 	f := newFixture(t)
 	content := []byte("the real content")
-	p, err := f.root.OpenPartial("f", uint64(len(content)), 3)
+	p, err := f.root.OpenPartial("f", uint64(len(content)), 3, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -545,7 +547,7 @@ func TestPartialExclusive(t *testing.T) {
 	f := newFixture(t)
 	content := []byte("0123456789")
 	size := uint64(len(content))
-	p1, err := f.root.OpenPartial("f", size, 1)
+	p1, err := f.root.OpenPartial("f", size, 1, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -557,7 +559,7 @@ func TestPartialExclusive(t *testing.T) {
 	second := func() chan opened {
 		c := make(chan opened, 1)
 		go func() {
-			p, err := f.root.OpenPartial("f", size, 1)
+			p, err := f.root.OpenPartial("f", size, 1, sha256.New)
 			c <- opened{p, err}
 		}()
 		return c
@@ -602,5 +604,55 @@ func TestPartialExclusive(t *testing.T) {
 	o.p.Discard()
 	if b, _ := os.ReadFile(filepath.Join(f.dir, "f")); !bytes.Equal(b, content) {
 		t.Fatalf("the published file changed: %q", b)
+	}
+}
+
+// A partial written in a session of one protocol version resumes in a
+// session of another (PROTOCOL §10.3): its prefix digest is computed from
+// its octets with the hash it is opened with, and COMMIT is checked with
+// that hash too.
+func TestPartialResumeAcrossDigests(t *testing.T) {
+	f := newFixture(t)
+	content := randomBytes(1<<20+77, 3)
+	size, cut := uint64(len(content)), 300_001
+	p, err := f.root.OpenPartial("f", size, 9, zpdigest.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Write(0, content[:cut]); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	p, err = f.root.OpenPartial("f", size, 9, zpdigest.BLAKE3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b3 := func(b []byte) []byte { h := zpdigest.BLAKE3(); h.Write(b); return h.Sum(nil) }
+	if p.Have() != uint64(cut) || !bytes.Equal(p.Prefix(), b3(content[:cut])) {
+		t.Fatalf("reopened with BLAKE3: have %d, prefix %x", p.Have(), p.Prefix())
+	}
+	if err := p.Write(uint64(cut), content[cut:]); err != nil {
+		t.Fatal(err)
+	}
+	whole := sha256.Sum256(content)
+	if err := p.Commit(size, whole[:], Attrs{Mode: 0o644, MTime: 9}); !errors.Is(err, ErrMismatch) {
+		t.Fatalf("COMMIT with the SHA-256 in a BLAKE3 partial: %v", err)
+	}
+	// The mismatch removed the partial; the file is sent again from 0.
+	p, err = f.root.OpenPartial("f", size, 9, zpdigest.BLAKE3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Have() != 0 {
+		t.Fatalf("after a mismatch the partial has %d", p.Have())
+	}
+	if err := p.Write(0, content); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(size, b3(content), Attrs{Mode: 0o644, MTime: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(f.dir, "f")); !bytes.Equal(got, content) {
+		t.Fatal("committed content differs")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -447,14 +448,14 @@ func SameStat(st *unix.Stat_t, size uint64, mtime int64) bool {
 	return st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) == size && st.Mtim.Sec == mtime/1e9
 }
 
-// Digest returns the SHA-256 of the regular file name.
-func (r *Root) Digest(name string) ([]byte, error) {
+// Digest returns the digest (made by newHash) of the regular file name.
+func (r *Root) Digest(name string, newHash func() hash.Hash) ([]byte, error) {
 	f, err := r.OpenFile(name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	h := sha256.New()
+	h := newHash()
 	if _, err := io.Copy(h, f); err != nil {
 		return nil, err
 	}

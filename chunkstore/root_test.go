@@ -87,7 +87,7 @@ func digest(b []byte) []byte {
 
 // write puts content into name through a partial file and commits it.
 func (f *fixture) write(name string, content []byte, a Attrs) error {
-	p, err := f.root.OpenPartial(name, uint64(len(content)), a.MTime)
+	p, err := f.root.OpenPartial(name, uint64(len(content)), a.MTime, sha256.New)
 	if err != nil {
 		return err
 	}
@@ -129,7 +129,7 @@ func TestRootRefusesSymlinksLeadingOut(t *testing.T) {
 			checks := map[string]func() error{
 				"MkdirAll": func() error { return f.root.MkdirAll(through + "/newdir") },
 				"OpenPartial": func() error {
-					p, err := f.root.OpenPartial(through+"/pwned", 5, 0)
+					p, err := f.root.OpenPartial(through+"/pwned", 5, 0, sha256.New)
 					if err == nil {
 						p.Discard()
 					}
@@ -139,7 +139,7 @@ func TestRootRefusesSymlinksLeadingOut(t *testing.T) {
 				"Symlink":      func() error { return f.root.Symlink("x", through+"/newlink") },
 				"SetAttrs":     func() error { return f.root.SetAttrs(through+"/victim", Attrs{Mode: 0o777}) },
 				"Lstat":        func() error { _, err := f.root.Lstat(through + "/victim"); return err },
-				"Digest":       func() error { _, err := f.root.Digest(through + "/victim"); return err },
+				"Digest":       func() error { _, err := f.root.Digest(through+"/victim", sha256.New); return err },
 			}
 			for what, fn := range checks {
 				err := fn()
@@ -149,7 +149,7 @@ func TestRootRefusesSymlinksLeadingOut(t *testing.T) {
 					t.Errorf("%s: %v, want ErrEscape or ErrSymlink", what, err)
 				}
 			}
-			if f.root.Same(through+"/victim", 8, 0) || f.root.SameDigest(through+"/victim", 8, digest([]byte("original"))) {
+			if f.root.Same(through+"/victim", 8, 0) || f.root.SameDigest(through+"/victim", 8, digest([]byte("original")), sha256.New) {
 				t.Error("Same/SameDigest looked through the link")
 			}
 			f.untouched(t)
@@ -186,7 +186,7 @@ func testRootRefusesSymlinksInside(t *testing.T) {
 			"Symlink":  func() error { return f.root.Symlink("x", through+"/l") },
 			"SetAttrs": func() error { return f.root.SetAttrs(through+"/f", Attrs{Mode: 0o600}) },
 			"Lstat":    func() error { _, err := f.root.Lstat(through + "/f"); return err },
-			"Digest":   func() error { _, err := f.root.Digest(through + "/f"); return err },
+			"Digest":   func() error { _, err := f.root.Digest(through+"/f", sha256.New); return err },
 		}
 		for what, fn := range checks {
 			if err := fn(); !errors.Is(err, ErrSymlink) {
@@ -235,7 +235,7 @@ func TestCommitReplacesFinalSymlink(t *testing.T) {
 
 	// Planted between OpenPartial and Commit.
 	content := []byte("late")
-	p, err := f.root.OpenPartial("late", uint64(len(content)), 0)
+	p, err := f.root.OpenPartial("late", uint64(len(content)), 0, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestCommitAfterParentSwapped(t *testing.T) {
 		t.Fatal(err)
 	}
 	content := []byte("payload")
-	p, err := f.root.OpenPartial("d/f", uint64(len(content)), 0)
+	p, err := f.root.OpenPartial("d/f", uint64(len(content)), 0, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,10 +317,10 @@ func TestSymlinkAndMkdirConflicts(t *testing.T) {
 	if err := f.root.Symlink("x", ""); !errors.Is(err, ErrUnsafePath) {
 		t.Fatalf("symlink as the root: %v", err)
 	}
-	if _, err := f.root.OpenPartial("dir", 1, 0); err == nil {
+	if _, err := f.root.OpenPartial("dir", 1, 0, sha256.New); err == nil {
 		t.Fatal("OpenPartial over a directory")
 	}
-	if _, err := f.root.OpenPartial("", 1, 0); !errors.Is(err, ErrUnsafePath) {
+	if _, err := f.root.OpenPartial("", 1, 0, sha256.New); !errors.Is(err, ErrUnsafePath) {
 		t.Fatalf("OpenPartial of the root: %v", err)
 	}
 	// MkdirAll where a file is.
@@ -376,7 +376,7 @@ func TestSame(t *testing.T) {
 			t.Errorf("Same(%s): not a regular file", n)
 		}
 	}
-	if !f.root.SameDigest("f", 5, digest([]byte("12345"))) {
+	if !f.root.SameDigest("f", 5, digest([]byte("12345")), sha256.New) {
 		t.Error("SameDigest: same content")
 	}
 	for _, c := range []struct {
@@ -390,7 +390,7 @@ func TestSame(t *testing.T) {
 		{"l", 5, digest([]byte("12345"))}, // a symlink to f
 		{"missing", 5, digest([]byte("12345"))},
 	} {
-		if f.root.SameDigest(c.name, c.size, c.d) {
+		if f.root.SameDigest(c.name, c.size, c.d, sha256.New) {
 			t.Errorf("SameDigest(%s, %d, %x)", c.name, c.size, c.d)
 		}
 	}
@@ -402,14 +402,14 @@ func TestSame(t *testing.T) {
 func TestManyDirectories(t *testing.T) {
 	f := newFixture(t)
 	content := []byte("in d0")
-	p, err := f.root.OpenPartial("d0/x", uint64(len(content)), 0)
+	p, err := f.root.OpenPartial("d0/x", uint64(len(content)), 0, sha256.New)
 	if err == nil {
 		t.Fatal("OpenPartial in a missing directory")
 	}
 	if err := f.root.MkdirAll("d0"); err != nil {
 		t.Fatal(err)
 	}
-	p, err = f.root.OpenPartial("d0/x", uint64(len(content)), 0)
+	p, err = f.root.OpenPartial("d0/x", uint64(len(content)), 0, sha256.New)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,7 +521,7 @@ func TestOpenFileNeverBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { _, err := f.root.Digest("fifo"); done <- err }()
+	go func() { _, err := f.root.Digest("fifo", sha256.New); done <- err }()
 	select {
 	case err := <-done:
 		if err == nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/zpipes/zp/chunkstore"
+	"github.com/zpipes/zp/internal/digest"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 	"github.com/zpipes/zp/subscriber"
@@ -153,7 +154,7 @@ func (s *Session) Upload(ctx context.Context, sources []string, dest string, opt
 	}
 	sender := publisher.NewSender(publisher.SenderConfig{
 		Channel: id, Send: s.send, Window: uint64(ok.Window), Chunk: s.cfg.xferChunk(), Checksum: opts.Checksum,
-		Batch: s.info.Version >= 6,
+		Batch: s.info.Version >= 6, Hash: digest.For(s.info.Version),
 		OnFile: func(r publisher.FileResult) {
 			if opts.OnFile != nil {
 				opts.OnFile(r.Path, r.Err, r.Skipped)
@@ -243,6 +244,7 @@ func (s *Session) Download(ctx context.Context, sources []string, dest string, o
 	var mu sync.Mutex // the receiver reports from its commit goroutines
 	recv := subscriber.NewReceiver(subscriber.ReceiverConfig{
 		Channel: id, Flags: flags, Window: window, Send: s.send, Batch: s.info.Version >= 6,
+		Hash:  digest.For(s.info.Version),
 		Chown: opts.Preserve && os.Geteuid() == 0,
 		Umask: umask(),
 		Open: func(first *wire.File) (*chunkstore.Root, string, error) {

@@ -260,11 +260,11 @@ func TestStoppedClientDoesNotSlowOthers(t *testing.T) {
 	}
 }
 
-// A version 6 zpd accepts OPEN with version 1 to 6, answers with the
+// A zpd accepts OPEN with version 1 to wire.Version (7), answers with the
 // client's version, and refuses others with 426.
 func TestOpenVersions(t *testing.T) {
 	d := startInsecureZPD(t)
-	for _, v := range []uint16{1, 2, 3, 4, 5, 6} {
+	for v := uint16(1); v <= wire.Version; v++ {
 		s := rawDealer(t, d)
 		s.Send(zmq4.NewMsgFrom(wire.Frames(&wire.Open{Version: v})...))
 		m, err := recvMsg(t, s)
@@ -275,7 +275,7 @@ func TestOpenVersions(t *testing.T) {
 			t.Fatalf("OPEN version %d got %#v", v, m)
 		}
 	}
-	for _, v := range []uint16{0, 7} {
+	for _, v := range []uint16{0, wire.Version + 1} {
 		s := rawDealer(t, d)
 		s.Send(zmq4.NewMsgFrom(wire.Frames(&wire.Open{Version: v})...))
 		expectError(t, s, wire.CodeVersion)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -167,9 +166,8 @@ func TestZpcUnknownEntryKind(t *testing.T) {
 			io.send(&wire.File{Channel: m.Channel, FID: 2, Path: "good", Kind: wire.KindFile, Mode: 0o644, MTime: 1e18, Size: 5})
 		case *wire.FileOK:
 			if m.Action == wire.ActionSend {
-				d := sha256.Sum256(hello)
 				io.send(&wire.Chunk{Channel: m.Channel, FID: m.FID, Seq: 0, Bytes: hello})
-				io.send(&wire.Commit{Channel: m.Channel, FID: m.FID, Size: 5, Digest: d[:]})
+				io.send(&wire.Commit{Channel: m.Channel, FID: m.FID, Size: 5, Digest: helloDigest()})
 			}
 		case *wire.FileDone:
 			mu.Lock()

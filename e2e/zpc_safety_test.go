@@ -3,8 +3,8 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
+	"hash"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/zpipes/zp/internal/digest"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
 )
@@ -156,7 +157,16 @@ func (a *arena) checkDest(t *testing.T) {
 
 var hello = []byte("hello")
 
-func helloDigest() []byte { d := sha256.Sum256(hello); return d[:] }
+// helloDigest is hello's content digest in a session of wire.Version
+// (BLAKE3: PROTOCOL §10.3).
+func helloDigest() []byte { return sum(digest.For(wire.Version), hello) }
+
+// sum is data's digest by newHash.
+func sum(newHash func() hash.Hash, data []byte) []byte {
+	h := newHash()
+	h.Write(data)
+	return h.Sum(nil)
+}
 
 // Upload from a crafted client: every unsafe name gets a 4xx FILE_DONE
 // and nothing appears outside the destination.

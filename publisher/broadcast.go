@@ -77,7 +77,7 @@ func BuildManifest(sources []string, recursive, single bool, warn func(msg strin
 func fileDigests(path string, size uint64, chunk uint32) (digest, chunks []byte, err error) {
 	n := wire.ChunkCount(size, chunk)
 	if n == 0 {
-		digest, err = fileDigest(path)
+		digest, err = fileDigest(path, sha256.New)
 		return digest, nil, err
 	}
 	f, err := os.Open(path)

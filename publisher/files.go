@@ -3,9 +3,9 @@ package publisher
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -19,6 +19,7 @@ import (
 	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/bufpool"
+	"github.com/zpipes/zp/internal/digest"
 	"github.com/zpipes/zp/internal/wire"
 )
 
@@ -162,6 +163,10 @@ type SenderConfig struct {
 	// Batch: the peer speaks protocol version 6, so FILE messages may
 	// leave in BATCH messages (a walk's run of entries in one message).
 	Batch bool
+	// Hash makes the content digest (FILE's with Checksum, the resume
+	// prefix, COMMIT's): internal/digest.For the session's protocol
+	// version; nil means SHA-256.
+	Hash func() hash.Hash
 	// Outstanding bounds FILE messages not yet answered (pipelining).
 	Outstanding int
 	// OnFile, if set, reports each finished entry; OnProgress content
@@ -209,6 +214,9 @@ type sendFile struct {
 
 // NewSender returns a Sender; call Run.
 func NewSender(cfg SenderConfig) *Sender {
+	if cfg.Hash == nil {
+		cfg.Hash = digest.SHA256
+	}
 	if cfg.Outstanding <= 0 || cfg.Outstanding > MaxEntries {
 		cfg.Outstanding = MaxEntries
 	}
@@ -293,7 +301,7 @@ func (s *Sender) Run(ctx context.Context, walk func(emit func(Entry) error) erro
 						return err
 					}
 				}
-				if m.Digest, err = fileDigest(e.Path); err != nil {
+				if m.Digest, err = fileDigest(e.Path, s.cfg.Hash); err != nil {
 					<-slots
 					s.finish(&sendFile{fid: fid, entry: e, msg: m}, err)
 					return nil
@@ -560,7 +568,7 @@ func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK, 
 		return err
 	}
 	defer file.Close()
-	h := sha256.New()
+	h := s.cfg.Hash()
 	off := uint64(0)
 	if ok.Have > 0 {
 		// Resume only if the receiver's partial is a prefix of our file.
@@ -615,13 +623,14 @@ func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK, 
 	return commit(&wire.Commit{Channel: s.cfg.Channel, FID: f.fid, Size: off, Digest: h.Sum(nil)})
 }
 
-func fileDigest(path string) ([]byte, error) {
+// fileDigest is the digest (made by newHash) of the file at path.
+func fileDigest(path string, newHash func() hash.Hash) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	h := sha256.New()
+	h := newHash()
 	if _, err := io.Copy(h, f); err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/credit"
+	"github.com/zpipes/zp/internal/digest"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 )
@@ -88,7 +89,7 @@ func Needs(ctx context.Context, root *chunkstore.Root, asName string, entries []
 					bases[i] = b
 				}
 			} else {
-				same = root.SameDigest(name, e.Size, e.Digest)
+				same = root.SameDigest(name, e.Size, e.Digest, digest.SHA256) // a manifest's digests are SHA-256 (14.4)
 			}
 			if same {
 				n.Have += e.Size

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io/fs"
 	"os"
 	"runtime"
@@ -17,6 +18,7 @@ import (
 	"github.com/zpipes/zp/chunkstore"
 	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/bufpool"
+	"github.com/zpipes/zp/internal/digest"
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/publisher"
 	"golang.org/x/sys/unix"
@@ -43,7 +45,11 @@ type ReceiverConfig struct {
 	Send   func(wire.Message) error
 	// Batch: the peer speaks protocol version 6, so answers may leave in
 	// BATCH messages (batcher).
-	Batch   bool
+	Batch bool
+	// Hash makes the content digest: internal/digest.For the session's
+	// protocol version (BLAKE3 from version 7); nil means SHA-256, as in
+	// broadcasts.
+	Hash    func() hash.Hash
 	Commits int    // concurrent commits (fdatasync+rename); default 16
 	Writers int    // directories written in parallel; default 8
 	Thread  func() // run first on every goroutine that touches files
@@ -123,6 +129,9 @@ type dirAttrs struct {
 
 // NewReceiver returns a Receiver; call Run.
 func NewReceiver(cfg ReceiverConfig) *Receiver {
+	if cfg.Hash == nil {
+		cfg.Hash = digest.SHA256
+	}
 	if cfg.Commits <= 0 {
 		cfg.Commits = 16
 	}
@@ -613,7 +622,7 @@ func (r *Receiver) file(m *wire.File, name string) {
 			r.skip(m, name, st)
 			return
 		}
-		p, err := r.cfg.Root.OpenPartial(name, m.Size, m.MTime)
+		p, err := r.cfg.Root.OpenPartial(name, m.Size, m.MTime, r.cfg.Hash)
 		if err != nil {
 			r.fail(m, name, err)
 			return
@@ -647,7 +656,7 @@ func (r *Receiver) file(m *wire.File, name string) {
 // found (nil with the checksum flag).
 func (r *Receiver) same(m *wire.File, name string) (*unix.Stat_t, bool) {
 	if r.cfg.Flags&wire.XferChecksum != 0 && len(m.Digest) == 32 {
-		return nil, r.cfg.Root.SameDigest(name, m.Size, m.Digest)
+		return nil, r.cfg.Root.SameDigest(name, m.Size, m.Digest, r.cfg.Hash)
 	}
 	st, err := r.cfg.Root.Lstat(name)
 	if err != nil {

@@ -116,8 +116,9 @@ keeps the whole mode (and the owner, when the receiving side runs as root); devi
 FIFOs are skipped with a warning. Names from the other side never go through a symlink in the
 destination.
 
-Every file is checked with SHA-256 before it is renamed into place. Files whose size and
-modification time match are skipped (--checksum compares digests instead). If the connection
+Every file is checked with BLAKE3 (SHA-256 with a zpd of protocol version 6 or older) before
+it is renamed into place. Files whose size and modification time match are skipped (--checksum
+compares digests instead). If the connection
 breaks, zpc reconnects and resumes, trying for --reconnect-for (default 1m) per outage; after
 that it exits 255 and running the same command again resumes from where it stopped.
 
@@ -134,7 +135,7 @@ copied); 255 connection, authentication, protocol or usage failure.` + fleetCopy
 	fs.BoolVarP(&opts.recursive, "recursive", "r", false, "copy directories recursively")
 	fs.BoolVarP(&opts.preserve, "preserve", "p", false, "keep whole modes (setuid, setgid, sticky; no umask) and owners (when the receiver runs as root)")
 	fs.BoolVarP(&opts.verbose, "verbose", "v", false, "name each file as it is done")
-	fs.BoolVarP(&opts.checksum, "checksum", "c", false, "skip files whose SHA-256 matches, not size and time")
+	fs.BoolVarP(&opts.checksum, "checksum", "c", false, "skip files whose digest (BLAKE3) matches, not size and time")
 	fs.BoolVar(&opts.asJSON, "json", false, "print a JSON summary on stdout (with --fleet: per host)")
 	opts.fleet.register(root)
 	root.RunE = func(c *cobra.Command, args []string) error {

@@ -13,10 +13,11 @@ var Signature = [2]byte{0x5A, 0x50}
 
 // Version is the newest protocol version this package speaks, and
 // MinVersion the oldest: version 2 adds the fleet, 3 broadcasts, 4
-// broadcast content in full records, 5 chunk lists, 6 BATCH for transfers
-// (docs/PROTOCOL.md §12).
+// broadcast content in full records, 5 chunk lists, 6 BATCH for transfers,
+// 7 BLAKE3 as the transfers' content digest (internal/digest;
+// docs/PROTOCOL.md §12).
 const (
-	Version    = 6
+	Version    = 7
 	MinVersion = 1
 	// JoinVersion is the version of an agent's link to its hub (JOIN),
 	// which versions 4 and 5 left unchanged.
