@@ -172,15 +172,19 @@ type Session struct {
 	ep   string
 	info *wire.OpenOK
 
-	mu       sync.Mutex
-	link     *link         // nil while reconnecting
-	linkUp   chan struct{} // closed when link is set
-	opening  chan wire.Message
-	closing  chan struct{} // closed when the server confirms CLOSE
-	channels map[uint32]chan wire.Message
-	nextChan uint32
-	resumed  chan struct{}           // closed and replaced after each resume
-	outgoing map[*credit.Sender]bool // streams to resend after a resume
+	mu      sync.Mutex
+	link    *link         // nil while reconnecting
+	linkUp  chan struct{} // closed when link is set
+	opening chan wire.Message
+	closing chan struct{} // closed when the server confirms CLOSE
+	// hangingUp: Close was called. A link lost from then on ends the
+	// session as Close does, with no reconnect and no OnLinkLost: zpd
+	// may close a connection whose session ended before its client does.
+	hangingUp bool
+	channels  map[uint32]chan wire.Message
+	nextChan  uint32
+	resumed   chan struct{}           // closed and replaced after each resume
+	outgoing  map[*credit.Sender]bool // streams to resend after a resume
 
 	lastRecv atomic.Int64
 	resent   atomic.Uint64
@@ -553,8 +557,11 @@ func (s *Session) linkLost(l *link, cause error) {
 		s.linkUp = make(chan struct{})
 	}
 	s.mu.Unlock()
+	s.mu.Lock()
+	hangingUp := s.hangingUp
+	s.mu.Unlock()
 	l.close()
-	if !current {
+	if !current || hangingUp {
 		return
 	}
 	select {
@@ -752,6 +759,7 @@ func (s *Session) Close() error {
 		s.mu.Lock()
 		l := s.link
 		s.closing = confirmed
+		s.hangingUp = true
 		s.mu.Unlock()
 		if l != nil && l.send(&wire.Close{}) == nil {
 			t := time.NewTimer(time.Second)
