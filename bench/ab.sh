@@ -7,7 +7,8 @@
 #
 # down/up: a 1 GiB pipe (zp HOST cat FILE, zp HOST 'cat >/dev/null' <FILE); file: zpc of the 1 GiB
 # file; tree: zpc -r of the 5,000-file tree (DEST removed first); noop: the same into an existing
-# copy. DEST is under DST (default /tmp/zp-ab-dst, the same file system as bench.sh's).
+# copy. DEST is under DST (default /tmp/zp-ab-dst, the same file system as bench.sh's). DIRTY=1
+# writes 1 GiB beside it (not flushed) before each run, as another program's dirty data.
 set -euo pipefail
 B=$1 MODE=$2 ROW=$3 RUNS=${4:-3}
 D=${DATA:-/tmp/zp-profile} DR=${DST:-/tmp/zp-ab-dst}
@@ -21,7 +22,7 @@ sed -n 's/.*public-key = "\(.*\)".*/\1/p' "$ZP_CONFIG/id_curve.pub" >"$W/ak"
 if [ "$MODE" = curve ]; then args=(--authorized-keys "$W/ak"); F=; else args=(--insecure --insecure-anyone-is-root); F=--insecure; fi
 "$B/zpd" --listen 127.0.0.1:0 --state "$W/state" "${args[@]}" >"$W/log" 2>&1 &
 ZPID=$!
-trap 'kill $ZPID; wait $ZPID 2>/dev/null; rm -rf "$W" "$DR"' EXIT
+trap 'kill $ZPID; wait $ZPID 2>/dev/null; rm -rf "$W" "$DR" "$DR.dirty"' EXIT
 a=
 for _ in $(seq 100); do
   a=$(sed -n 's/.*zpd listening.* addr=\([0-9.]*:[0-9]*\).*/\1/p' "$W/log" | head -1)
@@ -36,6 +37,8 @@ for _ in $(seq "$RUNS"); do
   [ "$ROW" = noop ] || rm -rf "$DR"
   mkdir -p "$DR"
   sync
+  # DIRTY=1: another program's 1 GiB of unflushed data on the disk, as scp or rsync leave it
+  [ -z "${DIRTY:-}" ] || { rm -f "$DR.dirty"; cp "$BIG" "$DR.dirty"; }
   t0=$(awk '{print $14+$15}' /proc/$ZPID/stat)
   case $ROW in
   down) /usr/bin/time -f "%e %U %S" -o "$W/t" "$B/zp" $F "$a" cat "$BIG" >/dev/null ;;
