@@ -73,10 +73,10 @@ const flushEvery = 64 << 20
 // name whose source has the given size and modification time; newHash makes
 // the content digest (SHA-256 or BLAKE3: internal/digest, by protocol
 // version). If a partial from an earlier attempt exists, it is kept and its
-// digest computed from
-// the octets it holds (never from a record beside it, which anyone who can
-// write the directory could forge): Have reports its length and Prefix its
-// digest, for the sender to check against its own first Have octets.
+// digest computed from the octets it holds (never from a record beside it,
+// which anyone who can write the directory could forge): Have reports its
+// length and Prefix its digest, for the sender to check against its own
+// first Have octets.
 //
 // A new partial is created exclusively (O_EXCL, mode 0600). An existing
 // one is resumed only if it is a regular file owned by the caller's file
