@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-zeromq/zmq4"
-
 	"github.com/zpipes/zp/internal/wire"
 	"github.com/zpipes/zp/internal/zmtp"
 )
@@ -20,49 +18,30 @@ import (
 // no "connection lost; reconnecting" (OnLinkLost), no new OPEN. Here the
 // server answers CLOSE by closing the connection at once, without its OK.
 func TestCloseTakesALostLinkAsTheEnd(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var mu sync.Mutex
 	closers := map[string]func(){}
-	cfg := &zmtp.Config{SocketType: "ROUTER", OnFull: zmtp.Disconnect,
-		OnConnect: func(id []byte, _ *zmtp.Peer, _ net.Addr, closeConn func()) {
-			mu.Lock()
-			closers[string(id)] = closeConn
-			mu.Unlock()
-		}}
-	router := zmq4.NewRouter(zmtp.WithConfig(ctx, cfg))
-	defer router.Close()
-	if err := router.Listen("zptcp://127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
+	cfg := &zmtp.Config{OnConnect: func(id []byte, _ *zmtp.Peer, _ net.Addr, closeConn func()) {
+		mu.Lock()
+		closers[string(id)] = closeConn
+		mu.Unlock()
+	}}
 	var opens atomic.Int32
-	go func() {
-		for {
-			msg, err := router.Recv()
-			if err != nil {
-				return
-			}
-			m, err := wire.Decode(msg.Frames[1:])
-			if err != nil {
-				continue
-			}
-			switch m := m.(type) {
-			case *wire.Open:
-				opens.Add(1)
-				ok := &wire.OpenOK{Version: m.Version, Session: "S", Token: make([]byte, 16), Heartbeat: 1000, Timeout: 5000, Grace: 60000}
-				router.Send(zmq4.NewMsgFrom(append([][]byte{msg.Frames[0]}, wire.Frames(ok)...)...))
-			case *wire.Close:
-				mu.Lock()
-				c := closers[string(msg.Frames[0])]
-				mu.Unlock()
-				if c != nil {
-					c()
-				}
+	ep := fakeServer(t, cfg, func(id []byte, m wire.Message, reply func(wire.Message)) {
+		switch m := m.(type) {
+		case *wire.Open:
+			opens.Add(1)
+			reply(&wire.OpenOK{Version: m.Version, Session: "S", Token: make([]byte, 16), Heartbeat: 1000, Timeout: 5000, Grace: 60000})
+		case *wire.Close:
+			mu.Lock()
+			c := closers[string(id)]
+			mu.Unlock()
+			if c != nil {
+				c()
 			}
 		}
-	}()
+	})
 	var lost atomic.Int32
-	s, err := Dial(ctx, Config{Endpoint: "tcp://" + router.Addr().String(), Insecure: true, Resume: true,
+	s, err := Dial(context.Background(), Config{Endpoint: ep, Insecure: true, Resume: true,
 		OnLinkLost: func(error) { lost.Add(1) }})
 	if err != nil {
 		t.Fatal(err)
