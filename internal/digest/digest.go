@@ -21,9 +21,6 @@ import (
 // BLAKE3Version is the first protocol version whose transfers use BLAKE3.
 const BLAKE3Version = 7
 
-// Size is the length of every content digest, in octets.
-const Size = 32
-
 // SHA256 makes the digest of protocol versions 1 to 6 and of broadcasts.
 func SHA256() hash.Hash { return sha256.New() }
 
@@ -37,12 +34,4 @@ func For(v uint16) func() hash.Hash {
 		return BLAKE3
 	}
 	return SHA256
-}
-
-// Name is For(v)'s name, for messages: "BLAKE3" or "SHA-256".
-func Name(v uint16) string {
-	if v >= BLAKE3Version {
-		return "BLAKE3"
-	}
-	return "SHA-256"
 }
