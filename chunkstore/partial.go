@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/zpipes/zp/internal/digest"
 	"golang.org/x/sys/unix"
 )
 
@@ -307,8 +308,11 @@ func (p *Partial) staleState() string { return p.tmp + ".sha" }
 // Have is how many octets the partial holds.
 func (p *Partial) Have() uint64 { return p.written }
 
-// Prefix is the digest of the octets the partial holds.
+// Prefix is the digest of the octets the partial holds (nil once closed).
 func (p *Partial) Prefix() []byte {
+	if p.h == nil {
+		return nil
+	}
 	return p.h.Sum(nil)
 }
 
@@ -409,6 +413,9 @@ func (p *Partial) Seal(size uint64, digest []byte, a Attrs) error {
 		p.remove()
 		p.Close()
 		return fmt.Errorf("%w: %s: received %d octets, sender says %d", ErrSize, p.r.display(p.name), p.written, size)
+	}
+	if p.h == nil {
+		return fmt.Errorf("%s: %w", p.r.display(p.name), os.ErrClosed)
 	}
 	if sum := p.h.Sum(nil); !bytes.Equal(sum, digest) {
 		p.remove()
@@ -519,6 +526,8 @@ func (p *Partial) Close() error {
 	_ = p.waitFlush() // its descriptor must not be closed under it
 	unix.Close(p.dirfd)
 	p.dirfd = -1
+	digest.Release(p.h)
+	p.h = nil
 	return p.f.Close()
 }
 

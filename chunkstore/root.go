@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/zpipes/zp/internal/digest"
 	"golang.org/x/sys/unix"
 )
 
@@ -456,6 +457,7 @@ func (r *Root) Digest(name string, newHash func() hash.Hash) ([]byte, error) {
 	}
 	defer f.Close()
 	h := newHash()
+	defer digest.Release(h)
 	if _, err := io.Copy(h, f); err != nil {
 		return nil, err
 	}

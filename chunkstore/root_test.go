@@ -80,11 +80,6 @@ func (f *fixture) symlink(t *testing.T, target, name string) {
 	}
 }
 
-func digest(b []byte) []byte {
-	s := sha256.Sum256(b)
-	return s[:]
-}
-
 // write puts content into name through a partial file and commits it.
 func (f *fixture) write(name string, content []byte, a Attrs) error {
 	p, err := f.root.OpenPartial(name, uint64(len(content)), a.MTime, sha256.New)
@@ -95,7 +90,7 @@ func (f *fixture) write(name string, content []byte, a Attrs) error {
 		p.Close()
 		return err
 	}
-	return p.Commit(uint64(len(content)), digest(content), a)
+	return p.Commit(uint64(len(content)), digestOf(content), a)
 }
 
 func TestRootRefusesSymlinksLeadingOut(t *testing.T) {
@@ -149,7 +144,7 @@ func TestRootRefusesSymlinksLeadingOut(t *testing.T) {
 					t.Errorf("%s: %v, want ErrEscape or ErrSymlink", what, err)
 				}
 			}
-			if f.root.Same(through+"/victim", 8, 0) || f.root.SameDigest(through+"/victim", 8, digest([]byte("original")), sha256.New) {
+			if f.root.Same(through+"/victim", 8, 0) || f.root.SameDigest(through+"/victim", 8, digestOf([]byte("original")), sha256.New) {
 				t.Error("Same/SameDigest looked through the link")
 			}
 			f.untouched(t)
@@ -243,7 +238,7 @@ func TestCommitReplacesFinalSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.symlink(t, victim, "late")
-	if err := p.Commit(uint64(len(content)), digest(content), Attrs{Mode: 0o777}); err != nil {
+	if err := p.Commit(uint64(len(content)), digestOf(content), Attrs{Mode: 0o777}); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(f.dir, "late")); err != nil || string(b) != "late" {
@@ -285,7 +280,7 @@ func TestCommitAfterParentSwapped(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.symlink(t, f.outside, "d")
-	if err := p.Commit(uint64(len(content)), digest(content), Attrs{}); err != nil {
+	if err := p.Commit(uint64(len(content)), digestOf(content), Attrs{}); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(f.dir, "d.old/f")); err != nil || string(b) != "payload" {
@@ -376,7 +371,7 @@ func TestSame(t *testing.T) {
 			t.Errorf("Same(%s): not a regular file", n)
 		}
 	}
-	if !f.root.SameDigest("f", 5, digest([]byte("12345")), sha256.New) {
+	if !f.root.SameDigest("f", 5, digestOf([]byte("12345")), sha256.New) {
 		t.Error("SameDigest: same content")
 	}
 	for _, c := range []struct {
@@ -384,11 +379,11 @@ func TestSame(t *testing.T) {
 		size uint64
 		d    []byte
 	}{
-		{"f", 5, digest([]byte("12346"))},
-		{"f", 4, digest([]byte("12345"))},
+		{"f", 5, digestOf([]byte("12346"))},
+		{"f", 4, digestOf([]byte("12345"))},
 		{"f", 5, nil},
-		{"l", 5, digest([]byte("12345"))}, // a symlink to f
-		{"missing", 5, digest([]byte("12345"))},
+		{"l", 5, digestOf([]byte("12345"))}, // a symlink to f
+		{"missing", 5, digestOf([]byte("12345"))},
 	} {
 		if f.root.SameDigest(c.name, c.size, c.d, sha256.New) {
 			t.Errorf("SameDigest(%s, %d, %x)", c.name, c.size, c.d)
@@ -440,7 +435,7 @@ func TestManyDirectories(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	if err := p.Commit(uint64(len(content)), digest(content), Attrs{}); err != nil {
+	if err := p.Commit(uint64(len(content)), digestOf(content), Attrs{}); err != nil {
 		t.Fatalf("commit after the directory cache was emptied: %v", err)
 	}
 	if b, err := os.ReadFile(filepath.Join(f.dir, "d0/x")); err != nil || !bytes.Equal(b, content) {

@@ -569,6 +569,7 @@ func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK, 
 	}
 	defer file.Close()
 	h := s.cfg.Hash()
+	defer digest.Release(h)
 	off := uint64(0)
 	if ok.Have > 0 {
 		// Resume only if the receiver's partial is a prefix of our file.
@@ -631,6 +632,7 @@ func fileDigest(path string, newHash func() hash.Hash) ([]byte, error) {
 	}
 	defer f.Close()
 	h := newHash()
+	defer digest.Release(h)
 	if _, err := io.Copy(h, f); err != nil {
 		return nil, err
 	}

@@ -51,3 +51,23 @@ func TestPiecesAndReset(t *testing.T) {
 		}
 	}
 }
+
+// TestReleasedHasherStartsClean: a hasher given back in the middle of a
+// digest (as a failed transfer leaves it) comes back empty.
+func TestReleasedHasherStartsClean(t *testing.T) {
+	const abc = "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+	for range 100 {
+		h := BLAKE3()
+		h.Write([]byte("left over from another file"))
+		Release(h)
+		Release(SHA256()) // not pooled: ignored
+	}
+	for range 100 {
+		h := BLAKE3()
+		h.Write([]byte("abc"))
+		if got := hex.EncodeToString(h.Sum(nil)); got != abc {
+			t.Fatalf("a reused hasher gave %s, want %s", got, abc)
+		}
+		Release(h)
+	}
+}
