@@ -20,6 +20,7 @@ import (
 	"github.com/zpipes/zp/credit"
 	"github.com/zpipes/zp/internal/bufpool"
 	"github.com/zpipes/zp/internal/digest"
+	"github.com/zpipes/zp/internal/rawfile"
 	"github.com/zpipes/zp/internal/wire"
 )
 
@@ -563,7 +564,7 @@ type sendError struct{ err error }
 func (e *sendError) Error() string { return e.err.Error() }
 
 func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK, commit func(*wire.Commit) error) error {
-	file, err := os.Open(f.entry.Path)
+	file, err := rawfile.Open(f.entry.Path)
 	if err != nil {
 		return err
 	}
@@ -599,7 +600,11 @@ func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK, 
 			return &sendError{err}
 		}
 		buf := bufpool.Get(n) // recycled once acknowledged (run: ReleaseAcked)
-		k, rerr := io.ReadFull(file, buf)
+		left := -1 // the file grew: read to the end
+		if off <= size {
+			left = int(min(size-off, uint64(len(buf))))
+		}
+		k, rerr := file.ReadFull(buf, left)
 		if k > 0 {
 			h.Write(buf[:k])
 			seq := s.credit.Sent(buf[:k])
