@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/zpipes/zp/internal/digest"
+	"github.com/zpipes/zp/internal/rawfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,7 +44,7 @@ type Partial struct {
 	name    string // final name
 	tmp     string // partial's name in the same directory
 	dirfd   int    // owned: closed by Close, Commit and Discard
-	f       *os.File
+	f       *rawfile.File
 	h       hash.Hash
 	written uint64
 	synced  uint64 // start of the range not yet handed to writeback
@@ -109,7 +110,7 @@ func (r *Root) OpenPartial(name string, size uint64, mtime int64, newHash func()
 	if d != "" {
 		shown = d + "/" + p.tmp
 	}
-	p.f = os.NewFile(uintptr(fd), r.display(shown))
+	p.f = rawfile.New(fd, r.display(shown))
 	if p.notice != "" {
 		p.notice = r.display(name) + ": " + p.notice
 	}
@@ -342,20 +343,14 @@ func (p *Partial) Write(off uint64, data []byte) error {
 	p.h.Write(data)
 	p.written += uint64(len(data))
 	if p.written-p.synced >= writeback {
-		rc, err := p.f.SyscallConn()
-		if err == nil {
-			start, n := int64(p.synced), int64(p.written-p.synced)
-			_ = rc.Control(func(fd uintptr) {
-				_ = unix.SyncFileRange(int(fd), start, n, unix.SYNC_FILE_RANGE_WRITE)
-			})
-		}
+		_ = unix.SyncFileRange(p.f.Fd(), int64(p.synced), int64(p.written-p.synced), unix.SYNC_FILE_RANGE_WRITE)
 		p.synced = p.written
 	}
 	if p.written-p.flushed >= flushEvery && p.idle() {
 		p.flushed = p.written
 		done := make(chan struct{})
 		p.flushing = done
-		fd := int(p.f.Fd()) // Close waits for this flush before closing it
+		fd := p.f.Fd() // Close waits for this flush before closing it
 		go func() {
 			defer close(done)
 			if err := unix.Fdatasync(fd); err != nil {
@@ -430,7 +425,7 @@ func (p *Partial) Seal(size uint64, digest []byte, a Attrs) error {
 }
 
 func (p *Partial) setAttrs(a Attrs) error {
-	fd := int(p.f.Fd())
+	fd := p.f.Fd()
 	if a.Chown {
 		if err := unix.Fchown(fd, int(a.UID), int(a.GID)); err != nil {
 			return p.r.pathErr("chown", p.name, err)
@@ -454,7 +449,7 @@ func (p *Partial) Sync() error {
 	if err := p.waitFlush(); err != nil {
 		return p.r.pathErr("fdatasync", p.name, err)
 	}
-	if err := unix.Fdatasync(int(p.f.Fd())); err != nil {
+	if err := unix.Fdatasync(p.f.Fd()); err != nil {
 		return p.r.pathErr("fdatasync", p.name, err)
 	}
 	return nil
@@ -467,7 +462,7 @@ func (p *Partial) Sync() error {
 // makes the content durable.
 func (p *Partial) StartSync() {
 	if p.written > p.synced {
-		_ = unix.SyncFileRange(int(p.f.Fd()), int64(p.synced), int64(p.written-p.synced), unix.SYNC_FILE_RANGE_WRITE)
+		_ = unix.SyncFileRange(p.f.Fd(), int64(p.synced), int64(p.written-p.synced), unix.SYNC_FILE_RANGE_WRITE)
 		p.synced = p.written
 	}
 }
