@@ -91,14 +91,25 @@ func (r *Root) OpenPartial(name string, size uint64, mtime int64, newHash func()
 	if name == "" {
 		return nil, fmt.Errorf("%w: empty name", ErrUnsafePath)
 	}
+	st, _ := r.Lstat(name)
+	return r.OpenPartialSeen(name, st, size, mtime, newHash)
+}
+
+// OpenPartialSeen is OpenPartial for a caller that has just looked at
+// name: seen is what an Lstat of it found (nil: nothing, or it could not
+// tell). A directory there is refused without a second look (a system
+// call per file saved in a copy of small files).
+func (r *Root) OpenPartialSeen(name string, seen *unix.Stat_t, size uint64, mtime int64, newHash func() hash.Hash) (*Partial, error) {
+	if name == "" {
+		return nil, fmt.Errorf("%w: empty name", ErrUnsafePath)
+	}
+	if seen != nil && seen.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return nil, r.pathErr("open", name, unix.EISDIR)
+	}
 	d, b := split(name)
 	dfd, err := r.dir(d)
 	if err != nil {
 		return nil, err
-	}
-	if st, err := r.Lstat(name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		unix.Close(dfd)
-		return nil, r.pathErr("open", name, unix.EISDIR)
 	}
 	p := &Partial{r: r, name: name, dirfd: dfd, h: newHash()}
 	fd, err := p.claim(partialName(b, size, mtime))

@@ -706,3 +706,32 @@ func TestPartialBackgroundFlush(t *testing.T) {
 		t.Fatalf("committed file: %v, %v", st, err)
 	}
 }
+
+// TestPartialOverDirectory: a partial for a name that is a directory is
+// refused before anything is created, whether OpenPartial looks at the name
+// itself or is told what its caller saw.
+func TestPartialOverDirectory(t *testing.T) {
+	f := newFixture(t)
+	if err := os.MkdirAll(filepath.Join(f.dir, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.root.Lstat("d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err1 := f.root.OpenPartial("d", 3, 0, sha256.New)
+	_, err2 := f.root.OpenPartialSeen("d", st, 3, 0, sha256.New)
+	for _, err := range []error{err1, err2} {
+		if !errors.Is(err, unix.EISDIR) {
+			t.Errorf("got %v, want EISDIR", err)
+		}
+	}
+	if ents, _ := os.ReadDir(f.dir); len(ents) != 1 {
+		t.Errorf("the root holds %d entries, want 1: nothing created", len(ents))
+	}
+	p, err := f.root.OpenPartialSeen("new", nil, 3, 0, sha256.New)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Discard()
+}

@@ -618,11 +618,12 @@ func (r *Receiver) file(m *wire.File, name string) {
 		r.done(name, m.Kind, nil, false)
 		_ = r.cfg.Send(&wire.FileOK{Channel: r.cfg.Channel, FID: m.FID, Action: wire.ActionDone})
 	case wire.KindFile:
-		if st, ok := r.same(m, name); ok {
+		st, same := r.same(m, name)
+		if same {
 			r.skip(m, name, st)
 			return
 		}
-		p, err := r.cfg.Root.OpenPartial(name, m.Size, m.MTime, r.cfg.Hash)
+		p, err := r.cfg.Root.OpenPartialSeen(name, st, m.Size, m.MTime, r.cfg.Hash)
 		if err != nil {
 			r.fail(m, name, err)
 			return
@@ -653,14 +654,14 @@ func (r *Receiver) file(m *wire.File, name string) {
 
 // same reports whether name already is the entry m's file (size and
 // mtime, or the digest with the checksum flag), and what an Lstat of it
-// found (nil with the checksum flag).
+// found (nil if nothing).
 func (r *Receiver) same(m *wire.File, name string) (*unix.Stat_t, bool) {
-	if r.cfg.Flags&wire.XferChecksum != 0 && len(m.Digest) == 32 {
-		return nil, r.cfg.Root.SameDigest(name, m.Size, m.Digest, r.cfg.Hash)
-	}
 	st, err := r.cfg.Root.Lstat(name)
 	if err != nil {
 		return nil, false
+	}
+	if r.cfg.Flags&wire.XferChecksum != 0 && len(m.Digest) == 32 {
+		return st, r.cfg.Root.SameDigest(name, m.Size, m.Digest, r.cfg.Hash)
 	}
 	return st, chunkstore.SameStat(st, m.Size, m.MTime)
 }

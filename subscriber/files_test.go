@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -195,5 +196,35 @@ func TestReceiverInheritedSetgid(t *testing.T) {
 	}
 	if st.Mode&0o7777 != 0o2755 {
 		t.Fatalf("mode %04o, want 2755", st.Mode&0o7777)
+	}
+}
+
+// TestReceiverRefusesFileOverDirectory: a file whose name is a directory
+// at the destination fails at once (with the checksum flag too, which
+// looks at the name differently), and the directory keeps its content.
+func TestReceiverRefusesFileOverDirectory(t *testing.T) {
+	for _, flags := range []uint8{wire.XferRecursive, wire.XferRecursive | wire.XferChecksum} {
+		src, dst := t.TempDir(), t.TempDir()
+		if err := os.WriteFile(filepath.Join(src, "name"), []byte("a file"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(dst, "name"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, "name", "inside"), []byte("kept"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		st, _ := transferWith(t, src, dst, flags, 0o022)
+		if len(st.Failures) != 1 || !strings.Contains(st.Failures[0].Err.Error(), "is a directory") {
+			t.Errorf("flags %#x: failures %v, want one: is a directory", flags, st.Failures)
+		}
+		if b, err := os.ReadFile(filepath.Join(dst, "name", "inside")); err != nil || string(b) != "kept" {
+			t.Errorf("flags %#x: the directory's file: %q, %v", flags, b, err)
+		}
+		for _, d := range []string{dst, filepath.Join(dst, "name")} {
+			if ents, _ := os.ReadDir(d); len(ents) != 1 {
+				t.Errorf("flags %#x: %s holds %d entries, want 1 (no partial left)", flags, d, len(ents))
+			}
+		}
 	}
 }
