@@ -92,6 +92,7 @@ type Receiver struct {
 	inbox  chan wire.Message
 	credit *credit.Receiver
 	kick   chan struct{} // a batch got its first file: arm the flush timer
+	soon   chan struct{} // nothing but the batch is awaited: flush it after idleDelay
 
 	writers []chan func()     // started lazily
 	making  map[string]making // directories and symlinks queued (Run only)
@@ -144,6 +145,7 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		inbox:   make(chan wire.Message, queueLen),
 		credit:  credit.NewReceiver(cfg.Window),
 		kick:    make(chan struct{}, 1),
+		soon:    make(chan struct{}, 1),
 		route:   make(map[uint32]int),
 		making:  make(map[string]making),
 		below:   make(map[string]uint64),
@@ -366,15 +368,25 @@ func (r *Receiver) Run(ctx context.Context) error {
 	flushTimer := time.NewTimer(time.Hour)
 	flushTimer.Stop()
 	defer flushTimer.Stop()
+	soon := false // flushTimer is armed for idleDelay: no kick may delay it
 	for {
 		var m wire.Message
 		select {
 		case m = <-r.inbox:
 		case <-flushTimer.C:
+			soon = false
 			r.flush()
 			continue
 		case <-r.kick:
-			flushTimer.Reset(batchDelay)
+			if !soon {
+				flushTimer.Reset(batchDelay)
+			}
+			continue
+		case <-r.soon:
+			if !soon {
+				soon = true
+				flushTimer.Reset(idleDelay)
+			}
 			continue
 		case <-ctx.Done():
 			return ctx.Err()
@@ -766,16 +778,35 @@ func (r *Receiver) fileFailed(fid uint32, f *recvFile, err error) {
 // Either way each file is renamed into place only after its data is
 // durable. Large files, and files on another file system than the root
 // (which the root's syncfs would not cover), are synced on their own.
+//
+// A batch goes out when it is full, idleDelay after its last file if no
+// other file awaits content (the sender then waits for the batch: at the
+// end of every copy, or with all its entries in flight), and batchDelay
+// after its first file at the latest. Before the idle flush, every copy
+// ended waiting for batchDelay: a small file took 0.27 s to copy instead
+// of 0.02 s (bench/README.md, ninth round).
 const (
 	batchFiles = 768
 	batchBytes = 32 << 20
-	batchDelay = 250 * time.Millisecond
+	idleDelay  = time.Millisecond
 	bigFile    = 8 << 20
 	syncers    = 16
 	// syncfsSlack is how much dirty data, besides the batch's own,
 	// still lets a batch use one syncfs.
 	syncfsSlack = 32 << 20
 )
+
+// batchDelay is the longest a sealed small file waits for its batch (a
+// variable for tests).
+var batchDelay = 250 * time.Millisecond
+
+// signal wakes whoever waits on ch (a channel of one) without blocking.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
 
 // dirtyProbe is systemDirty; tests replace it to take either path.
 var dirtyProbe = systemDirty
@@ -854,15 +885,18 @@ func (r *Receiver) commit(m *wire.Commit) {
 	r.batchBytes += m.Size
 	full := len(r.batch) >= batchFiles || r.batchBytes >= batchBytes
 	first := len(r.batch) == 1
+	// No other file awaits content: the sender has announced nothing
+	// more (its walk ended, or all its entries are unfinished) and waits
+	// for this batch's FILE_DONEs, so it goes out now, not batchDelay on.
+	idle := len(r.files) == 0
 	r.mu.Unlock()
-	switch {
+	switch { // Run arms the timer that flushes a batch that stays small
 	case full:
 		r.flush()
+	case idle:
+		signal(r.soon)
 	case first:
-		select { // Run arms the timer that flushes a batch that stays small
-		case r.kick <- struct{}{}:
-		default:
-		}
+		signal(r.kick)
 	}
 }
 

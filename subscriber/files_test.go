@@ -228,3 +228,23 @@ func TestReceiverRefusesFileOverDirectory(t *testing.T) {
 		}
 	}
 }
+
+// TestReceiverFlushesWhenSenderWaits: once no file awaits content, the
+// last batch is made durable and answered at once, not after batchDelay
+// (here an hour: the copies would never end).
+func TestReceiverFlushesWhenSenderWaits(t *testing.T) {
+	defer func(d time.Duration) { batchDelay = d }(batchDelay)
+	batchDelay = time.Hour
+	for _, n := range []int{1, 3, batchFiles + 5} {
+		src, dst := t.TempDir(), t.TempDir()
+		for i := range n {
+			if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("f%d", i)), []byte("small"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// transfer fails when its 30 s are up
+		if st, _ := transfer(t, src, dst); st.Files != n || len(st.Failures) != 0 {
+			t.Errorf("%d files: sent %d, failures %v", n, st.Files, st.Failures)
+		}
+	}
+}
