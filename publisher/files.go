@@ -600,7 +600,8 @@ func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK, 
 			return &sendError{err}
 		}
 		buf := bufpool.Get(n) // recycled once acknowledged (run: ReleaseAcked)
-		left := -1 // the file grew: read to the end
+		// What the walk saw remain (-1 if the file grew: read to the end).
+		left := -1
 		if off <= size {
 			left = int(min(size-off, uint64(len(buf))))
 		}
