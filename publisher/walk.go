@@ -21,20 +21,68 @@ import (
 // (__d_lookup_rcu alone 10% of all CPU), a fileStat and two path strings
 // per entry, and page faults on the memory they took. The directory is
 // read and its entries stated before any is emitted, so that no
-// descriptor stays open beneath it: a deep tree holds one at a time. top
+// descriptor stays open beneath it: a directory's descriptor is open only
+// while it is read (with the read-ahead of listing, at most one per level
+// of the tree at once). top
 // says path is the tree's root, which Walk found to be a directory, or a
 // symlink to one that the source named as "link/" (rsync's way of asking
 // for what it points to).
 func walkDir(path, name string, top bool, warn func(string, bool), emit func(Entry) error) error {
-	ents, err := readDirStat(path, top)
-	if err != nil {
-		warn(fmt.Sprintf("%s: %v", path, err), true)
+	return walkListed(path, name, listDir(path, top), warn, emit)
+}
+
+// listing is a directory's entries as readDirStat found them, read on
+// another goroutine: while a directory's entries are emitted (encoded
+// and sent, the other half of a no-op's CPU), the next subdirectory's are
+// already being listed and stated (bench/README.md, ninth round). At
+// most one listing per level of the tree is read ahead, so what is held
+// stays bounded by the depth, as the recursion's own.
+type listing struct {
+	done chan struct{}
+	ents []statInfo
+	err  error
+}
+
+func listDir(path string, top bool) *listing {
+	l := &listing{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		l.ents, l.err = readDirStat(path, top)
+	}()
+	return l
+}
+
+// walkListed is walkDir with the directory's listing l under way.
+func walkListed(path, name string, l *listing, warn func(string, bool), emit func(Entry) error) error {
+	<-l.done
+	if l.err != nil {
+		warn(fmt.Sprintf("%s: %v", path, l.err), true)
 		return nil
 	}
+	ents := l.ents
 	dir := path
 	if !strings.HasSuffix(dir, "/") {
 		dir += "/"
 	}
+	// ahead is the listing of the next subdirectory to walk: the first
+	// one's starts now, each next one's when the one before is entered.
+	var ahead *listing
+	aheadAt := -1
+	nextDir := func(after int) {
+		ahead, aheadAt = nil, -1
+		for j := after + 1; j < len(ents); j++ {
+			if e := &ents[j]; e.err == nil && !reserved(e.name) && e.IsDir() {
+				ahead, aheadAt = listDir(dir+e.name, false), j
+				return
+			}
+		}
+	}
+	nextDir(-1)
+	defer func() {
+		if ahead != nil {
+			<-ahead.done // no goroutine outlives the walk
+		}
+	}()
 	for i := range ents {
 		e := &ents[i]
 		p := dir + e.name
@@ -54,7 +102,12 @@ func walkDir(path, name string, top bool, warn func(string, bool), emit func(Ent
 			return err
 		}
 		if e.IsDir() {
-			if err := walkDir(p, n, false, warn, emit); err != nil {
+			l := ahead
+			if aheadAt != i { // not reached: nextDir finds the entries this loop walks
+				l = listDir(p, false)
+			}
+			nextDir(i)
+			if err := walkListed(p, n, l, warn, emit); err != nil {
 				return err
 			}
 		}

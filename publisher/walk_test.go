@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
 // The receiver's temporary files (a partial of an interrupted download in
@@ -151,5 +154,32 @@ func TestWalkFollowsOnlyTheNamedRoot(t *testing.T) {
 	want := []string{`"" d---------`, `"sub" d---------`, `"sub/f" ----------`, `"sublink" L---------`}
 	if !slices.Equal(got, want) {
 		t.Errorf("sent %q, want %q", got, want)
+	}
+}
+
+// TestWalkStopsCleanly: an emit that fails ends the walk with its error,
+// wherever it is, and no listing read ahead outlives it.
+func TestWalkStopsCleanly(t *testing.T) {
+	src := t.TempDir()
+	for d := range 6 {
+		for s := range 3 {
+			if err := os.MkdirAll(filepath.Join(src, fmt.Sprintf("d%d/s%d", d, s)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	stop := errors.New("stop")
+	for after := range 25 {
+		n := 0
+		err := Walk([]string{src + "/"}, true, false, func(string, bool) {}, func(Entry) error {
+			if n++; n > after {
+				return stop
+			}
+			return nil
+		})
+		if !errors.Is(err, stop) {
+			t.Fatalf("stopped after %d entries: %v", after, err)
+		}
+		goleak.VerifyNone(t)
 	}
 }
