@@ -24,8 +24,9 @@ type File struct {
 var ErrNotRegular = errors.New("not a regular file")
 
 // Open opens the regular file at path for reading. O_NONBLOCK keeps a FIFO
-// put there from blocking the open; anything but a regular file is refused
-// (O_NONBLOCK does nothing to a regular file's reads).
+// put there from blocking the open; anything but a regular file is refused,
+// and the regular file's descriptor is made blocking again (a FUSE file
+// system may answer a non-blocking read with EAGAIN).
 func Open(path string) (*File, error) {
 	fd, err := ignoringEINTR(func() (int, error) {
 		return unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
@@ -39,6 +40,10 @@ func Open(path string) (*File, error) {
 		if err == nil {
 			err = ErrNotRegular
 		}
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, unix.O_RDONLY); err != nil {
+		unix.Close(fd)
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
 	return &File{fd: fd, name: path}, nil

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestRawFileReadFull(t *testing.T) {
@@ -103,5 +105,26 @@ func TestRawFileWriteTruncateClose(t *testing.T) {
 	}
 	if _, err := f.Write([]byte("x")); !errors.Is(err, os.ErrClosed) || !strings.Contains(err.Error(), "shown/name") {
 		t.Errorf("write after Close: %v", err)
+	}
+}
+
+// TestRawFileBlocking: the descriptor Open returns is blocking (O_NONBLOCK
+// served only the open).
+func TestRawFileBlocking(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fl, err := unix.FcntlInt(uintptr(f.Fd()), unix.F_GETFL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fl&unix.O_NONBLOCK != 0 {
+		t.Errorf("flags %#o: O_NONBLOCK still set", fl)
 	}
 }
