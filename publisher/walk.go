@@ -67,12 +67,11 @@ func walkListed(path, name string, l *listing, warn func(string, bool), emit fun
 	// ahead is the listing of the next subdirectory to walk: the first
 	// one's starts now, each next one's when the one before is entered.
 	var ahead *listing
-	aheadAt := -1
 	nextDir := func(after int) {
-		ahead, aheadAt = nil, -1
+		ahead = nil
 		for j := after + 1; j < len(ents); j++ {
-			if e := &ents[j]; e.err == nil && !reserved(e.name) && e.IsDir() {
-				ahead, aheadAt = listDir(dir+e.name, false), j
+			if ents[j].walkedInto() {
+				ahead = listDir(dir+ents[j].name, false)
 				return
 			}
 		}
@@ -101,11 +100,8 @@ func walkListed(path, name string, l *listing, warn func(string, bool), emit fun
 		if err := emitOne(Entry{Name: n, Path: p, Info: e}, warn, emit); err != nil {
 			return err
 		}
-		if e.IsDir() {
-			l := ahead
-			if aheadAt != i { // not reached: nextDir finds the entries this loop walks
-				l = listDir(p, false)
-			}
+		if e.walkedInto() {
+			l := ahead // this entry's: nextDir looks for what this tests
 			nextDir(i)
 			if err := walkListed(p, n, l, warn, emit); err != nil {
 				return err
@@ -114,6 +110,10 @@ func walkListed(path, name string, l *listing, warn func(string, bool), emit fun
 	}
 	return nil
 }
+
+// walkedInto reports whether walkListed descends into the entry: a
+// directory it could stat, not one of the receiver's reserved names.
+func (s *statInfo) walkedInto() bool { return s.err == nil && !reserved(s.name) && s.IsDir() }
 
 // readDirStat lists the directory at path, sorted by name, each entry
 // with what fstatat (not following a symlink) found or why it failed.
