@@ -632,7 +632,7 @@ func (s *Sender) sendContent(ctx context.Context, f *sendFile, ok *wire.FileOK, 
 
 // fileDigest is the digest (made by newHash) of the file at path.
 func fileDigest(path string, newHash func() hash.Hash) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := rawfile.Open(path)
 	if err != nil {
 		return nil, err
 	}
